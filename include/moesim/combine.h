@@ -1,0 +1,21 @@
+/* Combine, the pure half: the owner puts expert outputs back in the order it received the rows, and
+ * the source adds gate-weighted results to the residual. The MPI half is in exchange.h.
+ * y_t = h_t + sum over served assignments c of token t of gate[t][c] * out(t, c) (Switch §2.2: a token
+ * whose assignments were all dropped leaves as exactly h_t). */
+#ifndef MOESIM_COMBINE_H
+#define MOESIM_COMBINE_H
+
+#include <stdint.h>
+
+/* Inverse of moe_regroup_to_experts: send (source-major, experts inside) from y (expert-major,
+ * expert le starting at row y_start[le]). placed is scratch of n_le. */
+void moe_regroup_from_experts(float *send, const float *y, const int64_t *counts, int n_src,
+                              int n_le, const int64_t *y_start, int64_t d, int64_t *placed);
+
+/* out (n, d) = h, then out[slot[i] / k] += gate[slot[i]] * recv[i] for i in [0, n_send), in that
+ * order (expert id order for each token, so the sum is the same whatever the rank count).
+ * out may alias h. gate is (n, k). */
+void moe_combine_rows(float *out, const float *h, const float *recv, const int64_t *slot,
+                      const float *gate, int64_t n, int64_t n_send, int k, int64_t d);
+
+#endif

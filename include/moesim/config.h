@@ -1,0 +1,58 @@
+/* Configuration: command-line options, their defaults, and validation. Pure: no MPI, no printing.
+ * Every option is listed in moe_config_usage() and in docs/options.md. */
+#ifndef MOESIM_CONFIG_H
+#define MOESIM_CONFIG_H
+
+#include "moesim/capacity.h"
+#include "moesim/npy.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MOE_VERSION "0.1.0"
+
+/* Largest hidden or FFN size: a row of floats must fit an int count of bytes. */
+#define MOE_MAX_WIDTH (INT64_C(1) << 24)
+#define MOE_MAX_EXPERTS 65536
+
+typedef struct moe_config {
+    int64_t tokens;         /* N, global batch                          --tokens     8192 */
+    int64_t hidden;         /* d                                        --hidden     512  */
+    int64_t ffn;            /* f (0: 2d)                                --ffn        2d   */
+    int experts;            /* E                                        --experts    8    */
+    int top_k;              /* k                                        --top-k      2    */
+    double capacity_factor; /* cf, 0 = dropless                         --capacity-factor 1.25 */
+    moe_scope scope;        /*                                          --capacity-scope global */
+    moe_policy policy;      /*                                          --drop-policy position */
+    bool renormalize;       /* Mixtral-style gates                      --renormalize */
+    bool pad_to_capacity;   /* compute the empty slots too              --pad-to-capacity */
+    uint64_t seed;          /*                                          --seed       1    */
+    int iters, warmup;      /*                                          --iters 5, --warmup 1 */
+    bool quiet;             /* no progress line, no text report         --quiet */
+    const char *tokens_file, *router_file;         /* .npy inputs (point into argv) */
+    const char *json_path, *dump_routing, *dump_output;
+    bool help, version;
+    /* which shape options were given explicitly, so a file can disagree with them */
+    bool set_tokens, set_hidden, set_experts;
+} moe_config;
+
+/* Defaults as in the table above. */
+void moe_config_defaults(moe_config *cfg);
+
+/* Parse argv (getopt_long; resets its state, so it may be called more than once). Fails with
+ * MOE_EUSAGE and a message naming the option on an unknown option, a missing or malformed value,
+ * or a value out of range. Shape relations that need the rank count or the input files are checked
+ * later by moe_config_resolve. */
+int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t msglen);
+
+/* Settle the shapes and check everything that depends on them: N and d from a tokens file, E and d
+ * from a router file (a flag that disagrees is an error), ffn default 2d, 1 <= k <= E, R <= E, and
+ * the sizes that must fit MPI's int counts. tokens_hdr and router_hdr may be NULL. MOE_EUSAGE. */
+int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens_hdr,
+                       const moe_npy_header *router_hdr, char *msg, size_t msglen);
+
+/* The --help text. */
+const char *moe_config_usage(void);
+
+#endif

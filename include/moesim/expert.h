@@ -1,0 +1,27 @@
+/* Expert FFN: y = GELU(x W1^T) W2^T, d -> f -> d, no biases.
+ * Shapes: x, y (m, d); W1 (f, d); W2 (d, f); act (m, f) scratch; all row-major.
+ * GELU is the exact form x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016). */
+#ifndef MOESIM_EXPERT_H
+#define MOESIM_EXPERT_H
+
+#include <stdint.h>
+
+/* Weights of expert e from (seed, e): W1 ~ N(0, 1/d) from stream MOE_STREAM_EXPERT + 2e, W2 ~ N(0, 1/f)
+ * from stream MOE_STREAM_EXPERT + 2e + 1, counters in row-major order. The scales keep activations
+ * of order one, as a trained layer's are. */
+void moe_expert_init(float *w1, float *w2, uint64_t seed, int e, int64_t d, int64_t f);
+
+float moe_gelu(float x);
+
+/* Two cblas_sgemm calls around an elementwise GELU. m may be 0. */
+void moe_expert_forward(float *y, float *act, const float *x, const float *w1, const float *w2,
+                        int64_t m, int64_t d, int64_t f);
+/* Plain-loop twin, accumulating in double. */
+void moe_expert_forward_ref(float *y, float *act, const float *x, const float *w1, const float *w2,
+                            int64_t m, int64_t d, int64_t f);
+
+/* Floating-point operations of one row through an expert: two GEMMs of 2*d*f each (GELU not
+ * counted). */
+double moe_expert_flops_per_row(int64_t d, int64_t f);
+
+#endif

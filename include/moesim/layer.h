@@ -1,0 +1,45 @@
+/* One expert-parallel MoE layer on one rank: the buffers, one forward step, and the reductions of
+ * its statistics to rank 0. Driver layer: calls MPI through exchange.h and the pure modules for
+ * everything else. Every function here is collective over the layer's communicator unless it says
+ * otherwise, and returns the same code on every rank (errors are agreed with moe_agree). */
+#ifndef MOESIM_LAYER_H
+#define MOESIM_LAYER_H
+
+#include "moesim/config.h"
+#include "moesim/exchange.h"
+#include "moesim/router.h"
+#include "moesim/stats.h"
+
+#include <mpi.h>
+#include <stdint.h>
+
+typedef struct moe_layer moe_layer;
+
+/* Load or generate tokens and router, generate this rank's experts, route once to size the
+ * exchange buffers, check that they fit in memory, and allocate them. cfg must be resolved. */
+int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char *msg,
+                     size_t msglen);
+/* Free everything; accepts NULL. Not collective. */
+void moe_layer_destroy(moe_layer *layer);
+
+/* One forward step; if seconds != NULL it receives the time of each phase on this rank
+ * (MOE_PHASE_COUNT values). Nothing is allocated. */
+int moe_layer_step(moe_layer *layer, double *seconds, char *msg, size_t msglen);
+
+/* Reduce the statistics of the last step to rank 0 into res (which rank 0 must have initialised with
+ * moe_results_init; other ranks may pass NULL). phase_seconds is (iters, MOE_PHASE_COUNT) of this
+ * rank. */
+int moe_layer_results(moe_layer *layer, moe_results *res, const double *phase_seconds, int iters,
+                      char *msg, size_t msglen);
+
+/* Gather the routing of the last step (N*k records, token-major) on rank 0 into *records (malloc'd,
+ * caller frees; NULL elsewhere). */
+int moe_layer_gather_routing(moe_layer *layer, moe_route_record **records, char *msg, size_t msglen);
+
+/* Gather y (N, d) on rank 0 into *y (malloc'd, caller frees; NULL elsewhere). */
+int moe_layer_gather_output(moe_layer *layer, float **y, char *msg, size_t msglen);
+
+/* Bytes this rank holds for the layer (buffers and weights), for reporting. Not collective. */
+int64_t moe_layer_bytes(const moe_layer *layer);
+
+#endif

@@ -1,0 +1,32 @@
+/* Report: the text a person reads, the JSON a program reads (jansson; keys in docs/json.md), and
+ * the routing CSV. Only rank 0 calls these. Files are written to a temporary name and renamed. */
+#ifndef MOESIM_REPORT_H
+#define MOESIM_REPORT_H
+
+#include "moesim/config.h"
+#include "moesim/router.h"
+#include "moesim/stats.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+
+/* Human-readable report to out. color: use ANSI emphasis (for a terminal). */
+void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color);
+
+/* The JSON document. Returns 0, MOE_EIO or MOE_ENOMEM. */
+int moe_report_json(const char *path, const moe_config *cfg, const moe_results *res, char *msg,
+                    size_t msglen);
+
+/* CSV with header token,choice,expert,gate,accepted; n records. */
+int moe_report_routing_csv(const char *path, const moe_route_record *records, int64_t n, char *msg,
+                           size_t msglen);
+
+/* Check, before anything runs, that path can be created: creates and removes a temporary file
+ * beside it. */
+int moe_report_check_writable(const char *path, const char *option, char *msg, size_t msglen);
+
+/* Bar of `width` cells for fraction in [0, 1] (values above 1 are clipped and marked '>'), written
+ * into buf (at least 3*width+2 bytes: UTF-8 block characters). */
+void moe_report_bar(char *buf, double fraction, int width);
+
+#endif

@@ -1,0 +1,138 @@
+#include "moesim/exchange.h"
+
+#include "moesim/error.h"
+#include "moesim/tokens.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int moe_mpi_fail(int mpi_rc, const char *call, const char *file, int line, char *msg, size_t msglen)
+{
+    char text[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(mpi_rc, text, &len);
+    return moe_fail(MOE_EMPI, msg, msglen, "%s failed at %s:%d: %s", call, file, line, text);
+}
+
+int moe_agree(MPI_Comm comm, int rc, char *msg, size_t msglen)
+{
+    int rank, nranks;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &nranks);
+    /* The lowest failing rank speaks; ranks that succeeded offer nranks. */
+    int mine = rc != MOE_OK ? rank : nranks, first = nranks;
+    if (MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS)
+        return moe_fail(MOE_EMPI, msg, msglen, "MPI_Allreduce failed while agreeing on an error");
+    if (first == nranks)
+        return MOE_OK;
+    int code = rc;
+    char text[1024];
+    snprintf(text, sizeof text, "%s", msg != NULL ? msg : "");
+    if (MPI_Bcast(&code, 1, MPI_INT, first, comm) != MPI_SUCCESS ||
+        MPI_Bcast(text, (int)sizeof text, MPI_CHAR, first, comm) != MPI_SUCCESS)
+        return moe_fail(MOE_EMPI, msg, msglen, "MPI_Bcast failed while agreeing on an error");
+    if (first != 0 && nranks > 1)
+        return moe_fail(code, msg, msglen, "rank %d: %s", first, text);
+    return moe_fail(code, msg, msglen, "%s", text);
+}
+
+int moe_exchange_init(moe_exchange *ex, MPI_Comm comm, int64_t d, int E, char *msg, size_t msglen)
+{
+    memset(ex, 0, sizeof *ex);
+    ex->comm = comm;
+    ex->row = MPI_DATATYPE_NULL;
+    MOE_MPI_CHECK(MPI_Comm_rank(comm, &ex->rank), msg, msglen);
+    MOE_MPI_CHECK(MPI_Comm_size(comm, &ex->nranks), msg, msglen);
+    int R = ex->nranks;
+    int *all = calloc((size_t)R * 8, sizeof(int));
+    if (all == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for exchange counts");
+    ex->cnt_scounts = all;
+    ex->cnt_sdispls = all + R;
+    ex->cnt_rcounts = all + 2 * R;
+    ex->cnt_rdispls = all + 3 * R;
+    ex->scounts = all + 4 * R;
+    ex->sdispls = all + 5 * R;
+    ex->rcounts = all + 6 * R;
+    ex->rdispls = all + 7 * R;
+    int64_t first, n_le;
+    moe_partition(E, R, ex->rank, &first, &n_le);
+    for (int r = 0; r < R; r++) {
+        int64_t f, n;
+        moe_partition(E, R, r, &f, &n);
+        ex->cnt_scounts[r] = (int)n;   /* my counts for r's experts */
+        ex->cnt_sdispls[r] = (int)f;
+        ex->cnt_rcounts[r] = (int)n_le; /* r's counts for my experts */
+        ex->cnt_rdispls[r] = (int)(r * n_le);
+    }
+    ex->row_bytes = d * (int64_t)sizeof(float);
+    MOE_MPI_CHECK(MPI_Type_contiguous((int)d, MPI_FLOAT, &ex->row), msg, msglen);
+    MOE_MPI_CHECK(MPI_Type_commit(&ex->row), msg, msglen);
+    return MOE_OK;
+}
+
+void moe_exchange_free(moe_exchange *ex)
+{
+    if (ex->row != MPI_DATATYPE_NULL && ex->row != 0)
+        MPI_Type_free(&ex->row);
+    free(ex->cnt_scounts);
+    memset(ex, 0, sizeof *ex);
+    ex->row = MPI_DATATYPE_NULL;
+}
+
+int moe_exchange_counts(moe_exchange *ex, const int64_t *send, int64_t *recv, bool reverse,
+                        char *msg, size_t msglen)
+{
+    if (!reverse)
+        MOE_MPI_CHECK(MPI_Alltoallv(send, ex->cnt_scounts, ex->cnt_sdispls, MPI_INT64_T, recv,
+                                    ex->cnt_rcounts, ex->cnt_rdispls, MPI_INT64_T, ex->comm),
+                      msg, msglen);
+    else
+        MOE_MPI_CHECK(MPI_Alltoallv(send, ex->cnt_rcounts, ex->cnt_rdispls, MPI_INT64_T, recv,
+                                    ex->cnt_scounts, ex->cnt_sdispls, MPI_INT64_T, ex->comm),
+                      msg, msglen);
+    return MOE_OK;
+}
+
+/* counts and displacements as ints, refusing totals that do not fit */
+static int to_int_counts(int *counts, int *displs, const int64_t *rows, int R, const char *what,
+                         char *msg, size_t msglen)
+{
+    int64_t total = 0;
+    for (int r = 0; r < R; r++) {
+        if (total > INT_MAX || rows[r] > INT_MAX - total)
+            return moe_fail(MOE_ERANGE, msg, msglen,
+                            "%s more than %d rows on one rank: MPI counts cannot address them; use "
+                            "more ranks or fewer tokens",
+                            what, INT_MAX);
+        counts[r] = (int)rows[r];
+        displs[r] = (int)total;
+        total += rows[r];
+    }
+    return MOE_OK;
+}
+
+int moe_exchange_set_rows(moe_exchange *ex, const int64_t *send_rows, const int64_t *recv_rows,
+                          char *msg, size_t msglen)
+{
+    int rc = to_int_counts(ex->scounts, ex->sdispls, send_rows, ex->nranks, "sending", msg, msglen);
+    if (rc == MOE_OK)
+        rc = to_int_counts(ex->rcounts, ex->rdispls, recv_rows, ex->nranks, "receiving", msg, msglen);
+    return rc;
+}
+
+int moe_exchange_rows(moe_exchange *ex, const float *send, float *recv, bool reverse, char *msg,
+                      size_t msglen)
+{
+    if (!reverse)
+        MOE_MPI_CHECK(MPI_Alltoallv(send, ex->scounts, ex->sdispls, ex->row, recv, ex->rcounts,
+                                    ex->rdispls, ex->row, ex->comm),
+                      msg, msglen);
+    else
+        MOE_MPI_CHECK(MPI_Alltoallv(send, ex->rcounts, ex->rdispls, ex->row, recv, ex->scounts,
+                                    ex->sdispls, ex->row, ex->comm),
+                      msg, msglen);
+    return MOE_OK;
+}

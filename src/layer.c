@@ -1,0 +1,612 @@
+#include "moesim/layer.h"
+
+#include "moesim/capacity.h"
+#include "moesim/combine.h"
+#include "moesim/dispatch.h"
+#include "moesim/error.h"
+#include "moesim/expert.h"
+#include "moesim/npy.h"
+#include "moesim/rng.h"
+#include "moesim/router.h"
+#include "moesim/tokens.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct moe_layer {
+    moe_config cfg;
+    MPI_Comm comm, node;
+    int rank, R;
+    moe_exchange ex;
+    int E, k;
+    int64_t d, f;
+    int64_t n, first;      /* this rank's tokens: global ids [first, first + n) */
+    int64_t n_le, first_e; /* this rank's experts */
+    int64_t bytes;         /* everything allocated below */
+
+    /* source side */
+    float *h;          /* (n, d) token states                                     */
+    float *w_router;   /* (E, d)                                                  */
+    float *probs;      /* (n, E) logits, then softmax in place                    */
+    int32_t *expert;   /* (n, k) chosen experts, best first                       */
+    float *gate;       /* (n, k)                                                  */
+    uint8_t *flag;     /* (n, k) 1 = accepted                                     */
+    int64_t *slot;     /* (n*k) send order: t*k + c                               */
+    int64_t *routed;   /* (E) my assignments per expert, before capacity          */
+    int64_t *accepted; /* (E) how many of them each owner accepted                */
+    int64_t *per_expert, *scratch; /* (E)                                         */
+    int64_t *send_rows, *recv_rows; /* (R)                                        */
+    int64_t n_send, n_recv;
+    float *sendbuf; /* (n_send, d): packed rows, then the combined results         */
+    float *y;       /* (n, d) layer output                                         */
+
+    /* owner side */
+    int64_t *group_cap;     /* (R) capacity of each source's group; [0] only when global */
+    int64_t *cnt_owner;     /* (R, n_le) assignments each source routed to my experts */
+    int64_t *acc_owner;     /* (R, n_le) how many of them I accept                    */
+    int64_t *x_start, *x_rows, *placed; /* (n_le) expert blocks of x: start, rows computed */
+    int64_t rows_x;
+    float *recvbuf; /* (n_recv, d): received rows, then expert outputs in the same order */
+    float *x, *act, *yexp; /* (rows_x, d), (rows_x, f), (rows_x, d) */
+    float *w1, *w2;        /* (n_le, f, d), (n_le, d, f) */
+};
+
+static void *alloc_bytes(moe_layer *L, size_t count, size_t size, int *rc)
+{
+    if (*rc != MOE_OK)
+        return NULL;
+    void *p = calloc(count ? count : 1, size);
+    if (p == NULL)
+        *rc = MOE_ENOMEM;
+    else
+        L->bytes += (int64_t)(count * size);
+    return p;
+}
+
+/* MemAvailable of this node in bytes, or -1 if unknown. */
+static int64_t mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f != NULL) {
+        char line[256];
+        long long kb;
+        while (fgets(line, sizeof line, f) != NULL)
+            if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) {
+                fclose(f);
+                return (int64_t)kb * 1024;
+            }
+        fclose(f);
+    }
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (int64_t)pages * page : -1;
+}
+
+/* Collective: refuse when the ranks of a node together would need more than the node has free. */
+static int check_memory(moe_layer *L, int64_t need, const char *what, char *msg, size_t msglen)
+{
+    int64_t node_need = 0;
+    MOE_MPI_CHECK(MPI_Allreduce(&need, &node_need, 1, MPI_INT64_T, MPI_SUM, L->node), msg, msglen);
+    int64_t avail = mem_available();
+    int rc = MOE_OK;
+    if (avail > 0 && node_need > avail)
+        rc = moe_fail(MOE_ENOMEM, msg, msglen,
+                      "%s would need %.2f GiB on this node (%.2f GiB on this rank) but only %.2f GiB "
+                      "is available: reduce --tokens, --hidden, --ffn or --experts, or use more nodes",
+                      what, node_need / 1073741824.0, need / 1073741824.0, avail / 1073741824.0);
+    return moe_agree(L->comm, rc, msg, msglen);
+}
+
+/* Phase 1 of a step: logits, softmax, top-k. */
+static void route(moe_layer *L)
+{
+    moe_router_logits(L->probs, L->h, L->w_router, L->n, L->d, L->E);
+    moe_softmax_rows(L->probs, L->probs, L->n, L->E);
+    moe_topk(L->expert, L->gate, L->probs, L->n, L->E, L->k, L->cfg.renormalize);
+}
+
+/* Phase 2: counts to owners, owners decide acceptance under capacity, verdicts back, send plan. */
+static int decide(moe_layer *L, char *msg, size_t msglen)
+{
+    int rc;
+    for (int e = 0; e < L->E; e++)
+        L->routed[e] = 0;
+    for (int64_t i = 0; i < L->n * L->k; i++)
+        L->routed[L->expert[i]]++;
+    if ((rc = moe_exchange_counts(&L->ex, L->routed, L->cnt_owner, false, msg, msglen)) != MOE_OK)
+        return rc;
+    if (L->cfg.scope == MOE_SCOPE_GLOBAL)
+        moe_overflow_position(L->acc_owner, L->cnt_owner, L->R, (int)L->n_le, L->group_cap[0]);
+    else
+        for (int s = 0; s < L->R; s++)
+            moe_overflow_position(L->acc_owner + s * L->n_le, L->cnt_owner + s * L->n_le, 1,
+                                  (int)L->n_le, L->group_cap[s]);
+    if ((rc = moe_exchange_counts(&L->ex, L->acc_owner, L->accepted, true, msg, msglen)) != MOE_OK)
+        return rc;
+    moe_mark_accepted(L->flag, L->expert, L->n, L->k, L->E, L->accepted, L->scratch);
+    L->n_send = moe_dispatch_plan(L->slot, L->per_expert, L->expert, L->flag, L->n, L->k, L->E,
+                                  L->scratch);
+    L->n_recv = 0;
+    for (int r = 0; r < L->R; r++) {
+        int64_t first_e, count_e;
+        moe_partition(L->E, L->R, r, &first_e, &count_e);
+        L->send_rows[r] = 0;
+        for (int64_t e = first_e; e < first_e + count_e; e++)
+            L->send_rows[r] += L->per_expert[e];
+        L->recv_rows[r] = 0;
+        for (int64_t le = 0; le < L->n_le; le++)
+            L->recv_rows[r] += L->acc_owner[r * L->n_le + le];
+        L->n_recv += L->recv_rows[r];
+    }
+    return moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
+}
+
+/* Capacity of local expert le summed over groups, or MOE_CAPACITY_UNLIMITED. */
+static int64_t expert_capacity(const moe_layer *L)
+{
+    if (L->cfg.capacity_factor == 0.0)
+        return MOE_CAPACITY_UNLIMITED;
+    if (L->cfg.scope == MOE_SCOPE_GLOBAL)
+        return L->group_cap[0];
+    int64_t sum = 0;
+    for (int s = 0; s < L->R; s++)
+        sum += L->group_cap[s];
+    return sum;
+}
+
+/* Where each local expert's rows sit in x: accepted rows, or the full capacity when padding. */
+static void layout_experts(moe_layer *L)
+{
+    int64_t cap = expert_capacity(L);
+    L->rows_x = 0;
+    for (int64_t le = 0; le < L->n_le; le++) {
+        int64_t m = 0;
+        for (int s = 0; s < L->R; s++)
+            m += L->acc_owner[s * L->n_le + le];
+        L->x_start[le] = L->rows_x;
+        L->x_rows[le] = L->cfg.pad_to_capacity ? cap : m;
+        L->rows_x += L->x_rows[le];
+    }
+}
+
+static int load_inputs(moe_layer *L, char *msg, size_t msglen)
+{
+    const moe_config *c = &L->cfg;
+    int rc = MOE_OK;
+    if (c->tokens_file != NULL) {
+        moe_npy_header hdr;
+        rc = moe_npy_read_header(c->tokens_file, &hdr, msg, msglen);
+        if (rc == MOE_OK)
+            rc = moe_npy_read_rows(c->tokens_file, &hdr, L->first, L->n, L->h, msg, msglen);
+    } else {
+        moe_tokens_generate(L->h, c->seed, L->first, L->n, L->d);
+    }
+    if (rc == MOE_OK && c->router_file != NULL) {
+        moe_npy_header hdr;
+        rc = moe_npy_read_header(c->router_file, &hdr, msg, msglen);
+        if (rc == MOE_OK)
+            rc = moe_npy_read_rows(c->router_file, &hdr, 0, hdr.rows, L->w_router, msg, msglen);
+    } else if (rc == MOE_OK) {
+        /* W ~ N(0, 1/d): logits of order one for standard-normal tokens */
+        moe_rng_fill_normal(L->w_router, (size_t)(L->E * L->d), c->seed, MOE_STREAM_ROUTER, 0,
+                            1.0 / sqrt((double)L->d));
+    }
+    for (int64_t le = 0; rc == MOE_OK && le < L->n_le; le++)
+        moe_expert_init(L->w1 + le * L->f * L->d, L->w2 + le * L->d * L->f, c->seed,
+                        (int)(L->first_e + le), L->d, L->f);
+    return rc;
+}
+
+int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char *msg,
+                     size_t msglen)
+{
+    *out = NULL;
+    moe_layer *L = calloc(1, sizeof *L);
+    int rc = L == NULL ? moe_fail(MOE_ENOMEM, msg, msglen, "out of memory") : MOE_OK;
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK) {
+        free(L);
+        return rc;
+    }
+    *out = L;
+    L->cfg = *cfg;
+    L->comm = comm;
+    L->node = MPI_COMM_NULL;
+    L->ex.row = MPI_DATATYPE_NULL;
+    MPI_Comm_rank(comm, &L->rank);
+    MPI_Comm_size(comm, &L->R);
+    L->E = cfg->experts;
+    L->k = cfg->top_k;
+    L->d = cfg->hidden;
+    L->f = cfg->ffn;
+    moe_partition(cfg->tokens, L->R, L->rank, &L->first, &L->n);
+    moe_partition(L->E, L->R, L->rank, &L->first_e, &L->n_le);
+
+    int mrc = MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, L->rank, MPI_INFO_NULL, &L->node);
+    rc = mrc == MPI_SUCCESS ? MOE_OK
+                            : moe_mpi_fail(mrc, "MPI_Comm_split_type", __FILE__, __LINE__, msg, msglen);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    rc = moe_exchange_init(&L->ex, comm, L->d, L->E, msg, msglen);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+
+    /* Memory known before routing: tokens, output, router, probabilities, per-assignment arrays,
+     * the send buffer, the experts' weights, and the dumps gathered on rank 0. */
+    double n = (double)L->n, k = L->k, d = (double)L->d, E = L->E, f = (double)L->f;
+    double need = 4 * (2 * n * d + E * d + n * E + n * k * d + 2 * (double)L->n_le * d * f) +
+                  n * k * (4 + 4 + 1 + 8);
+    if (L->rank == 0 && cfg->dump_output != NULL)
+        need += 4.0 * (double)cfg->tokens * d;
+    if (L->rank == 0 && cfg->dump_routing != NULL)
+        need += (double)sizeof(moe_route_record) * (double)cfg->tokens * k;
+    if ((rc = check_memory(L, need > 9e18 ? INT64_MAX : (int64_t)need, "this run", msg, msglen)) !=
+        MOE_OK)
+        return rc;
+
+    size_t R = (size_t)L->R, En = (size_t)L->E, nk = (size_t)(L->n * L->k), le = (size_t)L->n_le;
+    size_t nd = (size_t)(L->n * L->d);
+    rc = MOE_OK;
+    L->h = alloc_bytes(L, nd, sizeof(float), &rc);
+    L->y = alloc_bytes(L, nd, sizeof(float), &rc);
+    L->w_router = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
+    L->probs = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
+    L->expert = alloc_bytes(L, nk, sizeof(int32_t), &rc);
+    L->gate = alloc_bytes(L, nk, sizeof(float), &rc);
+    L->flag = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
+    L->slot = alloc_bytes(L, nk, sizeof(int64_t), &rc);
+    L->routed = alloc_bytes(L, En, sizeof(int64_t), &rc);
+    L->accepted = alloc_bytes(L, En, sizeof(int64_t), &rc);
+    L->per_expert = alloc_bytes(L, En, sizeof(int64_t), &rc);
+    L->scratch = alloc_bytes(L, En, sizeof(int64_t), &rc);
+    L->send_rows = alloc_bytes(L, R, sizeof(int64_t), &rc);
+    L->recv_rows = alloc_bytes(L, R, sizeof(int64_t), &rc);
+    L->group_cap = alloc_bytes(L, R, sizeof(int64_t), &rc);
+    L->cnt_owner = alloc_bytes(L, R * le, sizeof(int64_t), &rc);
+    L->acc_owner = alloc_bytes(L, R * le, sizeof(int64_t), &rc);
+    L->x_start = alloc_bytes(L, le, sizeof(int64_t), &rc);
+    L->x_rows = alloc_bytes(L, le, sizeof(int64_t), &rc);
+    L->placed = alloc_bytes(L, le, sizeof(int64_t), &rc);
+    L->w1 = alloc_bytes(L, le * (size_t)(L->f * L->d), sizeof(float), &rc);
+    L->w2 = alloc_bytes(L, le * (size_t)(L->f * L->d), sizeof(float), &rc);
+    if (rc != MOE_OK)
+        moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of tokens, router and experts",
+                 need / 1073741824.0);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+
+    rc = load_inputs(L, msg, msglen);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+
+    if (cfg->scope == MOE_SCOPE_GLOBAL)
+        L->group_cap[0] = moe_capacity(cfg->capacity_factor, cfg->tokens, L->k, L->E);
+    else
+        for (int s = 0; s < L->R; s++) {
+            int64_t first, count;
+            moe_partition(cfg->tokens, L->R, s, &first, &count);
+            L->group_cap[s] = moe_capacity(cfg->capacity_factor, count, L->k, L->E);
+        }
+
+    /* Route once to learn the exchange sizes; routing is deterministic, so every step repeats it. */
+    route(L);
+    rc = decide(L, msg, msglen);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    layout_experts(L);
+    if (L->rows_x > INT_MAX)
+        rc = moe_fail(MOE_ERANGE, msg, msglen,
+                      "%lld expert rows on one rank are more than one sgemm call can address",
+                      (long long)L->rows_x);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    double exch = 4.0 * ((double)L->n_send * d + (double)L->n_recv * d +
+                         (double)L->rows_x * (2 * d + f));
+    if ((rc = check_memory(L, (int64_t)exch, "the exchange and expert buffers", msg, msglen)) !=
+        MOE_OK)
+        return rc;
+    L->sendbuf = alloc_bytes(L, (size_t)(L->n_send * L->d), sizeof(float), &rc);
+    L->recvbuf = alloc_bytes(L, (size_t)(L->n_recv * L->d), sizeof(float), &rc);
+    L->x = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc); /* zero: the padding */
+    L->act = alloc_bytes(L, (size_t)(L->rows_x * L->f), sizeof(float), &rc);
+    L->yexp = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc);
+    if (rc != MOE_OK)
+        moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of exchange buffers",
+                 exch / 1073741824.0);
+    return moe_agree(comm, rc, msg, msglen);
+}
+
+void moe_layer_destroy(moe_layer *L)
+{
+    if (L == NULL)
+        return;
+    moe_exchange_free(&L->ex);
+    if (L->node != MPI_COMM_NULL)
+        MPI_Comm_free(&L->node);
+    void *owned[] = {L->h, L->y, L->w_router, L->probs, L->expert, L->gate, L->flag, L->slot,
+                     L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
+                     L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
+                     L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->x, L->act,
+                     L->yexp};
+    for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
+        free(owned[i]);
+    free(L);
+}
+
+int64_t moe_layer_bytes(const moe_layer *L)
+{
+    return L->bytes;
+}
+
+int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
+{
+    double t[MOE_PHASE_COUNT + 2];
+    int64_t planned_send = L->n_send, planned_recv = L->n_recv;
+    int rc;
+
+    t[0] = MPI_Wtime();
+    route(L);
+    t[1] = MPI_Wtime();
+    if ((rc = decide(L, msg, msglen)) != MOE_OK)
+        return rc;
+    if (L->n_send != planned_send || L->n_recv != planned_recv)
+        return moe_fail(MOE_EINVAL, msg, msglen,
+                        "internal error: routing changed between steps (%lld/%lld rows, planned "
+                        "%lld/%lld)",
+                        (long long)L->n_send, (long long)L->n_recv, (long long)planned_send,
+                        (long long)planned_recv);
+    t[2] = MPI_Wtime();
+    moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->k, L->d);
+    t[3] = MPI_Wtime();
+    if ((rc = moe_exchange_rows(&L->ex, L->sendbuf, L->recvbuf, false, msg, msglen)) != MOE_OK)
+        return rc;
+    t[4] = MPI_Wtime();
+    moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start, L->d,
+                           L->placed);
+    t[5] = MPI_Wtime();
+    for (int64_t le = 0; le < L->n_le; le++)
+        moe_expert_forward(L->yexp + L->x_start[le] * L->d, L->act + L->x_start[le] * L->f,
+                           L->x + L->x_start[le] * L->d, L->w1 + le * L->f * L->d,
+                           L->w2 + le * L->d * L->f, L->x_rows[le], L->d, L->f);
+    t[6] = MPI_Wtime();
+    moe_regroup_from_experts(L->recvbuf, L->yexp, L->acc_owner, L->R, (int)L->n_le, L->x_start,
+                             L->d, L->placed);
+    t[7] = MPI_Wtime();
+    if ((rc = moe_exchange_rows(&L->ex, L->recvbuf, L->sendbuf, true, msg, msglen)) != MOE_OK)
+        return rc;
+    t[8] = MPI_Wtime();
+    moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->k, L->d);
+    t[9] = MPI_Wtime();
+
+    if (seconds != NULL) {
+        seconds[MOE_PHASE_ROUTER] = t[1] - t[0];
+        seconds[MOE_PHASE_COUNTS] = t[2] - t[1];
+        seconds[MOE_PHASE_PACK] = t[3] - t[2];
+        seconds[MOE_PHASE_DISPATCH] = t[4] - t[3];
+        seconds[MOE_PHASE_REGROUP] = (t[5] - t[4]) + (t[7] - t[6]);
+        seconds[MOE_PHASE_EXPERT] = t[6] - t[5];
+        seconds[MOE_PHASE_COMBINE] = t[8] - t[7];
+        seconds[MOE_PHASE_UNPACK] = t[9] - t[8];
+    }
+    return MOE_OK;
+}
+
+/* Reduce int64 arrays to rank 0 (sum). */
+static int reduce_i64(const moe_layer *L, const int64_t *in, int64_t *out, int n, char *msg,
+                      size_t msglen)
+{
+    MOE_MPI_CHECK(MPI_Reduce(in, out, n, MPI_INT64_T, MPI_SUM, 0, L->comm), msg, msglen);
+    return MOE_OK;
+}
+
+static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msglen)
+{
+    int E = L->E, R = L->R, rc;
+    int64_t *mine = calloc((size_t)(2 * E + R), sizeof *mine);
+    double *psum = calloc((size_t)E, sizeof *psum), *psum_all = calloc((size_t)E, sizeof *psum);
+    int64_t *routed_again = calloc((size_t)E, sizeof *routed_again);
+    rc = mine && psum && psum_all && routed_again ? MOE_OK : MOE_ENOMEM;
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+
+    /* accepted and capacity of the experts I own; zero elsewhere so a sum gathers them */
+    int64_t cap = expert_capacity(L);
+    for (int64_t le = 0; le < L->n_le; le++) {
+        int64_t a = 0;
+        for (int s = 0; s < R; s++)
+            a += L->acc_owner[s * L->n_le + le];
+        mine[L->first_e + le] = a;
+        mine[E + L->first_e + le] = cap;
+    }
+    if ((rc = reduce_i64(L, L->routed, res ? res->routed : NULL, E, msg, msglen)) != MOE_OK ||
+        (rc = reduce_i64(L, mine, res ? res->accepted : NULL, E, msg, msglen)) != MOE_OK ||
+        (rc = reduce_i64(L, mine + E, res ? res->capacity : NULL, E, msg, msglen)) != MOE_OK)
+        goto done;
+
+    moe_router_accumulate(routed_again, psum, L->expert, L->probs, L->n, E, L->k);
+    MOE_MPI_CHECK(MPI_Reduce(psum, psum_all, E, MPI_DOUBLE, MPI_SUM, 0, L->comm), msg, msglen);
+
+    int64_t dropped_tokens = 0, dropped_all = 0;
+    for (int64_t t = 0; t < L->n; t++) {
+        int any = 0;
+        for (int c = 0; c < L->k; c++)
+            any |= L->flag[t * L->k + c];
+        dropped_tokens += !any;
+    }
+    if ((rc = reduce_i64(L, &dropped_tokens, &dropped_all, 1, msg, msglen)) != MOE_OK)
+        goto done;
+
+    double checksum = 0.0, checksum_all = 0.0;
+    for (int64_t i = 0; i < L->n * L->d; i++)
+        checksum += L->y[i];
+    MOE_MPI_CHECK(MPI_Reduce(&checksum, &checksum_all, 1, MPI_DOUBLE, MPI_SUM, 0, L->comm), msg,
+                  msglen);
+
+    /* traffic: my row of the dispatch matrix, in bytes */
+    int64_t *row = mine + 2 * E;
+    for (int r = 0; r < R; r++)
+        row[r] = L->send_rows[r] * L->ex.row_bytes;
+    MOE_MPI_CHECK(MPI_Gather(row, R, MPI_INT64_T, res ? res->dispatch_bytes : NULL, R, MPI_INT64_T,
+                             0, L->comm),
+                  msg, msglen);
+
+    if (res != NULL) {
+        res->tokens = L->cfg.tokens;
+        res->hidden = L->d;
+        res->ffn = L->f;
+        res->top_k = L->k;
+        res->dropped_tokens = dropped_all;
+        res->output_checksum = checksum_all;
+        res->padded = L->cfg.pad_to_capacity;
+        for (int e = 0; e < E; e++)
+            res->owner[e] = moe_partition_owner(E, R, e);
+        res->aux_loss = moe_load_balance(res->f, res->P, res->routed, psum_all, E, L->cfg.tokens,
+                                         L->k);
+        /* combine sends each owner's results back: the transpose of dispatch */
+        for (int s = 0; s < R; s++)
+            for (int r = 0; r < R; r++)
+                res->combine_bytes[(int64_t)r * R + s] = res->dispatch_bytes[(int64_t)s * R + r];
+        moe_results_totals(res, moe_expert_flops_per_row(L->d, L->f));
+    }
+done:
+    free(mine);
+    free(psum);
+    free(psum_all);
+    free(routed_again);
+    return rc;
+}
+
+static int results_timing(moe_layer *L, moe_results *res, const double *phase_seconds, int iters,
+                          char *msg, size_t msglen)
+{
+    int R = L->R, P = MOE_PHASE_COUNT + 1; /* phases, then the whole step */
+    double *col = malloc((size_t)iters * sizeof *col);
+    double *med = malloc((size_t)P * sizeof *med);
+    double *all = L->rank == 0 ? malloc((size_t)(P * R) * sizeof *all) : NULL;
+    double *one = malloc((size_t)R * sizeof *one);
+    int rc = col && med && one && (L->rank != 0 || all) ? MOE_OK : MOE_ENOMEM;
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    for (int p = 0; p < P; p++) {
+        for (int i = 0; i < iters; i++) {
+            const double *it = phase_seconds + (int64_t)i * MOE_PHASE_COUNT;
+            if (p < MOE_PHASE_COUNT) {
+                col[i] = it[p];
+            } else {
+                col[i] = 0.0;
+                for (int q = 0; q < MOE_PHASE_COUNT; q++)
+                    col[i] += it[q];
+            }
+        }
+        med[p] = moe_median(col, iters);
+    }
+    {
+        int mrc = MPI_Gather(med, P, MPI_DOUBLE, all, P, MPI_DOUBLE, 0, L->comm);
+        if (mrc != MPI_SUCCESS) {
+            rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, msglen);
+            goto done;
+        }
+    }
+    if (res != NULL) {
+        for (int p = 0; p < P; p++) {
+            for (int r = 0; r < R; r++)
+                one[r] = all[(int64_t)r * P + p];
+            moe_summary s = moe_summarize(one, R);
+            if (p < MOE_PHASE_COUNT)
+                res->phase[p] = s;
+            else
+                res->step = s;
+        }
+        int64_t total = 0;
+        for (int64_t i = 0; i < (int64_t)R * R; i++)
+            total += res->dispatch_bytes[i];
+        double td = res->phase[MOE_PHASE_DISPATCH].max, tc = res->phase[MOE_PHASE_COMBINE].max;
+        res->dispatch_bytes_per_second = td > 0 ? (double)total / td : 0.0;
+        res->combine_bytes_per_second = tc > 0 ? (double)total / tc : 0.0;
+    }
+done:
+    free(col);
+    free(med);
+    free(all);
+    free(one);
+    return rc;
+}
+
+int moe_layer_results(moe_layer *L, moe_results *res, const double *phase_seconds, int iters,
+                      char *msg, size_t msglen)
+{
+    if (L->rank != 0)
+        res = NULL;
+    int rc = results_counts(L, res, msg, msglen);
+    if (rc == MOE_OK)
+        rc = results_timing(L, res, phase_seconds, iters, msg, msglen);
+    return rc;
+}
+
+/* Gather n_local items of `item` type from every rank to rank 0. */
+static int gather_items(moe_layer *L, const void *local, int64_t n_local, int64_t n_total,
+                        MPI_Datatype item, size_t item_bytes, void **out, char *msg, size_t msglen)
+{
+    int R = L->R, rc = MOE_OK;
+    *out = NULL;
+    int *counts = calloc((size_t)R, sizeof *counts), *displs = calloc((size_t)R, sizeof *displs);
+    int n = (int)n_local;
+    if (counts == NULL || displs == NULL)
+        rc = MOE_ENOMEM;
+    if (rc == MOE_OK && L->rank == 0 && (*out = malloc((size_t)n_total * item_bytes + 1)) == NULL)
+        rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory gathering %lld items on rank 0",
+                      (long long)n_total);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    {
+        int mrc = MPI_Gather(&n, 1, MPI_INT, counts, 1, MPI_INT, 0, L->comm);
+        if (mrc == MPI_SUCCESS && L->rank == 0)
+            for (int r = 1; r < R; r++)
+                displs[r] = displs[r - 1] + counts[r - 1];
+        if (mrc == MPI_SUCCESS)
+            mrc = MPI_Gatherv(local, n, item, *out, counts, displs, item, 0, L->comm);
+        if (mrc != MPI_SUCCESS)
+            rc = moe_mpi_fail(mrc, "MPI_Gatherv", __FILE__, __LINE__, msg, msglen);
+    }
+done:
+    free(counts);
+    free(displs);
+    if (rc != MOE_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+int moe_layer_gather_routing(moe_layer *L, moe_route_record **records, char *msg, size_t msglen)
+{
+    int64_t nk = L->n * L->k;
+    moe_route_record *mine = malloc((size_t)(nk ? nk : 1) * sizeof *mine);
+    MPI_Datatype rec = MPI_DATATYPE_NULL;
+    int rc = mine ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for routing records");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    for (int64_t i = 0; i < nk; i++) {
+        mine[i] = (moe_route_record){.token = L->first + i / L->k,
+                                     .choice = (int32_t)(i % L->k),
+                                     .expert = L->expert[i],
+                                     .gate = L->gate[i],
+                                     .accepted = L->flag[i]};
+    }
+    MOE_MPI_CHECK(MPI_Type_contiguous((int)sizeof *mine, MPI_BYTE, &rec), msg, msglen);
+    MOE_MPI_CHECK(MPI_Type_commit(&rec), msg, msglen);
+    rc = gather_items(L, mine, nk, L->cfg.tokens * L->k, rec, sizeof *mine, (void **)records, msg,
+                      msglen);
+    MPI_Type_free(&rec);
+done:
+    free(mine);
+    return rc;
+}
+
+int moe_layer_gather_output(moe_layer *L, float **y, char *msg, size_t msglen)
+{
+    return gather_items(L, L->y, L->n, L->cfg.tokens, L->ex.row, (size_t)L->ex.row_bytes,
+                        (void **)y, msg, msglen);
+}

@@ -1,0 +1,203 @@
+/* moesim driver: a list of phases. Set up, validate and agree, build the layer, warm up, time,
+ * reduce, report. Only rank 0 prints; every error is agreed first so that all ranks leave together. */
+#include "moesim/config.h"
+#include "moesim/error.h"
+#include "moesim/exchange.h"
+#include "moesim/layer.h"
+#include "moesim/npy.h"
+#include "moesim/report.h"
+#include "moesim/stats.h"
+
+#include <cblas.h>
+#include <hwloc.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MSG_LEN 1024
+
+/* Exit statuses: 2 for anything refused before the layer runs (options, inputs, sizes), 1 for a
+ * failure while running or writing results. */
+enum { EXIT_REFUSED = 2, EXIT_FAILED = 1 };
+
+static int finish(int rank, int rc, const char *msg, int status)
+{
+    if (rank == 0 && rc != MOE_OK)
+        fprintf(stderr, "moesim: error: %s\n", msg);
+    MPI_Finalize();
+    return rc == MOE_OK ? 0 : status;
+}
+
+/* Read the input file headers and settle the configuration; every rank does it and agrees. */
+static int resolve_config(moe_config *cfg, int nranks, MPI_Comm comm, char *msg)
+{
+    moe_npy_header th, rh;
+    int rc = MOE_OK;
+    if (cfg->tokens_file != NULL)
+        rc = moe_npy_read_header(cfg->tokens_file, &th, msg, MSG_LEN);
+    if (rc == MOE_OK && cfg->router_file != NULL)
+        rc = moe_npy_read_header(cfg->router_file, &rh, msg, MSG_LEN);
+    if (rc == MOE_OK)
+        rc = moe_config_resolve(cfg, nranks, cfg->tokens_file ? &th : NULL,
+                                cfg->router_file ? &rh : NULL, msg, MSG_LEN);
+    return moe_agree(comm, rc, msg, MSG_LEN);
+}
+
+/* Rank 0 checks that every output path can be created before anything runs. */
+static int check_outputs(const moe_config *cfg, int rank, MPI_Comm comm, char *msg)
+{
+    int rc = MOE_OK;
+    if (rank == 0) {
+        if (cfg->json_path)
+            rc = moe_report_check_writable(cfg->json_path, "--json", msg, MSG_LEN);
+        if (rc == MOE_OK && cfg->dump_routing)
+            rc = moe_report_check_writable(cfg->dump_routing, "--dump-routing", msg, MSG_LEN);
+        if (rc == MOE_OK && cfg->dump_output)
+            rc = moe_report_check_writable(cfg->dump_output, "--dump-output", msg, MSG_LEN);
+    }
+    return moe_agree(comm, rc, msg, MSG_LEN);
+}
+
+/* Whether a person is watching stdout. Open MPI hands its ranks a pseudo-terminal even when mpirun's
+ * own output goes to a pipe or file, so under mpirun ask about the launcher's stdout instead (Linux
+ * /proc; when it cannot be read, assume no terminal). NO_COLOR and MOESIM_NO_TTY also say no. */
+static int stdout_is_terminal(void)
+{
+    if (!isatty(STDOUT_FILENO) || getenv("MOESIM_NO_TTY") != NULL)
+        return 0;
+    if (getenv("OMPI_COMM_WORLD_SIZE") == NULL && getenv("PMI_RANK") == NULL &&
+        getenv("PMIX_RANK") == NULL)
+        return 1;
+    char link[64], target[256];
+    snprintf(link, sizeof link, "/proc/%ld/fd/1", (long)getppid());
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0)
+        return 0;
+    target[n] = '\0';
+    return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
+}
+
+static int run_steps(moe_layer *layer, const moe_config *cfg, double *seconds, int rank, char *msg)
+{
+    int total = cfg->warmup + cfg->iters;
+    int progress = rank == 0 && !cfg->quiet && stdout_is_terminal();
+    for (int i = 0; i < total; i++) {
+        double *dst = i < cfg->warmup ? NULL : seconds + (int64_t)(i - cfg->warmup) * MOE_PHASE_COUNT;
+        int rc = moe_layer_step(layer, dst, msg, MSG_LEN);
+        if (rc != MOE_OK)
+            return rc;
+        if (progress) {
+            fprintf(stderr, "\r  %s %d/%d", i < cfg->warmup ? "warm-up" : "iteration",
+                    i < cfg->warmup ? i + 1 : i + 1 - cfg->warmup,
+                    i < cfg->warmup ? cfg->warmup : cfg->iters);
+            fflush(stderr);
+        }
+    }
+    if (progress)
+        fprintf(stderr, "\r%40s\r", "");
+    return MOE_OK;
+}
+
+static int write_outputs(moe_layer *layer, const moe_config *cfg, const moe_results *res, int rank,
+                         MPI_Comm comm, char *msg)
+{
+    int rc = MOE_OK;
+    if (cfg->dump_routing != NULL) {
+        moe_route_record *records = NULL;
+        rc = moe_layer_gather_routing(layer, &records, msg, MSG_LEN);
+        if (rc == MOE_OK && rank == 0)
+            rc = moe_report_routing_csv(cfg->dump_routing, records, cfg->tokens * cfg->top_k, msg,
+                                        MSG_LEN);
+        free(records);
+        if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
+            return rc;
+    }
+    if (cfg->dump_output != NULL) {
+        float *y = NULL;
+        rc = moe_layer_gather_output(layer, &y, msg, MSG_LEN);
+        if (rc == MOE_OK && rank == 0)
+            rc = moe_npy_write_f32(cfg->dump_output, y, cfg->tokens, cfg->hidden, msg, MSG_LEN);
+        free(y);
+        if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
+            return rc;
+    }
+    if (rank == 0 && cfg->json_path != NULL)
+        rc = moe_report_json(cfg->json_path, cfg, res, msg, MSG_LEN);
+    if (rank == 0 && !cfg->quiet)
+        moe_report_text(stdout, cfg, res, stdout_is_terminal() && getenv("NO_COLOR") == NULL);
+    return moe_agree(comm, rc, msg, MSG_LEN);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm comm = MPI_COMM_WORLD;
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    int rank, nranks;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &nranks);
+    char msg[MSG_LEN] = "";
+
+    /* One BLAS thread per rank unless the user asked otherwise: ranks already fill the cores. */
+    if (getenv("OPENBLAS_NUM_THREADS") == NULL)
+        openblas_set_num_threads(1);
+
+    /* Phase 1: options, identical on every rank, so no agreement is needed yet. */
+    moe_config cfg;
+    moe_config_defaults(&cfg);
+    int rc = moe_config_parse(&cfg, argc, argv, msg, MSG_LEN);
+    if (rc != MOE_OK)
+        return finish(rank, rc, msg, EXIT_REFUSED);
+    if (cfg.help || cfg.version) {
+        if (rank == 0 && cfg.help)
+            fputs(moe_config_usage(), stdout);
+        else if (rank == 0)
+            printf("moesim %s (MPI %d.%d, hwloc API 0x%x, OpenBLAS %s)\n", MOE_VERSION, MPI_VERSION,
+                   MPI_SUBVERSION, (unsigned)hwloc_get_api_version(), openblas_get_config());
+        return finish(rank, MOE_OK, msg, 0);
+    }
+
+    /* Phase 2: inputs and outputs, checked before any work. */
+    if ((rc = resolve_config(&cfg, nranks, comm, msg)) != MOE_OK ||
+        (rc = check_outputs(&cfg, rank, comm, msg)) != MOE_OK)
+        return finish(rank, rc, msg, EXIT_REFUSED);
+
+    /* Phase 3: the layer (tokens, router, experts, buffers sized by one routing pass). */
+    moe_layer *layer = NULL;
+    rc = moe_layer_create(&layer, &cfg, comm, msg, MSG_LEN);
+    if (rc != MOE_OK) {
+        moe_layer_destroy(layer);
+        return finish(rank, rc, msg, rc == MOE_EMPI ? EXIT_FAILED : EXIT_REFUSED);
+    }
+
+    /* Phase 4: warm-up and timed steps. A failure inside a step is an MPI or internal error that
+     * other ranks may not see: abort rather than risk a hang. */
+    double *seconds = calloc((size_t)cfg.iters * MOE_PHASE_COUNT, sizeof *seconds);
+    rc = seconds ? MOE_OK : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for timings");
+    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK) {
+        moe_layer_destroy(layer);
+        return finish(rank, rc, msg, EXIT_FAILED);
+    }
+    rc = run_steps(layer, &cfg, seconds, rank, msg);
+    if (rc != MOE_OK) {
+        fprintf(stderr, "moesim: error on rank %d: %s\n", rank, msg);
+        MPI_Abort(comm, EXIT_FAILED);
+    }
+
+    /* Phase 5: statistics to rank 0, then the report and the files. */
+    moe_results res = {0};
+    rc = rank == 0 ? moe_results_init(&res, cfg.experts, nranks) : MOE_OK;
+    if (rc != MOE_OK)
+        moe_fail(rc, msg, MSG_LEN, "out of memory for results");
+    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) == MOE_OK)
+        rc = moe_layer_results(layer, rank == 0 ? &res : NULL, seconds, cfg.iters, msg, MSG_LEN);
+    if (rc == MOE_OK)
+        rc = write_outputs(layer, &cfg, &res, rank, comm, msg);
+
+    moe_results_free(&res);
+    free(seconds);
+    moe_layer_destroy(layer);
+    return finish(rank, rc, msg, EXIT_FAILED);
+}

@@ -1,0 +1,305 @@
+#include "moesim/report.h"
+
+#include "moesim/capacity.h"
+#include "moesim/error.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static int tmp_name(char *buf, size_t len, const char *path)
+{
+    return (size_t)snprintf(buf, len, "%s.tmp.%ld", path, (long)getpid()) < len ? 0 : -1;
+}
+
+int moe_report_check_writable(const char *path, const char *option, char *msg, size_t msglen)
+{
+    char tmp[4096];
+    if (tmp_name(tmp, sizeof tmp, path) != 0)
+        return moe_fail(MOE_EUSAGE, msg, msglen, "%s: path too long", option);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen, "%s '%s' cannot be written: %s", option, path,
+                        strerror(errno));
+    fclose(f);
+    remove(tmp);
+    return MOE_OK;
+}
+
+void moe_report_bar(char *buf, double fraction, int width)
+{
+    static const char *const eighths[] = {"", "▏", "▎", "▍", "▌", "▋", "▊", "▉"};
+    int over = fraction > 1.0;
+    if (fraction > 1.0)
+        fraction = 1.0;
+    if (!(fraction > 0.0))
+        fraction = 0.0;
+    int cells8 = (int)(fraction * width * 8 + 0.5);
+    buf[0] = '\0';
+    for (int i = 0; i < cells8 / 8; i++)
+        strcat(buf, "█");
+    strcat(buf, eighths[cells8 % 8]);
+    if (over)
+        strcat(buf, ">");
+}
+
+static void human_bytes(char *buf, size_t len, double bytes)
+{
+    const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024.0 && u < 4) {
+        bytes /= 1024.0;
+        u++;
+    }
+    snprintf(buf, len, u == 0 ? "%.0f %s" : "%.1f %s", bytes, unit[u]);
+}
+
+static double pct(int64_t part, int64_t whole)
+{
+    return whole > 0 ? 100.0 * (double)part / (double)whole : 0.0;
+}
+
+void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color)
+{
+    const char *bold = color ? "\033[1m" : "", *hot = color ? "\033[31m" : "",
+               *off = color ? "\033[0m" : "";
+    int E = res->experts, R = res->ranks;
+    double mean_load = (double)res->assignments / E;
+    int64_t max_routed = 0;
+    int hottest = 0;
+    for (int e = 0; e < E; e++)
+        if (res->routed[e] > max_routed) {
+            max_routed = res->routed[e];
+            hottest = e;
+        }
+
+    fprintf(out, "%smoesim %s%s: one expert-parallel MoE layer\n", bold, MOE_VERSION, off);
+    fprintf(out, "  ranks %d | experts %d (%d to %d per rank) | top-k %d | tokens %lld | hidden %lld | ffn %lld\n",
+            R, E, E / R, (E + R - 1) / R, res->top_k, (long long)res->tokens,
+            (long long)res->hidden, (long long)res->ffn);
+    if (cfg->capacity_factor == 0.0)
+        fprintf(out, "  capacity factor 0 (dropless), scope %s, policy %s\n",
+                moe_scope_name(cfg->scope), moe_policy_name(cfg->policy));
+    else
+        fprintf(out, "  capacity factor %g, scope %s, policy %s: %lld slots per expert in all\n",
+                cfg->capacity_factor, moe_scope_name(cfg->scope), moe_policy_name(cfg->policy),
+                (long long)res->capacity[0]);
+    fprintf(out, "  gates %s | padded to capacity %s | seed %llu | %d timed iterations after %d warm-up\n",
+            cfg->renormalize ? "renormalized over the top-k (Mixtral)" : "softmax probability (Switch)",
+            cfg->pad_to_capacity ? "yes" : "no", (unsigned long long)cfg->seed, cfg->iters,
+            cfg->warmup);
+    if (cfg->tokens_file || cfg->router_file)
+        fprintf(out, "  inputs: tokens %s, router %s\n",
+                cfg->tokens_file ? cfg->tokens_file : "generated",
+                cfg->router_file ? cfg->router_file : "generated");
+
+    fprintf(out, "\n%sExperts%s (load bar: routed assignments, full width = the hottest expert)\n",
+            bold, off);
+    fprintf(out, "  %6s %5s %9s %9s %9s %9s %6s  %-20s %s\n", "expert", "rank", "routed",
+            "accepted", "dropped", "capacity", "util", "load", "x mean");
+    for (int e = 0; e < E; e++) {
+        char bar[128], cap[24], util[16];
+        moe_report_bar(bar, max_routed > 0 ? (double)res->routed[e] / (double)max_routed : 0.0, 20);
+        if (res->capacity[e] < 0) {
+            snprintf(cap, sizeof cap, "-");
+            snprintf(util, sizeof util, "-");
+        } else {
+            snprintf(cap, sizeof cap, "%lld", (long long)res->capacity[e]);
+            snprintf(util, sizeof util, "%.1f%%", pct(res->accepted[e], res->capacity[e]));
+        }
+        double ratio = mean_load > 0 ? res->routed[e] / mean_load : 0.0;
+        int is_hot = ratio >= 1.25;
+        /* pad the bar by display cells, not bytes */
+        int cells = 0;
+        for (const char *c = bar; *c; c++)
+            cells += ((unsigned char)*c & 0xC0) != 0x80;
+        fprintf(out, "  %6d %5d %9lld %9lld %9lld %9s %6s  %s%s%*s%s %5.2f%s\n", e, res->owner[e],
+                (long long)res->routed[e], (long long)res->accepted[e],
+                (long long)(res->routed[e] - res->accepted[e]), cap, util, is_hot ? hot : "", bar,
+                20 - cells, "", off, ratio, is_hot ? "  hot" : "");
+    }
+    fprintf(out, "  mean load N*k/E = %.1f assignments; hottest expert %d at %.2fx the mean\n",
+            mean_load, hottest, mean_load > 0 ? max_routed / mean_load : 0.0);
+
+    fprintf(out, "\n%sLoad balance%s (Switch: f_i = routed_i/(N k), P_i = mean p_i)\n", bold, off);
+    fprintf(out, "  aux loss E * sum f_i P_i = %.4f   (1 = perfectly uniform; times alpha, 1e-2 in Megatron, in training)\n",
+            res->aux_loss);
+
+    fprintf(out, "\n%sDrops and waste%s\n", bold, off);
+    fprintf(out, "  assignments           %12lld\n", (long long)res->assignments);
+    fprintf(out, "  dropped assignments   %12lld  %6.2f%%\n", (long long)res->dropped_assignments,
+            pct(res->dropped_assignments, res->assignments));
+    fprintf(out, "  dropped tokens        %12lld  %6.2f%%  (all k assignments dropped: output = residual)\n",
+            (long long)res->dropped_tokens, pct(res->dropped_tokens, res->tokens));
+    fprintf(out, "  expert slots          %12lld\n", (long long)res->slots);
+    fprintf(out, "  empty slots           %12lld  %6.2f%%  %.3g GFLOP %s\n", (long long)res->empty_slots,
+            pct(res->empty_slots, res->slots), res->flops_wasted / 1e9,
+            res->padded ? "computed on zero padding (--pad-to-capacity)"
+                        : "a static-shape system would spend (not computed here)");
+    fprintf(out, "  useful expert work    %12.3g GFLOP\n", res->flops_useful / 1e9);
+
+    int64_t total = 0, off_rank = 0;
+    for (int s = 0; s < R; s++)
+        for (int r = 0; r < R; r++) {
+            total += res->dispatch_bytes[(int64_t)s * R + r];
+            off_rank += s != r ? res->dispatch_bytes[(int64_t)s * R + r] : 0;
+        }
+    char tb[32], ob[32];
+    human_bytes(tb, sizeof tb, (double)total);
+    human_bytes(ob, sizeof ob, (double)off_rank);
+    fprintf(out, "\n%sTraffic%s: dispatch %s (%s leaves its rank); combine the same, transposed\n",
+            bold, off, tb, ob);
+    if (R <= 16) {
+        fprintf(out, "  dispatch KiB, row = source rank, column = destination\n  %6s", "");
+        for (int r = 0; r < R; r++)
+            fprintf(out, " %9s%-2d", "r", r);
+        fprintf(out, "\n");
+        for (int s = 0; s < R; s++) {
+            fprintf(out, "  r%-5d", s);
+            for (int r = 0; r < R; r++)
+                fprintf(out, " %11.1f", res->dispatch_bytes[(int64_t)s * R + r] / 1024.0);
+            fprintf(out, "\n");
+        }
+    } else {
+        fprintf(out, "  (%d x %d matrix: see --json traffic.dispatch_bytes)\n", R, R);
+    }
+
+    fprintf(out, "\n%sPhase times%s, ms: each rank's median over %d iterations, then min/mean/max over ranks\n",
+            bold, off, cfg->iters);
+    fprintf(out, "  %-15s %9s %9s %9s  %s\n", "phase", "min", "mean", "max", "");
+    for (int p = 0; p < MOE_PHASE_COUNT; p++)
+        fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", moe_phase_name(p), res->phase[p].min * 1e3,
+                res->phase[p].mean * 1e3, res->phase[p].max * 1e3, moe_phase_what(p));
+    fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", "step", res->step.min * 1e3,
+            res->step.mean * 1e3, res->step.max * 1e3, "sum of the phases; the slowest rank sets the pace");
+    fprintf(out, "  all-to-all: dispatch %.2f GB/s, combine %.2f GB/s (matrix bytes / slowest rank's time)\n",
+            res->dispatch_bytes_per_second / 1e9, res->combine_bytes_per_second / 1e9);
+}
+
+static json_t *summary_json(moe_summary s)
+{
+    return json_pack("{s:f, s:f, s:f}", "min", s.min, "mean", s.mean, "max", s.max);
+}
+
+static json_t *matrix_json(const int64_t *m, int R)
+{
+    json_t *rows = json_array();
+    for (int s = 0; s < R; s++) {
+        json_t *row = json_array();
+        for (int r = 0; r < R; r++)
+            json_array_append_new(row, json_integer(m[(int64_t)s * R + r]));
+        json_array_append_new(rows, row);
+    }
+    return rows;
+}
+
+static json_t *doubles_json(const double *v, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_real(v[i]));
+    return a;
+}
+
+int moe_report_json(const char *path, const moe_config *cfg, const moe_results *res, char *msg,
+                    size_t msglen)
+{
+    int E = res->experts, R = res->ranks;
+    json_t *root = json_object();
+    json_t *config = json_pack(
+        "{s:i, s:i, s:i, s:f, s:I, s:I, s:I, s:s, s:s, s:I, s:b, s:b, s:i, s:i, s:o, s:o}", "ranks",
+        R, "experts", E, "top_k", res->top_k, "capacity_factor", cfg->capacity_factor, "tokens",
+        (json_int_t)res->tokens, "hidden", (json_int_t)res->hidden, "ffn", (json_int_t)res->ffn,
+        "capacity_scope", moe_scope_name(cfg->scope), "drop_policy", moe_policy_name(cfg->policy),
+        "seed", (json_int_t)cfg->seed, "renormalize", cfg->renormalize, "pad_to_capacity",
+        cfg->pad_to_capacity, "iters", cfg->iters, "warmup", cfg->warmup, "tokens_file",
+        cfg->tokens_file ? json_string(cfg->tokens_file) : json_null(), "router_file",
+        cfg->router_file ? json_string(cfg->router_file) : json_null());
+
+    json_t *experts = json_array();
+    for (int e = 0; e < E; e++) {
+        json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I}", "id", e, "rank", res->owner[e], "routed",
+                              (json_int_t)res->routed[e], "accepted", (json_int_t)res->accepted[e],
+                              "dropped", (json_int_t)(res->routed[e] - res->accepted[e]));
+        if (res->capacity[e] < 0) {
+            json_object_set_new(o, "capacity", json_null());
+            json_object_set_new(o, "utilization", json_null());
+        } else {
+            json_object_set_new(o, "capacity", json_integer(res->capacity[e]));
+            json_object_set_new(o, "utilization",
+                                json_real(res->capacity[e] > 0
+                                              ? (double)res->accepted[e] / (double)res->capacity[e]
+                                              : 0.0));
+        }
+        json_array_append_new(experts, o);
+    }
+
+    json_t *timing = json_object();
+    for (int p = 0; p < MOE_PHASE_COUNT; p++)
+        json_object_set_new(timing, moe_phase_name(p), summary_json(res->phase[p]));
+    json_object_set_new(timing, "step", summary_json(res->step));
+
+    json_object_set_new(root, "moesim_version", json_string(MOE_VERSION));
+    json_object_set_new(root, "config", config);
+    json_object_set_new(root, "experts", experts);
+    json_object_set_new(root, "load_balance",
+                        json_pack("{s:o, s:o, s:f}", "f", doubles_json(res->f, E), "P",
+                                  doubles_json(res->P, E), "aux_loss", res->aux_loss));
+    json_object_set_new(root, "drops",
+                        json_pack("{s:I, s:I, s:I}", "assignments", (json_int_t)res->assignments,
+                                  "dropped_assignments", (json_int_t)res->dropped_assignments,
+                                  "dropped_tokens", (json_int_t)res->dropped_tokens));
+    json_object_set_new(root, "waste",
+                        json_pack("{s:I, s:I, s:f, s:f, s:b}", "slots", (json_int_t)res->slots,
+                                  "empty_slots", (json_int_t)res->empty_slots, "flops_useful",
+                                  res->flops_useful, "flops_wasted", res->flops_wasted, "padded",
+                                  res->padded));
+    json_object_set_new(root, "traffic",
+                        json_pack("{s:o, s:o}", "dispatch_bytes", matrix_json(res->dispatch_bytes, R),
+                                  "combine_bytes", matrix_json(res->combine_bytes, R)));
+    json_object_set_new(root, "timing", timing);
+    json_object_set_new(root, "bandwidth",
+                        json_pack("{s:f, s:f}", "dispatch_bytes_per_second",
+                                  res->dispatch_bytes_per_second, "combine_bytes_per_second",
+                                  res->combine_bytes_per_second));
+    json_object_set_new(root, "output", json_pack("{s:f}", "checksum", res->output_checksum));
+
+    int rc = MOE_OK;
+    char tmp[4096];
+    if (config == NULL || tmp_name(tmp, sizeof tmp, path) != 0) {
+        rc = moe_fail(MOE_ENOMEM, msg, msglen, "could not build the JSON report");
+    } else if (json_dump_file(root, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) != 0 ||
+               rename(tmp, path) != 0) {
+        int err = errno;
+        remove(tmp);
+        rc = moe_fail(MOE_EIO, msg, msglen, "cannot write --json '%s': %s", path, strerror(err));
+    }
+    json_decref(root);
+    return rc;
+}
+
+int moe_report_routing_csv(const char *path, const moe_route_record *records, int64_t n, char *msg,
+                           size_t msglen)
+{
+    char tmp[4096];
+    if (tmp_name(tmp, sizeof tmp, path) != 0)
+        return moe_fail(MOE_EIO, msg, msglen, "--dump-routing: path too long");
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return moe_fail(MOE_EIO, msg, msglen, "cannot write --dump-routing '%s': %s", path,
+                        strerror(errno));
+    int ok = fprintf(f, "token,choice,expert,gate,accepted\n") > 0;
+    for (int64_t i = 0; ok && i < n; i++)
+        ok = fprintf(f, "%lld,%d,%d,%.9g,%d\n", (long long)records[i].token, records[i].choice,
+                     records[i].expert, records[i].gate, records[i].accepted) > 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int err = errno;
+        remove(tmp);
+        return moe_fail(MOE_EIO, msg, msglen, "cannot write --dump-routing '%s': %s", path,
+                        strerror(err));
+    }
+    return MOE_OK;
+}

@@ -1,0 +1,38 @@
+#include "moesim/rng.h"
+
+#include <math.h>
+
+#define MOE_GOLDEN 0x9E3779B97F4A7C15ULL
+
+uint64_t moe_rng_mix(uint64_t x)
+{
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+uint64_t moe_rng_u64(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    uint64_t key = moe_rng_mix(seed ^ moe_rng_mix(stream + MOE_GOLDEN));
+    return moe_rng_mix(key + (counter + 1) * MOE_GOLDEN);
+}
+
+double moe_rng_uniform(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    return ((double)(moe_rng_u64(seed, stream, counter) >> 11) + 0.5) * 0x1.0p-53;
+}
+
+double moe_rng_normal(uint64_t seed, uint64_t stream, uint64_t counter)
+{
+    /* Box-Muller, cosine branch only: one normal per counter keeps the mapping trivial. */
+    double u1 = moe_rng_uniform(seed, stream, 2 * counter);
+    double u2 = moe_rng_uniform(seed, stream, 2 * counter + 1);
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+void moe_rng_fill_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t first,
+                         double scale)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = (float)(scale * moe_rng_normal(seed, stream, first + i));
+}

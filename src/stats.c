@@ -1,0 +1,118 @@
+#include "moesim/stats.h"
+
+#include "moesim/error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const phase_names[] = {
+#define MOE_PHASE_NAME(id, name, what) name,
+    MOE_PHASES(MOE_PHASE_NAME)
+#undef MOE_PHASE_NAME
+};
+static const char *const phase_whats[] = {
+#define MOE_PHASE_WHAT(id, name, what) what,
+    MOE_PHASES(MOE_PHASE_WHAT)
+#undef MOE_PHASE_WHAT
+};
+
+const char *moe_phase_name(int phase)
+{
+    return phase >= 0 && phase < MOE_PHASE_COUNT ? phase_names[phase] : "?";
+}
+
+const char *moe_phase_what(int phase)
+{
+    return phase >= 0 && phase < MOE_PHASE_COUNT ? phase_whats[phase] : "?";
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double moe_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+moe_summary moe_summarize(const double *v, int n)
+{
+    moe_summary s = {v[0], 0.0, v[0]};
+    for (int i = 0; i < n; i++) {
+        s.min = v[i] < s.min ? v[i] : s.min;
+        s.max = v[i] > s.max ? v[i] : s.max;
+        s.mean += v[i];
+    }
+    s.mean /= n;
+    return s;
+}
+
+double moe_load_balance(double *f, double *P, const int64_t *routed, const double *psum, int E,
+                        int64_t N, int k)
+{
+    double aux = 0.0;
+    for (int e = 0; e < E; e++) {
+        f[e] = (double)routed[e] / ((double)N * k);
+        P[e] = psum[e] / (double)N;
+        aux += f[e] * P[e];
+    }
+    return aux * E;
+}
+
+int moe_results_init(moe_results *r, int E, int R)
+{
+    memset(r, 0, sizeof *r);
+    r->experts = E;
+    r->ranks = R;
+    r->owner = calloc((size_t)E, sizeof *r->owner);
+    r->routed = calloc((size_t)E, sizeof *r->routed);
+    r->accepted = calloc((size_t)E, sizeof *r->accepted);
+    r->capacity = calloc((size_t)E, sizeof *r->capacity);
+    r->f = calloc((size_t)E, sizeof *r->f);
+    r->P = calloc((size_t)E, sizeof *r->P);
+    r->dispatch_bytes = calloc((size_t)R * (size_t)R, sizeof *r->dispatch_bytes);
+    r->combine_bytes = calloc((size_t)R * (size_t)R, sizeof *r->combine_bytes);
+    if (!r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
+        !r->dispatch_bytes || !r->combine_bytes) {
+        moe_results_free(r);
+        return MOE_ENOMEM;
+    }
+    return MOE_OK;
+}
+
+void moe_results_free(moe_results *r)
+{
+    if (r == NULL)
+        return;
+    free(r->owner);
+    free(r->routed);
+    free(r->accepted);
+    free(r->capacity);
+    free(r->f);
+    free(r->P);
+    free(r->dispatch_bytes);
+    free(r->combine_bytes);
+    r->owner = NULL;
+    r->routed = r->accepted = r->capacity = NULL;
+    r->f = r->P = NULL;
+    r->dispatch_bytes = r->combine_bytes = NULL;
+}
+
+void moe_results_totals(moe_results *r, double flops_per_row)
+{
+    int64_t accepted = 0;
+    r->assignments = 0;
+    r->slots = 0;
+    for (int e = 0; e < r->experts; e++) {
+        r->assignments += r->routed[e];
+        accepted += r->accepted[e];
+        r->slots += r->capacity[e] < 0 ? r->accepted[e] : r->capacity[e];
+    }
+    r->dropped_assignments = r->assignments - accepted;
+    r->empty_slots = r->slots - accepted;
+    r->flops_useful = (double)accepted * flops_per_row;
+    r->flops_wasted = (double)r->empty_slots * flops_per_row;
+}
