@@ -335,6 +335,21 @@ void moe_layer_destroy(moe_layer *L)
     free(L);
 }
 
+void moe_layer_get_shape(const moe_layer *L, moe_layer_shape *out)
+{
+    *out = (moe_layer_shape){.tokens = L->n,
+                             .first_token = L->first,
+                             .n_send = L->n_send,
+                             .n_recv = L->n_recv,
+                             .n_local_experts = L->n_le,
+                             .first_expert = L->first_e,
+                             .hidden = L->d,
+                             .ffn = L->f,
+                             .send_rows = L->send_rows,
+                             .recv_rows = L->recv_rows,
+                             .expert_rows = L->x_rows};
+}
+
 int64_t moe_layer_bytes(const moe_layer *L)
 {
     return L->bytes;

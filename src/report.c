@@ -95,13 +95,16 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                 cfg->tokens_file ? cfg->tokens_file : "generated",
                 cfg->router_file ? cfg->router_file : "generated");
 
-    fprintf(out, "\n%sExperts%s (load bar: routed assignments, full width = the hottest expert)\n",
-            bold, off);
+    /* Full width is twice the mean load (or the hottest expert, if hotter), so a balanced layer
+     * shows half-full bars and a hot expert stands out. */
+    double scale = 2.0 * mean_load > (double)max_routed ? 2.0 * mean_load : (double)max_routed;
+    fprintf(out, "\n%sExperts%s (load bar: routed assignments; half width = the mean, full = %s)\n",
+            bold, off, scale > 2.0 * mean_load ? "the hottest" : "twice the mean");
     fprintf(out, "  %6s %5s %9s %9s %9s %9s %6s  %-20s %s\n", "expert", "rank", "routed",
             "accepted", "dropped", "capacity", "util", "load", "x mean");
     for (int e = 0; e < E; e++) {
         char bar[128], cap[24], util[16];
-        moe_report_bar(bar, max_routed > 0 ? (double)res->routed[e] / (double)max_routed : 0.0, 20);
+        moe_report_bar(bar, scale > 0 ? (double)res->routed[e] / scale : 0.0, 20);
         if (res->capacity[e] < 0) {
             snprintf(cap, sizeof cap, "-");
             snprintf(util, sizeof util, "-");

@@ -39,6 +39,19 @@ int moe_layer_gather_routing(moe_layer *layer, moe_route_record **records, char 
 /* Gather y (N, d) on rank 0 into *y (malloc'd, caller frees; NULL elsewhere). */
 int moe_layer_gather_output(moe_layer *layer, float **y, char *msg, size_t msglen);
 
+/* What this rank moves and computes in one step, as planned at creation. Pointers stay valid until
+ * moe_layer_destroy. Not collective. Used by bench/ to time floors of the same shapes. */
+typedef struct moe_layer_shape {
+    int64_t tokens;          /* this rank's tokens                              */
+    int64_t first_token;     /* global id of the first one                      */
+    int64_t n_send, n_recv;  /* rows leaving / arriving in dispatch             */
+    int64_t n_local_experts, first_expert;
+    int64_t hidden, ffn;
+    const int64_t *send_rows, *recv_rows; /* (R) dispatch rows to / from each rank */
+    const int64_t *expert_rows;           /* (n_local_experts) rows each expert computes */
+} moe_layer_shape;
+void moe_layer_get_shape(const moe_layer *layer, moe_layer_shape *out);
+
 /* Bytes this rank holds for the layer (buffers and weights), for reporting. Not collective. */
 int64_t moe_layer_bytes(const moe_layer *layer);
 
