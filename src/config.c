@@ -10,6 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+bool moe_config_dump_is_npy(const char *path)
+{
+    size_t n = strlen(path);
+    return n >= 4 && strcmp(path + n - 4, ".npy") == 0;
+}
+
 void moe_config_defaults(moe_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -19,6 +25,9 @@ void moe_config_defaults(moe_config *cfg)
     cfg->experts = 8;
     cfg->top_k = 2;
     cfg->capacity_factor = 1.25;
+    cfg->cf_list[0] = 1.25;
+    cfg->n_cf = 1;
+    cfg->hot_share = 0.5;
     cfg->scope = MOE_SCOPE_GLOBAL;
     cfg->policy = MOE_POLICY_POSITION;
     cfg->seed = 1;
@@ -39,15 +48,27 @@ const char *moe_config_usage(void)
            "  --tokens-file PATH     token states h from a .npy (N x d, float32/float64, C order);\n"
            "                         N and d then come from the file\n"
            "  --seed S               seed of every generated tensor (default 1)\n"
+           "  --skew S               Zipf-like expert popularity, p_e ~ (e+1)^-S, through a router\n"
+           "                         bias that is reported (default 0: the uniform router)\n"
+           "  --hot-experts N        make experts 0..N-1 hot: a router bias chosen so that\n"
+           "                         --hot-share of the tokens route to at least one of them\n"
+           "  --hot-share X          share of tokens the hot experts attract, 0 < X < 1 (default 0.5)\n"
+           "  --clusters C           draw tokens around C centres so routing is correlated\n"
+           "                         (default 0: independent tokens)\n"
            "Router\n"
            "  --experts E            number of experts (default 8); needs E >= ranks\n"
            "  --top-k K              experts per token, 1..E (default 2)\n"
            "  --router-file PATH     router weights W from a .npy (E x d)\n"
+           "  --logits-file PATH     replay router logits from a .npy (N x E) instead of computing\n"
+           "                         them (e.g. recorded from a real model, or --dump-routing X.npy)\n"
            "  --renormalize          rescale the k chosen gates to sum to 1 (Mixtral);\n"
            "                         default gate = softmax probability (Switch)\n"
            "Capacity\n"
            "  --capacity-factor CF   slots per expert C = ceil(CF * G * k / E); 0 = dropless\n"
-           "                         (default 1.25)\n"
+           "                         (default 1.25). A list (1.0,1.25,1.5,2.0) routes once and runs\n"
+           "                         the layer for each value: the capacity-factor ablation\n"
+           "  --predict-only         print the predicted drops and empty slots for every CF, then\n"
+           "                         stop before any token row moves\n"
            "  --capacity-scope S     global: one group, the whole batch (G = N, default);\n"
            "                         local: each source rank is a group (G = its tokens)\n"
            "  --drop-policy P        which assignments overflow: position (earlier tokens first;\n"
@@ -58,7 +79,8 @@ const char *moe_config_usage(void)
            "  --iters N              timed iterations (default 5)\n"
            "  --warmup N             untimed iterations before them (default 1)\n"
            "  --json PATH            write every result as JSON (keys: docs/json.md)\n"
-           "  --dump-routing PATH    CSV of token,choice,expert,gate,accepted (small runs)\n"
+           "  --dump-routing PATH    PATH.csv: token,choice,expert,gate,accepted; PATH.npy: the\n"
+           "                         router logits (N x E float32), replayable with --logits-file\n"
            "  --dump-output PATH     the layer output y as an N x d float32 .npy (small runs)\n"
            "  --quiet                no text report and no progress line\n"
            "  --help                 this text\n"
@@ -70,7 +92,8 @@ const char *moe_config_usage(void)
 enum {
     OPT_TOKENS = 256, OPT_HIDDEN, OPT_FFN, OPT_EXPERTS, OPT_TOPK, OPT_CF, OPT_SCOPE, OPT_POLICY,
     OPT_RENORM, OPT_PAD, OPT_SEED, OPT_ITERS, OPT_WARMUP, OPT_TOKENS_FILE, OPT_ROUTER_FILE,
-    OPT_JSON, OPT_DUMP_ROUTING, OPT_DUMP_OUTPUT, OPT_QUIET, OPT_HELP, OPT_VERSION
+    OPT_JSON, OPT_DUMP_ROUTING, OPT_DUMP_OUTPUT, OPT_QUIET, OPT_HELP, OPT_VERSION, OPT_SKEW,
+    OPT_HOT, OPT_HOT_SHARE, OPT_CLUSTERS, OPT_LOGITS_FILE, OPT_PREDICT_ONLY
 };
 
 static const struct option long_options[] = {
@@ -93,6 +116,12 @@ static const struct option long_options[] = {
     {"dump-routing", required_argument, NULL, OPT_DUMP_ROUTING},
     {"dump-output", required_argument, NULL, OPT_DUMP_OUTPUT},
     {"quiet", no_argument, NULL, OPT_QUIET},
+    {"skew", required_argument, NULL, OPT_SKEW},
+    {"hot-experts", required_argument, NULL, OPT_HOT},
+    {"hot-share", required_argument, NULL, OPT_HOT_SHARE},
+    {"clusters", required_argument, NULL, OPT_CLUSTERS},
+    {"logits-file", required_argument, NULL, OPT_LOGITS_FILE},
+    {"predict-only", no_argument, NULL, OPT_PREDICT_ONLY},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -114,6 +143,22 @@ static int parse_int(const char *name, const char *text, int64_t lo, int64_t hi,
     return MOE_OK;
 }
 
+/* A finite number in [lo, hi]. */
+static int parse_real(const char *name, const char *text, double lo, double hi, double *out,
+                      char *msg, size_t msglen)
+{
+    errno = 0;
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v))
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--%s needs a number, got '%s'", name, text);
+    if (v < lo || v > hi)
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--%s must be between %g and %g, got %s", name, lo,
+                        hi, text);
+    *out = v;
+    return MOE_OK;
+}
+
 static int parse_cf(const char *text, double *out, char *msg, size_t msglen)
 {
     errno = 0;
@@ -127,6 +172,38 @@ static int parse_cf(const char *text, double *out, char *msg, size_t msglen)
     if (v > 1e6)
         return moe_fail(MOE_EUSAGE, msg, msglen, "--capacity-factor %s is absurdly large", text);
     *out = v;
+    return MOE_OK;
+}
+
+/* "1.0,1.25,1.5": up to MOE_MAX_CF values, each as parse_cf. */
+static int parse_cf_list(moe_config *cfg, const char *text, char *msg, size_t msglen)
+{
+    char item[64];
+    int n = 0;
+    const char *start = text;
+    for (;;) {
+        const char *comma = strchr(start, ',');
+        size_t len = comma ? (size_t)(comma - start) : strlen(start);
+        if (len == 0 || len >= sizeof item)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--capacity-factor needs a number or a comma-separated list of numbers, "
+                            "got '%s'",
+                            text);
+        if (n == MOE_MAX_CF)
+            return moe_fail(MOE_EUSAGE, msg, msglen, "--capacity-factor takes at most %d values",
+                            MOE_MAX_CF);
+        memcpy(item, start, len);
+        item[len] = '\0';
+        int rc = parse_cf(item, &cfg->cf_list[n], msg, msglen);
+        if (rc != MOE_OK)
+            return rc;
+        n++;
+        if (comma == NULL)
+            break;
+        start = comma + 1;
+    }
+    cfg->n_cf = n;
+    cfg->capacity_factor = cfg->cf_list[0];
     return MOE_OK;
 }
 
@@ -163,7 +240,30 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             cfg->top_k = (int)v;
             break;
         case OPT_CF:
-            rc = parse_cf(optarg, &cfg->capacity_factor, msg, msglen);
+            rc = parse_cf_list(cfg, optarg, msg, msglen);
+            break;
+        case OPT_SKEW:
+            rc = parse_real("skew", optarg, 0.0, 100.0, &cfg->skew, msg, msglen);
+            break;
+        case OPT_HOT:
+            rc = parse_int("hot-experts", optarg, 0, MOE_MAX_EXPERTS, &v, msg, msglen);
+            cfg->hot_experts = (int)v;
+            break;
+        case OPT_HOT_SHARE:
+            rc = parse_real("hot-share", optarg, 0.0, 1.0, &cfg->hot_share, msg, msglen);
+            if (rc == MOE_OK && (cfg->hot_share <= 0.0 || cfg->hot_share >= 1.0))
+                rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                              "--hot-share must be strictly between 0 and 1, got %s", optarg);
+            cfg->set_hot_share = true;
+            break;
+        case OPT_CLUSTERS:
+            rc = parse_int("clusters", optarg, 0, INT64_C(1) << 40, &cfg->clusters, msg, msglen);
+            break;
+        case OPT_LOGITS_FILE:
+            cfg->logits_file = optarg;
+            break;
+        case OPT_PREDICT_ONLY:
+            cfg->predict_only = true;
             break;
         case OPT_SCOPE:
             if (strcmp(optarg, "global") == 0)
@@ -240,8 +340,28 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
 }
 
 int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens_hdr,
-                       const moe_npy_header *router_hdr, char *msg, size_t msglen)
+                       const moe_npy_header *router_hdr, const moe_npy_header *logits_hdr, char *msg,
+                       size_t msglen)
 {
+    if (logits_hdr != NULL && router_hdr != NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--logits-file replaces the router: it cannot be combined with --router-file");
+    if (logits_hdr != NULL) {
+        int64_t n_tok = tokens_hdr ? tokens_hdr->rows : cfg->tokens;
+        if ((tokens_hdr != NULL || cfg->set_tokens) && logits_hdr->rows != n_tok)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--logits-file '%s' has %lld rows but the batch has %lld tokens",
+                            cfg->logits_file, (long long)logits_hdr->rows, (long long)n_tok);
+        if (cfg->set_experts && logits_hdr->cols != cfg->experts)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--experts %d disagrees with --logits-file '%s', which has %lld columns",
+                            cfg->experts, cfg->logits_file, (long long)logits_hdr->cols);
+        if (logits_hdr->cols > MOE_MAX_EXPERTS)
+            return moe_fail(MOE_EUSAGE, msg, msglen, "--logits-file '%s' has %lld experts; at most %d",
+                            cfg->logits_file, (long long)logits_hdr->cols, MOE_MAX_EXPERTS);
+        cfg->tokens = logits_hdr->rows;
+        cfg->experts = (int)logits_hdr->cols;
+    }
     if (tokens_hdr != NULL) {
         if (cfg->set_tokens && cfg->tokens != tokens_hdr->rows)
             return moe_fail(MOE_EUSAGE, msg, msglen,
@@ -290,7 +410,8 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         "%lld tokens per rank x top-k %d = %lld rows exceed what one MPI count can "
                         "address (%d): use more ranks or fewer tokens",
                         (long long)max_local, cfg->top_k, (long long)(max_local * cfg->top_k), INT_MAX);
-    if (cfg->dump_routing != NULL && cfg->tokens * cfg->top_k > INT_MAX)
+    if (cfg->dump_routing != NULL && !moe_config_dump_is_npy(cfg->dump_routing) &&
+        cfg->tokens * cfg->top_k > INT_MAX)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--dump-routing is for small runs: %lld assignments are more than one "
                         "gather can hold (%d)",
@@ -300,9 +421,25 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         "--dump-output is for small runs: %lld tokens are more than one gather can "
                         "hold (%d)",
                         (long long)cfg->tokens, INT_MAX);
-    if (cfg->pad_to_capacity && cfg->capacity_factor == 0.0)
+    for (int i = 0; i < cfg->n_cf; i++)
+        if (cfg->pad_to_capacity && cfg->cf_list[i] == 0.0)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--pad-to-capacity needs a capacity: it has no meaning with "
+                            "--capacity-factor 0 (dropless)");
+    if (cfg->hot_experts >= cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "--pad-to-capacity needs a capacity: it has no meaning with "
-                        "--capacity-factor 0 (dropless)");
+                        "--hot-experts %d must be smaller than the number of experts (%d)",
+                        cfg->hot_experts, cfg->experts);
+    if (cfg->set_hot_share && cfg->hot_experts == 0)
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--hot-share needs --hot-experts N (N >= 1)");
+    if (cfg->clusters > 0 && cfg->tokens_file != NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--clusters shapes generated tokens: it cannot be combined with --tokens-file");
+    if (cfg->dump_routing != NULL && moe_config_dump_is_npy(cfg->dump_routing) &&
+        cfg->tokens > INT_MAX)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--dump-routing .npy is for small runs: %lld tokens are more than one gather "
+                        "can hold",
+                        (long long)cfg->tokens);
     return MOE_OK;
 }

@@ -9,6 +9,7 @@
 #include "moesim/rng.h"
 #include "moesim/router.h"
 #include "moesim/tokens.h"
+#include "moesim/workload.h"
 
 #include <limits.h>
 #include <math.h>
@@ -27,10 +28,15 @@ struct moe_layer {
     int64_t n, first;      /* this rank's tokens: global ids [first, first + n) */
     int64_t n_le, first_e; /* this rank's experts */
     int64_t bytes;         /* everything allocated below */
+    int64_t exch_bytes;    /* the part sized by the capacity factor */
 
     /* source side */
     float *h;          /* (n, d) token states                                     */
     float *w_router;   /* (E, d)                                                  */
+    float *z_file;     /* (n, E) replayed logits (--logits-file), else NULL       */
+    float *bias;       /* (E) router bias of the workload (skew, hot experts)     */
+    int has_bias;
+    double hot_bias, hot_share; /* the hot experts' extra bias, and the share it achieved */
     float *probs;      /* (n, E) logits, then softmax in place                    */
     int32_t *expert;   /* (n, k) chosen experts, best first                       */
     float *gate;       /* (n, k)                                                  */
@@ -100,10 +106,21 @@ static int check_memory(moe_layer *L, int64_t need, const char *what, char *msg,
     return moe_agree(L->comm, rc, msg, msglen);
 }
 
+/* z (n, E) = the router's logits: computed (h W^T) or replayed, plus the workload's bias. */
+static void logits(moe_layer *L, float *z)
+{
+    if (L->z_file != NULL)
+        memcpy(z, L->z_file, (size_t)(L->n * L->E) * sizeof *z);
+    else
+        moe_router_logits(z, L->h, L->w_router, L->n, L->d, L->E);
+    if (L->has_bias)
+        moe_workload_add_bias(z, L->bias, L->n, L->E);
+}
+
 /* Phase 1 of a step: logits, softmax, top-k. */
 static void route(moe_layer *L)
 {
-    moe_router_logits(L->probs, L->h, L->w_router, L->n, L->d, L->E);
+    logits(L, L->probs);
     moe_softmax_rows(L->probs, L->probs, L->n, L->E);
     moe_topk(L->expert, L->gate, L->probs, L->n, L->E, L->k, L->cfg.renormalize);
 }
@@ -172,6 +189,59 @@ static void layout_experts(moe_layer *L)
     }
 }
 
+/* Hot experts: find the extra bias b on experts 0..n-1 that makes the chosen share of the batch's
+ * tokens pick at least one of them. The share grows monotonically with b, so bisect; each probe
+ * routes the local tokens (top-k on logits: the softmax does not change the order) and sums over
+ * ranks. Collective. */
+static int calibrate_hot(moe_layer *L, char *msg, size_t msglen)
+{
+    const moe_config *c = &L->cfg;
+    moe_workload_bias(L->bias, L->E, c->skew, 0, 0.0);
+    L->has_bias = c->skew != 0.0 || c->hot_experts > 0;
+    if (c->hot_experts == 0)
+        return MOE_OK;
+    float *z = malloc((size_t)(L->n * L->E + 1) * sizeof *z);
+    float *biased = malloc((size_t)(L->n * L->E + 1) * sizeof *biased);
+    int rc = z && biased ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory calibrating hot experts");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    L->has_bias = 0;
+    logits(L, z); /* without bias */
+    double lo = -50.0, hi = 50.0, target = c->hot_share * (double)c->tokens;
+    int64_t hot_all = 0;
+    for (int it = 0; it < 60; it++) {
+        double mid = 0.5 * (lo + hi);
+        moe_workload_bias(L->bias, L->E, c->skew, c->hot_experts, mid);
+        memcpy(biased, z, (size_t)(L->n * L->E) * sizeof *z);
+        moe_workload_add_bias(biased, L->bias, L->n, L->E);
+        moe_topk(L->expert, L->gate, biased, L->n, L->E, L->k, false);
+        int64_t hot = moe_workload_hot_tokens(L->expert, L->n, L->k, c->hot_experts);
+        int mrc = MPI_Allreduce(&hot, &hot_all, 1, MPI_INT64_T, MPI_SUM, L->comm);
+        if (mrc != MPI_SUCCESS) {
+            rc = moe_mpi_fail(mrc, "MPI_Allreduce", __FILE__, __LINE__, msg, msglen);
+            goto done;
+        }
+        if ((double)hot_all < target)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    /* hi reaches the target (or is the largest bias tried) */
+    L->hot_bias = hi;
+    moe_workload_bias(L->bias, L->E, c->skew, c->hot_experts, hi);
+    memcpy(biased, z, (size_t)(L->n * L->E) * sizeof *z);
+    moe_workload_add_bias(biased, L->bias, L->n, L->E);
+    moe_topk(L->expert, L->gate, biased, L->n, L->E, L->k, false);
+    int64_t hot = moe_workload_hot_tokens(L->expert, L->n, L->k, c->hot_experts);
+    MOE_MPI_CHECK(MPI_Allreduce(&hot, &hot_all, 1, MPI_INT64_T, MPI_SUM, L->comm), msg, msglen);
+    L->hot_share = (double)hot_all / (double)c->tokens;
+    L->has_bias = 1;
+done:
+    free(z);
+    free(biased);
+    return rc;
+}
+
 static int load_inputs(moe_layer *L, char *msg, size_t msglen)
 {
     const moe_config *c = &L->cfg;
@@ -181,10 +251,17 @@ static int load_inputs(moe_layer *L, char *msg, size_t msglen)
         rc = moe_npy_read_header(c->tokens_file, &hdr, msg, msglen);
         if (rc == MOE_OK)
             rc = moe_npy_read_rows(c->tokens_file, &hdr, L->first, L->n, L->h, msg, msglen);
+    } else if (c->clusters > 0) {
+        moe_workload_clustered_tokens(L->h, c->seed, L->first, L->n, L->d, c->clusters);
     } else {
         moe_tokens_generate(L->h, c->seed, L->first, L->n, L->d);
     }
-    if (rc == MOE_OK && c->router_file != NULL) {
+    if (rc == MOE_OK && c->logits_file != NULL) {
+        moe_npy_header hdr;
+        rc = moe_npy_read_header(c->logits_file, &hdr, msg, msglen);
+        if (rc == MOE_OK)
+            rc = moe_npy_read_rows(c->logits_file, &hdr, L->first, L->n, L->z_file, msg, msglen);
+    } else if (rc == MOE_OK && c->router_file != NULL) {
         moe_npy_header hdr;
         rc = moe_npy_read_header(c->router_file, &hdr, msg, msglen);
         if (rc == MOE_OK)
@@ -236,7 +313,8 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     /* Memory known before routing: tokens, output, router, probabilities, per-assignment arrays,
      * the send buffer, the experts' weights, and the dumps gathered on rank 0. */
     double n = (double)L->n, k = L->k, d = (double)L->d, E = L->E, f = (double)L->f;
-    double need = 4 * (2 * n * d + E * d + n * E + n * k * d + 2 * (double)L->n_le * d * f) +
+    double need = 4 * (2 * n * d + E * d + (cfg->logits_file ? 2 : 1) * n * E + n * k * d +
+                       2 * (double)L->n_le * d * f) +
                   n * k * (4 + 4 + 1 + 8);
     if (L->rank == 0 && cfg->dump_output != NULL)
         need += 4.0 * (double)cfg->tokens * d;
@@ -252,6 +330,9 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->h = alloc_bytes(L, nd, sizeof(float), &rc);
     L->y = alloc_bytes(L, nd, sizeof(float), &rc);
     L->w_router = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
+    L->bias = alloc_bytes(L, En, sizeof(float), &rc);
+    if (cfg->logits_file != NULL)
+        L->z_file = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     L->probs = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     L->expert = alloc_bytes(L, nk, sizeof(int32_t), &rc);
     L->gate = alloc_bytes(L, nk, sizeof(float), &rc);
@@ -280,18 +361,31 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     rc = load_inputs(L, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
+    if ((rc = calibrate_hot(L, msg, msglen)) != MOE_OK)
+        return rc;
 
+    /* Route once; routing is deterministic, so every step repeats it exactly. */
+    route(L);
+    return moe_layer_set_capacity_factor(L, cfg->capacity_factor, msg, msglen);
+}
+
+int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msglen)
+{
+    const moe_config *cfg = &L->cfg;
+    MPI_Comm comm = L->comm;
+    double d = (double)L->d, f = (double)L->f;
+    int rc = MOE_OK;
+    L->cfg.capacity_factor = cf;
     if (cfg->scope == MOE_SCOPE_GLOBAL)
-        L->group_cap[0] = moe_capacity(cfg->capacity_factor, cfg->tokens, L->k, L->E);
+        L->group_cap[0] = moe_capacity(cf, cfg->tokens, L->k, L->E);
     else
         for (int s = 0; s < L->R; s++) {
             int64_t first, count;
             moe_partition(cfg->tokens, L->R, s, &first, &count);
-            L->group_cap[s] = moe_capacity(cfg->capacity_factor, count, L->k, L->E);
+            L->group_cap[s] = moe_capacity(cf, count, L->k, L->E);
         }
 
-    /* Route once to learn the exchange sizes; routing is deterministic, so every step repeats it. */
-    route(L);
+    /* Decide acceptance under this capacity to learn the exchange sizes, then size the buffers. */
     rc = decide(L, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
@@ -307,11 +401,17 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     if ((rc = check_memory(L, (int64_t)exch, "the exchange and expert buffers", msg, msglen)) !=
         MOE_OK)
         return rc;
+    void *old[] = {L->sendbuf, L->recvbuf, L->x, L->act, L->yexp};
+    for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
+        free(old[i]);
+    L->bytes -= L->exch_bytes;
+    int64_t before = L->bytes;
     L->sendbuf = alloc_bytes(L, (size_t)(L->n_send * L->d), sizeof(float), &rc);
     L->recvbuf = alloc_bytes(L, (size_t)(L->n_recv * L->d), sizeof(float), &rc);
     L->x = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc); /* zero: the padding */
     L->act = alloc_bytes(L, (size_t)(L->rows_x * L->f), sizeof(float), &rc);
     L->yexp = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc);
+    L->exch_bytes = L->bytes - before;
     if (rc != MOE_OK)
         moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of exchange buffers",
                  exch / 1073741824.0);
@@ -325,7 +425,7 @@ void moe_layer_destroy(moe_layer *L)
     moe_exchange_free(&L->ex);
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
-    void *owned[] = {L->h, L->y, L->w_router, L->probs, L->expert, L->gate, L->flag, L->slot,
+    void *owned[] = {L->h, L->y, L->w_router, L->z_file, L->bias, L->probs, L->expert, L->gate, L->flag, L->slot,
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->x, L->act,
@@ -615,6 +715,54 @@ int moe_layer_gather_routing(moe_layer *L, moe_route_record **records, char *msg
     rc = gather_items(L, mine, nk, L->cfg.tokens * L->k, rec, sizeof *mine, (void **)records, msg,
                       msglen);
     MPI_Type_free(&rec);
+done:
+    free(mine);
+    return rc;
+}
+
+int moe_layer_router_stats(moe_layer *L, double *P, int64_t *loads, char *msg, size_t msglen)
+{
+    int E = L->E;
+    double *psum = calloc((size_t)E, sizeof *psum);
+    int64_t *routed = calloc((size_t)E, sizeof *routed);
+    int rc = psum && routed ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK) {
+        moe_router_accumulate(routed, psum, L->expert, L->probs, L->n, E, L->k);
+        int mrc = MPI_Reduce(L->rank == 0 ? MPI_IN_PLACE : psum, psum, E, MPI_DOUBLE, MPI_SUM, 0,
+                             L->comm);
+        if (mrc == MPI_SUCCESS)
+            mrc = MPI_Gather(routed, E, MPI_INT64_T, loads, E, MPI_INT64_T, 0, L->comm);
+        if (mrc != MPI_SUCCESS)
+            rc = moe_mpi_fail(mrc, "MPI_Reduce/MPI_Gather", __FILE__, __LINE__, msg, msglen);
+        if (rc == MOE_OK && L->rank == 0)
+            for (int e = 0; e < E; e++)
+                P[e] = psum[e] / (double)L->cfg.tokens;
+    }
+    free(psum);
+    free(routed);
+    return rc;
+}
+
+void moe_layer_workload(const moe_layer *L, const float **bias, double *hot_bias, double *hot_share)
+{
+    *bias = L->bias;
+    *hot_bias = L->hot_bias;
+    *hot_share = L->hot_share;
+}
+
+int moe_layer_gather_logits(moe_layer *L, float **z, char *msg, size_t msglen)
+{
+    float *mine = malloc((size_t)(L->n * L->E + 1) * sizeof *mine);
+    MPI_Datatype row = MPI_DATATYPE_NULL;
+    int rc = mine ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for logits");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    logits(L, mine);
+    MOE_MPI_CHECK(MPI_Type_contiguous(L->E, MPI_FLOAT, &row), msg, msglen);
+    MOE_MPI_CHECK(MPI_Type_commit(&row), msg, msglen);
+    rc = gather_items(L, mine, L->n, L->cfg.tokens, row, (size_t)L->E * sizeof(float), (void **)z,
+                      msg, msglen);
+    MPI_Type_free(&row);
 done:
     free(mine);
     return rc;

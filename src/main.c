@@ -5,6 +5,8 @@
 #include "moesim/exchange.h"
 #include "moesim/layer.h"
 #include "moesim/npy.h"
+#include "moesim/predict.h"
+#include "moesim/tokens.h"
 #include "moesim/report.h"
 #include "moesim/stats.h"
 
@@ -33,15 +35,18 @@ static int finish(int rank, int rc, const char *msg, int status)
 /* Read the input file headers and settle the configuration; every rank does it and agrees. */
 static int resolve_config(moe_config *cfg, int nranks, MPI_Comm comm, char *msg)
 {
-    moe_npy_header th, rh;
+    moe_npy_header th, rh, lh;
     int rc = MOE_OK;
     if (cfg->tokens_file != NULL)
         rc = moe_npy_read_header(cfg->tokens_file, &th, msg, MSG_LEN);
     if (rc == MOE_OK && cfg->router_file != NULL)
         rc = moe_npy_read_header(cfg->router_file, &rh, msg, MSG_LEN);
+    if (rc == MOE_OK && cfg->logits_file != NULL)
+        rc = moe_npy_read_header(cfg->logits_file, &lh, msg, MSG_LEN);
     if (rc == MOE_OK)
         rc = moe_config_resolve(cfg, nranks, cfg->tokens_file ? &th : NULL,
-                                cfg->router_file ? &rh : NULL, msg, MSG_LEN);
+                                cfg->router_file ? &rh : NULL, cfg->logits_file ? &lh : NULL, msg,
+                                MSG_LEN);
     return moe_agree(comm, rc, msg, MSG_LEN);
 }
 
@@ -79,7 +84,8 @@ static int stdout_is_terminal(void)
     return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
 }
 
-static int run_steps(moe_layer *layer, const moe_config *cfg, double *seconds, int rank, char *msg)
+static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double *seconds, int rank,
+                     char *msg)
 {
     int total = cfg->warmup + cfg->iters;
     int progress = rank == 0 && !cfg->quiet && stdout_is_terminal();
@@ -89,7 +95,7 @@ static int run_steps(moe_layer *layer, const moe_config *cfg, double *seconds, i
         if (rc != MOE_OK)
             return rc;
         if (progress) {
-            fprintf(stderr, "\r  %s %d/%d", i < cfg->warmup ? "warm-up" : "iteration",
+            fprintf(stderr, "\r  cf %g: %s %d/%d   ", cf, i < cfg->warmup ? "warm-up" : "iteration",
                     i < cfg->warmup ? i + 1 : i + 1 - cfg->warmup,
                     i < cfg->warmup ? cfg->warmup : cfg->iters);
             fflush(stderr);
@@ -100,11 +106,19 @@ static int run_steps(moe_layer *layer, const moe_config *cfg, double *seconds, i
     return MOE_OK;
 }
 
-static int write_outputs(moe_layer *layer, const moe_config *cfg, const moe_results *res, int rank,
-                         MPI_Comm comm, char *msg)
+/* The dumps describe the first capacity factor's run: call right after it. */
+static int write_dumps(moe_layer *layer, const moe_config *cfg, int rank, MPI_Comm comm, char *msg)
 {
     int rc = MOE_OK;
-    if (cfg->dump_routing != NULL) {
+    if (cfg->dump_routing != NULL && moe_config_dump_is_npy(cfg->dump_routing)) {
+        float *z = NULL;
+        rc = moe_layer_gather_logits(layer, &z, msg, MSG_LEN);
+        if (rc == MOE_OK && rank == 0)
+            rc = moe_npy_write_f32(cfg->dump_routing, z, cfg->tokens, cfg->experts, msg, MSG_LEN);
+        free(z);
+        if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
+            return rc;
+    } else if (cfg->dump_routing != NULL) {
         moe_route_record *records = NULL;
         rc = moe_layer_gather_routing(layer, &records, msg, MSG_LEN);
         if (rc == MOE_OK && rank == 0)
@@ -120,14 +134,90 @@ static int write_outputs(moe_layer *layer, const moe_config *cfg, const moe_resu
         if (rc == MOE_OK && rank == 0)
             rc = moe_npy_write_f32(cfg->dump_output, y, cfg->tokens, cfg->hidden, msg, MSG_LEN);
         free(y);
-        if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
-            return rc;
+        rc = moe_agree(comm, rc, msg, MSG_LEN);
     }
-    if (rank == 0 && cfg->json_path != NULL)
-        rc = moe_report_json(cfg->json_path, cfg, res, msg, MSG_LEN);
-    if (rank == 0 && !cfg->quiet)
-        moe_report_text(stdout, cfg, res, stdout_is_terminal() && getenv("NO_COLOR") == NULL);
+    return rc;
+}
+
+/* Predict drops and empty slots for every capacity factor from the router statistics and the
+ * exchanged counts, before any token row moves; rank 0 fills res (ablation rows, P, routed). */
+static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, int rank, int nranks,
+                   MPI_Comm comm, char *msg)
+{
+    int E = cfg->experts, k = cfg->top_k;
+    double *P = calloc((size_t)E, sizeof *P), *q = calloc((size_t)E, sizeof *q);
+    int64_t *loads = rank == 0 ? calloc((size_t)nranks * (size_t)E, sizeof *loads) : NULL;
+    int64_t *groups = calloc((size_t)nranks, sizeof *groups);
+    int rc = P && q && groups && (rank != 0 || loads) ? MOE_OK
+                                                       : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
+    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) == MOE_OK)
+        rc = moe_layer_router_stats(layer, P, loads, msg, MSG_LEN);
+    if (rc == MOE_OK && rank == 0) {
+        /* groups: the whole batch (global) or one per source rank (local) */
+        int n_groups = cfg->scope == MOE_SCOPE_GLOBAL ? 1 : nranks;
+        int64_t first;
+        if (n_groups == 1) {
+            groups[0] = cfg->tokens;
+            for (int s = 1; s < nranks; s++)
+                for (int e = 0; e < E; e++)
+                    loads[e] += loads[(int64_t)s * E + e];
+        } else {
+            for (int s = 0; s < nranks; s++)
+                moe_partition(cfg->tokens, nranks, s, &first, &groups[s]);
+        }
+        for (int e = 0; e < E; e++) {
+            res->routed[e] = 0;
+            for (int s = 0; s < (n_groups == 1 ? 1 : nranks); s++)
+                res->routed[e] += loads[(int64_t)s * E + e];
+        }
+        double *psum = P; /* moe_load_balance wants sums: P * N */
+        for (int e = 0; e < E; e++)
+            psum[e] *= (double)cfg->tokens;
+        res->aux_loss = moe_load_balance(res->f, res->P, res->routed, psum, E, cfg->tokens, k);
+        moe_predict_selection(q, res->P, E, k);
+        double *uniform = calloc((size_t)E, sizeof *uniform);
+        if (uniform == NULL)
+            rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
+        for (int e = 0; uniform && e < E; e++)
+            uniform[e] = (double)k / E;
+        for (int i = 0; rc == MOE_OK && i < cfg->n_cf; i++) {
+            moe_ablation_row *row = &res->ablation[i];
+            double cf = cfg->cf_list[i];
+            row->capacity_factor = cf;
+            row->capacity = cf == 0.0 ? -1 : 0;
+            for (int g = 0; cf != 0.0 && g < n_groups; g++)
+                row->capacity += moe_capacity(cf, groups[g], k, E);
+            moe_predict_closed_form(&row->expected_dropped, &row->expected_empty, q, E, k, cf, groups,
+                                    n_groups);
+            moe_predict_closed_form(&row->expected_dropped_uniform, &row->expected_empty_uniform,
+                                    uniform, E, k, cf, groups, n_groups);
+            moe_predict_exact(&row->exact_dropped, &row->exact_empty, loads, E, k, cf, groups,
+                              n_groups);
+        }
+        free(uniform);
+    }
+    free(P);
+    free(q);
+    free(loads);
+    free(groups);
     return moe_agree(comm, rc, msg, MSG_LEN);
+}
+
+/* Copy what one capacity factor's run measured into its ablation row. */
+static void record_measurement(moe_ablation_row *row, const moe_results *r)
+{
+    row->measured = true;
+    row->dropped_assignments = r->dropped_assignments;
+    row->dropped_tokens = r->dropped_tokens;
+    row->empty_slots = r->empty_slots;
+    row->flops_wasted = r->flops_wasted;
+    row->dispatch_bytes = 0;
+    for (int64_t i = 0; i < (int64_t)r->ranks * r->ranks; i++)
+        row->dispatch_bytes += r->dispatch_bytes[i];
+    row->dispatch = r->phase[MOE_PHASE_DISPATCH];
+    row->combine = r->phase[MOE_PHASE_COMBINE];
+    row->expert = r->phase[MOE_PHASE_EXPERT];
+    row->step = r->step;
 }
 
 int main(int argc, char **argv)
@@ -172,31 +262,72 @@ int main(int argc, char **argv)
         return finish(rank, rc, msg, rc == MOE_EMPI ? EXIT_FAILED : EXIT_REFUSED);
     }
 
-    /* Phase 4: warm-up and timed steps. A failure inside a step is an MPI or internal error that
-     * other ranks may not see: abort rather than risk a hang. */
+    /* Phase 4: predict, before any token row moves. */
+    moe_results res = {0}, more = {0};
+    rc = rank == 0 ? moe_results_init(&res, cfg.experts, nranks, cfg.n_cf) : MOE_OK;
+    if (rc == MOE_OK && rank == 0 && cfg.n_cf > 1)
+        rc = moe_results_init(&more, cfg.experts, nranks, 1);
     double *seconds = calloc((size_t)cfg.iters * MOE_PHASE_COUNT, sizeof *seconds);
-    rc = seconds ? MOE_OK : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for timings");
-    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK) {
-        moe_layer_destroy(layer);
-        return finish(rank, rc, msg, EXIT_FAILED);
-    }
-    rc = run_steps(layer, &cfg, seconds, rank, msg);
-    if (rc != MOE_OK) {
-        fprintf(stderr, "moesim: error on rank %d: %s\n", rank, msg);
-        MPI_Abort(comm, EXIT_FAILED);
-    }
-
-    /* Phase 5: statistics to rank 0, then the report and the files. */
-    moe_results res = {0};
-    rc = rank == 0 ? moe_results_init(&res, cfg.experts, nranks) : MOE_OK;
-    if (rc != MOE_OK)
-        moe_fail(rc, msg, MSG_LEN, "out of memory for results");
+    if (rc != MOE_OK || seconds == NULL)
+        rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for results");
     if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) == MOE_OK)
-        rc = moe_layer_results(layer, rank == 0 ? &res : NULL, seconds, cfg.iters, msg, MSG_LEN);
-    if (rc == MOE_OK)
-        rc = write_outputs(layer, &cfg, &res, rank, comm, msg);
+        rc = predict(layer, &cfg, &res, rank, nranks, comm, msg);
+    if (rc != MOE_OK)
+        goto out;
+    if (rank == 0) {
+        const float *bias;
+        moe_layer_workload(layer, &bias, &res.hot_bias, &res.hot_share);
+        for (int e = 0; e < cfg.experts; e++) {
+            res.router_bias[e] = bias[e];
+            res.owner[e] = moe_partition_owner(cfg.experts, nranks, e);
+        }
+        res.tokens = cfg.tokens;
+        res.hidden = cfg.hidden;
+        res.ffn = cfg.ffn;
+        res.top_k = cfg.top_k;
+        if (!cfg.quiet) {
+            moe_report_prediction(stdout, &cfg, &res);
+            fflush(stdout);
+        }
+    }
+    if (cfg.predict_only) {
+        if (rank == 0 && cfg.json_path != NULL)
+            rc = moe_report_json(cfg.json_path, &cfg, &res, msg, MSG_LEN);
+        rc = moe_agree(comm, rc, msg, MSG_LEN);
+        goto out;
+    }
 
+    /* Phase 5: for each capacity factor, warm-up and timed steps, then statistics to rank 0. A
+     * failure inside a step is an MPI or internal error that other ranks may not see: abort rather
+     * than risk a hang. */
+    for (int i = 0; i < cfg.n_cf && rc == MOE_OK; i++) {
+        moe_results *cur = i == 0 ? &res : &more;
+        if (i > 0 && (rc = moe_layer_set_capacity_factor(layer, cfg.cf_list[i], msg, MSG_LEN)) != MOE_OK)
+            break;
+        if ((rc = run_steps(layer, &cfg, cfg.cf_list[i], seconds, rank, msg)) != MOE_OK) {
+            fprintf(stderr, "moesim: error on rank %d: %s\n", rank, msg);
+            MPI_Abort(comm, EXIT_FAILED);
+        }
+        rc = moe_layer_results(layer, rank == 0 ? cur : NULL, seconds, cfg.iters, msg, MSG_LEN);
+        if (rc == MOE_OK && rank == 0)
+            record_measurement(&res.ablation[i], cur);
+        if (rc == MOE_OK && i == 0)
+            rc = write_dumps(layer, &cfg, rank, comm, msg);
+    }
+
+    /* Phase 6: the report and the JSON. */
+    if (rc == MOE_OK && rank == 0) {
+        if (cfg.json_path != NULL)
+            rc = moe_report_json(cfg.json_path, &cfg, &res, msg, MSG_LEN);
+        if (!cfg.quiet) {
+            moe_report_text(stdout, &cfg, &res, stdout_is_terminal() && getenv("NO_COLOR") == NULL);
+            moe_report_ablation(stdout, &cfg, &res);
+        }
+    }
+    rc = moe_agree(comm, rc, msg, MSG_LEN);
+out:
     moe_results_free(&res);
+    moe_results_free(&more);
     free(seconds);
     moe_layer_destroy(layer);
     return finish(rank, rc, msg, EXIT_FAILED);

@@ -181,6 +181,76 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             res->dispatch_bytes_per_second / 1e9, res->combine_bytes_per_second / 1e9);
 }
 
+static void group_description(char *buf, size_t len, const moe_config *cfg, int R)
+{
+    if (cfg->scope == MOE_SCOPE_GLOBAL)
+        snprintf(buf, len, "1 group of %lld tokens (global scope)", (long long)cfg->tokens);
+    else if (cfg->tokens % R == 0)
+        snprintf(buf, len, "%d groups of %lld tokens (local scope: one per rank)", R,
+                 (long long)(cfg->tokens / R));
+    else
+        snprintf(buf, len, "%d groups of %lld or %lld tokens (local scope: one per rank)", R,
+                 (long long)(cfg->tokens / R), (long long)(cfg->tokens / R + 1));
+}
+
+void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *res)
+{
+    char groups[128];
+    group_description(groups, sizeof groups, cfg, res->ranks);
+    fprintf(out, "Prediction, before any token row moves: %s, %lld assignments\n", groups,
+            (long long)(cfg->tokens * cfg->top_k));
+    fprintf(out, "  closed form: each expert's load in a group of G tokens ~ Binomial(G, q_i); uniform router\n"
+                 "  q_i = k/E, this router q_i = min(1, k P_i) from its mean gate probabilities. exact: from\n"
+                 "  the per-expert counts the count exchange carries, max(L - C, 0) and max(C - L, 0).\n");
+    fprintf(out, "  %6s %10s | %21s | %21s | %21s\n", "", "", "closed form, uniform", "closed form, router",
+            "exact, from counts");
+    fprintf(out, "  %6s %10s | %10s %10s | %10s %10s | %10s %10s\n", "cf", "capacity", "dropped",
+            "empty", "dropped", "empty", "dropped", "empty");
+    for (int i = 0; i < res->n_ablation; i++) {
+        const moe_ablation_row *r = &res->ablation[i];
+        char cap[24];
+        if (r->capacity < 0)
+            snprintf(cap, sizeof cap, "dropless");
+        else
+            snprintf(cap, sizeof cap, "%lld", (long long)r->capacity);
+        fprintf(out, "  %6.3g %10s | %10.1f %10.1f | %10.1f %10.1f | %10lld %10lld\n",
+                r->capacity_factor, cap, r->expected_dropped_uniform, r->expected_empty_uniform,
+                r->expected_dropped, r->expected_empty, (long long)r->exact_dropped,
+                (long long)r->exact_empty);
+    }
+    fprintf(out, "  (capacity: slots per expert, summed over groups; dropped = assignments, empty = slots)\n\n");
+}
+
+void moe_report_ablation(FILE *out, const moe_config *cfg, const moe_results *res)
+{
+    (void)cfg;
+    fprintf(out, "\nCapacity-factor ablation: routing computed once; measured after the run, beside the prediction\n");
+    fprintf(out, "  %6s %9s %9s %8s %9s %9s %9s %9s %9s | %9s %9s %s\n", "cf", "capacity", "dropped",
+            "tokens", "empty", "GFLOP", "dispatch", "dispatch", "combine", "predicted", "closed", "");
+    fprintf(out, "  %6s %9s %9s %8s %9s %9s %9s %9s %9s | %9s %9s %s\n", "", "", "assignmts",
+            "dropped", "slots", "wasted", "MiB", "ms max", "ms max", "exact", "form", "closed-form error");
+    for (int i = 0; i < res->n_ablation; i++) {
+        const moe_ablation_row *r = &res->ablation[i];
+        char cap[24], err[48];
+        if (r->capacity < 0)
+            snprintf(cap, sizeof cap, "-");
+        else
+            snprintf(cap, sizeof cap, "%lld", (long long)r->capacity);
+        double diff = r->expected_dropped - (double)r->dropped_assignments;
+        if (r->dropped_assignments > 0)
+            snprintf(err, sizeof err, "%+.1f (%+.1f%%)", diff, 100.0 * diff / (double)r->dropped_assignments);
+        else
+            snprintf(err, sizeof err, "%+.1f", diff);
+        fprintf(out, "  %6.3g %9s %9lld %8lld %9lld %9.3g %9.2f %9.3f %9.3f | %9lld %9.1f %s\n",
+                r->capacity_factor, cap, (long long)r->dropped_assignments,
+                (long long)r->dropped_tokens, (long long)r->empty_slots, r->flops_wasted / 1e9,
+                (double)r->dispatch_bytes / 1048576.0, r->dispatch.max * 1e3, r->combine.max * 1e3,
+                (long long)r->exact_dropped, r->expected_dropped, err);
+    }
+    fprintf(out, "  (predicted exact = from the exchanged counts, equal to the measurement by construction;\n"
+                 "   closed form = Binomial model from this router's mean gate probabilities)\n");
+}
+
 static json_t *summary_json(moe_summary s)
 {
     return json_pack("{s:f, s:f, s:f}", "min", s.min, "mean", s.mean, "max", s.max);
@@ -244,6 +314,59 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
         json_object_set_new(timing, moe_phase_name(p), summary_json(res->phase[p]));
     json_object_set_new(timing, "step", summary_json(res->step));
 
+    json_t *cfs = json_array();
+    for (int i = 0; i < cfg->n_cf; i++)
+        json_array_append_new(cfs, json_real(cfg->cf_list[i]));
+    json_object_set_new(config, "capacity_factors", cfs);
+    json_object_set_new(config, "predict_only", json_boolean(cfg->predict_only));
+    json_object_set_new(config, "logits_file",
+                        cfg->logits_file ? json_string(cfg->logits_file) : json_null());
+
+    json_t *bias = json_array();
+    for (int e = 0; e < E; e++)
+        json_array_append_new(bias, json_real(res->router_bias[e]));
+    json_t *workload = json_pack("{s:f, s:i, s:f, s:f, s:f, s:I, s:o}", "skew", cfg->skew,
+                                 "hot_experts", cfg->hot_experts, "hot_share_target",
+                                 cfg->hot_experts ? cfg->hot_share : 0.0, "hot_share",
+                                 res->hot_share, "hot_bias", res->hot_bias, "clusters",
+                                 (json_int_t)cfg->clusters, "router_bias", bias);
+
+    json_t *ablation = json_array();
+    for (int i = 0; i < res->n_ablation; i++) {
+        const moe_ablation_row *r = &res->ablation[i];
+        json_t *predicted = json_pack(
+            "{s:f, s:f, s:I, s:I, s:f, s:f}", "expected_dropped_assignments", r->expected_dropped,
+            "expected_empty_slots", r->expected_empty, "exact_dropped_assignments",
+            (json_int_t)r->exact_dropped, "exact_empty_slots", (json_int_t)r->exact_empty,
+            "expected_dropped_assignments_uniform", r->expected_dropped_uniform,
+            "expected_empty_slots_uniform", r->expected_empty_uniform);
+        json_t *o = json_pack("{s:f, s:o, s:o}", "capacity_factor", r->capacity_factor, "capacity",
+                              r->capacity < 0 ? json_null() : json_integer(r->capacity), "predicted",
+                              predicted);
+        if (r->measured) {
+            json_object_set_new(o, "dropped_assignments", json_integer(r->dropped_assignments));
+            json_object_set_new(o, "dropped_tokens", json_integer(r->dropped_tokens));
+            json_object_set_new(o, "empty_slots", json_integer(r->empty_slots));
+            json_object_set_new(o, "flops_wasted", json_real(r->flops_wasted));
+            json_object_set_new(o, "dispatch_bytes", json_integer(r->dispatch_bytes));
+            json_object_set_new(o, "dispatch_seconds", summary_json(r->dispatch));
+            json_object_set_new(o, "combine_seconds", summary_json(r->combine));
+            json_object_set_new(o, "expert_seconds", summary_json(r->expert));
+            json_object_set_new(o, "step_seconds", summary_json(r->step));
+            json_object_set_new(
+                o, "closed_form_error",
+                json_pack("{s:f, s:f}", "dropped_assignments",
+                          r->expected_dropped - (double)r->dropped_assignments, "empty_slots",
+                          r->expected_empty - (double)r->empty_slots));
+        } else {
+            const char *keys[] = {"dropped_assignments", "dropped_tokens", "empty_slots",
+                                  "flops_wasted", "dispatch_bytes"};
+            for (size_t j = 0; j < sizeof keys / sizeof keys[0]; j++)
+                json_object_set_new(o, keys[j], json_null());
+        }
+        json_array_append_new(ablation, o);
+    }
+
     json_object_set_new(root, "moesim_version", json_string(MOE_VERSION));
     json_object_set_new(root, "config", config);
     json_object_set_new(root, "experts", experts);
@@ -268,6 +391,23 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
                                   res->dispatch_bytes_per_second, "combine_bytes_per_second",
                                   res->combine_bytes_per_second));
     json_object_set_new(root, "output", json_pack("{s:f}", "checksum", res->output_checksum));
+    json_object_set_new(root, "workload", workload);
+    json_object_set_new(root, "ablation", ablation);
+    if (cfg->predict_only) {
+        /* nothing moved: only the routing-side figures are meaningful */
+        const char *keys[] = {"drops", "waste", "traffic", "timing", "bandwidth", "output"};
+        for (size_t j = 0; j < sizeof keys / sizeof keys[0]; j++)
+            json_object_set_new(root, keys[j], json_null());
+        json_t *ex;
+        size_t idx;
+        json_array_foreach(experts, idx, ex)
+        {
+            json_object_set_new(ex, "accepted", json_null());
+            json_object_set_new(ex, "dropped", json_null());
+            json_object_set_new(ex, "capacity", json_null());
+            json_object_set_new(ex, "utilization", json_null());
+        }
+    }
 
     int rc = MOE_OK;
     char tmp[4096];

@@ -62,7 +62,7 @@ double moe_load_balance(double *f, double *P, const int64_t *routed, const doubl
     return aux * E;
 }
 
-int moe_results_init(moe_results *r, int E, int R)
+int moe_results_init(moe_results *r, int E, int R, int n_cf)
 {
     memset(r, 0, sizeof *r);
     r->experts = E;
@@ -75,7 +75,10 @@ int moe_results_init(moe_results *r, int E, int R)
     r->P = calloc((size_t)E, sizeof *r->P);
     r->dispatch_bytes = calloc((size_t)R * (size_t)R, sizeof *r->dispatch_bytes);
     r->combine_bytes = calloc((size_t)R * (size_t)R, sizeof *r->combine_bytes);
-    if (!r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
+    r->router_bias = calloc((size_t)E, sizeof *r->router_bias);
+    r->ablation = calloc((size_t)(n_cf > 0 ? n_cf : 1), sizeof *r->ablation);
+    r->n_ablation = n_cf;
+    if (!r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
         !r->dispatch_bytes || !r->combine_bytes) {
         moe_results_free(r);
         return MOE_ENOMEM;
@@ -95,6 +98,10 @@ void moe_results_free(moe_results *r)
     free(r->P);
     free(r->dispatch_bytes);
     free(r->combine_bytes);
+    free(r->router_bias);
+    free(r->ablation);
+    r->router_bias = NULL;
+    r->ablation = NULL;
     r->owner = NULL;
     r->routed = r->accepted = r->capacity = NULL;
     r->f = r->P = NULL;

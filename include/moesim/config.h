@@ -15,6 +15,8 @@
 /* Largest hidden or FFN size: a row of floats must fit an int count of bytes. */
 #define MOE_MAX_WIDTH (INT64_C(1) << 24)
 #define MOE_MAX_EXPERTS 65536
+/* Most capacity factors one run can sweep (--capacity-factor 1.0,1.25,...). */
+#define MOE_MAX_CF 16
 
 typedef struct moe_config {
     int64_t tokens;         /* N, global batch                          --tokens     8192 */
@@ -22,7 +24,9 @@ typedef struct moe_config {
     int64_t ffn;            /* f (0: 2d)                                --ffn        2d   */
     int experts;            /* E                                        --experts    8    */
     int top_k;              /* k                                        --top-k      2    */
-    double capacity_factor; /* cf, 0 = dropless                         --capacity-factor 1.25 */
+    double capacity_factor; /* cf, 0 = dropless (the first of cf_list)  --capacity-factor 1.25 */
+    double cf_list[MOE_MAX_CF]; /* every cf to run, in the order given                     */
+    int n_cf;
     moe_scope scope;        /*                                          --capacity-scope global */
     moe_policy policy;      /*                                          --drop-policy position */
     bool renormalize;       /* Mixtral-style gates                      --renormalize */
@@ -30,11 +34,16 @@ typedef struct moe_config {
     uint64_t seed;          /*                                          --seed       1    */
     int iters, warmup;      /*                                          --iters 5, --warmup 1 */
     bool quiet;             /* no progress line, no text report         --quiet */
-    const char *tokens_file, *router_file;         /* .npy inputs (point into argv) */
+    bool predict_only;      /* stop after the prediction                --predict-only */
+    double skew;            /* Zipf-like popularity exponent            --skew 0 */
+    int hot_experts;        /* experts 0..n-1 made hot                  --hot-experts 0 */
+    double hot_share;       /* share of tokens routed to a hot expert   --hot-share 0.5 */
+    int64_t clusters;       /* tokens around c centres, 0 = off         --clusters 0 */
+    const char *tokens_file, *router_file, *logits_file; /* .npy inputs (point into argv) */
     const char *json_path, *dump_routing, *dump_output;
     bool help, version;
     /* which shape options were given explicitly, so a file can disagree with them */
-    bool set_tokens, set_hidden, set_experts;
+    bool set_tokens, set_hidden, set_experts, set_hot_share;
 } moe_config;
 
 /* Defaults as in the table above. */
@@ -47,10 +56,15 @@ void moe_config_defaults(moe_config *cfg);
 int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t msglen);
 
 /* Settle the shapes and check everything that depends on them: N and d from a tokens file, E and d
- * from a router file (a flag that disagrees is an error), ffn default 2d, 1 <= k <= E, R <= E, and
- * the sizes that must fit MPI's int counts. tokens_hdr and router_hdr may be NULL. MOE_EUSAGE. */
+ * from a router file, N and E from a logits file (a flag or file that disagrees is an error), ffn
+ * default 2d, 1 <= k <= E, R <= E, hot experts < E, and the sizes that must fit MPI's int counts.
+ * tokens_hdr, router_hdr and logits_hdr may be NULL. MOE_EUSAGE. */
 int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens_hdr,
-                       const moe_npy_header *router_hdr, char *msg, size_t msglen);
+                       const moe_npy_header *router_hdr, const moe_npy_header *logits_hdr, char *msg,
+                       size_t msglen);
+
+/* Whether --dump-routing PATH asks for the .npy form (the logits) rather than CSV. */
+bool moe_config_dump_is_npy(const char *path);
 
 /* The --help text. */
 const char *moe_config_usage(void);

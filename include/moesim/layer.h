@@ -19,6 +19,23 @@ typedef struct moe_layer moe_layer;
  * exchange buffers, check that they fit in memory, and allocate them. cfg must be resolved. */
 int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char *msg,
                      size_t msglen);
+/* Switch to capacity factor cf (routing unchanged): decide acceptance again from the exchanged
+ * counts and resize the exchange and expert buffers. For the --capacity-factor list ablation. */
+int moe_layer_set_capacity_factor(moe_layer *layer, double cf, char *msg, size_t msglen);
+
+/* Router statistics of the routing, before anything moves. On rank 0 (ignored elsewhere): P (E),
+ * the mean gate probability of each expert over the batch, and loads (R, E), loads[s][e] the
+ * assignments rank s routes to expert e (the counts the count exchange carries). */
+int moe_layer_router_stats(moe_layer *layer, double *P, int64_t *loads, char *msg, size_t msglen);
+
+/* The workload's router bias (E values, the same on every rank), and for --hot-experts the extra
+ * bias found and the share of tokens it achieved. Not collective. */
+void moe_layer_workload(const moe_layer *layer, const float **bias, double *hot_bias,
+                        double *hot_share);
+
+/* Gather the router logits (bias included) (N, E) on rank 0 into *z (malloc'd; NULL elsewhere). */
+int moe_layer_gather_logits(moe_layer *layer, float **z, char *msg, size_t msglen);
+
 /* Free everything; accepts NULL. Not collective. */
 void moe_layer_destroy(moe_layer *layer);
 

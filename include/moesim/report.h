@@ -13,6 +13,15 @@
 /* Human-readable report to out. color: use ANSI emphasis (for a terminal). */
 void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color);
 
+/* The prediction table, printed before any token row moves: for every capacity factor, the
+ * closed-form expectation of dropped assignments and empty slots for a uniform router and for this
+ * router, and the exact figures from the exchanged counts. */
+void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *res);
+
+/* The ablation table after the run: per capacity factor what was measured, beside the prediction,
+ * with the closed form's error. */
+void moe_report_ablation(FILE *out, const moe_config *cfg, const moe_results *res);
+
 /* The JSON document. Returns 0, MOE_EIO or MOE_ENOMEM. */
 int moe_report_json(const char *path, const moe_config *cfg, const moe_results *res, char *msg,
                     size_t msglen);

@@ -43,6 +43,21 @@ moe_summary moe_summarize(const double *v, int n);
 double moe_load_balance(double *f, double *P, const int64_t *routed, const double *psum, int E,
                         int64_t N, int k);
 
+/* One capacity factor of the ablation: prediction first, then what the run measured. */
+typedef struct moe_ablation_row {
+    double capacity_factor;
+    int64_t capacity;              /* slots per expert, summed over groups; -1 when dropless */
+    /* prediction, before anything moves */
+    double expected_dropped, expected_empty;                 /* closed form, batch mean P  */
+    double expected_dropped_uniform, expected_empty_uniform; /* closed form, uniform router */
+    int64_t exact_dropped, exact_empty;                      /* from the exchanged counts  */
+    /* measurement, after the run (valid when measured) */
+    bool measured;
+    int64_t dropped_assignments, dropped_tokens, empty_slots, dispatch_bytes;
+    double flops_wasted;
+    moe_summary dispatch, combine, expert, step;
+} moe_ablation_row;
+
 /* Everything the report shows; filled by the driver on rank 0. Arrays are owned by the struct. */
 typedef struct moe_results {
     int ranks, experts, top_k;
@@ -64,10 +79,16 @@ typedef struct moe_results {
     moe_summary step;
     double dispatch_bytes_per_second, combine_bytes_per_second;
     double output_checksum; /* sum over all of y, double accumulation: a quick fingerprint */
+    /* workload */
+    float *router_bias;     /* (E) bias added to the logits (skew, hot experts)        */
+    double hot_bias, hot_share;
+    /* capacity-factor ablation and prediction: one row per --capacity-factor value */
+    moe_ablation_row *ablation;
+    int n_ablation;
 } moe_results;
 
-/* Allocate the arrays for E experts and R ranks (zeroed). Returns 0 or MOE_ENOMEM. */
-int moe_results_init(moe_results *r, int E, int R);
+/* Allocate the arrays for E experts, R ranks and n_cf ablation rows (zeroed). 0 or MOE_ENOMEM. */
+int moe_results_init(moe_results *r, int E, int R, int n_cf);
 /* Free the arrays; accepts a zeroed or NULL struct. */
 void moe_results_free(moe_results *r);
 

@@ -1,0 +1,34 @@
+/* Predictions of drops and empty slots, before anything moves. Pure.
+ *
+ * Closed form ("from the router alone"): in a capacity group of G tokens drawn independently, the
+ * number of tokens that select expert i is L_i ~ Binomial(G, q_i), exactly, whatever k is, because
+ * each token selects expert i at most once. q_i is the selection probability; moesim estimates it
+ * from the router as min(1, k * P_i), P_i the batch's mean gate probability (or k/E for a perfectly
+ * uniform router). Then per expert and group, with C slots:
+ *     E[dropped] = E[max(L - C, 0)],   E[empty] = E[max(C - L, 0)] = C - G q + E[dropped].
+ * Exact ("from the counts"): with the loads L known after the count exchange, dropped = max(L - C, 0)
+ * and empty = max(C - L, 0) per expert and group; no payload needs to move. */
+#ifndef MOESIM_PREDICT_H
+#define MOESIM_PREDICT_H
+
+#include <stdint.h>
+
+/* For L ~ Binomial(G, q), q clamped to [0, 1]: *dropped = E[max(L - C, 0)], *empty = E[max(C - L, 0)].
+ * Exact sum over the probability mass (log-space, lgamma), O(min(C, G)). C >= 0. */
+void moe_predict_binomial(double *dropped, double *empty, int64_t G, double q, int64_t C);
+
+/* Sum of moe_predict_binomial over E experts (selection probabilities q, E values) and n_groups
+ * groups of group_tokens[g] tokens, each with capacity moe_capacity(cf, group_tokens[g], k, E).
+ * cf == 0 (dropless) gives 0 and 0. */
+void moe_predict_closed_form(double *dropped, double *empty, const double *q, int E, int k, double cf,
+                             const int64_t *group_tokens, int n_groups);
+
+/* Selection probabilities from mean gate probabilities: q[i] = min(1, k * P[i]). */
+void moe_predict_selection(double *q, const double *P, int E, int k);
+
+/* Exact drops and empty slots from the loads: loads is (n_groups, E), loads[g][e] the assignments
+ * group g routes to expert e; group g has capacity moe_capacity(cf, group_tokens[g], k, E). */
+void moe_predict_exact(int64_t *dropped, int64_t *empty, const int64_t *loads, int E, int k, double cf,
+                       const int64_t *group_tokens, int n_groups);
+
+#endif
