@@ -1,5 +1,6 @@
 #include "moesim/capacity.h"
 
+#include <float.h>
 #include <math.h>
 
 const char *moe_scope_name(moe_scope s)
@@ -18,7 +19,13 @@ int64_t moe_capacity(double cf, int64_t group_tokens, int k, int E)
     if (cf == 0.0)
         return MOE_CAPACITY_UNLIMITED;
     double slots = cf * (double)group_tokens * (double)k / (double)E;
-    return (int64_t)ceil(slots - slots * 1e-9);
+    /* A product that is an integer up to binary rounding counts as that integer: the tolerance is
+     * 16 ulps of the value, so a tiny but genuine fraction (cf 1e-9) still rounds up. */
+    double nearest = nearbyint(slots);
+    double tol = 16.0 * DBL_EPSILON * slots;
+    if (fabs(slots - nearest) <= tol)
+        return (int64_t)nearest;
+    return (int64_t)ceil(slots);
 }
 
 void moe_overflow_position(int64_t *accepted, const int64_t *counts, int n_src, int n_exp,

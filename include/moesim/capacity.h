@@ -23,9 +23,9 @@ typedef enum moe_policy {
 const char *moe_scope_name(moe_scope s);
 const char *moe_policy_name(moe_policy p);
 
-/* Slots per expert for a group of `group_tokens` tokens: ceil(cf * G * k / E), with a relative guard
- * of 1e-9 so that binary rounding of an exact integer (cf 1.1 * 100 = 110.00000000000001) does not
- * add a slot. cf == 0 returns MOE_CAPACITY_UNLIMITED; G == 0 gives 0. Requires cf >= 0, k, E >= 1. */
+/* Slots per expert for a group of `group_tokens` tokens: ceil(cf * G * k / E), where a value within
+ * 16 ulps of an integer counts as that integer, so that binary rounding of an exact product
+ * (cf 1.1 * 100 = 110.00000000000001) does not add a slot. cf == 0 returns MOE_CAPACITY_UNLIMITED; G == 0 gives 0. Requires cf >= 0, k, E >= 1. */
 int64_t moe_capacity(double cf, int64_t group_tokens, int k, int E);
 
 /* Position policy over counts. counts and accepted are (n_src, n_exp), row-major: counts[s][e]
