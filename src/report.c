@@ -5,8 +5,10 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int tmp_name(char *buf, size_t len, const char *path)
@@ -19,6 +21,16 @@ int moe_report_check_writable(const char *path, const char *option, char *msg, s
     char tmp[4096];
     if (tmp_name(tmp, sizeof tmp, path) != 0)
         return moe_fail(MOE_EUSAGE, msg, msglen, "%s: path too long", option);
+    struct stat st;
+    size_t len = strlen(path);
+    if (len == 0)
+        return moe_fail(MOE_EUSAGE, msg, msglen, "%s needs a file name, got ''", option);
+    if (path[len - 1] == '/')
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "%s '%s' ends in '/': that names a directory; give a file name", option, path);
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return moe_fail(MOE_EUSAGE, msg, msglen, "%s '%s' is a directory; give a file name", option,
+                        path);
     FILE *f = fopen(tmp, "w");
     if (f == NULL)
         return moe_fail(MOE_EUSAGE, msg, msglen, "%s '%s' cannot be written: %s", option, path,
@@ -181,9 +193,15 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             res->dispatch_bytes_per_second / 1e9, res->combine_bytes_per_second / 1e9);
 }
 
+/* JSON has no NaN or infinity: such a value is written as null rather than failing the object. */
+static json_t *num(double v)
+{
+    return isfinite(v) ? json_real(v) : json_null();
+}
+
 static json_t *summary_json(moe_summary s)
 {
-    return json_pack("{s:f, s:f, s:f}", "min", s.min, "mean", s.mean, "max", s.max);
+    return json_pack("{s:o, s:o, s:o}", "min", num(s.min), "mean", num(s.mean), "max", num(s.max));
 }
 
 static json_t *matrix_json(const int64_t *m, int R)
@@ -202,7 +220,7 @@ static json_t *doubles_json(const double *v, int n)
 {
     json_t *a = json_array();
     for (int i = 0; i < n; i++)
-        json_array_append_new(a, json_real(v[i]));
+        json_array_append_new(a, num(v[i]));
     return a;
 }
 
@@ -248,26 +266,26 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
     json_object_set_new(root, "config", config);
     json_object_set_new(root, "experts", experts);
     json_object_set_new(root, "load_balance",
-                        json_pack("{s:o, s:o, s:f}", "f", doubles_json(res->f, E), "P",
-                                  doubles_json(res->P, E), "aux_loss", res->aux_loss));
+                        json_pack("{s:o, s:o, s:o}", "f", doubles_json(res->f, E), "P",
+                                  doubles_json(res->P, E), "aux_loss", num(res->aux_loss)));
     json_object_set_new(root, "drops",
                         json_pack("{s:I, s:I, s:I}", "assignments", (json_int_t)res->assignments,
                                   "dropped_assignments", (json_int_t)res->dropped_assignments,
                                   "dropped_tokens", (json_int_t)res->dropped_tokens));
     json_object_set_new(root, "waste",
-                        json_pack("{s:I, s:I, s:f, s:f, s:b}", "slots", (json_int_t)res->slots,
+                        json_pack("{s:I, s:I, s:o, s:o, s:b}", "slots", (json_int_t)res->slots,
                                   "empty_slots", (json_int_t)res->empty_slots, "flops_useful",
-                                  res->flops_useful, "flops_wasted", res->flops_wasted, "padded",
+                                  num(res->flops_useful), "flops_wasted", num(res->flops_wasted), "padded",
                                   res->padded));
     json_object_set_new(root, "traffic",
                         json_pack("{s:o, s:o}", "dispatch_bytes", matrix_json(res->dispatch_bytes, R),
                                   "combine_bytes", matrix_json(res->combine_bytes, R)));
     json_object_set_new(root, "timing", timing);
     json_object_set_new(root, "bandwidth",
-                        json_pack("{s:f, s:f}", "dispatch_bytes_per_second",
-                                  res->dispatch_bytes_per_second, "combine_bytes_per_second",
-                                  res->combine_bytes_per_second));
-    json_object_set_new(root, "output", json_pack("{s:f}", "checksum", res->output_checksum));
+                        json_pack("{s:o, s:o}", "dispatch_bytes_per_second",
+                                  num(res->dispatch_bytes_per_second), "combine_bytes_per_second",
+                                  num(res->combine_bytes_per_second)));
+    json_object_set_new(root, "output", json_pack("{s:o}", "checksum", num(res->output_checksum)));
 
     int rc = MOE_OK;
     char tmp[4096];
