@@ -227,6 +227,18 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case ':':
             return moe_fail(MOE_EUSAGE, msg, msglen, "option '%s' needs a value", argv[optind - 1]);
         default:
+            /* getopt_long sets optopt to the short option character it did not know, to the value of a
+             * long option that was given a value it does not take, and to 0 for an unknown long one. */
+            if (optopt >= OPT_TOKENS)
+                for (const struct option *o = long_options; o->name != NULL; o++)
+                    if (o->val == optopt)
+                        return moe_fail(MOE_EUSAGE, msg, msglen, "option '--%s' takes no value",
+                                        o->name);
+            if (optopt > 0 && optopt < 256)
+                return moe_fail(MOE_EUSAGE, msg, msglen,
+                                "unknown option '-%c' (options are long: --tokens, not -tokens; see "
+                                "--help)",
+                                optopt);
             return moe_fail(MOE_EUSAGE, msg, msglen, "unknown option '%s' (see --help)",
                             argv[optind - 1]);
         }
