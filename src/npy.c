@@ -94,8 +94,8 @@ int moe_npy_parse_header(const unsigned char *buf, size_t len, moe_npy_header *o
                         "float64 ('<f8')",
                         dtype);
 
-    if (strncmp(order, "False", 5) != 0) {
-        if (strncmp(order, "True", 4) == 0)
+    if (strncmp(order, "False", 5) != 0 || isalnum((unsigned char)order[5])) {
+        if (strncmp(order, "True", 4) == 0 && !isalnum((unsigned char)order[4]))
             return moe_fail(MOE_EFORMAT, msg, msglen,
                             ".npy array is in Fortran order; save it in C order "
                             "(numpy.ascontiguousarray)");
@@ -118,7 +118,8 @@ int moe_npy_parse_header(const unsigned char *buf, size_t len, moe_npy_header *o
         char *end;
         unsigned long long v = strtoull(c, &end, 10);
         if (errno == ERANGE || v > (unsigned long long)MOE_NPY_MAX_ELEMENTS)
-            return moe_fail(MOE_ERANGE, msg, msglen, ".npy dimension %.20s is absurdly large", c);
+            return moe_fail(MOE_ERANGE, msg, msglen, ".npy dimension %.*s is absurdly large (over 2^40)",
+                            (int)(end - c < 30 ? end - c : 30), c);
         if (ndim < 3)
             dims[ndim] = (int64_t)v;
         ndim++;
@@ -217,7 +218,8 @@ int moe_npy_read_rows(const char *path, const moe_npy_header *h, int64_t first, 
             double v = h->item_size == 8 ? stage[i] : dst[i];
             if (!isfinite(v) || (h->item_size == 8 && fabs(v) > 3.4028234663852886e38)) {
                 rc = moe_fail(MOE_EFORMAT, msg, msglen,
-                              "'%s' holds a non-finite value at row %lld, column %lld", path,
+                              "'%s' holds %s at row %lld, column %lld", path,
+                              isfinite(v) ? "a value beyond float32's range" : "a non-finite value",
                               (long long)(first + r + (int64_t)i / h->cols),
                               (long long)((int64_t)i % h->cols));
                 break;

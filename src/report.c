@@ -343,29 +343,29 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
     json_t *bias = json_array();
     for (int e = 0; e < E; e++)
         json_array_append_new(bias, json_real(res->router_bias[e]));
-    json_t *workload = json_pack("{s:f, s:i, s:f, s:f, s:f, s:I, s:o}", "skew", cfg->skew,
+    json_t *workload = json_pack("{s:o, s:i, s:o, s:o, s:o, s:I, s:o}", "skew", num(cfg->skew),
                                  "hot_experts", cfg->hot_experts, "hot_share_target",
-                                 cfg->hot_experts ? cfg->hot_share : 0.0, "hot_share",
-                                 res->hot_share, "hot_bias", res->hot_bias, "clusters",
+                                 num(cfg->hot_experts ? cfg->hot_share : 0.0), "hot_share",
+                                 num(res->hot_share), "hot_bias", num(res->hot_bias), "clusters",
                                  (json_int_t)cfg->clusters, "router_bias", bias);
 
     json_t *ablation = json_array();
     for (int i = 0; i < res->n_ablation; i++) {
         const moe_ablation_row *r = &res->ablation[i];
         json_t *predicted = json_pack(
-            "{s:f, s:f, s:I, s:I, s:f, s:f}", "expected_dropped_assignments", r->expected_dropped,
-            "expected_empty_slots", r->expected_empty, "exact_dropped_assignments",
+            "{s:o, s:o, s:I, s:I, s:o, s:o}", "expected_dropped_assignments", num(r->expected_dropped),
+            "expected_empty_slots", num(r->expected_empty), "exact_dropped_assignments",
             (json_int_t)r->exact_dropped, "exact_empty_slots", (json_int_t)r->exact_empty,
-            "expected_dropped_assignments_uniform", r->expected_dropped_uniform,
-            "expected_empty_slots_uniform", r->expected_empty_uniform);
-        json_t *o = json_pack("{s:f, s:o, s:o}", "capacity_factor", r->capacity_factor, "capacity",
+            "expected_dropped_assignments_uniform", num(r->expected_dropped_uniform),
+            "expected_empty_slots_uniform", num(r->expected_empty_uniform));
+        json_t *o = json_pack("{s:o, s:o, s:o}", "capacity_factor", num(r->capacity_factor), "capacity",
                               r->capacity < 0 ? json_null() : json_integer(r->capacity), "predicted",
                               predicted);
         if (r->measured) {
             json_object_set_new(o, "dropped_assignments", json_integer(r->dropped_assignments));
             json_object_set_new(o, "dropped_tokens", json_integer(r->dropped_tokens));
             json_object_set_new(o, "empty_slots", json_integer(r->empty_slots));
-            json_object_set_new(o, "flops_wasted", json_real(r->flops_wasted));
+            json_object_set_new(o, "flops_wasted", num(r->flops_wasted));
             json_object_set_new(o, "dispatch_bytes", json_integer(r->dispatch_bytes));
             json_object_set_new(o, "dispatch_seconds", summary_json(r->dispatch));
             json_object_set_new(o, "combine_seconds", summary_json(r->combine));
@@ -373,9 +373,9 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
             json_object_set_new(o, "step_seconds", summary_json(r->step));
             json_object_set_new(
                 o, "closed_form_error",
-                json_pack("{s:f, s:f}", "dropped_assignments",
-                          r->expected_dropped - (double)r->dropped_assignments, "empty_slots",
-                          r->expected_empty - (double)r->empty_slots));
+                json_pack("{s:o, s:o}", "dropped_assignments",
+                          num(r->expected_dropped - (double)r->dropped_assignments), "empty_slots",
+                          num(r->expected_empty - (double)r->empty_slots)));
         } else {
             const char *keys[] = {"dropped_assignments", "dropped_tokens", "empty_slots",
                                   "flops_wasted", "dispatch_bytes"};

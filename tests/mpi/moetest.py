@@ -1,0 +1,492 @@
+"""Shared helpers of the MPI end-to-end tests: running moesim under mpirun, reading what it writes,
+and a plain serial reference of one MoE layer written from the documented formulas (not from the C).
+
+Every test script is run as `/usr/bin/python3 test_x.py MOESIM` and exits 0 (pass), 1 (fail) or
+77 (skipped, reason printed).
+
+Reference conventions (see include/moesim/rng.h and docs/):
+  h[g][j]  = normal(seed, 1, g*d + j)                        (N, d) float32
+  W[e][j]  = normal(seed, 2, e*d + j) / sqrt(d)              (E, d) float32
+  W1_e     = normal(seed, 0x100 + 2e, i) / sqrt(d)           (f, d) float32, i row-major
+  W2_e     = normal(seed, 0x101 + 2e, i) / sqrt(f)           (d, f) float32
+  p = softmax(h W^T); top-k by p, ties to the lower id; C = ceil(cf * G * k / E) per group;
+  position policy; y = h + sum over served assignments of gate * GELU(h W1^T) W2^T.
+"""
+
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from fractions import Fraction
+
+try:
+    import numpy as np
+except ImportError:  # the Debian interpreter has python3-numpy; another one may not
+    print("SKIP: numpy is not importable by %s" % sys.executable)
+    sys.exit(77)
+
+TIMEOUT = 60  # seconds for one mpirun; every run here takes well under one
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "OMPI_MCA_btl": "self,vader", "MOESIM_NO_TTY": "1", "OPENBLAS_NUM_THREADS": "1",
+           # when a rank exits non-zero, mpirun waits 1 s before SIGKILLing the others (about 2 s
+           # in all); every refusal test pays that, so make it immediate
+           "OMPI_MCA_odls_base_sigkill_timeout": "0"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running moesim
+
+def moesim_path():
+    if len(sys.argv) < 2:
+        print("usage: %s MOESIM" % sys.argv[0], file=sys.stderr)
+        sys.exit(2)
+    exe = os.path.abspath(sys.argv[1])
+    if not os.access(exe, os.X_OK):
+        print("FAIL: moesim executable not found at %s" % exe)
+        sys.exit(1)
+    if shutil.which("mpirun") is None:
+        print("SKIP: mpirun is not on PATH")
+        sys.exit(77)
+    return exe
+
+
+class Run:
+    """Outcome of one mpirun: returncode, stdout, stderr, and the moesim lines of stderr."""
+
+    def __init__(self, cmd, proc, elapsed):
+        self.cmd, self.returncode, self.elapsed = cmd, proc.returncode, elapsed
+        self.stdout, self.stderr = proc.stdout, proc.stderr
+        self.own_stderr = own_stderr_lines(proc.stderr)
+
+    def describe(self):
+        return "command: %s\nexit %s after %.1f s\nstdout:\n%s\nstderr:\n%s" % (
+            " ".join(self.cmd), self.returncode, self.elapsed, self.stdout[-3000:],
+            self.stderr[-3000:])
+
+
+def own_stderr_lines(text):
+    """stderr without Open MPI's own framed notices (blocks between lines of dashes that mpirun
+    adds when a rank exits non-zero): what moesim itself printed."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if re.fullmatch(r"-{20,}", line.strip()):
+            inside = not inside
+            continue
+        if not inside and line.strip():
+            lines.append(line)
+    return lines
+
+
+def run(exe, ranks, args, timeout=TIMEOUT, cwd=None):
+    """mpirun --oversubscribe -n ranks exe args... in a session of its own. A run still going after
+    `timeout` seconds is a hang: mpirun is asked to stop (SIGTERM, which it passes to its ranks),
+    then whatever is left of that session (mpirun and the ranks it started) is killed, and
+    TimeoutExpired is raised."""
+    import signal
+    import time
+    cmd = ["mpirun", "--oversubscribe", "-n", str(ranks), exe] + [str(a) for a in args]
+    env = dict(os.environ)
+    env.update(MPI_ENV)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in session_members(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout)
+    return Run(cmd, subprocess.CompletedProcess(cmd, proc.returncode, out, err),
+               time.monotonic() - t0)
+
+
+def session_members(sid):
+    """Processes of session `sid` (the session start_new_session gave mpirun), from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if int(fields[3]) == sid:  # state ppid pgrp session ...
+            pids.append(int(entry))
+    return pids
+
+
+def read_routing(path):
+    """The --dump-routing CSV as arrays: token (N*k), choice, expert, gate (float32), accepted."""
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if rows[0] != ["token", "choice", "expert", "gate", "accepted"]:
+        raise ValueError("%s: unexpected header %r" % (path, rows[0]))
+    body = rows[1:]
+    out = {
+        "token": np.array([int(r[0]) for r in body], dtype=np.int64),
+        "choice": np.array([int(r[1]) for r in body], dtype=np.int64),
+        "expert": np.array([int(r[2]) for r in body], dtype=np.int64),
+        "gate": np.array([float(r[3]) for r in body], dtype=np.float64).astype(np.float32),
+        "accepted": np.array([int(r[4]) for r in body], dtype=np.int64),
+        "text": body,
+    }
+    return out
+
+
+class Result:
+    """A successful run with --json, --dump-routing and --dump-output read back."""
+
+    def __init__(self, run_, json_doc, routing, y):
+        self.run, self.json, self.routing, self.y = run_, json_doc, routing, y
+
+    def routing_matrix(self, k):
+        """expert, gate, accepted as (N, k) arrays, after checking the CSV is token-major."""
+        r = self.routing
+        n = len(r["token"]) // k
+        assert np.array_equal(r["token"], np.repeat(np.arange(n), k)), "CSV not token-major"
+        assert np.array_equal(r["choice"], np.tile(np.arange(k), n)), "CSV choices not 0..k-1"
+        return (r["expert"].reshape(n, k), r["gate"].reshape(n, k),
+                r["accepted"].reshape(n, k))
+
+
+def run_full(exe, ranks, args, workdir, tag, timeout=TIMEOUT, routing=True, output=True):
+    """Run with --json (and the dumps) into workdir; fail the test if moesim does not exit 0."""
+    jpath = os.path.join(workdir, tag + ".json")
+    cpath = os.path.join(workdir, tag + ".csv")
+    ypath = os.path.join(workdir, tag + ".npy")
+    extra = ["--quiet", "--json", jpath]
+    if routing:
+        extra += ["--dump-routing", cpath]
+    if output:
+        extra += ["--dump-output", ypath]
+    r = run(exe, ranks, list(args) + extra, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError("moesim failed (R=%d, %s)\n%s" % (ranks, tag, r.describe()))
+    with open(jpath) as fh:
+        doc = json.load(fh)
+    rt = read_routing(cpath) if routing else None
+    y = np.load(ypath) if output else None
+    return Result(r, doc, rt, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking: collect every failure, print all of them, exit 1 if any
+
+class Checker:
+    def __init__(self, name):
+        self.name, self.failures, self.passed = name, [], 0
+
+    def check(self, cond, what, detail=""):
+        if cond:
+            self.passed += 1
+        else:
+            self.failures.append(what + (("\n    " + detail.replace("\n", "\n    ")) if detail else ""))
+            print("FAIL: " + self.failures[-1], flush=True)
+        return bool(cond)
+
+    def equal(self, got, expected, what):
+        return self.check(got == expected, what, "expected %r, got %r" % (expected, got))
+
+    def close(self, got, expected, what, rtol, atol):
+        got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+        if got.shape != expected.shape:
+            return self.check(False, what, "shape %s, expected %s" % (got.shape, expected.shape))
+        err = np.abs(got - expected)
+        bad = err > atol + rtol * np.abs(expected)
+        if not bad.any():
+            return self.check(True, what)
+        i = np.unravel_index(np.argmax(err - (atol + rtol * np.abs(expected))), err.shape)
+        return self.check(False, what, "%d of %d values outside atol %g + rtol %g; worst at %s: "
+                          "got %.9g expected %.9g" % (bad.sum(), bad.size, atol, rtol, i,
+                                                      got[i], expected[i]))
+
+    def guard(self, what, fn, *a, **kw):
+        """Run one block of checks; an exception (a failed run, a timeout) is one failure."""
+        try:
+            return fn(*a, **kw)
+        except subprocess.TimeoutExpired as e:
+            self.check(False, what + ": timed out after %s s: %s" % (e.timeout, " ".join(e.cmd)))
+        except AssertionError as e:
+            self.check(False, what, str(e))
+        return None
+
+    def finish(self):
+        if self.failures:
+            print("%s: %d check(s) FAILED, %d passed" % (self.name, len(self.failures), self.passed))
+            for d in WORKDIRS:
+                print("files kept for inspection in %s" % d)
+            sys.exit(1)
+        for d in WORKDIRS:
+            shutil.rmtree(d, ignore_errors=True)
+        print("%s: all %d checks passed" % (self.name, self.passed))
+        sys.exit(0)
+
+
+WORKDIRS = []
+
+
+def workdir():
+    """A fresh temporary directory; removed by Checker.finish when every check passed, kept (and
+    named) otherwise."""
+    d = tempfile.mkdtemp(prefix="moesim-mpi-")
+    WORKDIRS.append(d)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# The generator of include/moesim/rng.h, in numpy uint64 arithmetic (wrapping)
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix(x):
+    """SplitMix64 finalizer on a uint64 array (Steele, Lea, Flood 2014)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def u64(seed, stream, counters):
+    with np.errstate(over="ignore"):
+        key = mix(np.array([seed], dtype=np.uint64) ^ mix(np.array([stream], dtype=np.uint64) + GOLDEN))
+        c = np.asarray(counters, dtype=np.uint64)
+        return mix(key + (c + np.uint64(1)) * GOLDEN)
+
+
+def uniform(x):
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+
+
+def normal64(seed, stream, first, n):
+    """normal(seed, stream, first + i) for i < n in float64 (Box-Muller, cosine branch).
+    log and cos go through Python's math module, i.e. the C library the C code calls, so the
+    doubles match and rounding them to float32 gives the same bits."""
+    i = np.arange(first, first + n, dtype=np.uint64)
+    u1 = uniform(u64(seed, stream, np.uint64(2) * i))
+    u2 = uniform(u64(seed, stream, np.uint64(2) * i + np.uint64(1)))
+    lg = np.fromiter(map(math.log, u1.tolist()), dtype=np.float64, count=n)
+    cs = np.fromiter(map(math.cos, (2.0 * math.pi * u2).tolist()), dtype=np.float64, count=n)
+    return np.sqrt(-2.0 * lg) * cs
+
+
+def fill_normal(seed, stream, first, n, scale=1.0):
+    return (scale * normal64(seed, stream, first, n)).astype(np.float32)
+
+
+def gen_tokens(seed, N, d):
+    return fill_normal(seed, 1, 0, N * d).reshape(N, d)
+
+
+def gen_router(seed, E, d):
+    return fill_normal(seed, 2, 0, E * d, 1.0 / math.sqrt(d)).reshape(E, d)
+
+
+def gen_expert(seed, e, d, f):
+    w1 = fill_normal(seed, 0x100 + 2 * e, 0, f * d, 1.0 / math.sqrt(d)).reshape(f, d)
+    w2 = fill_normal(seed, 0x101 + 2 * e, 0, d * f, 1.0 / math.sqrt(f)).reshape(d, f)
+    return w1, w2
+
+
+# ---------------------------------------------------------------------------------------------
+# The serial reference
+
+def partition(n, parts, index):
+    """Block partition: part `index` holds [first, first + count); the first n mod parts parts
+    hold one more."""
+    base, extra = divmod(n, parts)
+    count = base + (1 if index < extra else 0)
+    first = index * base + min(index, extra)
+    return first, count
+
+
+def owner(n, parts, item):
+    for r in range(parts):
+        first, count = partition(n, parts, r)
+        if first <= item < first + count:
+            return r
+    raise ValueError(item)
+
+
+def capacity(cf, G, k, E):
+    """ceil(cf * G * k / E) with cf read as the decimal the user typed (exact rational), so that
+    1.1 * 100 is 110, not 111; None when dropless (cf 0)."""
+    if float(cf) == 0:
+        return None
+    return math.ceil(Fraction(str(cf)) * G * k / E)
+
+
+def gelu(x):
+    erf = np.frompyfunc(math.erf, 1, 1)
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)).astype(np.float64))
+
+
+def router_probs(h, W):
+    """p = softmax(h W^T) in float64 from the float32 inputs: (N, E)."""
+    z = h.astype(np.float64) @ W.astype(np.float64).T
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def topk(p, k):
+    """Best k by p, best first, equal values to the lower id (a stable sort of -p)."""
+    return np.argsort(-p, axis=1, kind="stable")[:, :k]
+
+
+class Reference:
+    """Serial reference of one step. Inputs float32 (as moesim holds them), arithmetic float64."""
+
+    def __init__(self, h, W, experts, k, cf, scope="global", ranks=1, renormalize=False):
+        self.h, self.W, self.k, self.cf, self.scope, self.R = h, W, k, cf, scope, ranks
+        self.N, self.d = h.shape
+        self.E = W.shape[0]
+        self.experts_w = experts  # list of (W1, W2) or a function e -> (W1, W2)
+        self.renormalize = renormalize
+        self.p = router_probs(h, W)
+        self.expert = topk(self.p, k)
+        self.ties_adopted = 0
+
+    def adopt_near_ties(self, got_expert, tol):
+        """Where the float64 reference and moesim's float32 router disagree only between experts
+        whose probabilities differ by less than `tol` (a near tie that float32 rounding may break
+        either way), take moesim's choice so that capacity decisions downstream are compared on
+        the same routing. Returns a list of tokens whose choice is not explained by a near tie."""
+        bad = []
+        for t in np.nonzero((got_expert != self.expert).any(axis=1))[0]:
+            g = got_expert[t]
+            pt = self.p[t]
+            ok = len(set(g.tolist())) == self.k and all(0 <= e < self.E for e in g)
+            if ok:
+                chosen = pt[g]
+                others = np.delete(pt, g)
+                ok = all(chosen[c] >= chosen[c + 1] - tol for c in range(self.k - 1))
+                ok = ok and (others.size == 0 or chosen.min() >= others.max() - tol)
+            if ok:
+                self.expert[t] = g
+                self.ties_adopted += 1
+            else:
+                bad.append(int(t))
+        return bad
+
+    def groups(self):
+        if self.scope == "global":
+            return [(0, self.N)]
+        return [partition(self.N, self.R, r) for r in range(self.R)]
+
+    def solve(self):
+        """Gates, acceptance, y and every count, from self.expert."""
+        N, k, E = self.N, self.k, self.E
+        rows = np.arange(N)[:, None]
+        gate = self.p[rows, self.expert]
+        if self.renormalize:
+            gate = gate / gate.sum(axis=1, keepdims=True)
+        self.gate = gate
+        acc = np.zeros((N, k), dtype=np.int64)
+        self.group_caps = []
+        for first, count in self.groups():
+            C = capacity(self.cf, count, k, E)
+            self.group_caps.append(C)
+            load = np.zeros(E, dtype=np.int64)
+            for t in range(first, first + count):  # position policy: token order
+                for c in range(k):
+                    e = self.expert[t, c]
+                    if C is None or load[e] < C:
+                        load[e] += 1
+                        acc[t, c] = 1
+        self.accepted = acc
+        self.routed_per_expert = np.bincount(self.expert.ravel(), minlength=E)
+        self.accepted_per_expert = np.bincount(self.expert.ravel(), weights=acc.ravel(),
+                                               minlength=E).astype(np.int64)
+        if self.group_caps[0] is None:
+            self.capacity_per_expert = None
+        else:
+            self.capacity_per_expert = sum(self.group_caps)
+        self.dropped_tokens = int((acc.sum(axis=1) == 0).sum())
+        return self
+
+    def output(self):
+        """y (N, d) float64."""
+        h64 = self.h.astype(np.float64)
+        y = h64.copy()
+        for e in range(self.E):
+            tok, ch = np.nonzero((self.expert == e) & (self.accepted == 1))
+            if tok.size == 0:
+                continue
+            w1, w2 = self.experts_w(e) if callable(self.experts_w) else self.experts_w[e]
+            x = h64[tok]
+            ye = gelu(x @ w1.astype(np.float64).T) @ w2.astype(np.float64).T
+            np.add.at(y, tok, self.gate[tok, ch][:, None] * ye)
+        return y
+
+    def dispatch_bytes(self):
+        """(R, R) [src][dst] bytes of accepted rows for the rank count self.R."""
+        R = self.R
+        m = np.zeros((R, R), dtype=np.int64)
+        src = np.array([owner(self.N, R, t) for t in range(self.N)])
+        eown = np.array([owner(self.E, R, e) for e in range(self.E)])
+        for c in range(self.k):
+            ok = self.accepted[:, c] == 1
+            np.add.at(m, (src[ok], eown[self.expert[ok, c]]), 1)
+        return m * self.d * 4
+
+
+def generated_reference(seed, N, d, E, k, cf, f=None, scope="global", ranks=1, renormalize=False):
+    f = f or 2 * d
+    cache = {}
+
+    def experts(e):
+        if e not in cache:
+            cache[e] = gen_expert(seed, e, d, f)
+        return cache[e]
+
+    return Reference(gen_tokens(seed, N, d), gen_router(seed, E, d), experts, k, cf, scope,
+                     ranks, renormalize)
+
+
+# ---------------------------------------------------------------------------------------------
+# .npy files, good and deliberately bad
+
+def npy_bytes(header_dict_text, body, magic=b"\x93NUMPY", version=(1, 0)):
+    """A .npy file with a hand-written header (for malformed cases)."""
+    hdr = header_dict_text.encode("latin1")
+    pre = len(magic) + 2 + (2 if version[0] == 1 else 4)
+    pad = (-(pre + len(hdr) + 1)) % 64
+    hdr = hdr + b" " * pad + b"\n"
+    size = len(hdr).to_bytes(2 if version[0] == 1 else 4, "little")
+    return magic + bytes(version) + size + hdr + body
+
+
+def write(path, data):
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return path
+
+
+def json_counts(doc):
+    """The parts of the JSON that must not depend on the rank count."""
+    return {
+        "experts": [{k: e[k] for k in ("id", "routed", "accepted", "dropped", "capacity")}
+                    for e in doc["experts"]],
+        "drops": doc["drops"],
+        "waste": doc["waste"],
+        "f": doc["load_balance"]["f"],
+    }

@@ -1,0 +1,236 @@
+/* Unit tests of expert: GELU, weight initialization, the FFN against its reference twin. */
+#include "moesim/expert.h"
+#include "moesim/rng.h"
+
+#include <check.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Check reports every passing ck_assert to the parent process (a write per check in fork mode), so
+ * checks inside large loops use these, which only act on failure. */
+#define EXPECT(c)                                                                                  \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            ck_abort_msg("Assertion '%s' failed", #c);                                             \
+    } while (0)
+#define EXPECT_MSG(c, ...)                                                                         \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            ck_abort_msg(__VA_ARGS__);                                                             \
+    } while (0)
+#define EXPECT_EQ(a, b)                                                                            \
+    do {                                                                                           \
+        intmax_t a_ = (intmax_t)(a), b_ = (intmax_t)(b);                                           \
+        if (a_ != b_)                                                                              \
+            ck_abort_msg("Assertion '%s == %s' failed: %jd != %jd", #a, #b, a_, b_);               \
+    } while (0)
+#define EXPECT_UEQ(a, b)                                                                           \
+    do {                                                                                           \
+        uintmax_t a_ = (uintmax_t)(a), b_ = (uintmax_t)(b);                                        \
+        if (a_ != b_)                                                                              \
+            ck_abort_msg("Assertion '%s == %s' failed: %#jx != %#jx", #a, #b, a_, b_);             \
+    } while (0)
+#define EXPECT_UNE(a, b) EXPECT((uintmax_t)(a) != (uintmax_t)(b))
+#define EXPECT_MEM_EQ(a, b, n) EXPECT(memcmp((a), (b), (n)) == 0)
+
+static uint64_t g_state;
+static uint64_t next_u64(void)
+{
+    uint64_t z = (g_state += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+static double next_unit(void) { return (double)(next_u64() >> 11) * 0x1.0p-53; }
+
+START_TEST(test_gelu_values)
+{
+    /* Exact GELU x Phi(x); references from Python's math.erf in double. Tolerance: erff is within a
+     * couple of ulps and there are three float roundings, so ~4 ulp relative, 5e-7 absolute for
+     * values of order one. */
+    EXPECT(moe_gelu(0.0f) == 0.0f);
+    ck_assert_float_eq_tol(moe_gelu(1.0f), 0.8413447460685429f, 5e-7f);
+    ck_assert_float_eq_tol(moe_gelu(-1.0f), -0.15865525393145707f, 5e-7f);
+    ck_assert_float_eq_tol(moe_gelu(0.5f), 0.34573123063700656f, 5e-7f);
+    ck_assert_float_eq_tol(moe_gelu(3.0f), 2.99595030590511f, 2e-6f);
+    /* For negative x, 1 + erf(x / sqrt 2) cancels: its absolute error is that of erff near -1,
+     * a few 2^-24, times |x| / 2. */
+    ck_assert_float_eq_tol(moe_gelu(-3.0f), -0.00404969409489031f, 4e-7f);
+    ck_assert_float_eq_tol(moe_gelu(1e-3f), 0.000500398942213911f, 1e-10f);
+    /* Large positive: x (Phi(10) = 1 - 7.6e-24 rounds to 1); large negative: 0 (or -0). */
+    EXPECT(moe_gelu(10.0f) == 10.0f);
+    EXPECT(moe_gelu(1000.0f) == 1000.0f);
+    EXPECT(fabsf(moe_gelu(-10.0f)) <= 1e-20f);
+    EXPECT(fabsf(moe_gelu(-1000.0f)) == 0.0f);
+    /* Properties on a grid: gelu(x) - gelu(-x) = x (Phi(x) + Phi(-x) = 1), within a few ulp of x;
+     * gelu >= -0.17 (its minimum is -0.16997 at x = -0.7518). */
+    for (int i = -4000; i <= 4000; i++) {
+        float x = (float)i / 500.0f;
+        float g = moe_gelu(x), gm = moe_gelu(-x);
+        EXPECT_MSG(fabsf((g - gm) - x) <= 4 * FLT_EPSILON * (fabsf(x) + 1), "x=%g", x);
+        EXPECT(g >= -0.17f);
+    }
+}
+END_TEST
+
+START_TEST(test_flops)
+{
+    ck_assert(moe_expert_flops_per_row(3, 5) == 60.0);
+    ck_assert(moe_expert_flops_per_row(512, 1024) == 4.0 * 512 * 1024);
+    ck_assert(moe_expert_flops_per_row(1, 1) == 4.0);
+}
+END_TEST
+
+START_TEST(test_init_determinism_and_streams)
+{
+    enum { D = 24, F = 40 };
+    float a1[F * D], a2[D * F], b1[F * D], b2[D * F], w[F * D];
+    moe_expert_init(a1, a2, 7, 3, D, F);
+    moe_expert_init(b1, b2, 7, 3, D, F);
+    ck_assert_mem_eq(a1, b1, sizeof a1);
+    ck_assert_mem_eq(a2, b2, sizeof a2);
+    /* The documented streams and scales, bitwise: W1 from stream 0x100 + 2e with 1/sqrt(d), W2
+     * from 0x100 + 2e + 1 with 1/sqrt(f), counters in row-major order. */
+    moe_rng_fill_normal(w, F * D, 7, MOE_STREAM_EXPERT + 6, 0, 1.0 / sqrt((double)D));
+    ck_assert_mem_eq(a1, w, sizeof a1);
+    moe_rng_fill_normal(w, D * F, 7, MOE_STREAM_EXPERT + 7, 0, 1.0 / sqrt((double)F));
+    ck_assert_mem_eq(a2, w, sizeof a2);
+    /* Another expert, another seed: different weights. */
+    moe_expert_init(b1, b2, 7, 4, D, F);
+    ck_assert(memcmp(a1, b1, sizeof a1) != 0 && memcmp(a2, b2, sizeof a2) != 0);
+    moe_expert_init(b1, b2, 8, 3, D, F);
+    ck_assert(memcmp(a1, b1, sizeof a1) != 0 && memcmp(a2, b2, sizeof a2) != 0);
+}
+END_TEST
+
+START_TEST(test_init_scale)
+{
+    /* W1 ~ N(0, 1/d), W2 ~ N(0, 1/f). With n = f d = 131072 samples, the sample standard deviation
+     * has relative standard error 1/sqrt(2n) = 0.002; allow 1% (5 sigma). Mean: standard error
+     * std/sqrt(n); allow 5 of them. */
+    enum { D = 256, F = 512 };
+    float *w1 = malloc((size_t)F * D * sizeof *w1), *w2 = malloc((size_t)D * F * sizeof *w2);
+    moe_expert_init(w1, w2, 1, 0, D, F);
+    const float *ws[2] = {w1, w2};
+    const double want_std[2] = {1.0 / sqrt(D), 1.0 / sqrt(F)};
+    for (int m = 0; m < 2; m++) {
+        double s1 = 0, s2 = 0, n = (double)F * D;
+        for (int64_t i = 0; i < (int64_t)F * D; i++) {
+            s1 += ws[m][i];
+            s2 += (double)ws[m][i] * ws[m][i];
+        }
+        double mean = s1 / n, std = sqrt(s2 / n - mean * mean);
+        ck_assert_double_eq_tol(mean, 0.0, 5 * want_std[m] / sqrt(n));
+        ck_assert_msg(fabs(std / want_std[m] - 1.0) < 0.01, "matrix %d: std %.6f, expected %.6f", m + 1,
+                      std, want_std[m]);
+    }
+    free(w1), free(w2);
+}
+END_TEST
+
+/* Forward vs its reference, with a tolerance derived from the data.
+ * First GEMM: |act_pre - ref_pre| <= gamma_d * sum_j |x_j w1_ij| (float accumulation, any order;
+ * Higham 3.1, gamma_n = n u / (1 - n u), u = 2^-24), plus u |ref_pre| for the reference's rounding.
+ * GELU is 1.13-Lipschitz (max of Phi(x) + x phi(x), at x = sqrt 2) and erff adds ~2 ulp:
+ * |dact| <= 1.13 e1 + 4 u |act| + FLT_MIN. Second GEMM: |dy| <= gamma_f sum_i |act_i w2_ji| +
+ * sum_i |w2_ji| |dact_i| + u |y|. The test allows twice that bound. */
+static void check_forward(int64_t m, int64_t d, int64_t f)
+{
+    float *x = malloc((size_t)(m * d + 1) * sizeof *x), *w1 = malloc((size_t)(f * d) * sizeof *w1);
+    float *w2 = malloc((size_t)(d * f) * sizeof *w2);
+    float *y = malloc((size_t)(m * d + 1) * sizeof *y), *yr = malloc((size_t)(m * d + 1) * sizeof *yr);
+    float *act = malloc((size_t)(m * f + 1) * sizeof *act), *actr = malloc((size_t)(m * f + 1) * sizeof *actr);
+    double *dact = malloc((size_t)(f + 1) * sizeof *dact);
+    for (int64_t i = 0; i < m * d; i++)
+        x[i] = (float)(4.0 * next_unit() - 2.0);
+    moe_expert_init(w1, w2, 5, (int)(m + d + f), d, f);
+    moe_expert_forward(y, act, x, w1, w2, m, d, f);
+    moe_expert_forward_ref(yr, actr, x, w1, w2, m, d, f);
+    const double u = 0x1.0p-24, gd = d * u / (1 - d * u), gf = f * u / (1 - f * u);
+    for (int64_t r = 0; r < m; r++) {
+        for (int64_t i = 0; i < f; i++) {
+            double a = 0, pre = 0;
+            for (int64_t j = 0; j < d; j++) {
+                a += fabs((double)x[r * d + j] * w1[i * d + j]);
+                pre += (double)x[r * d + j] * w1[i * d + j];
+            }
+            double e1 = gd * a + u * fabs(pre);
+            dact[i] = 1.13 * e1 + 4 * u * fabs((double)actr[r * f + i]) + FLT_MIN;
+            EXPECT_MSG(fabs((double)act[r * f + i] - actr[r * f + i]) <= 2 * dact[i],
+                          "(%lld,%lld,%lld) act[%lld][%lld]: %.9g vs ref %.9g", (long long)m,
+                          (long long)d, (long long)f, (long long)r, (long long)i, act[r * f + i],
+                          actr[r * f + i]);
+        }
+        for (int64_t j = 0; j < d; j++) {
+            double a = 0, prop = 0;
+            for (int64_t i = 0; i < f; i++) {
+                a += fabs((double)actr[r * f + i] * w2[j * f + i]);
+                prop += fabs((double)w2[j * f + i]) * dact[i];
+            }
+            double tol = 2 * (gf * a + prop + u * fabs((double)yr[r * d + j]) + FLT_MIN);
+            double diff = fabs((double)y[r * d + j] - yr[r * d + j]);
+            EXPECT_MSG(diff <= tol, "(%lld,%lld,%lld) y[%lld][%lld]: %.9g vs ref %.9g, diff %.3g > %.3g",
+                          (long long)m, (long long)d, (long long)f, (long long)r, (long long)j,
+                          y[r * d + j], yr[r * d + j], diff, tol);
+        }
+    }
+    free(x), free(w1), free(w2), free(y), free(yr), free(act), free(actr), free(dact);
+}
+
+START_TEST(test_forward_vs_ref)
+{
+    static const int shapes[][3] = {{1, 1, 1}, {1, 7, 13}, {3, 5, 2}, {1, 64, 128}, {17, 33, 65},
+                                    {64, 128, 256}, {9, 255, 31}, {2, 1, 300}};
+    g_state = 41;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        check_forward(shapes[s][0], shapes[s][1], shapes[s][2]);
+}
+END_TEST
+
+START_TEST(test_forward_hand_and_empty)
+{
+    /* d = 2, f = 2, W1 = I: act = gelu(x) for x = [1, -1]; W2 = [[1, 1], [2, 0]]:
+     * y = [gelu(1) + gelu(-1), 2 gelu(1)] = [Phi(1) - Phi(-1), 2 Phi(1)] = [0.68268949, 1.68268949].
+     * Tolerance 1e-6: a few ulps of GELU values of order one. */
+    const float x[] = {1.0f, -1.0f}, w1[] = {1, 0, 0, 1}, w2[] = {1, 1, 2, 0};
+    float y[2], act[2], yr[2], actr[2];
+    moe_expert_forward(y, act, x, w1, w2, 1, 2, 2);
+    moe_expert_forward_ref(yr, actr, x, w1, w2, 1, 2, 2);
+    ck_assert_float_eq_tol(y[0], 0.6826894921370859f, 1e-6f);
+    ck_assert_float_eq_tol(y[1], 1.6826894921370859f, 1e-6f);
+    ck_assert_float_eq_tol(yr[0], 0.6826894921370859f, 1e-6f);
+    ck_assert_float_eq_tol(yr[1], 1.6826894921370859f, 1e-6f);
+    /* m = 0 touches nothing. */
+    y[0] = y[1] = 42.0f;
+    act[0] = 43.0f;
+    moe_expert_forward(y, act, x, w1, w2, 0, 2, 2);
+    moe_expert_forward_ref(y, act, x, w1, w2, 0, 2, 2);
+    ck_assert(y[0] == 42.0f && y[1] == 42.0f && act[0] == 43.0f);
+}
+END_TEST
+
+static Suite *expert_suite(void)
+{
+    Suite *s = suite_create("expert");
+    TCase *tc = tcase_create("expert");
+    tcase_add_test(tc, test_gelu_values);
+    tcase_add_test(tc, test_flops);
+    tcase_add_test(tc, test_init_determinism_and_streams);
+    tcase_add_test(tc, test_init_scale);
+    tcase_add_test(tc, test_forward_hand_and_empty);
+    tcase_add_test(tc, test_forward_vs_ref);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(expert_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

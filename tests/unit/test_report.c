@@ -1,0 +1,582 @@
+/* Unit tests of report: bars, the JSON document, the routing CSV, writability checks, and a smoke
+ * test of the text report. */
+#include "moesim/config.h"
+#include "moesim/error.h"
+#include "moesim/report.h"
+#include "moesim/stats.h"
+
+#include <check.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Check reports every passing ck_assert to the parent process (a write per check in fork mode), so
+ * checks inside large loops use these, which only act on failure. */
+#define EXPECT(c)                                                                                  \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            ck_abort_msg("Assertion '%s' failed", #c);                                             \
+    } while (0)
+#define EXPECT_MSG(c, ...)                                                                         \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            ck_abort_msg(__VA_ARGS__);                                                             \
+    } while (0)
+#define EXPECT_EQ(a, b)                                                                            \
+    do {                                                                                           \
+        intmax_t a_ = (intmax_t)(a), b_ = (intmax_t)(b);                                           \
+        if (a_ != b_)                                                                              \
+            ck_abort_msg("Assertion '%s == %s' failed: %jd != %jd", #a, #b, a_, b_);               \
+    } while (0)
+#define EXPECT_UEQ(a, b)                                                                           \
+    do {                                                                                           \
+        uintmax_t a_ = (uintmax_t)(a), b_ = (uintmax_t)(b);                                        \
+        if (a_ != b_)                                                                              \
+            ck_abort_msg("Assertion '%s == %s' failed: %#jx != %#jx", #a, #b, a_, b_);             \
+    } while (0)
+#define EXPECT_UNE(a, b) EXPECT((uintmax_t)(a) != (uintmax_t)(b))
+#define EXPECT_MEM_EQ(a, b, n) EXPECT(memcmp((a), (b), (n)) == 0)
+
+/* Scratch directory made by main and removed by main after the run (even if a forked test fails);
+ * each test works in its own subdirectory. */
+static char g_dir[] = "/tmp/moesim-report-XXXXXX";
+
+static void fresh_dir(char *dir, size_t len, const char *tag)
+{
+    ck_assert_int_lt(snprintf(dir, len, "%s/%s", g_dir, tag), (int)len);
+    ck_assert_int_eq(mkdir(dir, 0700), 0);
+}
+
+static void join(char *buf, size_t len, const char *dir, const char *name)
+{
+    ck_assert_int_lt(snprintf(buf, len, "%s/%s", dir, name), (int)len);
+}
+
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
+/* Display cells of a UTF-8 string: bytes that do not continue a character. */
+static int cells(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+static int count_substr(const char *s, const char *sub)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, sub)) != NULL; p += strlen(sub))
+        n++;
+    return n;
+}
+
+/* ---- bar ---- */
+
+START_TEST(test_bar_widths)
+{
+    char buf[3 * 40 + 2];
+    moe_report_bar(buf, 0.0, 10);
+    ck_assert_str_eq(buf, "");
+    moe_report_bar(buf, 0.5, 10);
+    ck_assert_str_eq(buf, "█████");
+    moe_report_bar(buf, 1.0, 10);
+    ck_assert_int_eq(count_substr(buf, "█"), 10);
+    ck_assert_int_eq(cells(buf), 10);
+    ck_assert_ptr_null(strchr(buf, '>'));
+    moe_report_bar(buf, 1.7, 10); /* clipped to full, marked */
+    ck_assert_int_eq(count_substr(buf, "█"), 10);
+    ck_assert_int_eq(cells(buf), 11);
+    ck_assert(buf[strlen(buf) - 1] == '>');
+    /* eighths: 0.55 * 10 cells = 44 eighths = 5 full + a half block */
+    moe_report_bar(buf, 0.55, 10);
+    ck_assert_str_eq(buf, "█████▌");
+    /* rounded to the nearest eighth: 0.549 * 80 = 43.92 eighths -> 44, 0.544 * 80 = 43.52 -> 44,
+     * 0.543 * 80 = 43.44 -> 43 (a three-eighths block) */
+    moe_report_bar(buf, 0.549, 10);
+    ck_assert_str_eq(buf, "█████▌");
+    moe_report_bar(buf, 0.543, 10);
+    ck_assert_str_eq(buf, "█████▍");
+    moe_report_bar(buf, 1.0 / 80, 10); /* one eighth */
+    ck_assert_str_eq(buf, "▏");
+    /* width 0, negative and NaN fractions */
+    moe_report_bar(buf, 0.5, 0);
+    ck_assert_str_eq(buf, "");
+    moe_report_bar(buf, 2.0, 0);
+    ck_assert_str_eq(buf, ">");
+    moe_report_bar(buf, -0.3, 10);
+    ck_assert_str_eq(buf, "");
+    moe_report_bar(buf, NAN, 10);
+    ck_assert_str_eq(buf, "");
+}
+END_TEST
+
+START_TEST(test_bar_fits_documented_buffer)
+{
+    /* Every fraction on a fine grid, for several widths: the bar has at most width cells (+1 for
+     * '>'), grows with the fraction, and never writes beyond 3 * width + 2 bytes. */
+    for (int width = 1; width <= 30; width += 7) {
+        int prev = 0;
+        for (int i = 0; i <= 1300; i++) {
+            double fr = i / 1000.0;
+            char buf[3 * 30 + 2 + 16];
+            memset(buf, '#', sizeof buf);
+            moe_report_bar(buf, fr, width);
+            size_t need = (size_t)(3 * width + 2);
+            EXPECT_MSG(strlen(buf) + 1 <= need, "width %d fraction %g: %zu bytes", width, fr,
+                          strlen(buf) + 1);
+            for (size_t b = need; b < sizeof buf; b++)
+                EXPECT(buf[b] == '#');
+            int c = cells(buf) - (fr > 1.0);
+            EXPECT(c <= width);
+            EXPECT(c >= prev || fr > 1.0);
+            prev = c;
+        }
+    }
+}
+END_TEST
+
+/* ---- a small results struct, by hand ---- */
+
+/* E = 4 experts on R = 2 ranks, N = 8 tokens, k = 2; capacity 5 per expert. */
+static void small_results(moe_results *r, moe_config *cfg)
+{
+    moe_config_defaults(cfg);
+    cfg->tokens = 8;
+    cfg->hidden = 4;
+    cfg->ffn = 8;
+    cfg->experts = 4;
+    cfg->top_k = 2;
+    ck_assert_int_eq(moe_results_init(r, 4, 2, 1), MOE_OK);
+    r->top_k = 2;
+    r->tokens = 8;
+    r->hidden = 4;
+    r->ffn = 8;
+    const int64_t routed[] = {7, 4, 3, 2}, accepted[] = {5, 4, 3, 2};
+    for (int e = 0; e < 4; e++) {
+        r->owner[e] = e / 2;
+        r->routed[e] = routed[e];
+        r->accepted[e] = accepted[e];
+        r->capacity[e] = 5;
+        r->f[e] = (double)routed[e] / 16;
+        r->P[e] = 0.25;
+    }
+    r->aux_loss = 1.0;
+    r->dropped_tokens = 1;
+    moe_results_totals(r, 4.0 * 4 * 8);
+    const int64_t bytes[] = {64, 32, 16, 96};
+    for (int i = 0; i < 4; i++) {
+        r->dispatch_bytes[i] = bytes[i];
+        r->combine_bytes[i] = bytes[i];
+    }
+    for (int p = 0; p < MOE_PHASE_COUNT; p++)
+        r->phase[p] = (moe_summary){0.001 * p, 0.0015 * p, 0.002 * p};
+    r->step = (moe_summary){0.03, 0.04, 0.05};
+    r->dispatch_bytes_per_second = 1e9;
+    r->combine_bytes_per_second = 2e9;
+    r->output_checksum = -12.5;
+}
+
+/* The value at a dotted path ("config.seed"), or NULL. */
+static json_t *at(json_t *root, const char *path)
+{
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *v = root;
+    for (char *save = NULL, *key = strtok_r(buf, ".", &save); key && v;
+         key = strtok_r(NULL, ".", &save))
+        v = json_object_get(v, key);
+    return v;
+}
+
+/* Every key of docs/json.md with its type: i int, n number, s string, S string or null, b bool,
+ * l list, o object. */
+static const struct {
+    const char *path;
+    char type;
+} documented_keys[] = {
+    {"moesim_version", 's'}, {"config.ranks", 'i'}, {"config.experts", 'i'}, {"config.top_k", 'i'},
+    {"config.capacity_factor", 'n'}, {"config.tokens", 'i'}, {"config.hidden", 'i'},
+    {"config.ffn", 'i'}, {"config.capacity_scope", 's'}, {"config.drop_policy", 's'},
+    {"config.seed", 'i'}, {"config.renormalize", 'b'}, {"config.pad_to_capacity", 'b'},
+    {"config.iters", 'i'}, {"config.warmup", 'i'}, {"config.tokens_file", 'S'},
+    {"config.router_file", 'S'}, {"experts", 'l'}, {"load_balance.f", 'l'}, {"load_balance.P", 'l'},
+    {"load_balance.aux_loss", 'n'}, {"drops.assignments", 'i'}, {"drops.dropped_assignments", 'i'},
+    {"drops.dropped_tokens", 'i'}, {"waste.slots", 'i'}, {"waste.empty_slots", 'i'},
+    {"waste.flops_useful", 'n'}, {"waste.flops_wasted", 'n'}, {"waste.padded", 'b'},
+    {"traffic.dispatch_bytes", 'l'}, {"traffic.combine_bytes", 'l'}, {"timing.step", 'o'},
+    {"bandwidth.dispatch_bytes_per_second", 'n'}, {"bandwidth.combine_bytes_per_second", 'n'},
+    {"output.checksum", 'n'},
+};
+
+static int has_type(json_t *v, char type)
+{
+    switch (type) {
+    case 'i': return json_is_integer(v);
+    case 'n': return json_is_number(v);
+    case 's': return json_is_string(v);
+    case 'S': return json_is_string(v) || json_is_null(v);
+    case 'b': return json_is_boolean(v);
+    case 'l': return json_is_array(v);
+    case 'o': return json_is_object(v);
+    }
+    return 0;
+}
+
+START_TEST(test_json_document)
+{
+    moe_results r;
+    moe_config cfg;
+    small_results(&r, &cfg);
+    char dir[400], path[512], msg[512] = "";
+    fresh_dir(dir, sizeof dir, "json");
+    join(path, sizeof path, dir, "out.json");
+    ck_assert_msg(moe_report_json(path, &cfg, &r, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(count_entries(dir), 1); /* no temporary file left beside it */
+
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    ck_assert_msg(root != NULL, "jansson cannot load it: %s line %d", err.text, err.line);
+    ck_assert(json_is_object(root));
+    /* The documented top-level keys and their types. */
+    ck_assert(json_is_object(json_object_get(root, "config")));
+    ck_assert(json_is_array(json_object_get(root, "experts")));
+    ck_assert(json_is_object(json_object_get(root, "load_balance")));
+    ck_assert(json_is_object(json_object_get(root, "drops")));
+    ck_assert(json_is_object(json_object_get(root, "waste")));
+    ck_assert(json_is_object(json_object_get(root, "traffic")));
+    ck_assert(json_is_object(json_object_get(root, "timing")));
+    ck_assert_str_eq(json_string_value(json_object_get(root, "moesim_version")), MOE_VERSION);
+    for (size_t i = 0; i < sizeof documented_keys / sizeof *documented_keys; i++) {
+        json_t *v = at(root, documented_keys[i].path);
+        ck_assert_msg(v != NULL, "documented key %s is missing", documented_keys[i].path);
+        ck_assert_msg(has_type(v, documented_keys[i].type), "key %s has the wrong type",
+                      documented_keys[i].path);
+    }
+    static const char *const expert_keys[] = {"id", "rank", "routed", "accepted", "dropped"};
+    for (size_t e = 0; e < json_array_size(json_object_get(root, "experts")); e++) {
+        json_t *o = json_array_get(json_object_get(root, "experts"), e);
+        for (int i = 0; i < 5; i++)
+            ck_assert_msg(json_is_integer(json_object_get(o, expert_keys[i])), "experts[%zu].%s", e,
+                          expert_keys[i]);
+        ck_assert(json_is_integer(json_object_get(o, "capacity")));
+        ck_assert(json_is_number(json_object_get(o, "utilization")));
+    }
+
+    json_t *config = json_object_get(root, "config");
+    ck_assert_int_eq(json_integer_value(json_object_get(config, "experts")), 4);
+    ck_assert_int_eq(json_integer_value(json_object_get(config, "ranks")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(config, "top_k")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(config, "tokens")), 8);
+    ck_assert(json_real_value(json_object_get(config, "capacity_factor")) == 1.25);
+    ck_assert_str_eq(json_string_value(json_object_get(config, "capacity_scope")), "global");
+    ck_assert_str_eq(json_string_value(json_object_get(config, "drop_policy")), "position");
+    ck_assert(json_is_null(json_object_get(config, "tokens_file")));
+
+    json_t *experts = json_object_get(root, "experts");
+    ck_assert_uint_eq(json_array_size(experts), 4);
+    json_t *e0 = json_array_get(experts, 0), *e3 = json_array_get(experts, 3);
+    ck_assert_int_eq(json_integer_value(json_object_get(e0, "id")), 0);
+    ck_assert_int_eq(json_integer_value(json_object_get(e0, "routed")), 7);
+    ck_assert_int_eq(json_integer_value(json_object_get(e0, "accepted")), 5);
+    ck_assert_int_eq(json_integer_value(json_object_get(e0, "dropped")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(e0, "capacity")), 5);
+    ck_assert(json_real_value(json_object_get(e0, "utilization")) == 1.0);
+    ck_assert_int_eq(json_integer_value(json_object_get(e3, "rank")), 1);
+    ck_assert(json_real_value(json_object_get(e3, "utilization")) == 0.4);
+
+    json_t *lb = json_object_get(root, "load_balance");
+    ck_assert(json_real_value(json_object_get(lb, "aux_loss")) == 1.0);
+    ck_assert_uint_eq(json_array_size(json_object_get(lb, "f")), 4);
+    ck_assert_uint_eq(json_array_size(json_object_get(lb, "P")), 4);
+    ck_assert(json_real_value(json_array_get(json_object_get(lb, "f"), 0)) == 7.0 / 16);
+
+    json_t *drops = json_object_get(root, "drops");
+    ck_assert_int_eq(json_integer_value(json_object_get(drops, "assignments")), 16);
+    ck_assert_int_eq(json_integer_value(json_object_get(drops, "dropped_assignments")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(drops, "dropped_tokens")), 1);
+    json_t *waste = json_object_get(root, "waste");
+    ck_assert_int_eq(json_integer_value(json_object_get(waste, "slots")), 20);
+    ck_assert_int_eq(json_integer_value(json_object_get(waste, "empty_slots")), 6);
+    ck_assert(json_is_false(json_object_get(waste, "padded")));
+
+    json_t *disp = json_object_get(json_object_get(root, "traffic"), "dispatch_bytes");
+    ck_assert_uint_eq(json_array_size(disp), 2);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_array_get(disp, 1), 0)), 16); /* [1][0] */
+    ck_assert_int_eq(json_integer_value(json_array_get(json_array_get(disp, 0), 1)), 32); /* [0][1] */
+    ck_assert(json_is_array(json_object_get(json_object_get(root, "traffic"), "combine_bytes")));
+
+    json_t *timing = json_object_get(root, "timing");
+    for (int p = 0; p < MOE_PHASE_COUNT; p++) {
+        json_t *ph = json_object_get(timing, moe_phase_name(p));
+        ck_assert_msg(json_is_object(ph), "timing lacks %s", moe_phase_name(p));
+        /* printed with 10 significant digits: 1e-12 relative is far inside that */
+        ck_assert_double_eq_tol(json_real_value(json_object_get(ph, "max")), 0.002 * p, 1e-12);
+        ck_assert(json_object_get(ph, "min") && json_object_get(ph, "mean"));
+    }
+    ck_assert(json_real_value(json_object_get(json_object_get(timing, "step"), "mean")) == 0.04);
+    json_decref(root);
+
+    /* Dropless experts: capacity and utilization are null. */
+    for (int e = 0; e < 4; e++)
+        r.capacity[e] = -1;
+    cfg.tokens_file = "h.npy";
+    ck_assert_int_eq(moe_report_json(path, &cfg, &r, msg, sizeof msg), MOE_OK); /* overwrites */
+    root = json_load_file(path, 0, &err);
+    ck_assert_ptr_nonnull(root);
+    e0 = json_array_get(json_object_get(root, "experts"), 0);
+    ck_assert(json_is_null(json_object_get(e0, "capacity")));
+    ck_assert(json_is_null(json_object_get(e0, "utilization")));
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(root, "config"), "tokens_file")),
+                     "h.npy");
+    json_decref(root);
+    ck_assert_int_eq(count_entries(dir), 1);
+    moe_results_free(&r);
+}
+END_TEST
+
+START_TEST(test_json_unwritable)
+{
+    moe_results r;
+    moe_config cfg;
+    small_results(&r, &cfg);
+    char dir[400], path[512], msg[512] = "";
+    fresh_dir(dir, sizeof dir, "json_fail");
+    join(path, sizeof path, dir, "missing/out.json");
+    ck_assert_int_eq(moe_report_json(path, &cfg, &r, msg, sizeof msg), MOE_EIO);
+    ck_assert_ptr_nonnull(strstr(msg, "out.json"));
+    ck_assert_int_eq(count_entries(dir), 0);
+    /* rename onto a directory fails: the temporary is removed */
+    join(path, sizeof path, dir, "a_dir");
+    ck_assert_int_eq(mkdir(path, 0700), 0);
+    ck_assert_int_eq(moe_report_json(path, &cfg, &r, msg, sizeof msg), MOE_EIO);
+    ck_assert_int_eq(count_entries(dir), 1);
+    moe_results_free(&r);
+}
+END_TEST
+
+/* JSON has no NaN or infinity: json_real refuses them, and in the first version of moe_report_json
+ * that made the enclosing json_pack return NULL, so the key ("output", "load_balance", a phase of
+ * "timing") vanished while the call returned MOE_OK. The documented keys must all be there, with
+ * null where the value is not finite (or the call must fail). */
+START_TEST(test_json_non_finite_keeps_keys)
+{
+    moe_results r;
+    moe_config cfg;
+    small_results(&r, &cfg);
+    char dir[400], path[512], msg[512] = "";
+    fresh_dir(dir, sizeof dir, "json_nan");
+    join(path, sizeof path, dir, "out.json");
+    r.output_checksum = INFINITY;
+    r.aux_loss = NAN;
+    r.phase[MOE_PHASE_EXPERT].max = NAN;
+    r.f[1] = -INFINITY;
+    r.dispatch_bytes_per_second = INFINITY;
+    int rc = moe_report_json(path, &cfg, &r, msg, sizeof msg);
+    if (rc != MOE_OK) { /* refusing is allowed, but then with a message and no file */
+        ck_assert(msg[0] != '\0');
+        ck_assert_int_eq(count_entries(dir), 0);
+    } else {
+        json_error_t err;
+        json_t *root = json_load_file(path, 0, &err);
+        ck_assert_msg(root != NULL, "%s", err.text);
+        json_t *lb = json_object_get(root, "load_balance");
+        ck_assert_msg(lb != NULL, "'load_balance' dropped (aux_loss NaN)");
+        ck_assert(json_is_null(json_object_get(lb, "aux_loss")));
+        ck_assert_uint_eq(json_array_size(json_object_get(lb, "f")), 4);
+        ck_assert(json_is_null(json_array_get(json_object_get(lb, "f"), 1)));
+        ck_assert(json_real_value(json_array_get(json_object_get(lb, "f"), 0)) == 7.0 / 16);
+        json_t *out = json_object_get(root, "output");
+        ck_assert_msg(out != NULL, "'output' dropped (checksum inf)");
+        ck_assert(json_is_null(json_object_get(out, "checksum")));
+        json_t *ex = json_object_get(json_object_get(root, "timing"), "expert");
+        ck_assert_msg(ex != NULL, "'timing.expert' dropped (max NaN)");
+        ck_assert(json_is_null(json_object_get(ex, "max")));
+        ck_assert_double_eq_tol(json_real_value(json_object_get(ex, "min")), 0.005, 1e-12);
+        json_t *bw = json_object_get(root, "bandwidth");
+        ck_assert_msg(bw != NULL, "'bandwidth' dropped");
+        ck_assert(json_real_value(json_object_get(bw, "combine_bytes_per_second")) == 2e9);
+        json_decref(root);
+    }
+    moe_results_free(&r);
+}
+END_TEST
+
+/* ---- routing CSV ---- */
+
+START_TEST(test_routing_csv)
+{
+    const moe_route_record rec[] = {
+        {0, 0, 3, 0.5f, 1}, {0, 1, 1, 0.25f, 0}, {1, 0, 2, 0.125f, 1}, {12345678901LL, 1, 7, 1.0f, 1}};
+    char dir[400], path[512], msg[512] = "";
+    fresh_dir(dir, sizeof dir, "csv");
+    join(path, sizeof path, dir, "routing.csv");
+    ck_assert_msg(moe_report_routing_csv(path, rec, 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    char text[1024];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    ck_assert_str_eq(text, "token,choice,expert,gate,accepted\n"
+                           "0,0,3,0.5,1\n"
+                           "0,1,1,0.25,0\n"
+                           "1,0,2,0.125,1\n"
+                           "12345678901,1,7,1,1\n");
+    ck_assert_int_eq(count_entries(dir), 1);
+    /* A gate that is not a short decimal is printed with 9 significant digits: reads back to the
+     * same float. */
+    const moe_route_record one[] = {{5, 0, 0, 1.0f / 3.0f, 1}};
+    ck_assert_int_eq(moe_report_routing_csv(path, one, 1, msg, sizeof msg), MOE_OK);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    long long tok;
+    int choice, expert, acc;
+    float gate;
+    ck_assert_int_eq(fscanf(f, "token,choice,expert,gate,accepted\n%lld,%d,%d,%f,%d", &tok, &choice,
+                            &expert, &gate, &acc),
+                     5);
+    fclose(f);
+    ck_assert(gate == 1.0f / 3.0f && tok == 5);
+    /* No records: the header alone. */
+    ck_assert_int_eq(moe_report_routing_csv(path, rec, 0, msg, sizeof msg), MOE_OK);
+    f = fopen(path, "r");
+    n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    ck_assert_str_eq(text, "token,choice,expert,gate,accepted\n");
+}
+END_TEST
+
+START_TEST(test_routing_csv_unwritable)
+{
+    const moe_route_record rec[] = {{0, 0, 3, 0.5f, 1}};
+    char dir[400], path[512], msg[512] = "";
+    fresh_dir(dir, sizeof dir, "csv_fail");
+    join(path, sizeof path, dir, "missing/routing.csv");
+    ck_assert_int_eq(moe_report_routing_csv(path, rec, 1, msg, sizeof msg), MOE_EIO);
+    ck_assert_ptr_nonnull(strstr(msg, "--dump-routing"));
+    ck_assert_int_eq(count_entries(dir), 0);
+    join(path, sizeof path, dir, "a_dir");
+    ck_assert_int_eq(mkdir(path, 0700), 0);
+    ck_assert_int_eq(moe_report_routing_csv(path, rec, 1, msg, sizeof msg), MOE_EIO);
+    ck_assert_int_eq(count_entries(dir), 1);
+}
+END_TEST
+
+START_TEST(test_check_writable)
+{
+    char dir[400], path[512], msg[512] = "";
+    fresh_dir(dir, sizeof dir, "writable");
+    join(path, sizeof path, dir, "result.json");
+    ck_assert_int_eq(moe_report_check_writable(path, "--json", msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(count_entries(dir), 0); /* the probe file is gone, nothing created at path */
+    join(path, sizeof path, dir, "nope/result.json");
+    ck_assert_int_eq(moe_report_check_writable(path, "--json", msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--json") && strstr(msg, "nope/result.json"), "message: %s", msg);
+    ck_assert_int_eq(count_entries(dir), 0);
+    /* a directory, or a path ending in '/', or an empty path: not a file that can be written */
+    ck_assert_int_eq(moe_report_check_writable(dir, "--json", msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--json"));
+    char slash[520];
+    snprintf(slash, sizeof slash, "%s/new/", dir);
+    ck_assert_int_eq(moe_report_check_writable(slash, "--dump-output", msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--dump-output"));
+    ck_assert_int_eq(moe_report_check_writable("", "--json", msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_int_eq(count_entries(dir), 0);
+    /* an existing file is left alone */
+    join(path, sizeof path, dir, "keep.csv");
+    FILE *f = fopen(path, "w");
+    fputs("keep", f);
+    fclose(f);
+    ck_assert_int_eq(moe_report_check_writable(path, "--dump-routing", msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(count_entries(dir), 1);
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_eq(st.st_size, 4);
+}
+END_TEST
+
+/* ---- text ---- */
+
+START_TEST(test_text_report_smoke)
+{
+    moe_results r;
+    moe_config cfg;
+    small_results(&r, &cfg);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_ptr_nonnull(f);
+    moe_report_text(f, &cfg, &r, false);
+    fclose(f);
+    ck_assert_ptr_null(strchr(buf, '\033')); /* no ANSI codes without color */
+    ck_assert_ptr_nonnull(strstr(buf, "aux loss"));
+    ck_assert_ptr_nonnull(strstr(buf, "1.0000"));
+    ck_assert_ptr_nonnull(strstr(buf, "dropped assignments"));
+    for (int p = 0; p < MOE_PHASE_COUNT; p++)
+        ck_assert_ptr_nonnull(strstr(buf, moe_phase_name(p)));
+    free(buf);
+    buf = NULL;
+    f = open_memstream(&buf, &len);
+    moe_report_text(f, &cfg, &r, true);
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(buf, "\033[1m"));
+    free(buf);
+    moe_results_free(&r);
+}
+END_TEST
+
+static Suite *report_suite(void)
+{
+    Suite *s = suite_create("report");
+    TCase *tc = tcase_create("bar");
+    tcase_add_test(tc, test_bar_widths);
+    tcase_add_test(tc, test_bar_fits_documented_buffer);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("files");
+    tcase_add_test(tc, test_json_document);
+    tcase_add_test(tc, test_json_unwritable);
+    tcase_add_test(tc, test_json_non_finite_keeps_keys);
+    tcase_add_test(tc, test_routing_csv);
+    tcase_add_test(tc, test_routing_csv_unwritable);
+    tcase_add_test(tc, test_check_writable);
+    tcase_add_test(tc, test_text_report_smoke);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+int main(void)
+{
+    if (mkdtemp(g_dir) == NULL) {
+        perror("mkdtemp");
+        return EXIT_FAILURE;
+    }
+    SRunner *sr = srunner_create(report_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    nftw(g_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,472 @@
+/* Unit tests of router: logits, softmax, top-k, statistics; and the uniform-router aux loss. */
+#include "moesim/router.h"
+#include "moesim/stats.h"
+
+#include <check.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Check reports every passing ck_assert to the parent process (a write per check in fork mode), so
+ * checks inside large loops use these, which only act on failure. */
+#define EXPECT(c)                                                                                  \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            ck_abort_msg("Assertion '%s' failed", #c);                                             \
+    } while (0)
+#define EXPECT_MSG(c, ...)                                                                         \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            ck_abort_msg(__VA_ARGS__);                                                             \
+    } while (0)
+#define EXPECT_EQ(a, b)                                                                            \
+    do {                                                                                           \
+        intmax_t a_ = (intmax_t)(a), b_ = (intmax_t)(b);                                           \
+        if (a_ != b_)                                                                              \
+            ck_abort_msg("Assertion '%s == %s' failed: %jd != %jd", #a, #b, a_, b_);               \
+    } while (0)
+#define EXPECT_UEQ(a, b)                                                                           \
+    do {                                                                                           \
+        uintmax_t a_ = (uintmax_t)(a), b_ = (uintmax_t)(b);                                        \
+        if (a_ != b_)                                                                              \
+            ck_abort_msg("Assertion '%s == %s' failed: %#jx != %#jx", #a, #b, a_, b_);             \
+    } while (0)
+#define EXPECT_UNE(a, b) EXPECT((uintmax_t)(a) != (uintmax_t)(b))
+#define EXPECT_MEM_EQ(a, b, n) EXPECT(memcmp((a), (b), (n)) == 0)
+
+/* Test-local SplitMix64 stream for random inputs (independent of src/rng.c). */
+static uint64_t g_state;
+static uint64_t next_u64(void)
+{
+    uint64_t z = (g_state += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+static double next_unit(void) { return (double)(next_u64() >> 11) * 0x1.0p-53; }
+static int next_int(int n) { return (int)(next_u64() % (uint64_t)n); }
+/* Roughly normal (sum of 4 uniforms, centred, scaled to unit variance). */
+static double next_gauss(void)
+{
+    return (next_unit() + next_unit() + next_unit() + next_unit() - 2.0) * sqrt(3.0);
+}
+
+/* ---- logits ---- */
+
+START_TEST(test_logits_hand)
+{
+    /* h (2, 2), W (3, 2): z = h W^T = [[1, 2, 3], [3, 4, 7]], all exact in float. */
+    const float h[] = {1, 2, 3, 4};
+    const float w[] = {1, 0, 0, 1, 1, 1};
+    const float want[] = {1, 2, 3, 3, 4, 7};
+    float z[6];
+    moe_router_logits(z, h, w, 2, 2, 3);
+    ck_assert_mem_eq(z, want, sizeof want);
+    memset(z, 0, sizeof z);
+    moe_router_logits_ref(z, h, w, 2, 2, 3);
+    ck_assert_mem_eq(z, want, sizeof want);
+    /* n = 0 touches nothing. */
+    z[0] = 42.0f;
+    moe_router_logits(z, h, w, 0, 2, 3);
+    moe_router_logits_ref(z, h, w, 0, 2, 3);
+    ck_assert(z[0] == 42.0f);
+}
+END_TEST
+
+START_TEST(test_logits_vs_ref)
+{
+    /* Tolerance per element, rigorous for any summation order (blocking, FMA): a float dot product
+     * of d terms has |error| <= gamma_d * sum_j |h_j w_j| with gamma_d = d u / (1 - d u), u = 2^-24
+     * (Higham, Accuracy and Stability, 3.1). The reference accumulates in double and rounds once:
+     * add u |z_ref|. */
+    static const int shapes[][3] = {{1, 1, 1}, {1, 16, 8}, {7, 3, 5}, {33, 65, 7}, {128, 512, 64},
+                                    {5, 1000, 3}, {257, 31, 2}};
+    g_state = 11;
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int64_t n = shapes[s][0], d = shapes[s][1];
+        int E = shapes[s][2];
+        float *h = malloc((size_t)(n * d) * sizeof *h), *w = malloc((size_t)(E * d) * sizeof *w);
+        float *z = malloc((size_t)(n * E) * sizeof *z), *zr = malloc((size_t)(n * E) * sizeof *zr);
+        for (int64_t i = 0; i < n * d; i++)
+            h[i] = (float)next_gauss();
+        for (int64_t i = 0; i < E * d; i++)
+            w[i] = (float)(next_gauss() / sqrt((double)d));
+        moe_router_logits(z, h, w, n, d, E);
+        moe_router_logits_ref(zr, h, w, n, d, E);
+        const double u = 0x1.0p-24, gamma = d * u / (1 - d * u);
+        for (int64_t t = 0; t < n; t++)
+            for (int e = 0; e < E; e++) {
+                double abs_sum = 0;
+                for (int64_t j = 0; j < d; j++)
+                    abs_sum += fabs((double)h[t * d + j] * w[e * d + j]);
+                double tol = gamma * abs_sum + u * fabs(zr[t * E + e]);
+                double diff = fabs((double)z[t * E + e] - zr[t * E + e]);
+                EXPECT_MSG(diff <= tol, "shape (%lld,%lld,%d) z[%lld][%d]: sgemm %.9g ref %.9g "
+                              "diff %.3g > tol %.3g", (long long)n, (long long)d, E, (long long)t, e,
+                              z[t * E + e], zr[t * E + e], diff, tol);
+            }
+        free(h), free(w), free(z), free(zr);
+    }
+}
+END_TEST
+
+/* ---- softmax ---- */
+
+START_TEST(test_softmax_hand_and_extremes)
+{
+    float p[4];
+    /* Equal logits: exactly 1/E (exp(0) = 1, 1/4 exact). */
+    const float z1[] = {3, 3, 3, 3};
+    moe_softmax_rows(p, z1, 1, 4);
+    for (int e = 0; e < 4; e++)
+        ck_assert(p[e] == 0.25f);
+    /* z = [0, ln 3]: p = [1/4, 3/4]. ln 3 rounded to float moves p by ~1e-8; 1e-7 covers that plus
+     * the few roundings of expf and the normalization. */
+    const float z2[] = {0.0f, (float)log(3.0)};
+    moe_softmax_rows(p, z2, 1, 2);
+    ck_assert_float_eq_tol(p[0], 0.25f, 1e-7f);
+    ck_assert_float_eq_tol(p[1], 0.75f, 1e-7f);
+    /* Logits of +-1000 would overflow exp without the max subtraction: exact results expected,
+     * exp(0) = 1 and exp(-1000), exp(-2000) underflow to exactly 0. */
+    const float z3[] = {1000, -1000, 0, 1000};
+    moe_softmax_rows(p, z3, 1, 4);
+    ck_assert(p[0] == 0.5f && p[1] == 0.0f && p[2] == 0.0f && p[3] == 0.5f);
+    const float z4[] = {-1000, -1000};
+    moe_softmax_rows(p, z4, 1, 2);
+    ck_assert(p[0] == 0.5f && p[1] == 0.5f);
+    const float z5[] = {-FLT_MAX / 2, FLT_MAX / 2, 0};
+    moe_softmax_rows(p, z5, 1, 3);
+    ck_assert(p[0] == 0.0f && p[1] == 1.0f && p[2] == 0.0f);
+    /* E = 1: always exactly 1. */
+    const float z6[] = {-12345.0f};
+    moe_softmax_rows(p, z6, 1, 1);
+    ck_assert(p[0] == 1.0f);
+}
+END_TEST
+
+START_TEST(test_softmax_rows_sum_to_one)
+{
+    /* Each p_e is exp(z_e - max) times a float 1/sum, with at most ~2.5 ulp relative error
+     * (expf < 1 ulp, rounding 1/sum and the product 0.5 ulp each), so |sum_e p_e - 1| <=
+     * 2.5 * 2^-23 ~ 3e-7 whatever E is; 1e-6 leaves room. The sum is taken in double. */
+    static const int Es[] = {1, 2, 3, 8, 64, 257};
+    g_state = 12;
+    for (size_t a = 0; a < sizeof Es / sizeof *Es; a++) {
+        int E = Es[a];
+        enum { N = 300 };
+        float *z = malloc((size_t)N * E * sizeof *z), *p = malloc((size_t)N * E * sizeof *p);
+        for (int64_t i = 0; i < (int64_t)N * E; i++)
+            z[i] = (float)(4.0 * next_gauss());
+        moe_softmax_rows(p, z, N, E);
+        for (int t = 0; t < N; t++) {
+            double sum = 0;
+            for (int e = 0; e < E; e++) {
+                EXPECT(p[t * E + e] >= 0.0f && p[t * E + e] <= 1.0f);
+                sum += p[t * E + e];
+            }
+            EXPECT_MSG(fabs(sum - 1.0) <= 1e-6, "E=%d row %d sums to %.9g", E, t, sum);
+        }
+        free(z), free(p);
+    }
+}
+END_TEST
+
+START_TEST(test_softmax_shift_invariance_exact)
+{
+    /* Logits on a grid of 1/1024 in [-8, 8] shifted by c in {1, -3.5, 64, 1000, -1000}: z + c and
+     * every z_e - max are exact in float (at most 21 significant bits), so the exp arguments are the
+     * same numbers and the outputs must be bitwise equal. */
+    enum { N = 50, E = 9 };
+    float z[N * E], zs[N * E], p[N * E], ps[N * E];
+    g_state = 13;
+    for (int i = 0; i < N * E; i++)
+        z[i] = (float)(next_int(16 * 1024 + 1) - 8 * 1024) / 1024.0f;
+    const float shifts[] = {1.0f, -3.5f, 64.0f, 1000.0f, -1000.0f};
+    moe_softmax_rows(p, z, N, E);
+    for (size_t s = 0; s < sizeof shifts / sizeof *shifts; s++) {
+        for (int i = 0; i < N * E; i++) {
+            zs[i] = z[i] + shifts[s];
+            EXPECT(zs[i] - shifts[s] == z[i]); /* the premise: the shift is exact */
+        }
+        moe_softmax_rows(ps, zs, N, E);
+        EXPECT_MSG(memcmp(p, ps, sizeof p) == 0, "shift by %g changed the probabilities", shifts[s]);
+    }
+}
+END_TEST
+
+START_TEST(test_softmax_vs_double_and_alias)
+{
+    /* Against softmax in double. Error of p_e: the float subtraction z_e - max rounds by at most
+     * u |z_e - max| (absolute, in the exponent, hence relative in p_e), expf 1 ulp, normalization
+     * ~2 ulp: |p - p_ref| <= (|z_e - max| + 8) * 2^-23 * p_ref, plus the smallest normal float for
+     * values that underflow to subnormals. */
+    enum { N = 200, E = 16 };
+    float z[N * E], p[N * E], q[N * E];
+    g_state = 14;
+    for (int i = 0; i < N * E; i++)
+        z[i] = (float)(6.0 * next_gauss());
+    moe_softmax_rows(p, z, N, E);
+    for (int t = 0; t < N; t++) {
+        double zmax = z[t * E], sum = 0;
+        for (int e = 1; e < E; e++)
+            zmax = fmax(zmax, z[t * E + e]);
+        for (int e = 0; e < E; e++)
+            sum += exp(z[t * E + e] - zmax);
+        for (int e = 0; e < E; e++) {
+            double ref = exp(z[t * E + e] - zmax) / sum;
+            double tol = (fabs(z[t * E + e] - zmax) + 8) * FLT_EPSILON * ref + FLT_MIN;
+            EXPECT_MSG(fabs(p[t * E + e] - ref) <= tol, "p[%d][%d] = %.9g, double %.9g", t, e,
+                          p[t * E + e], ref);
+        }
+    }
+    /* p may alias z: same result, bitwise. */
+    memcpy(q, z, sizeof z);
+    moe_softmax_rows(q, q, N, E);
+    EXPECT_MEM_EQ(q, p, sizeof p);
+}
+END_TEST
+
+/* ---- top-k ---- */
+
+START_TEST(test_topk_hand)
+{
+    const float p[] = {0.1f, 0.4f, 0.2f, 0.3f};
+    int32_t ex[4];
+    float g[4];
+    moe_topk(ex, g, p, 1, 4, 2, false);
+    ck_assert_int_eq(ex[0], 1);
+    ck_assert_int_eq(ex[1], 3);
+    ck_assert(g[0] == 0.4f && g[1] == 0.3f); /* Switch: the gate is p itself, bitwise */
+    moe_topk(ex, g, p, 1, 4, 2, true);
+    ck_assert_int_eq(ex[0], 1);
+    ck_assert_int_eq(ex[1], 3);
+    /* 0.4 / 0.7 = 4/7: the float inputs differ from the decimals by < 2^-25 relative and the ratio
+     * rounds once, so within ~2e-7 of 4/7 and 3/7. */
+    ck_assert_float_eq_tol(g[0], 4.0f / 7.0f, 2e-7f);
+    ck_assert_float_eq_tol(g[1], 3.0f / 7.0f, 2e-7f);
+    /* k = 1: argmax. */
+    moe_topk(ex, g, p, 1, 4, 1, false);
+    ck_assert_int_eq(ex[0], 1);
+    ck_assert(g[0] == 0.4f);
+    moe_topk(ex, g, p, 1, 4, 1, true); /* renormalized single gate is exactly 1 */
+    ck_assert(g[0] == 1.0f);
+    /* k = E: every expert, best first. */
+    moe_topk(ex, g, p, 1, 4, 4, false);
+    const int32_t order[] = {1, 3, 2, 0};
+    ck_assert_mem_eq(ex, order, sizeof order);
+    ck_assert(g[0] == 0.4f && g[1] == 0.3f && g[2] == 0.2f && g[3] == 0.1f);
+    /* Two tokens in one call: rows are independent. */
+    const float p2[] = {0.7f, 0.2f, 0.1f, 0.1f, 0.1f, 0.8f};
+    int32_t ex2[4];
+    float g2[4];
+    moe_topk(ex2, g2, p2, 2, 3, 2, false);
+    const int32_t want2[] = {0, 1, 2, 0};
+    ck_assert_mem_eq(ex2, want2, sizeof want2);
+}
+END_TEST
+
+START_TEST(test_topk_ties_lower_id)
+{
+    int32_t ex[5];
+    float g[5];
+    const float uni[] = {0.25f, 0.25f, 0.25f, 0.25f};
+    moe_topk(ex, g, uni, 1, 4, 2, false);
+    ck_assert_int_eq(ex[0], 0);
+    ck_assert_int_eq(ex[1], 1);
+    moe_topk(ex, g, uni, 1, 4, 3, true);
+    ck_assert_int_eq(ex[0], 0);
+    ck_assert_int_eq(ex[1], 1);
+    ck_assert_int_eq(ex[2], 2);
+    const float t1[] = {0.1f, 0.3f, 0.3f, 0.3f};
+    moe_topk(ex, g, t1, 1, 4, 2, false);
+    ck_assert_int_eq(ex[0], 1);
+    ck_assert_int_eq(ex[1], 2);
+    const float t2[] = {0.3f, 0.1f, 0.3f, 0.2f, 0.3f};
+    moe_topk(ex, g, t2, 1, 5, 1, false);
+    ck_assert_int_eq(ex[0], 0);
+    moe_topk(ex, g, t2, 1, 5, 3, false);
+    ck_assert_int_eq(ex[0], 0);
+    ck_assert_int_eq(ex[1], 2);
+    ck_assert_int_eq(ex[2], 4);
+    moe_topk(ex, g, t2, 1, 5, 4, false);
+    ck_assert_int_eq(ex[3], 3);
+    /* A tie for the last place that only appears late: the earlier id keeps its place. */
+    const float t3[] = {0.2f, 0.5f, 0.1f, 0.2f};
+    moe_topk(ex, g, t3, 1, 4, 2, false);
+    ck_assert_int_eq(ex[0], 1);
+    ck_assert_int_eq(ex[1], 0);
+}
+END_TEST
+
+/* The contract as a predicate: distinct experts, gates are their p in non-increasing order, and
+ * every expert not chosen ranks after the last chosen one under (p descending, id ascending). */
+static void check_topk_row(const int32_t *ex, const float *g, const float *p, int E, int k)
+{
+    char chosen[512] = {0};
+    for (int c = 0; c < k; c++) {
+        EXPECT(ex[c] >= 0 && ex[c] < E);
+        EXPECT_MSG(!chosen[ex[c]], "expert %d chosen twice", ex[c]);
+        chosen[ex[c]] = 1;
+        EXPECT(g[c] == p[ex[c]]);
+        if (c > 0)
+            EXPECT(p[ex[c - 1]] > p[ex[c]] || (p[ex[c - 1]] == p[ex[c]] && ex[c - 1] < ex[c]));
+    }
+    int last = ex[k - 1];
+    for (int e = 0; e < E; e++)
+        if (!chosen[e])
+            EXPECT_MSG(p[e] < p[last] || (p[e] == p[last] && e > last),
+                          "expert %d (p %.9g) left out but expert %d (p %.9g) chosen", e, p[e], last,
+                          p[last]);
+}
+
+START_TEST(test_topk_property)
+{
+    /* Random probabilities, half the rows quantized to 4 levels so ties are common. */
+    enum { N = 400 };
+    static const int Es[] = {1, 2, 3, 8, 13, 64};
+    g_state = 15;
+    for (size_t a = 0; a < sizeof Es / sizeof *Es; a++) {
+        int E = Es[a];
+        float *p = malloc((size_t)N * E * sizeof *p);
+        int32_t *ex = malloc((size_t)N * E * sizeof *ex);
+        float *g = malloc((size_t)N * E * sizeof *g);
+        for (int t = 0; t < N; t++)
+            for (int e = 0; e < E; e++)
+                p[t * E + e] = t % 2 ? (float)next_unit() : 0.25f * (float)next_int(4);
+        for (int k = 1; k <= E; k++) {
+            moe_topk(ex, g, p, N, E, k, false);
+            for (int t = 0; t < N; t++)
+                check_topk_row(ex + t * k, g + t * k, p + t * E, E, k);
+        }
+        free(p), free(ex), free(g);
+    }
+}
+END_TEST
+
+START_TEST(test_topk_renormalize_is_softmax_of_chosen)
+{
+    /* Mixtral: renormalized gates = softmax over the k chosen logits. Error: each p carries a
+     * relative error <= (|z - max| + 8) 2^-23 (see the softmax test), a ratio of them twice that,
+     * plus the final rounding; with these logits |z - max| < 20, so 2 * 28 * 2^-23 < 7e-6. */
+    enum { N = 300, E = 8 };
+    float z[N * E], p[N * E], g[N * E];
+    int32_t ex[N * E];
+    g_state = 16;
+    for (int i = 0; i < N * E; i++)
+        z[i] = (float)(2.0 * next_gauss());
+    moe_softmax_rows(p, z, N, E);
+    for (int k = 1; k <= E; k++) {
+        moe_topk(ex, g, p, N, E, k, true);
+        for (int t = 0; t < N; t++) {
+            double zmax = -INFINITY, sum = 0, gsum = 0;
+            for (int c = 0; c < k; c++)
+                zmax = fmax(zmax, z[t * E + ex[t * k + c]]);
+            for (int c = 0; c < k; c++)
+                sum += exp(z[t * E + ex[t * k + c]] - zmax);
+            for (int c = 0; c < k; c++) {
+                double want = exp(z[t * E + ex[t * k + c]] - zmax) / sum;
+                EXPECT_MSG(fabs(g[t * k + c] - want) <= 7e-6, "k=%d token %d choice %d: %.9g vs %.9g",
+                              k, t, c, g[t * k + c], want);
+                gsum += g[t * k + c];
+            }
+            /* The gates are g_c / sum(g) rounded once each: they sum to 1 within k * 2^-24. */
+            EXPECT_MSG(fabs(gsum - 1.0) <= 1e-6, "k=%d token %d gates sum to %.9g", k, t, gsum);
+        }
+    }
+}
+END_TEST
+
+/* ---- statistics ---- */
+
+START_TEST(test_accumulate_hand)
+{
+    /* 3 tokens, E = 3, k = 2. */
+    const int32_t ex[] = {0, 1, 1, 2, 1, 0};
+    const float p[] = {0.5f, 0.25f, 0.25f, 0.125f, 0.5f, 0.375f, 0.25f, 0.75f, 0.0f};
+    int64_t routed[3] = {0, 0, 0};
+    double psum[3] = {0, 0, 0};
+    moe_router_accumulate(routed, psum, ex, p, 3, 3, 2);
+    ck_assert_int_eq(routed[0], 2);
+    ck_assert_int_eq(routed[1], 3);
+    ck_assert_int_eq(routed[2], 1);
+    ck_assert(psum[0] == 0.875 && psum[1] == 1.5 && psum[2] == 0.625); /* dyadic: exact */
+    /* It accumulates: a second call over the first token only adds to the totals. */
+    moe_router_accumulate(routed, psum, ex, p, 1, 3, 2);
+    ck_assert_int_eq(routed[0], 3);
+    ck_assert_int_eq(routed[1], 4);
+    ck_assert_int_eq(routed[2], 1);
+    ck_assert(psum[0] == 1.375 && psum[1] == 1.75 && psum[2] == 0.875);
+    /* n = 0 changes nothing. */
+    moe_router_accumulate(routed, psum, ex, p, 0, 3, 2);
+    ck_assert_int_eq(routed[0], 3);
+}
+END_TEST
+
+START_TEST(test_uniform_router_aux_is_one)
+{
+    /* "A perfectly uniform router gives 1": all logits equal, so p = 1/E exactly. Top-k of uniform p
+     * sends every token to experts 0..k-1 (ties go to the lower id, checked), so the balanced
+     * routing the formula assumes is assigned round-robin by hand. Then f_i = P_i = 1/E and
+     * aux = E * E * (1/E)^2 = 1; every value is dyadic, so exactly 1. */
+    enum { E = 4, N = 8 };
+    for (int k = 1; k <= 2; k++) {
+        float z[N * E], p[N * E], g[N * k];
+        int32_t ex[N * k];
+        for (int i = 0; i < N * E; i++)
+            z[i] = 0.5f;
+        moe_softmax_rows(p, z, N, E);
+        for (int i = 0; i < N * E; i++)
+            ck_assert(p[i] == 0.25f);
+        moe_topk(ex, g, p, N, E, k, false);
+        for (int t = 0; t < N; t++)
+            for (int c = 0; c < k; c++) {
+                ck_assert_int_eq(ex[t * k + c], c);
+                ex[t * k + c] = (t * k + c) % E;
+            }
+        int64_t routed[E] = {0};
+        double psum[E] = {0}, f[E], P[E];
+        moe_router_accumulate(routed, psum, ex, p, N, E, k);
+        double aux = moe_load_balance(f, P, routed, psum, E, N, k);
+        ck_assert_msg(aux == 1.0, "k=%d: aux = %.17g", k, aux); /* dyadic values: exact */
+        for (int e = 0; e < E; e++)
+            ck_assert(f[e] == 0.25 && P[e] == 0.25);
+    }
+}
+END_TEST
+
+static Suite *router_suite(void)
+{
+    Suite *s = suite_create("router");
+    TCase *tc = tcase_create("logits");
+    tcase_add_test(tc, test_logits_hand);
+    tcase_add_test(tc, test_logits_vs_ref);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("softmax");
+    tcase_add_test(tc, test_softmax_hand_and_extremes);
+    tcase_add_test(tc, test_softmax_rows_sum_to_one);
+    tcase_add_test(tc, test_softmax_shift_invariance_exact);
+    tcase_add_test(tc, test_softmax_vs_double_and_alias);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("topk");
+    tcase_add_test(tc, test_topk_hand);
+    tcase_add_test(tc, test_topk_ties_lower_id);
+    tcase_add_test(tc, test_topk_property);
+    tcase_add_test(tc, test_topk_renormalize_is_softmax_of_chosen);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("statistics");
+    tcase_add_test(tc, test_accumulate_hand);
+    tcase_add_test(tc, test_uniform_router_aux_is_one);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(router_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

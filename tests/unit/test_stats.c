@@ -1,0 +1,208 @@
+/* Unit tests of stats: median, summaries, the Switch load-balancing loss, result totals, phases;
+ * and error (moe_strerror, moe_fail), which has no suite of its own. */
+#include "moesim/error.h"
+#include "moesim/stats.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+START_TEST(test_median)
+{
+    double one[] = {4.5};
+    ck_assert(moe_median(one, 1) == 4.5);
+    double odd[] = {5, 1, 4, 2, 3};
+    ck_assert(moe_median(odd, 5) == 3.0);
+    double even[] = {10, 1, 4, 2};
+    ck_assert(moe_median(even, 4) == 3.0); /* (2 + 4) / 2 */
+    double two[] = {7, -1};
+    ck_assert(moe_median(two, 2) == 3.0);
+    double dup[] = {2, 2, 9, 2, 9, 9};
+    ck_assert(moe_median(dup, 6) == 5.5);
+    double neg[] = {-3, -1, -2};
+    ck_assert(moe_median(neg, 3) == -2.0);
+    /* It sorts in place (documented). */
+    const double sorted[] = {1, 2, 3, 4, 5};
+    ck_assert_mem_eq(odd, sorted, sizeof sorted);
+}
+END_TEST
+
+START_TEST(test_summarize)
+{
+    const double v[] = {3, -1, 8, 2};
+    moe_summary s = moe_summarize(v, 4);
+    ck_assert(s.min == -1 && s.max == 8 && s.mean == 3.0);
+    const double one[] = {0.25};
+    s = moe_summarize(one, 1);
+    ck_assert(s.min == 0.25 && s.mean == 0.25 && s.max == 0.25);
+    /* The straggler shows in max, not hidden by the mean. */
+    const double ranks[] = {1, 1, 1, 1, 1, 1, 1, 9};
+    s = moe_summarize(ranks, 8);
+    ck_assert(s.max == 9 && s.mean == 2.0 && s.min == 1);
+}
+END_TEST
+
+START_TEST(test_load_balance_hand)
+{
+    /* E = 2, N = 4, k = 1: routed = [3, 1] -> f = [0.75, 0.25]; psum = [2.5, 1.5] -> P = [0.625,
+     * 0.375]; aux = 2 (0.75 * 0.625 + 0.25 * 0.375) = 2 * 0.5625 = 1.125, exact in binary. */
+    const int64_t routed[] = {3, 1};
+    const double psum[] = {2.5, 1.5};
+    double f[2], P[2];
+    ck_assert(moe_load_balance(f, P, routed, psum, 2, 4, 1) == 1.125);
+    ck_assert(f[0] == 0.75 && f[1] == 0.25 && P[0] == 0.625 && P[1] == 0.375);
+    /* top-k counting (Megatron): f_i = routed_i / (N k). E = 4, N = 2, k = 2: routed [2, 1, 1, 0]
+     * -> f = [0.5, 0.25, 0.25, 0]; psum [1, 0.5, 0.25, 0.25] -> P = [0.5, 0.25, 0.125, 0.125];
+     * aux = 4 (0.25 + 0.0625 + 0.03125) = 1.375. */
+    const int64_t r2[] = {2, 1, 1, 0};
+    const double p2[] = {1, 0.5, 0.25, 0.25};
+    double f2[4], P2[4];
+    ck_assert(moe_load_balance(f2, P2, r2, p2, 4, 2, 2) == 1.375);
+    ck_assert(f2[0] == 0.5 && f2[3] == 0.0 && P2[2] == 0.125);
+    /* Everything on one expert with all its probability: aux = E. */
+    const int64_t r3[] = {0, 10, 0};
+    const double p3[] = {0, 10, 0};
+    double f3[3], P3[3];
+    ck_assert(moe_load_balance(f3, P3, r3, p3, 3, 10, 1) == 3.0);
+    /* Uniform: exactly 1. */
+    const int64_t r4[] = {4, 4, 4, 4};
+    const double p4[] = {2, 2, 2, 2};
+    double f4[4], P4[4];
+    ck_assert(moe_load_balance(f4, P4, r4, p4, 4, 8, 2) == 1.0);
+}
+END_TEST
+
+START_TEST(test_results_init_free_totals)
+{
+    moe_results r;
+    memset(&r, 0x5a, sizeof r);
+    ck_assert_int_eq(moe_results_init(&r, 3, 2, 1), MOE_OK);
+    ck_assert_int_eq(r.experts, 3);
+    ck_assert_int_eq(r.ranks, 2);
+    ck_assert(r.owner && r.routed && r.accepted && r.capacity && r.f && r.P && r.dispatch_bytes &&
+              r.combine_bytes);
+    /* zeroed: arrays and scalars */
+    for (int e = 0; e < 3; e++)
+        ck_assert(r.owner[e] == 0 && r.routed[e] == 0 && r.accepted[e] == 0 && r.capacity[e] == 0 &&
+                  r.f[e] == 0.0 && r.P[e] == 0.0);
+    for (int i = 0; i < 4; i++)
+        ck_assert(r.dispatch_bytes[i] == 0 && r.combine_bytes[i] == 0);
+    ck_assert(r.aux_loss == 0.0 && r.dropped_tokens == 0 && !r.padded && r.phase[0].max == 0.0);
+    r.dispatch_bytes[3] = 1; /* the (R, R) matrices are really R*R long */
+    r.combine_bytes[3] = 1;
+
+    /* With a capacity: routed [10, 5, 7], accepted [8, 5, 6], capacity 8 each.
+     * assignments 22, dropped 3, slots 24, empty 24 - 19 = 5; FLOPs 19 and 5 rows of 60. */
+    const int64_t routed[] = {10, 5, 7}, accepted[] = {8, 5, 6};
+    for (int e = 0; e < 3; e++) {
+        r.routed[e] = routed[e];
+        r.accepted[e] = accepted[e];
+        r.capacity[e] = 8;
+    }
+    moe_results_totals(&r, 60.0);
+    ck_assert_int_eq(r.assignments, 22);
+    ck_assert_int_eq(r.dropped_assignments, 3);
+    ck_assert_int_eq(r.slots, 24);
+    ck_assert_int_eq(r.empty_slots, 5);
+    ck_assert(r.flops_useful == 19 * 60.0 && r.flops_wasted == 5 * 60.0);
+
+    /* Dropless (capacity -1): slots = accepted, nothing empty, nothing wasted. */
+    for (int e = 0; e < 3; e++) {
+        r.accepted[e] = routed[e];
+        r.capacity[e] = -1;
+    }
+    moe_results_totals(&r, 60.0);
+    ck_assert_int_eq(r.assignments, 22);
+    ck_assert_int_eq(r.dropped_assignments, 0);
+    ck_assert_int_eq(r.slots, 22);
+    ck_assert_int_eq(r.empty_slots, 0);
+    ck_assert(r.flops_wasted == 0.0 && r.flops_useful == 22 * 60.0);
+
+    /* Totals are recomputed, not accumulated: a second call gives the same. */
+    moe_results_totals(&r, 60.0);
+    ck_assert_int_eq(r.assignments, 22);
+    ck_assert_int_eq(r.slots, 22);
+
+    moe_results_free(&r);
+    ck_assert(r.owner == NULL && r.routed == NULL && r.dispatch_bytes == NULL);
+    moe_results_free(&r); /* twice is harmless: the pointers were cleared */
+    moe_results_free(NULL);
+    moe_results r0;
+    memset(&r0, 0, sizeof r0);
+    moe_results_free(&r0); /* zeroed struct */
+}
+END_TEST
+
+START_TEST(test_phase_names)
+{
+    static const char *const want[] = {"router", "count_exchange", "pack", "dispatch",
+                                       "regroup", "expert", "combine", "unpack"};
+    ck_assert_int_eq(MOE_PHASE_COUNT, 8);
+    for (int p = 0; p < MOE_PHASE_COUNT; p++) {
+        ck_assert_str_eq(moe_phase_name(p), want[p]);
+        ck_assert(strlen(moe_phase_what(p)) > 0);
+        ck_assert_str_ne(moe_phase_what(p), "?");
+    }
+    ck_assert_int_eq(MOE_PHASE_ROUTER, 0);
+    ck_assert_int_eq(MOE_PHASE_UNPACK, 7);
+    ck_assert_str_eq(moe_phase_name(-1), "?");
+    ck_assert_str_eq(moe_phase_name(MOE_PHASE_COUNT), "?");
+    ck_assert_str_eq(moe_phase_what(MOE_PHASE_COUNT), "?");
+}
+END_TEST
+
+START_TEST(test_error_module)
+{
+    ck_assert_str_eq(moe_strerror(MOE_OK), "success");
+    ck_assert_str_eq(moe_strerror(MOE_EUSAGE), "usage error");
+    ck_assert_str_eq(moe_strerror(MOE_EMPI), "MPI error");
+    ck_assert_str_eq(moe_strerror(12345), "unknown error");
+    ck_assert_str_eq(moe_strerror(-99), "unknown error");
+    /* every listed code has its own text */
+    const int codes[] = {MOE_OK, MOE_EUSAGE, MOE_EINVAL, MOE_EIO, MOE_EFORMAT, MOE_ENOMEM, MOE_ERANGE,
+                         MOE_EMPI};
+    for (int i = 0; i < 8; i++) {
+        ck_assert(codes[i] <= 0);
+        for (int j = 0; j < i; j++)
+            ck_assert_str_ne(moe_strerror(codes[i]), moe_strerror(codes[j]));
+    }
+    char msg[8];
+    ck_assert_int_eq(moe_fail(MOE_EIO, msg, sizeof msg, "x=%d", 42), MOE_EIO);
+    ck_assert_str_eq(msg, "x=42");
+    /* Truncated to the buffer, always terminated. */
+    ck_assert_int_eq(moe_fail(MOE_EINVAL, msg, sizeof msg, "%s", "a long message"), MOE_EINVAL);
+    ck_assert_str_eq(msg, "a long ");
+    /* No buffer, or an empty one: just the code, nothing written. */
+    ck_assert_int_eq(moe_fail(MOE_ERANGE, NULL, 100, "ignored"), MOE_ERANGE);
+    msg[0] = 'Z';
+    ck_assert_int_eq(moe_fail(MOE_ERANGE, msg, 0, "ignored"), MOE_ERANGE);
+    ck_assert(msg[0] == 'Z');
+}
+END_TEST
+
+static Suite *stats_suite(void)
+{
+    Suite *s = suite_create("stats");
+    TCase *tc = tcase_create("stats");
+    tcase_add_test(tc, test_median);
+    tcase_add_test(tc, test_summarize);
+    tcase_add_test(tc, test_load_balance_hand);
+    tcase_add_test(tc, test_results_init_free_totals);
+    tcase_add_test(tc, test_phase_names);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("error");
+    tcase_add_test(tc, test_error_module);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(stats_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
