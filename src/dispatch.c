@@ -1,5 +1,8 @@
 #include "moesim/dispatch.h"
 
+#include "moesim/combine.h"
+
+#include <stdbool.h>
 #include <string.h>
 
 int64_t moe_dispatch_plan(int64_t *slot, int64_t *per_expert, const int32_t *expert,
@@ -30,19 +33,35 @@ void moe_pack_rows(float *send, const float *h, const int64_t *slot, int64_t n_s
         memcpy(send + i * d, h + (slot[i] / k) * d, row_bytes);
 }
 
-void moe_regroup_to_experts(float *x, const float *recv, const int64_t *counts, int n_src, int n_le,
-                            const int64_t *x_start, int64_t d, int64_t *placed)
+/* Walk the arrival order (source-major, local experts inside) and copy each run of rows between it
+ * and the expert-major blocks: into the blocks when to_blocks, out of them otherwise. */
+static void regroup(float *arrival, float *blocks, const int64_t *counts, int n_src, int n_le,
+                    const int64_t *block_start, int64_t d, int64_t *placed, bool to_blocks)
 {
-    /* Walk recv in its own order (source-major, experts inside) and place each run of rows. */
-    const float *src = recv;
     for (int le = 0; le < n_le; le++)
         placed[le] = 0;
     for (int s = 0; s < n_src; s++)
         for (int le = 0; le < n_le; le++) {
             int64_t rows = counts[(int64_t)s * n_le + le];
+            float *block = blocks + (block_start[le] + placed[le]) * d;
+            size_t bytes = (size_t)(rows * d) * sizeof(float);
             if (rows > 0)
-                memcpy(x + (x_start[le] + placed[le]) * d, src, (size_t)(rows * d) * sizeof(float));
+                memcpy(to_blocks ? block : arrival, to_blocks ? arrival : block, bytes);
             placed[le] += rows;
-            src += rows * d;
+            arrival += rows * d;
         }
+}
+
+void moe_regroup_to_experts(float *x, const float *recv, const int64_t *counts, int n_src, int n_le,
+                            const int64_t *x_start, int64_t d, int64_t *placed)
+{
+    /* recv is only read on this path */
+    regroup((float *)recv, x, counts, n_src, n_le, x_start, d, placed, true);
+}
+
+void moe_regroup_from_experts(float *send, const float *y, const int64_t *counts, int n_src,
+                              int n_le, const int64_t *y_start, int64_t d, int64_t *placed)
+{
+    /* y is only read on this path */
+    regroup(send, (float *)y, counts, n_src, n_le, y_start, d, placed, false);
 }
