@@ -11,8 +11,9 @@ void moe_combine_rows(float *out, const float *h, const float *recv, const int64
         memcpy(out, h, (size_t)(n * d) * sizeof(float));
     for (int64_t i = 0; i < n_send; i++) {
         float g = gate[slot[i]];
-        float *o = out + (slot[i] / k) * d;
-        const float *r = recv + i * d;
+        /* out and recv never overlap: restrict lets the compiler vectorize the row update */
+        float *restrict o = out + (slot[i] / k) * d;
+        const float *restrict r = recv + i * d;
         for (int64_t j = 0; j < d; j++)
             o[j] += g * r[j];
     }
