@@ -12,6 +12,7 @@
  *
  * main reads as its phases: options, inputs, layer, floors, repetitions, reduction, report. */
 #include "moesim/config.h"
+#include "moesim/driver.h"
 #include "moesim/error.h"
 #include "moesim/exchange.h"
 #include "moesim/layer.h"
@@ -169,56 +170,6 @@ static const char *bench_usage(void)
            "moesim's options:\n";
 }
 
-/* Whether a person is watching stdout (as src/main.c: under mpirun, ask about the launcher's). */
-static int stdout_is_terminal(void)
-{
-    if (!isatty(STDOUT_FILENO) || getenv("MOESIM_NO_TTY") != NULL)
-        return 0;
-    if (getenv("OMPI_COMM_WORLD_SIZE") == NULL && getenv("PMI_RANK") == NULL &&
-        getenv("PMIX_RANK") == NULL)
-        return 1;
-    char link[64], target[256];
-    snprintf(link, sizeof link, "/proc/%ld/fd/1", (long)getppid());
-    ssize_t n = readlink(link, target, sizeof target - 1);
-    if (n <= 0)
-        return 0;
-    target[n] = '\0';
-    return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
-}
-
-/* Read the input file headers and settle the configuration; every rank does it and agrees. */
-static int resolve_config(moe_config *cfg, int nranks, MPI_Comm comm, char *msg)
-{
-    moe_npy_header th, rh;
-    int rc = MOE_OK;
-    if (cfg->tokens_file != NULL)
-        rc = moe_npy_read_header(cfg->tokens_file, &th, msg, MSG_LEN);
-    if (rc == MOE_OK && cfg->router_file != NULL)
-        rc = moe_npy_read_header(cfg->router_file, &rh, msg, MSG_LEN);
-    if (rc == MOE_OK)
-        rc = moe_config_resolve(cfg, nranks, cfg->tokens_file ? &th : NULL,
-                                cfg->router_file ? &rh : NULL, msg, MSG_LEN);
-    return moe_agree(comm, rc, msg, MSG_LEN);
-}
-
-/* MemAvailable of this node in bytes, or -1 if unknown. */
-static int64_t mem_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (f == NULL)
-        return -1;
-    char line[256];
-    long long kb;
-    int64_t out = -1;
-    while (fgets(line, sizeof line, f) != NULL)
-        if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) {
-            out = (int64_t)kb * 1024;
-            break;
-        }
-    fclose(f);
-    return out;
-}
-
 /* 1-minute load average of this node, or -1 if unknown: other work on the cores is the first
  * thing to suspect when ratios look odd. */
 static double load_average(void)
@@ -315,7 +266,7 @@ static int setup_floors(bench *b, const moe_config *cfg, MPI_Comm node, char *ms
         total += (sizes[i] + 15) / 16 * 16;
     int64_t need = total * (int64_t)sizeof(float), node_need = 0;
     MOE_MPI_CHECK(MPI_Allreduce(&need, &node_need, 1, MPI_INT64_T, MPI_SUM, node), msg, MSG_LEN);
-    int64_t avail = mem_available();
+    int64_t avail = moe_driver_mem_available();
     if (avail > 0 && node_need > avail)
         rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN,
                       "the floors' buffers would need %.2f GiB on this node beside the layer, but "
@@ -478,7 +429,7 @@ static void run_repetitions(bench *b, const moe_config *cfg, double *samples, do
                             char *msg)
 {
     int total = cfg->warmup + cfg->iters;
-    int progress = b->rank == 0 && !cfg->quiet && stdout_is_terminal();
+    int progress = b->rank == 0 && !cfg->quiet && moe_driver_stdout_is_terminal();
     double scratch[S_COUNT], scratch_arrive[2];
     for (int i = 0; i < total; i++) {
         int timed = i >= cfg->warmup;
@@ -856,7 +807,7 @@ int main(int argc, char **argv)
     }
 
     /* Phase 2: inputs and the JSON path, checked before any work. */
-    if ((rc = resolve_config(&cfg, nranks, comm, msg)) != MOE_OK)
+    if ((rc = moe_driver_resolve(&cfg, nranks, comm, msg, MSG_LEN)) != MOE_OK)
         return finish(rank, rc, msg, EXIT_REFUSED);
     rc = MOE_OK;
     if (rank == 0 && cfg.json_path != NULL)

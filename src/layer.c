@@ -3,6 +3,7 @@
 #include "moesim/capacity.h"
 #include "moesim/combine.h"
 #include "moesim/dispatch.h"
+#include "moesim/driver.h"
 #include "moesim/error.h"
 #include "moesim/expert.h"
 #include "moesim/npy.h"
@@ -73,30 +74,12 @@ static void *alloc_bytes(moe_layer *L, size_t count, size_t size, int *rc)
     return p;
 }
 
-/* MemAvailable of this node in bytes, or -1 if unknown. */
-static int64_t mem_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (f != NULL) {
-        char line[256];
-        long long kb;
-        while (fgets(line, sizeof line, f) != NULL)
-            if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) {
-                fclose(f);
-                return (int64_t)kb * 1024;
-            }
-        fclose(f);
-    }
-    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? (int64_t)pages * page : -1;
-}
-
 /* Collective: refuse when the ranks of a node together would need more than the node has free. */
 static int check_memory(moe_layer *L, int64_t need, const char *what, char *msg, size_t msglen)
 {
     int64_t node_need = 0;
     MOE_MPI_CHECK(MPI_Allreduce(&need, &node_need, 1, MPI_INT64_T, MPI_SUM, L->node), msg, msglen);
-    int64_t avail = mem_available();
+    int64_t avail = moe_driver_mem_available();
     int rc = MOE_OK;
     if (avail > 0 && node_need > avail)
         rc = moe_fail(MOE_ENOMEM, msg, msglen,

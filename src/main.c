@@ -1,6 +1,7 @@
 /* moesim driver: a list of phases. Set up, validate and agree, build the layer, warm up, time,
  * reduce, report. Only rank 0 prints; every error is agreed first so that all ranks leave together. */
 #include "moesim/config.h"
+#include "moesim/driver.h"
 #include "moesim/error.h"
 #include "moesim/exchange.h"
 #include "moesim/layer.h"
@@ -32,24 +33,6 @@ static int finish(int rank, int rc, const char *msg, int status)
     return rc == MOE_OK ? 0 : status;
 }
 
-/* Read the input file headers and settle the configuration; every rank does it and agrees. */
-static int resolve_config(moe_config *cfg, int nranks, MPI_Comm comm, char *msg)
-{
-    moe_npy_header th, rh, lh;
-    int rc = MOE_OK;
-    if (cfg->tokens_file != NULL)
-        rc = moe_npy_read_header(cfg->tokens_file, &th, msg, MSG_LEN);
-    if (rc == MOE_OK && cfg->router_file != NULL)
-        rc = moe_npy_read_header(cfg->router_file, &rh, msg, MSG_LEN);
-    if (rc == MOE_OK && cfg->logits_file != NULL)
-        rc = moe_npy_read_header(cfg->logits_file, &lh, msg, MSG_LEN);
-    if (rc == MOE_OK)
-        rc = moe_config_resolve(cfg, nranks, cfg->tokens_file ? &th : NULL,
-                                cfg->router_file ? &rh : NULL, cfg->logits_file ? &lh : NULL, msg,
-                                MSG_LEN);
-    return moe_agree(comm, rc, msg, MSG_LEN);
-}
-
 /* Rank 0 checks that every output path can be created before anything runs. */
 static int check_outputs(const moe_config *cfg, int rank, MPI_Comm comm, char *msg)
 {
@@ -65,30 +48,11 @@ static int check_outputs(const moe_config *cfg, int rank, MPI_Comm comm, char *m
     return moe_agree(comm, rc, msg, MSG_LEN);
 }
 
-/* Whether a person is watching stdout. Open MPI hands its ranks a pseudo-terminal even when mpirun's
- * own output goes to a pipe or file, so under mpirun ask about the launcher's stdout instead (Linux
- * /proc; when it cannot be read, assume no terminal). NO_COLOR and MOESIM_NO_TTY also say no. */
-static int stdout_is_terminal(void)
-{
-    if (!isatty(STDOUT_FILENO) || getenv("MOESIM_NO_TTY") != NULL)
-        return 0;
-    if (getenv("OMPI_COMM_WORLD_SIZE") == NULL && getenv("PMI_RANK") == NULL &&
-        getenv("PMIX_RANK") == NULL)
-        return 1;
-    char link[64], target[256];
-    snprintf(link, sizeof link, "/proc/%ld/fd/1", (long)getppid());
-    ssize_t n = readlink(link, target, sizeof target - 1);
-    if (n <= 0)
-        return 0;
-    target[n] = '\0';
-    return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
-}
-
 static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double *seconds, int rank,
                      char *msg)
 {
     int total = cfg->warmup + cfg->iters;
-    int progress = rank == 0 && !cfg->quiet && stdout_is_terminal();
+    int progress = rank == 0 && !cfg->quiet && moe_driver_stdout_is_terminal();
     for (int i = 0; i < total; i++) {
         double *dst = i < cfg->warmup ? NULL : seconds + (int64_t)(i - cfg->warmup) * MOE_PHASE_COUNT;
         int rc = moe_layer_step(layer, dst, msg, MSG_LEN);
@@ -250,7 +214,7 @@ int main(int argc, char **argv)
     }
 
     /* Phase 2: inputs and outputs, checked before any work. */
-    if ((rc = resolve_config(&cfg, nranks, comm, msg)) != MOE_OK ||
+    if ((rc = moe_driver_resolve(&cfg, nranks, comm, msg, MSG_LEN)) != MOE_OK ||
         (rc = check_outputs(&cfg, rank, comm, msg)) != MOE_OK)
         return finish(rank, rc, msg, EXIT_REFUSED);
 
@@ -320,7 +284,7 @@ int main(int argc, char **argv)
         if (cfg.json_path != NULL)
             rc = moe_report_json(cfg.json_path, &cfg, &res, msg, MSG_LEN);
         if (!cfg.quiet) {
-            moe_report_text(stdout, &cfg, &res, stdout_is_terminal() && getenv("NO_COLOR") == NULL);
+            moe_report_text(stdout, &cfg, &res, moe_driver_stdout_is_terminal() && getenv("NO_COLOR") == NULL);
             moe_report_ablation(stdout, &cfg, &res);
         }
     }

@@ -1,0 +1,24 @@
+/* What every MPI program of this project (moesim, moe_bench) does around the layer: settle the
+ * configuration with the input files on every rank, and ask the machine about its terminal and
+ * memory. Driver layer: may call MPI. */
+#ifndef MOESIM_DRIVER_H
+#define MOESIM_DRIVER_H
+
+#include "moesim/config.h"
+
+#include <mpi.h>
+#include <stdint.h>
+
+/* Collective: read the headers of the input .npy files named in cfg (tokens, router, logits) on
+ * every rank, settle the shapes with moe_config_resolve, and agree on the outcome (moe_agree). */
+int moe_driver_resolve(moe_config *cfg, int nranks, MPI_Comm comm, char *msg, size_t msglen);
+
+/* Whether a person is watching stdout. Open MPI hands its ranks a pseudo-terminal even when mpirun's
+ * own output goes to a pipe or file, so under mpirun ask about the launcher's stdout instead (Linux
+ * /proc; when it cannot be read, assume no terminal). MOESIM_NO_TTY says no. Not collective. */
+int moe_driver_stdout_is_terminal(void);
+
+/* MemAvailable of this node in bytes (/proc/meminfo, else sysconf), or -1 if unknown. */
+int64_t moe_driver_mem_available(void);
+
+#endif
