@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -363,6 +364,325 @@ START_TEST(test_unknown_short_option_in_cluster_named)
 }
 END_TEST
 
+/* ---- the options of issue 4: capacity-factor lists, workloads, logits replay, prediction ---- */
+
+START_TEST(test_new_option_defaults)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.n_cf, 1);
+    ck_assert(cfg.cf_list[0] == 1.25 && cfg.capacity_factor == 1.25);
+    ck_assert(cfg.skew == 0.0);
+    ck_assert_int_eq(cfg.hot_experts, 0);
+    ck_assert(cfg.hot_share == 0.5);
+    ck_assert_int_eq(cfg.clusters, 0);
+    ck_assert_ptr_null(cfg.logits_file);
+    ck_assert(!cfg.predict_only && !cfg.set_hot_share);
+    /* the defaults resolve */
+    ck_assert_int_eq(moe_config_resolve(&cfg, 4, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+}
+END_TEST
+
+START_TEST(test_cf_list)
+{
+    moe_config cfg;
+    char msg[512];
+    /* Every value here is exact in binary, so the comparisons are exact. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--capacity-factor", "1.0,1.25,1.5,2.0", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.n_cf, 4);
+    ck_assert(cfg.cf_list[0] == 1.0 && cfg.cf_list[1] == 1.25 && cfg.cf_list[2] == 1.5 &&
+              cfg.cf_list[3] == 2.0);
+    ck_assert(cfg.capacity_factor == 1.0); /* the first value */
+    /* One value is a list of one. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--capacity-factor", "1.5", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.n_cf, 1);
+    ck_assert(cfg.cf_list[0] == 1.5 && cfg.capacity_factor == 1.5);
+    /* Order is kept (not sorted), repeats and 0 (dropless) are allowed, the = form works. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--capacity-factor=2,0,2,0.5", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.n_cf, 4);
+    ck_assert(cfg.cf_list[0] == 2.0 && cfg.cf_list[1] == 0.0 && cfg.cf_list[2] == 2.0 &&
+              cfg.cf_list[3] == 0.5);
+    ck_assert(cfg.capacity_factor == 2.0);
+    /* A repeated option replaces the whole list. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--capacity-factor", "1,2,3", "--capacity-factor",
+                           "0.75", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.n_cf, 1);
+    ck_assert(cfg.cf_list[0] == 0.75 && cfg.capacity_factor == 0.75);
+    /* Exactly MOE_MAX_CF values are accepted; one more is refused, naming the option. */
+    char list[256] = "";
+    for (int i = 0; i < MOE_MAX_CF; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? "," : "", i + 1);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--capacity-factor", list, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.n_cf, MOE_MAX_CF);
+    for (int i = 0; i < MOE_MAX_CF; i++)
+        ck_assert(cfg.cf_list[i] == i + 1.0);
+    strcat(list, ",17");
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--capacity-factor", list, NULL), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--capacity-factor") != NULL, "message: %s", msg);
+}
+END_TEST
+
+/* New-option command lines that must fail with MOE_EUSAGE and a message naming the option. */
+static const struct bad_line bad_new_lines[] = {
+    {{"--capacity-factor", "1.0,"}, "--capacity-factor"},
+    {{"--capacity-factor", ",1"}, "--capacity-factor"},
+    {{"--capacity-factor", ","}, "--capacity-factor"},
+    {{"--capacity-factor", "1.0,,2"}, "--capacity-factor"},
+    {{"--capacity-factor", "1.0,abc"}, "--capacity-factor"},
+    {{"--capacity-factor", "1,-1"}, "--capacity-factor"},
+    {{"--capacity-factor", "1,nan"}, "--capacity-factor"},
+    {{"--capacity-factor", "1,inf"}, "--capacity-factor"},
+    {{"--capacity-factor", "1;2"}, "--capacity-factor"},
+    {{"--capacity-factor", "1,2,1e7"}, "--capacity-factor"},
+    {{"--skew", "-1"}, "--skew"},
+    {{"--skew", "nan"}, "--skew"},
+    {{"--skew", "inf"}, "--skew"},
+    {{"--skew", "abc"}, "--skew"},
+    {{"--skew", ""}, "--skew"},
+    {{"--skew", "100.5"}, "--skew"}, /* docs/options.md: 0 ... 100 */
+    {{"--skew"}, "--skew"},
+    {{"--hot-experts", "-1"}, "--hot-experts"},
+    {{"--hot-experts", "1.5"}, "--hot-experts"},
+    {{"--hot-experts", "two"}, "--hot-experts"},
+    {{"--hot-share", "0"}, "--hot-share"},
+    {{"--hot-share", "1"}, "--hot-share"},
+    {{"--hot-share", "1.5"}, "--hot-share"},
+    {{"--hot-share", "-0.1"}, "--hot-share"},
+    {{"--hot-share", "nan"}, "--hot-share"},
+    {{"--hot-share", "half"}, "--hot-share"},
+    {{"--clusters", "-1"}, "--clusters"},
+    {{"--clusters", "x"}, "--clusters"},
+    {{"--logits-file"}, "--logits-file"},
+    {{"--predict-only=1"}, "--predict-only"},
+};
+
+START_TEST(test_bad_new_lines)
+{
+    const struct bad_line *b = &bad_new_lines[_i];
+    moe_config cfg;
+    char msg[512];
+    int rc = parse(&cfg, msg, sizeof msg, b->args[0], b->args[1], b->args[2], b->args[3], NULL);
+    ck_assert_msg(rc == MOE_EUSAGE, "'%s %s' gave %d (%s), expected MOE_EUSAGE", b->args[0],
+                  b->args[1] ? b->args[1] : "", rc, msg);
+    ck_assert_msg(strstr(msg, b->names) != NULL, "'%s %s': message '%s' does not name '%s'",
+                  b->args[0], b->args[1] ? b->args[1] : "", msg, b->names);
+}
+END_TEST
+
+START_TEST(test_new_options_accepted)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--skew", "0", NULL), MOE_OK);
+    ck_assert(cfg.skew == 0.0);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--skew", "1.2", NULL), MOE_OK);
+    ck_assert(cfg.skew == 1.2);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--skew=100", NULL), MOE_OK);
+    ck_assert(cfg.skew == 100.0);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hot-experts", "0", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.hot_experts, 0);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hot-experts", "2", "--hot-share", "0.3", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.hot_experts, 2);
+    ck_assert(cfg.hot_share == 0.3 && cfg.set_hot_share);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hot-experts", "2", NULL), MOE_OK);
+    ck_assert(cfg.hot_share == 0.5 && !cfg.set_hot_share); /* the default share, not given */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--clusters", "0", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.clusters, 0);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--clusters", "16", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.clusters, 16);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--predict-only", NULL),
+                     MOE_OK);
+    ck_assert_str_eq(cfg.logits_file, "z.npy");
+    ck_assert(cfg.predict_only);
+}
+END_TEST
+
+START_TEST(test_dump_is_npy)
+{
+    ck_assert(moe_config_dump_is_npy("r.npy"));
+    ck_assert(moe_config_dump_is_npy("/tmp/run.1/routing.npy"));
+    ck_assert(!moe_config_dump_is_npy("r.csv"));
+    ck_assert(!moe_config_dump_is_npy("r"));
+    ck_assert(!moe_config_dump_is_npy("npy"));
+    ck_assert(!moe_config_dump_is_npy(""));
+    ck_assert(!moe_config_dump_is_npy("r.npy.csv"));
+    ck_assert(!moe_config_dump_is_npy("dir.npy/r.csv"));
+    ck_assert(!moe_config_dump_is_npy("rnpy"));
+}
+END_TEST
+
+START_TEST(test_usage_lists_new_options)
+{
+    static const char *const opts[] = {"--skew", "--hot-experts", "--hot-share", "--clusters",
+                                       "--logits-file", "--predict-only"};
+    const char *u = moe_config_usage();
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
+        ck_assert_msg(strstr(u, opts[i]) != NULL, "usage lacks %s", opts[i]);
+    /* The list form of --capacity-factor is explained, not only the option named. */
+    ck_assert_msg(strstr(u, "1.0,1.25") != NULL, "usage does not show a capacity-factor list");
+}
+END_TEST
+
+START_TEST(test_resolve_logits_file)
+{
+    moe_config cfg;
+    char msg[512];
+    moe_npy_header lh = hdr(100, 6);
+    /* The file sets N and E (the defaults 8192 and 8 were not given). */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 3, NULL, NULL, &lh, msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(cfg.tokens, 100);
+    ck_assert_int_eq(cfg.experts, 6);
+    /* Flags that agree are fine. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--tokens", "100",
+                           "--experts", "6", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 3, NULL, NULL, &lh, msg, sizeof msg), MOE_OK);
+    /* --tokens or --experts that disagree: errors naming the file. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--tokens", "50", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 3, NULL, NULL, &lh, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "z.npy") != NULL, "message: %s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--experts", "8", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 3, NULL, NULL, &lh, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--experts") && strstr(msg, "z.npy"), "message: %s", msg);
+    /* With a tokens file: its N must match the logits' rows. */
+    moe_npy_header th100 = hdr(100, 24), th90 = hdr(90, 24);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--tokens-file", "h.npy",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, &th100, NULL, &lh, msg, sizeof msg), MOE_OK);
+    ck_assert(cfg.tokens == 100 && cfg.hidden == 24 && cfg.experts == 6);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--tokens-file", "h.npy",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, &th90, NULL, &lh, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "z.npy") != NULL, "message: %s", msg);
+    /* Not with a router file. */
+    moe_npy_header wh = hdr(6, 512);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--router-file", "w.npy",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, &wh, &lh, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--router-file") && strstr(msg, "--logits-file"), "message: %s", msg);
+    /* The file's E is then checked against k, R and the hot experts like a flag. */
+    moe_npy_header narrow = hdr(100, 2);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, &narrow, msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 3, NULL, NULL, &narrow, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--top-k", "3", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, &narrow, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", "--hot-experts", "2",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, &narrow, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--hot-experts") != NULL, "message: %s", msg);
+    /* More experts than MOE_MAX_EXPERTS in the file. */
+    moe_npy_header many = hdr(100, MOE_MAX_EXPERTS + 1);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--logits-file", "z.npy", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, &many, msg, sizeof msg), MOE_EUSAGE);
+}
+END_TEST
+
+START_TEST(test_resolve_workload_options)
+{
+    moe_config cfg;
+    char msg[512];
+    /* --hot-experts must leave a cold expert: N < E. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "8", "--hot-experts", "7", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "8", "--hot-experts", "8", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--hot-experts") != NULL, "message: %s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hot-experts", "9", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    /* The router file's E counts too. */
+    moe_npy_header wh = hdr(4, 512);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--router-file", "w.npy", "--hot-experts", "4",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, &wh, NULL, msg, sizeof msg), MOE_EUSAGE);
+    /* --hot-share needs --hot-experts. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hot-share", "0.3", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--hot-share") && strstr(msg, "--hot-experts"), "message: %s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hot-share", "0.3", "--hot-experts", "0", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hot-share", "0.3", "--hot-experts", "1", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    /* --clusters shapes generated tokens: not with a tokens file (0, off, is fine). */
+    moe_npy_header th = hdr(100, 24);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--clusters", "4", "--tokens-file", "h.npy", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, &th, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--clusters") && strstr(msg, "--tokens-file"), "message: %s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--clusters", "0", "--tokens-file", "h.npy", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, &th, NULL, NULL, msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--clusters", "4", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    /* --skew with anything resolves. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--skew", "1.2", "--hot-experts", "1", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+}
+END_TEST
+
+START_TEST(test_resolve_cf_list)
+{
+    moe_config cfg;
+    char msg[512];
+    /* --pad-to-capacity needs every listed cf to have a capacity. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--pad-to-capacity", "--capacity-factor",
+                           "1.0,1.25,0", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--pad-to-capacity") != NULL, "message: %s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--pad-to-capacity", "--capacity-factor",
+                           "1.0,1.25,2", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    /* Without padding, a 0 in the list (a dropless row of the ablation) is fine. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--capacity-factor", "0,1", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 1, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+}
+END_TEST
+
+START_TEST(test_resolve_dump_routing_form)
+{
+    moe_config cfg;
+    char msg[512];
+    /* CSV gathers N k records, the .npy form N rows of logits: each has its own limit. 2^30 tokens
+     * with k = 2 is 2^31 assignments, too many for CSV, fine for .npy. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "1073741824", "--dump-routing", "r.csv",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--dump-routing") != NULL, "message: %s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "1073741824", "--dump-routing", "r.npy",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    /* 2^31 tokens are too many for either. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "2147483648", "--top-k", "1",
+                           "--dump-routing", "r.npy", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--dump-routing") != NULL, "message: %s", msg);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -377,6 +697,19 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_resolve_shapes);
     tcase_add_test(tc, test_resolve_tokens_file);
     tcase_add_test(tc, test_resolve_router_file);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("issue4_options");
+    tcase_add_test(tc, test_new_option_defaults);
+    tcase_add_test(tc, test_cf_list);
+    tcase_add_loop_test(tc, test_bad_new_lines, 0,
+                        (int)(sizeof bad_new_lines / sizeof *bad_new_lines));
+    tcase_add_test(tc, test_new_options_accepted);
+    tcase_add_test(tc, test_dump_is_npy);
+    tcase_add_test(tc, test_usage_lists_new_options);
+    tcase_add_test(tc, test_resolve_logits_file);
+    tcase_add_test(tc, test_resolve_workload_options);
+    tcase_add_test(tc, test_resolve_cf_list);
+    tcase_add_test(tc, test_resolve_dump_routing_form);
     suite_add_tcase(s, tc);
     /* Regressions of bugs found and fixed (see the comment above each). */
     tc = tcase_create("regressions");

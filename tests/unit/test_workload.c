@@ -1,0 +1,415 @@
+/* Unit tests of workload: the skew and hot-expert router bias, the hot-token count, and the
+ * clustered token generator. */
+#include "moesim/router.h"
+#include "moesim/rng.h"
+#include "moesim/tokens.h"
+#include "moesim/workload.h"
+
+#include <check.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Check reports every passing ck_assert to the parent process (a write per check in fork mode), so
+ * checks inside large loops use these, which only act on failure. */
+#define EXPECT(c)                                                                                  \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            ck_abort_msg("Assertion '%s' failed", #c);                                             \
+    } while (0)
+#define EXPECT_MSG(c, ...)                                                                         \
+    do {                                                                                           \
+        if (!(c))                                                                                  \
+            ck_abort_msg(__VA_ARGS__);                                                             \
+    } while (0)
+#define EXPECT_EQ(a, b)                                                                            \
+    do {                                                                                           \
+        intmax_t a_ = (intmax_t)(a), b_ = (intmax_t)(b);                                           \
+        if (a_ != b_)                                                                              \
+            ck_abort_msg("Assertion '%s == %s' failed: %jd != %jd", #a, #b, a_, b_);               \
+    } while (0)
+
+/* Test-local SplitMix64 stream for random inputs (independent of src/rng.c). */
+static uint64_t g_state;
+static uint64_t next_u64(void)
+{
+    uint64_t z = (g_state += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    return z ^ (z >> 31);
+}
+static double next_unit(void) { return (double)(next_u64() >> 11) * 0x1.0p-53; }
+
+/* ---- bias ---- */
+
+START_TEST(test_bias_zero)
+{
+    float bias[16];
+    memset(bias, 0xff, sizeof bias);
+    moe_workload_bias(bias, 16, 0.0, 0, 0.0);
+    for (int e = 0; e < 16; e++)
+        ck_assert(bias[e] == 0.0f);
+}
+END_TEST
+
+START_TEST(test_bias_values)
+{
+    /* b_e = -s ln(e + 1) (+ hot_bias for e < hot_n), computed in double and rounded once to
+     * float: within one float ulp of the double value (FLT_EPSILON relative; the value here is
+     * never subnormal). Expert 0 has no skew bias at all: ln 1 = 0. */
+    const double skews[] = {0.0, 0.5, 1.2, 3.0};
+    const int hots[] = {0, 1, 3};
+    const double hot_biases[] = {0.0, 2.5, -1.0};
+    enum { E = 12 };
+    for (size_t a = 0; a < sizeof skews / sizeof *skews; a++)
+        for (size_t b = 0; b < sizeof hots / sizeof *hots; b++)
+            for (size_t c = 0; c < sizeof hot_biases / sizeof *hot_biases; c++) {
+                float bias[E];
+                moe_workload_bias(bias, E, skews[a], hots[b], hot_biases[c]);
+                for (int e = 0; e < E; e++) {
+                    double want = -skews[a] * log(e + 1.0) + (e < hots[b] ? hot_biases[c] : 0.0);
+                    EXPECT_MSG(fabs((double)bias[e] - want) <= FLT_EPSILON * fabs(want),
+                               "skew %g hot %d bias %g: b[%d] = %.9g, want %.9g", skews[a], hots[b],
+                               hot_biases[c], e, bias[e], want);
+                }
+                if (hots[b] == 0)
+                    EXPECT(bias[0] == 0.0f);
+            }
+    /* Two hand values: skew 1 at e = 1 is -ln 2; skew 2 at e = 3 is -2 ln 4 = -4 ln 2. */
+    float bias[4];
+    moe_workload_bias(bias, 4, 1.0, 0, 0.0);
+    ck_assert_float_eq_tol(bias[1], -0.69314718f, 1e-7f); /* one float ulp at 0.69 is 6e-8 */
+    moe_workload_bias(bias, 4, 2.0, 2, 1.0);
+    ck_assert_float_eq_tol(bias[0], 1.0f, 1e-7f);                 /* hot, no skew */
+    ck_assert_float_eq_tol(bias[1], 1.0f - 1.38629436f, 1e-7f);   /* hot: 1 - 2 ln 2 */
+    ck_assert_float_eq_tol(bias[3], -2.77258872f, 3e-7f);         /* ulp at 2.77 is 2.4e-7 */
+    /* Skew makes the bias non-increasing in e. */
+    moe_workload_bias(bias, 4, 0.7, 0, 0.0);
+    for (int e = 1; e < 4; e++)
+        ck_assert(bias[e] < bias[e - 1]);
+}
+END_TEST
+
+START_TEST(test_add_bias)
+{
+    /* z (3, 4) += bias (4) row by row; every value is a small dyadic, so the sums are exact. */
+    float z[12] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+    const float bias[4] = {0.5f, -1.0f, 0.0f, 0.25f};
+    moe_workload_add_bias(z, bias, 3, 4);
+    const float want[12] = {0.5f, 0.0f, 2.0f,  3.25f, 4.5f,  4.0f,
+                            6.0f, 7.25f, 8.5f, 8.0f,  10.0f, 11.25f};
+    for (int i = 0; i < 12; i++)
+        ck_assert_msg(z[i] == want[i], "z[%d] = %g, want %g", i, z[i], want[i]);
+    /* n = 0 touches nothing. */
+    float untouched = 42.0f;
+    moe_workload_add_bias(&untouched, bias, 0, 4);
+    ck_assert(untouched == 42.0f);
+}
+END_TEST
+
+START_TEST(test_softmax_follows_zipf)
+{
+    /* Logits otherwise all equal (any constant: softmax removes it): with the skew bias, softmax
+     * gives p_e proportional to exp(-s ln(e + 1)) = (e + 1)^-s, i.e. p_e / p_0 = (e + 1)^-s; a hot
+     * bias multiplies the hot experts' share by exp(hot_bias). Float logits: the bias is rounded
+     * to float (absolute error <= 2^-24 |b| <= 2e-7 here), then expf and the normalization add a
+     * few ulps; 2e-6 relative is about 10x that. */
+    enum { N = 3, E = 8 };
+    const double skews[] = {0.5, 1.0, 1.2, 2.0};
+    const float base[N] = {0.0f, 0.7f, -3.0f};
+    for (size_t a = 0; a < sizeof skews / sizeof *skews; a++)
+        for (int hot = 0; hot <= 2; hot += 2) {
+            const double hot_bias = hot ? 1.5 : 0.0;
+            float bias[E], z[N * E], p[N * E];
+            moe_workload_bias(bias, E, skews[a], hot, hot_bias);
+            for (int t = 0; t < N; t++)
+                for (int e = 0; e < E; e++)
+                    z[t * E + e] = base[t];
+            moe_workload_add_bias(z, bias, N, E);
+            moe_softmax_rows(p, z, N, E);
+            double norm = 0.0;
+            for (int e = 0; e < E; e++)
+                norm += pow(e + 1.0, -skews[a]) * (e < hot ? exp(hot_bias) : 1.0);
+            for (int t = 0; t < N; t++)
+                for (int e = 0; e < E; e++) {
+                    double want = pow(e + 1.0, -skews[a]) * (e < hot ? exp(hot_bias) : 1.0) / norm;
+                    EXPECT_MSG(fabs(p[t * E + e] - want) <= 2e-6 * want,
+                               "skew %g hot %d row %d: p[%d] = %.9g, want %.9g", skews[a], hot, t,
+                               e, p[t * E + e], want);
+                }
+        }
+}
+END_TEST
+
+/* ---- hot tokens ---- */
+
+START_TEST(test_hot_tokens_hand)
+{
+    /* expert (5, 2). hot_n = 2 (experts 0 and 1): tokens 0 (0), 1 (1), 3 (0), 4 (both, counted
+     * once) are hot; token 2 is not. */
+    const int32_t expert[10] = {0, 3, 2, 1, 3, 2, 4, 0, 1, 0};
+    ck_assert_int_eq(moe_workload_hot_tokens(expert, 5, 2, 2), 4);
+    ck_assert_int_eq(moe_workload_hot_tokens(expert, 5, 2, 0), 0); /* no hot expert */
+    ck_assert_int_eq(moe_workload_hot_tokens(expert, 5, 2, 1), 3); /* expert 0: tokens 0, 3, 4 */
+    ck_assert_int_eq(moe_workload_hot_tokens(expert, 5, 2, 5), 5); /* every expert hot */
+    ck_assert_int_eq(moe_workload_hot_tokens(expert, 0, 2, 2), 0);
+    /* k = 1 reads the same array as 10 tokens of one choice: 0,3,2,1,3,2,4,0,1,0 */
+    ck_assert_int_eq(moe_workload_hot_tokens(expert, 10, 1, 2), 5);
+}
+END_TEST
+
+START_TEST(test_hot_tokens_monotone_in_bias)
+{
+    /* The driver bisects the hot bias to reach a share of hot tokens, which needs the count to be
+     * non-decreasing in the bias: raising the hot experts' logits can only move them up a token's
+     * ranking. Random logits, E = 8, k = 2, hot_n = 2, bias from -20 to 20; at -20 no token keeps
+     * a hot expert in its top 2 (6 cold experts remain ahead), at +20 every token does. */
+    enum { N = 500, E = 8, K = 2, HOT = 2 };
+    static float z0[N * E], z[N * E], gate[N * K];
+    static int32_t expert[N * K];
+    g_state = 2718;
+    for (int i = 0; i < N * E; i++)
+        z0[i] = (float)(4.0 * next_unit() - 2.0);
+    int64_t prev = -1;
+    for (double b = -20.0; b <= 20.0; b += 0.25) {
+        float bias[E];
+        moe_workload_bias(bias, E, 0.0, HOT, b);
+        memcpy(z, z0, sizeof z);
+        moe_workload_add_bias(z, bias, N, E);
+        moe_softmax_rows(z, z, N, E);
+        moe_topk(expert, gate, z, N, E, K, false);
+        int64_t hot = moe_workload_hot_tokens(expert, N, K, HOT);
+        EXPECT_MSG(hot >= prev, "bias %g: %lld hot tokens, fewer than %lld at the previous bias", b,
+                   (long long)hot, (long long)prev);
+        if (b == -20.0)
+            EXPECT_EQ(hot, 0);
+        if (b == 0.0) /* about 1 - C(6,2)/C(8,2) = 46% of the tokens; binomial sd 2.2% */
+            EXPECT_MSG(hot > N * 0.35 && hot < N * 0.57, "bias 0: %lld hot tokens", (long long)hot);
+        prev = hot;
+    }
+    ck_assert_int_eq(prev, N);
+}
+END_TEST
+
+/* ---- clusters ---- */
+
+START_TEST(test_cluster_of_spec)
+{
+    /* u64(seed, MOE_STREAM_CENTRES, 2^62 + g) mod c, in [0, c), the same on every call. */
+    const int64_t cs[] = {1, 2, 3, 7, 100, INT64_C(1) << 40};
+    for (size_t a = 0; a < sizeof cs / sizeof *cs; a++)
+        for (int64_t g = 0; g < 2000; g += 7) {
+            int64_t c = cs[a], m = moe_workload_cluster_of(5, g, c);
+            EXPECT_MSG(m >= 0 && m < c, "c %lld g %lld: cluster %lld", (long long)c, (long long)g,
+                       (long long)m);
+            EXPECT(m == moe_workload_cluster_of(5, g, c));
+            uint64_t want = moe_rng_u64(5, MOE_STREAM_CENTRES, (UINT64_C(1) << 62) + (uint64_t)g) %
+                            (uint64_t)c;
+            EXPECT_EQ(m, (int64_t)want);
+        }
+    /* Large token ids (beyond 32 bits) too. */
+    int64_t g = (INT64_C(1) << 40) + 12345;
+    uint64_t u = moe_rng_u64(9, MOE_STREAM_CENTRES, (UINT64_C(1) << 62) + (uint64_t)g);
+    ck_assert_int_eq(moe_workload_cluster_of(9, g, 13), (int64_t)(u % 13));
+    /* The seed matters. */
+    int differ = 0;
+    for (int64_t t = 0; t < 64; t++)
+        differ += moe_workload_cluster_of(1, t, 1000) != moe_workload_cluster_of(2, t, 1000);
+    ck_assert_int_gt(differ, 50);
+}
+END_TEST
+
+START_TEST(test_cluster_of_uniform)
+{
+    /* 70000 tokens over 7 clusters, under 20 seeds. Each count is Binomial(70000, 1/7): mean
+     * 10000, sd 92.6; 5 sd. The chi-square of a seed's 7 counts has 6 degrees of freedom (mean 6,
+     * sd 3.46); its mean over the 20 seeds is checked within 6 +- 5 * 3.46 / sqrt(20) = 6 +- 3.9,
+     * which catches counts too uneven and counts too even (g mod c would give 0). A single seed is
+     * not enough: seed 42 alone gives chi2 = 29.4, a 1-in-20000 event, and over 2000 seeds the
+     * generator's chi2 averaged 6.09 with 18 above the 99% quantile (20 expected). */
+    enum { N = 70000, C = 7, SEEDS = 20 };
+    double chi2_sum = 0.0;
+    for (uint64_t seed = 0; seed < SEEDS; seed++) {
+        int64_t count[C] = {0};
+        for (int64_t g = 0; g < N; g++)
+            count[moe_workload_cluster_of(seed, g, C)]++;
+        for (int m = 0; m < C; m++) {
+            EXPECT_MSG(llabs(count[m] - 10000) <= 5 * 93, "seed %d cluster %d: %lld tokens",
+                       (int)seed, m, (long long)count[m]);
+            chi2_sum += (count[m] - 10000.0) * (count[m] - 10000.0) / 10000.0;
+        }
+    }
+    ck_assert_double_eq_tol(chi2_sum / SEEDS, 6.0, 3.9);
+}
+END_TEST
+
+START_TEST(test_clustered_formula)
+{
+    /* h[r][j] = (m_{c(g)}[j] + 0.5 n_g[j]) / sqrt(1.25), n_g the plain generator's row (float),
+     * the centre entry normal(seed, MOE_STREAM_CENTRES, m d + j). Rebuilt here with the same
+     * operations in double and one rounding to float: a difference of at most one float ulp
+     * allows for a contracted multiply-add (FLT_EPSILON relative). */
+    enum { FIRST = 17, COUNT = 9, D = 11, C = 5 };
+    const uint64_t seed = 77;
+    float h[COUNT * D], noise[COUNT * D];
+    moe_workload_clustered_tokens(h, seed, FIRST, COUNT, D, C);
+    moe_tokens_generate(noise, seed, FIRST, COUNT, D);
+    for (int r = 0; r < COUNT; r++) {
+        int64_t m = moe_workload_cluster_of(seed, FIRST + r, C);
+        for (int j = 0; j < D; j++) {
+            double centre = moe_rng_normal(seed, MOE_STREAM_CENTRES, (uint64_t)(m * D + j));
+            double want = (centre + 0.5 * (double)noise[r * D + j]) / sqrt(1.25);
+            EXPECT_MSG(fabs(h[r * D + j] - want) <= FLT_EPSILON * fabs(want) + FLT_MIN,
+                       "h[%d][%d] = %.9g, want %.9g", r, j, h[r * D + j], want);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_clustered_deterministic_and_sliced)
+{
+    /* The same call twice gives the same bits; the rows a rank generates for its slice are bitwise
+     * the rows of the whole batch, for rank counts that do and do not divide N. */
+    enum { N = 53, D = 6, C = 4 };
+    float whole[N * D], again[N * D], part[N * D];
+    moe_workload_clustered_tokens(whole, 11, 0, N, D, C);
+    moe_workload_clustered_tokens(again, 11, 0, N, D, C);
+    ck_assert(memcmp(whole, again, sizeof whole) == 0);
+    const int ranks[] = {1, 2, 3, 5, 8, 52, 53, 60};
+    for (size_t a = 0; a < sizeof ranks / sizeof *ranks; a++)
+        for (int r = 0; r < ranks[a]; r++) {
+            int64_t first, count;
+            moe_partition(N, ranks[a], r, &first, &count);
+            memset(part, 0xff, sizeof part);
+            moe_workload_clustered_tokens(part, 11, first, count, D, C);
+            EXPECT_MSG(memcmp(part, whole + first * D, (size_t)(count * D) * sizeof(float)) == 0,
+                       "R=%d rank %d: slice differs from the whole batch", ranks[a], r);
+        }
+    /* Another seed gives other tokens. */
+    moe_workload_clustered_tokens(again, 12, 0, N, D, C);
+    ck_assert(memcmp(whole, again, sizeof whole) != 0);
+}
+END_TEST
+
+static double dist2(const float *a, const float *b, int d)
+{
+    double s = 0.0;
+    for (int j = 0; j < d; j++)
+        s += ((double)a[j] - b[j]) * ((double)a[j] - b[j]);
+    return s;
+}
+
+START_TEST(test_clustered_geometry)
+{
+    /* Per entry, h = (m + 0.5 n) / sqrt(1.25): variance 1 in all (a standard-normal token, like the
+     * plain generator's), of which 0.2 is the noise. Two tokens of one cluster differ by the noise
+     * alone, E||h_a - h_b||^2 = 0.4 d; of different clusters, by the centres too, 2 d on average.
+     * Checked: the mean within-cluster squared distance is 0.4 d within 5% (the ~20000 pairs share
+     * 400 independent tokens, whose squared noise norms have a relative sd of 18% each: the
+     * standard error of the mean is under 1%), the mean between-cluster one is more than
+     * twice it (5x expected), and every token is nearer its own centre than any other (own:
+     * 0.2 d on average; other: 1.8 d or so; d = 64 makes a swap practically impossible). */
+    enum { N = 400, D = 64, C = 4 };
+    static float h[N * D], centre[C * D];
+    const uint64_t seed = 2024;
+    moe_workload_clustered_tokens(h, seed, 0, N, D, C);
+    int64_t cl[N];
+    for (int g = 0; g < N; g++)
+        cl[g] = moe_workload_cluster_of(seed, g, C);
+    for (int m = 0; m < C; m++)
+        for (int j = 0; j < D; j++)
+            centre[m * D + j] = (float)(moe_rng_normal(seed, MOE_STREAM_CENTRES,
+                                                       (uint64_t)(m * D + j)) / sqrt(1.25));
+    double within = 0.0, between = 0.0;
+    int64_t n_within = 0, n_between = 0;
+    for (int a = 0; a < N; a++)
+        for (int b = a + 1; b < N; b++) {
+            double d2 = dist2(&h[a * D], &h[b * D], D);
+            if (cl[a] == cl[b]) {
+                within += d2;
+                n_within++;
+            } else {
+                between += d2;
+                n_between++;
+            }
+        }
+    within /= (double)n_within;
+    between /= (double)n_between;
+    ck_assert_int_gt(n_within, 1000);
+    ck_assert_double_eq_tol(within, 0.4 * D, 0.05 * 0.4 * D);
+    ck_assert_double_gt(between, 2.0 * within);
+    for (int g = 0; g < N; g++) {
+        int best = 0;
+        double best_d2 = INFINITY;
+        for (int m = 0; m < C; m++) {
+            double d2 = dist2(&h[g * D], &centre[m * D], D);
+            if (d2 < best_d2) {
+                best_d2 = d2;
+                best = m;
+            }
+        }
+        EXPECT_MSG(best == cl[g], "token %d of cluster %lld is nearest centre %d", g,
+                   (long long)cl[g], best);
+    }
+}
+END_TEST
+
+START_TEST(test_one_cluster)
+{
+    /* c = 1: every token is in cluster 0 and sits near its centre m_0 / sqrt(1.25): the squared
+     * distance is 0.2 chi2_d, mean 0.2 d = 12.8 for d = 64, sd 2.3; every one of 300 tokens is
+     * checked below 0.5 d (P(chi2_64 > 160) is about 1e-20), while a plain token (no cluster) is
+     * about 1.8 d away, so this bound also fails if the centre were ignored. */
+    enum { N = 300, D = 64 };
+    static float h[N * D], plain[N * D];
+    float centre[D];
+    for (int j = 0; j < D; j++)
+        centre[j] = (float)(moe_rng_normal(8, MOE_STREAM_CENTRES, (uint64_t)j) / sqrt(1.25));
+    moe_workload_clustered_tokens(h, 8, 0, N, D, 1);
+    moe_tokens_generate(plain, 8, 0, N, D);
+    double mean = 0.0, mean_plain = 0.0;
+    for (int g = 0; g < N; g++) {
+        EXPECT_EQ(moe_workload_cluster_of(8, g, 1), 0);
+        double d2 = dist2(&h[g * D], centre, D);
+        EXPECT_MSG(d2 < 0.5 * D, "token %d: squared distance %g from the one centre", g, d2);
+        mean += d2 / N;
+        mean_plain += dist2(&plain[g * D], centre, D) / N;
+    }
+    /* mean of 300 draws of 0.2 chi2_64: 12.8, standard error 2.26 / sqrt(300) = 0.13; 5 se. */
+    ck_assert_double_eq_tol(mean, 0.2 * D, 5 * 0.13);
+    ck_assert_double_gt(mean_plain, 3.0 * mean);
+}
+END_TEST
+
+static Suite *workload_suite(void)
+{
+    Suite *s = suite_create("workload");
+    TCase *tc = tcase_create("bias");
+    tcase_add_test(tc, test_bias_zero);
+    tcase_add_test(tc, test_bias_values);
+    tcase_add_test(tc, test_add_bias);
+    tcase_add_test(tc, test_softmax_follows_zipf);
+    tcase_add_test(tc, test_hot_tokens_hand);
+    tcase_add_test(tc, test_hot_tokens_monotone_in_bias);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("clusters");
+    tcase_add_test(tc, test_cluster_of_spec);
+    tcase_add_test(tc, test_cluster_of_uniform);
+    tcase_add_test(tc, test_clustered_formula);
+    tcase_add_test(tc, test_clustered_deterministic_and_sliced);
+    tcase_add_test(tc, test_clustered_geometry);
+    tcase_add_test(tc, test_one_cluster);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(workload_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
