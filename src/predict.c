@@ -7,26 +7,33 @@
 void moe_predict_binomial(double *dropped, double *empty, int64_t G, double q, int64_t C)
 {
     q = q < 0.0 ? 0.0 : (q > 1.0 ? 1.0 : q);
-    double mean = (double)G * q;
-    /* E[max(C - L, 0)] = sum_{l < C} (C - l) pmf(l); only l <= G has mass. */
-    double short_of_c = 0.0;
-    int64_t top = C - 1 < G ? C - 1 : G;
-    if (q == 0.0) {
-        short_of_c = (double)C; /* L = 0 surely */
-    } else if (q == 1.0) {
-        short_of_c = C > G ? (double)(C - G) : 0.0;
-    } else {
-        double lg = lgamma((double)G + 1.0), lq = log(q), l1q = log1p(-q);
-        for (int64_t l = 0; l <= top; l++) {
-            double logp = lg - lgamma((double)l + 1.0) - lgamma((double)(G - l) + 1.0) +
-                          (double)l * lq + (double)(G - l) * l1q;
-            short_of_c += (double)(C - l) * exp(logp);
-        }
+    if (q == 0.0 || q == 1.0 || G == 0) {
+        int64_t L = q == 1.0 ? G : 0; /* the load is certain */
+        *dropped = L > C ? (double)(L - C) : 0.0;
+        *empty = C > L ? (double)(C - L) : 0.0;
+        return;
     }
-    *empty = short_of_c;
-    /* max(L - C, 0) = L - C + max(C - L, 0) */
-    double over = mean - (double)C + short_of_c;
-    *dropped = over > 0.0 ? over : 0.0;
+    /* Sum both sides directly, each to its own relative precision, over the window where the
+     * mass lives: mean +- (40 standard deviations + 40). Outside it the mass is negligible both for
+     * a wide binomial (beyond 40 sd, below e^-800) and a narrow, Poisson-like one (beyond 40 counts
+     * from a mean m < 1, about m^40 / 40!). The pmf is stepped by its ratio in log space from a
+     * start computed with lgamma. */
+    double mean = (double)G * q, sd = sqrt(mean * (1.0 - q));
+    int64_t lo = (int64_t)fmax(0.0, floor(mean - 40.0 * sd - 40.0));
+    int64_t hi = (int64_t)fmin((double)G, ceil(mean + 40.0 * sd + 40.0));
+    double logp = lgamma((double)G + 1.0) - lgamma((double)lo + 1.0) -
+                  lgamma((double)(G - lo) + 1.0) + (double)lo * log(q) + (double)(G - lo) * log1p(-q);
+    double odds = log(q) - log1p(-q), over = 0.0, under = 0.0;
+    for (int64_t l = lo; l <= hi; l++) {
+        double p = exp(logp);
+        if (l > C)
+            over += (double)(l - C) * p;
+        else
+            under += (double)(C - l) * p;
+        logp += log((double)(G - l)) - log((double)(l + 1)) + odds;
+    }
+    *dropped = over;
+    *empty = under;
 }
 
 void moe_predict_selection(double *q, const double *P, int E, int k)
