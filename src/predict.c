@@ -21,19 +21,30 @@ void moe_predict_binomial(double *dropped, double *empty, int64_t G, double q, i
     double mean = (double)G * q, sd = sqrt(mean * (1.0 - q));
     int64_t lo = (int64_t)fmax(0.0, floor(mean - 40.0 * sd - 40.0));
     int64_t hi = (int64_t)fmin((double)G, ceil(mean + 40.0 * sd + 40.0));
-    double logp = lgamma((double)G + 1.0) - lgamma((double)lo + 1.0) -
-                  lgamma((double)(G - lo) + 1.0) + (double)lo * log(q) + (double)(G - lo) * log1p(-q);
-    double odds = log(q) - log1p(-q), over = 0.0, under = 0.0;
+    const double lq = log(q), l1q = log1p(-q), lgG = lgamma((double)G + 1.0);
+    double odds = lq - l1q, over = 0.0, under = 0.0, mass = 0.0, logp = 0.0;
     for (int64_t l = lo; l <= hi; l++) {
+        /* re-anchor every 32 steps so the recurrence's rounding cannot drift */
+        if ((l - lo) % 32 == 0)
+            logp = lgG - lgamma((double)l + 1.0) - lgamma((double)(G - l) + 1.0) + (double)l * lq +
+                   (double)(G - l) * l1q;
         double p = exp(logp);
+        mass += p;
         if (l > C)
             over += (double)(l - C) * p;
         else
             under += (double)(C - l) * p;
         logp += log((double)(G - l)) - log((double)(l + 1)) + odds;
     }
-    *dropped = over;
-    *empty = under;
+    /* The smaller side is summed (normalised by the mass, which cancels the common rounding of the
+     * lgamma terms); the larger follows from E[empty] - E[dropped] = C - G q, exact in the mean. */
+    if ((double)C >= mean) {
+        *dropped = over / mass;
+        *empty = (double)C - mean + *dropped;
+    } else {
+        *empty = under / mass;
+        *dropped = mean - (double)C + *empty;
+    }
 }
 
 void moe_predict_selection(double *q, const double *P, int E, int k)

@@ -14,8 +14,9 @@
 #include <stdint.h>
 
 /* For L ~ Binomial(G, q), q clamped to [0, 1]: *dropped = E[max(L - C, 0)], *empty = E[max(C - L, 0)].
- * Both summed directly over the probability mass within 40 standard deviations + 40 of the mean (the
- * rest is negligible), each to its own relative precision; O(sqrt(G q (1 - q))). C >= 0. */
+ * The smaller of the two is summed over the probability mass within 40 standard deviations + 40 of
+ * the mean (the rest is negligible), to its own relative precision; the other follows from
+ * E[empty] - E[dropped] = C - G q. O(sqrt(G q (1 - q))). C >= 0. */
 void moe_predict_binomial(double *dropped, double *empty, int64_t G, double q, int64_t C);
 
 /* Sum of moe_predict_binomial over E experts (selection probabilities q, E values) and n_groups
