@@ -75,6 +75,16 @@ const char *moe_config_usage(void)
            "                         the default and, for now, the only policy)\n"
            "  --pad-to-capacity      compute all C slots of every expert, empty ones included,\n"
            "                         as a static-shape system does\n"
+           "Topology and exchange\n"
+           "  --a2a MODE             flat: one MPI_Alltoallv (default); hierarchical: gather to a\n"
+           "                         leader per node, leaders exchange, scatter (Tutel, DeepSpeed)\n"
+           "  --ranks-per-node N     treat each N consecutive ranks as one node (emulate a cluster\n"
+           "                         on one machine); default: ranks sharing memory are a node\n"
+           "  --topology SPEC        study another machine: an hwloc XML file (lstopo --of xml) or a\n"
+           "                         synthetic description such as \"package:2 numa:2 core:4 pu:1\";\n"
+           "                         ranks are then placed one per core, in order\n"
+           "  --network FILE         project dispatch and combine onto a cluster: latency and\n"
+           "                         bandwidth per locality class (examples in launch/*.network)\n"
            "Run and output\n"
            "  --iters N              timed iterations (default 5)\n"
            "  --warmup N             untimed iterations before them (default 1)\n"
@@ -93,7 +103,8 @@ enum {
     OPT_TOKENS = 256, OPT_HIDDEN, OPT_FFN, OPT_EXPERTS, OPT_TOPK, OPT_CF, OPT_SCOPE, OPT_POLICY,
     OPT_RENORM, OPT_PAD, OPT_SEED, OPT_ITERS, OPT_WARMUP, OPT_TOKENS_FILE, OPT_ROUTER_FILE,
     OPT_JSON, OPT_DUMP_ROUTING, OPT_DUMP_OUTPUT, OPT_QUIET, OPT_HELP, OPT_VERSION, OPT_SKEW,
-    OPT_HOT, OPT_HOT_SHARE, OPT_CLUSTERS, OPT_LOGITS_FILE, OPT_PREDICT_ONLY
+    OPT_HOT, OPT_HOT_SHARE, OPT_CLUSTERS, OPT_LOGITS_FILE, OPT_PREDICT_ONLY, OPT_TOPOLOGY,
+    OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK
 };
 
 static const struct option long_options[] = {
@@ -122,6 +133,10 @@ static const struct option long_options[] = {
     {"clusters", required_argument, NULL, OPT_CLUSTERS},
     {"logits-file", required_argument, NULL, OPT_LOGITS_FILE},
     {"predict-only", no_argument, NULL, OPT_PREDICT_ONLY},
+    {"topology", required_argument, NULL, OPT_TOPOLOGY},
+    {"ranks-per-node", required_argument, NULL, OPT_RANKS_PER_NODE},
+    {"a2a", required_argument, NULL, OPT_A2A},
+    {"network", required_argument, NULL, OPT_NETWORK},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -264,6 +279,27 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             break;
         case OPT_PREDICT_ONLY:
             cfg->predict_only = true;
+            break;
+        case OPT_TOPOLOGY:
+            if (optarg[0] == '\0')
+                rc = moe_fail(MOE_EUSAGE, msg, msglen, "--topology needs a file or a description");
+            cfg->topology = optarg;
+            break;
+        case OPT_RANKS_PER_NODE:
+            rc = parse_int("ranks-per-node", optarg, 1, 1 << 20, &v, msg, msglen);
+            cfg->ranks_per_node = (int)v;
+            break;
+        case OPT_A2A:
+            if (strcmp(optarg, "flat") == 0)
+                cfg->hierarchical = false;
+            else if (strcmp(optarg, "hierarchical") == 0)
+                cfg->hierarchical = true;
+            else
+                rc = moe_fail(MOE_EUSAGE, msg, msglen, "--a2a must be 'flat' or 'hierarchical', got '%s'",
+                              optarg);
+            break;
+        case OPT_NETWORK:
+            cfg->network = optarg;
             break;
         case OPT_SCOPE:
             if (strcmp(optarg, "global") == 0)

@@ -6,10 +6,12 @@
 #include "moesim/driver.h"
 #include "moesim/error.h"
 #include "moesim/expert.h"
+#include "moesim/hier.h"
 #include "moesim/npy.h"
 #include "moesim/rng.h"
 #include "moesim/router.h"
 #include "moesim/tokens.h"
+#include "moesim/topology.h"
 #include "moesim/workload.h"
 
 #include <limits.h>
@@ -29,6 +31,12 @@ struct moe_layer {
     int64_t n, first;      /* this rank's tokens: global ids [first, first + n) */
     int64_t n_le, first_e; /* this rank's experts */
     int64_t bytes;         /* everything allocated below */
+    moe_placement *placement; /* (R) where every rank runs, the same on every rank */
+    int *node_of_rank;        /* (R) */
+    moe_hier *hier;           /* the two-level exchange, with --a2a hierarchical */
+    int64_t *count_matrix;    /* (R, R) dispatch rows [src][dst], for the two-level plan */
+    int *raw_counts;          /* (4, R) raw baseline: scounts, sdispls, rcounts, rdispls */
+    MPI_Datatype raw_type;    /* MPI_BYTE, or the row type when bytes overflow an int */
     int64_t exch_bytes;    /* the part sized by the capacity factor */
 
     /* source side */
@@ -141,7 +149,14 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
             L->recv_rows[r] += L->acc_owner[r * L->n_le + le];
         L->n_recv += L->recv_rows[r];
     }
-    return moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
+    int rc2 = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
+    if (rc2 != MOE_OK || L->hier == NULL)
+        return rc2;
+    /* The two-level exchange needs the whole count matrix on every rank (its leaders reorder). */
+    MOE_MPI_CHECK(MPI_Allgather(L->send_rows, L->R, MPI_INT64_T, L->count_matrix, L->R, MPI_INT64_T,
+                                L->comm),
+                  msg, msglen);
+    return moe_hier_plan(L->hier, L->count_matrix, msg, msglen);
 }
 
 /* Capacity of local expert le summed over groups, or MOE_CAPACITY_UNLIMITED. */
@@ -260,6 +275,99 @@ static int load_inputs(moe_layer *L, char *msg, size_t msglen)
     return rc;
 }
 
+/* Where every rank runs: node grouping (shared memory, or --ranks-per-node), then hwloc on each
+ * rank, gathered everywhere. Collective. */
+static int discover_placement(moe_layer *L, char *msg, size_t msglen)
+{
+    int R = L->R, rc = MOE_OK, mrc;
+    int local_rank = 0, node_size = 1;
+    if (L->cfg.ranks_per_node > 0) {
+        L->node_of_rank[L->rank] = L->rank / L->cfg.ranks_per_node;
+        local_rank = L->rank % L->cfg.ranks_per_node;
+    } else {
+        /* the node is named by its lowest world rank; index nodes in that order */
+        int lowest = L->rank;
+        MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &lowest, 1, MPI_INT, MPI_MIN, L->node), msg, msglen);
+        MOE_MPI_CHECK(MPI_Comm_rank(L->node, &local_rank), msg, msglen);
+        MOE_MPI_CHECK(MPI_Comm_size(L->node, &node_size), msg, msglen);
+        L->node_of_rank[L->rank] = lowest;
+    }
+    (void)node_size;
+    MOE_MPI_CHECK(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, L->node_of_rank, 1, MPI_INT,
+                                L->comm),
+                  msg, msglen);
+    if (L->cfg.ranks_per_node == 0) {
+        /* lowest ranks -> 0, 1, 2, ... in order of first appearance */
+        int next = 0;
+        for (int r = 0; r < R; r++) {
+            int name = L->node_of_rank[r];
+            if (name == r) {
+                for (int q = r; q < R; q++)
+                    if (L->node_of_rank[q] == name)
+                        L->node_of_rank[q] = -1 - next;
+                next++;
+            }
+        }
+        for (int r = 0; r < R; r++)
+            L->node_of_rank[r] = -1 - L->node_of_rank[r];
+    }
+    moe_placement mine;
+    rc = moe_topology_describe(&mine, L->cfg.topology, local_rank, msg, msglen);
+    mine.rank = L->rank;
+    mine.node = L->node_of_rank[L->rank];
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    mrc = MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, L->placement, (int)sizeof mine, MPI_BYTE,
+                        L->comm);
+    if (mrc != MPI_SUCCESS)
+        return moe_mpi_fail(mrc, "MPI_Allgather", __FILE__, __LINE__, msg, msglen);
+    return MOE_OK;
+}
+
+static void plan_raw_rows(moe_layer *L);
+
+/* Raw baseline counts: the same rows as bytes (MPI_BYTE) when every count and displacement fits an
+ * int, else in rows of the row type. Not collective; the choice is the same on every rank only if
+ * the sizes are, so it is agreed by the caller. */
+static int plan_raw(moe_layer *L, int *use_bytes)
+{
+    int R = L->R;
+    int64_t unit = L->ex.row_bytes, total_s = 0, total_r = 0;
+    for (int r = 0; r < R; r++) {
+        total_s += L->send_rows[r];
+        total_r += L->recv_rows[r];
+    }
+    *use_bytes = (total_s * unit <= INT_MAX && total_r * unit <= INT_MAX);
+    int64_t scale = *use_bytes ? unit : 1;
+    int *sc = L->raw_counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+    int64_t so = 0, ro = 0;
+    for (int r = 0; r < R; r++) {
+        sc[r] = (int)(L->send_rows[r] * scale);
+        sd[r] = (int)so;
+        so += L->send_rows[r] * scale;
+        rcn[r] = (int)(L->recv_rows[r] * scale);
+        rd[r] = (int)ro;
+        ro += L->recv_rows[r] * scale;
+    }
+    return MOE_OK;
+}
+
+/* Raw baseline in rows, when some rank's bytes overflow an int. */
+static void plan_raw_rows(moe_layer *L)
+{
+    int R = L->R;
+    int *sc = L->raw_counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+    int64_t so = 0, ro = 0;
+    for (int r = 0; r < R; r++) {
+        sc[r] = (int)L->send_rows[r];
+        sd[r] = (int)so;
+        so += L->send_rows[r];
+        rcn[r] = (int)L->recv_rows[r];
+        rd[r] = (int)ro;
+        ro += L->recv_rows[r];
+    }
+}
+
 int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char *msg,
                      size_t msglen)
 {
@@ -292,6 +400,23 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     rc = moe_exchange_init(&L->ex, comm, L->d, L->E, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
+    L->raw_type = MPI_BYTE;
+    L->placement = calloc((size_t)L->R, sizeof *L->placement);
+    L->node_of_rank = calloc((size_t)L->R, sizeof *L->node_of_rank);
+    L->count_matrix = calloc((size_t)L->R * (size_t)L->R, sizeof *L->count_matrix);
+    L->raw_counts = calloc((size_t)L->R * 4, sizeof *L->raw_counts);
+    rc = L->placement && L->node_of_rank && L->count_matrix && L->raw_counts
+             ? MOE_OK
+             : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    if ((rc = discover_placement(L, msg, msglen)) != MOE_OK)
+        return rc;
+    if (cfg->hierarchical) {
+        rc = moe_hier_create(&L->hier, comm, L->node_of_rank, L->ex.row, L->ex.row_bytes, msg, msglen);
+        if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+            return rc;
+    }
 
     /* Memory known before routing: tokens, output, router, probabilities, per-assignment arrays,
      * the send buffer, the experts' weights, and the dumps gathered on rank 0. */
@@ -372,6 +497,12 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     rc = decide(L, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
+    int use_bytes = 0, all_bytes = 0;
+    plan_raw(L, &use_bytes);
+    MOE_MPI_CHECK(MPI_Allreduce(&use_bytes, &all_bytes, 1, MPI_INT, MPI_MIN, comm), msg, msglen);
+    if (all_bytes != use_bytes)
+        plan_raw_rows(L);
+    L->raw_type = all_bytes ? MPI_BYTE : L->ex.row;
     layout_experts(L);
     if (L->rows_x > INT_MAX)
         rc = moe_fail(MOE_ERANGE, msg, msglen,
@@ -405,10 +536,12 @@ void moe_layer_destroy(moe_layer *L)
 {
     if (L == NULL)
         return;
+    moe_hier_destroy(L->hier);
     moe_exchange_free(&L->ex);
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
-    void *owned[] = {L->h, L->y, L->w_router, L->z_file, L->bias, L->probs, L->expert, L->gate, L->flag, L->slot,
+    void *owned[] = {L->placement, L->node_of_rank, L->count_matrix, L->raw_counts,
+                     L->h, L->y, L->w_router, L->z_file, L->bias, L->probs, L->expert, L->gate, L->flag, L->slot,
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->x, L->act,
@@ -416,6 +549,11 @@ void moe_layer_destroy(moe_layer *L)
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
         free(owned[i]);
     free(L);
+}
+
+const moe_placement *moe_layer_placement(const moe_layer *L)
+{
+    return L->placement;
 }
 
 void moe_layer_get_shape(const moe_layer *L, moe_layer_shape *out)
@@ -438,9 +576,32 @@ int64_t moe_layer_bytes(const moe_layer *L)
     return L->bytes;
 }
 
+/* The real exchange: flat (one MPI_Alltoallv) or two-level. reverse = the combine direction. */
+static int exchange(moe_layer *L, const float *send, float *recv, bool reverse, char *msg,
+                    size_t msglen)
+{
+    if (L->hier != NULL)
+        return moe_hier_exchange(L->hier, send, recv, reverse, msg, msglen);
+    return moe_exchange_rows(&L->ex, send, recv, reverse, msg, msglen);
+}
+
+/* The baseline: a plain MPI_Alltoallv of the same counts, in bytes where they fit an int. */
+static int raw_exchange(moe_layer *L, const float *send, float *recv, bool reverse, char *msg,
+                        size_t msglen)
+{
+    int R = L->R, *sc = L->raw_counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+    if (reverse)
+        MOE_MPI_CHECK(MPI_Alltoallv(send, rcn, rd, L->raw_type, recv, sc, sd, L->raw_type, L->comm),
+                      msg, msglen);
+    else
+        MOE_MPI_CHECK(MPI_Alltoallv(send, sc, sd, L->raw_type, recv, rcn, rd, L->raw_type, L->comm),
+                      msg, msglen);
+    return MOE_OK;
+}
+
 int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
 {
-    double t[MOE_PHASE_COUNT + 2];
+    double t[16];
     int64_t planned_send = L->n_send, planned_recv = L->n_recv;
     int rc;
 
@@ -458,35 +619,55 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     t[2] = MPI_Wtime();
     moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->k, L->d);
     t[3] = MPI_Wtime();
-    if ((rc = moe_exchange_rows(&L->ex, L->sendbuf, L->recvbuf, false, msg, msglen)) != MOE_OK)
-        return rc;
+    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
     t[4] = MPI_Wtime();
+    if ((rc = exchange(L, L->sendbuf, L->recvbuf, false, msg, msglen)) != MOE_OK)
+        return rc;
+    t[5] = MPI_Wtime();
+    /* Baseline: the identical count matrix through a plain MPI_Alltoallv, right after the real one
+     * (same buffers: the same rows land in the same places again). */
+    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
+    t[6] = MPI_Wtime();
+    if ((rc = raw_exchange(L, L->sendbuf, L->recvbuf, false, msg, msglen)) != MOE_OK)
+        return rc;
+    t[7] = MPI_Wtime();
     moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start, L->d,
                            L->placed);
-    t[5] = MPI_Wtime();
+    t[8] = MPI_Wtime();
     for (int64_t le = 0; le < L->n_le; le++)
         moe_expert_forward(L->yexp + L->x_start[le] * L->d, L->act + L->x_start[le] * L->f,
                            L->x + L->x_start[le] * L->d, L->w1 + le * L->f * L->d,
                            L->w2 + le * L->d * L->f, L->x_rows[le], L->d, L->f);
-    t[6] = MPI_Wtime();
+    t[9] = MPI_Wtime();
     moe_regroup_from_experts(L->recvbuf, L->yexp, L->acc_owner, L->R, (int)L->n_le, L->x_start,
                              L->d, L->placed);
-    t[7] = MPI_Wtime();
-    if ((rc = moe_exchange_rows(&L->ex, L->recvbuf, L->sendbuf, true, msg, msglen)) != MOE_OK)
+    t[10] = MPI_Wtime();
+    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
+    t[11] = MPI_Wtime();
+    if ((rc = exchange(L, L->recvbuf, L->sendbuf, true, msg, msglen)) != MOE_OK)
         return rc;
-    t[8] = MPI_Wtime();
+    t[12] = MPI_Wtime();
+    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
+    t[13] = MPI_Wtime();
+    if ((rc = raw_exchange(L, L->recvbuf, L->sendbuf, true, msg, msglen)) != MOE_OK)
+        return rc;
+    t[14] = MPI_Wtime();
     moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->k, L->d);
-    t[9] = MPI_Wtime();
+    t[15] = MPI_Wtime();
 
     if (seconds != NULL) {
         seconds[MOE_PHASE_ROUTER] = t[1] - t[0];
         seconds[MOE_PHASE_COUNTS] = t[2] - t[1];
         seconds[MOE_PHASE_PACK] = t[3] - t[2];
-        seconds[MOE_PHASE_DISPATCH] = t[4] - t[3];
-        seconds[MOE_PHASE_REGROUP] = (t[5] - t[4]) + (t[7] - t[6]);
-        seconds[MOE_PHASE_EXPERT] = t[6] - t[5];
-        seconds[MOE_PHASE_COMBINE] = t[8] - t[7];
-        seconds[MOE_PHASE_UNPACK] = t[9] - t[8];
+        seconds[MOE_PHASE_DISPATCH_WAIT] = t[4] - t[3];
+        seconds[MOE_PHASE_DISPATCH] = t[5] - t[4];
+        seconds[MOE_PHASE_DISPATCH_RAW] = t[7] - t[6];
+        seconds[MOE_PHASE_REGROUP] = (t[8] - t[7]) + (t[10] - t[9]);
+        seconds[MOE_PHASE_EXPERT] = t[9] - t[8];
+        seconds[MOE_PHASE_COMBINE_WAIT] = t[11] - t[10];
+        seconds[MOE_PHASE_COMBINE] = t[12] - t[11];
+        seconds[MOE_PHASE_COMBINE_RAW] = t[14] - t[13];
+        seconds[MOE_PHASE_UNPACK] = t[15] - t[14];
     }
     return MOE_OK;
 }
@@ -595,7 +776,7 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
             } else {
                 col[i] = 0.0;
                 for (int q = 0; q < MOE_PHASE_COUNT; q++)
-                    col[i] += it[q];
+                    col[i] += moe_phase_in_step(q) ? it[q] : 0.0;
             }
         }
         med[p] = moe_median(col, iters);

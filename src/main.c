@@ -7,6 +7,7 @@
 #include "moesim/layer.h"
 #include "moesim/npy.h"
 #include "moesim/predict.h"
+#include "moesim/projection.h"
 #include "moesim/tokens.h"
 #include "moesim/report.h"
 #include "moesim/stats.h"
@@ -167,6 +168,37 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
     return moe_agree(comm, rc, msg, MSG_LEN);
 }
 
+/* Rank 0: traffic by locality class for the flat and the two-level exchange, and the projection
+ * onto a cluster (net may be NULL). */
+static int locality(moe_results *res, const moe_network *net, char *msg)
+{
+    int R = res->ranks;
+    size_t n = (size_t)R * (size_t)R;
+    int64_t *stage = malloc(3 * n * sizeof *stage);
+    if (stage == NULL)
+        return moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for the traffic classes");
+    const int64_t *matrices[2] = {res->dispatch_bytes, res->combine_bytes};
+    double *proj_flat[2] = {&res->proj_flat_dispatch, &res->proj_flat_combine};
+    double *proj_hier[2] = {&res->proj_hier_dispatch, &res->proj_hier_combine};
+    for (int m = 0; m < 2; m++) {
+        moe_traffic_by_class(res->by_class, res->by_class_per_rank, matrices[m], res->placement, R);
+        moe_hier_schedule(stage, stage + n, stage + 2 * n, matrices[m], res->placement, R);
+        *proj_hier[m] = 0.0;
+        for (int st = 0; st < 3; st++) {
+            moe_traffic_by_class(res->by_class_hier, NULL, stage + st * n, res->placement, R);
+            if (net != NULL)
+                *proj_hier[m] += moe_project_stage(stage + st * n, res->placement, R, net);
+        }
+        if (net != NULL)
+            *proj_flat[m] = moe_project_stage(matrices[m], res->placement, R, net);
+    }
+    res->projected = net != NULL;
+    if (net != NULL)
+        snprintf(res->network, sizeof res->network, "%s", net->name);
+    free(stage);
+    return MOE_OK;
+}
+
 /* Copy what one capacity factor's run measured into its ablation row. */
 static void record_measurement(moe_ablation_row *row, const moe_results *r)
 {
@@ -214,8 +246,12 @@ int main(int argc, char **argv)
     }
 
     /* Phase 2: inputs and outputs, checked before any work. */
+    moe_network net;
     if ((rc = moe_driver_resolve(&cfg, nranks, comm, msg, MSG_LEN)) != MOE_OK ||
         (rc = check_outputs(&cfg, rank, comm, msg)) != MOE_OK)
+        return finish(rank, rc, msg, EXIT_REFUSED);
+    rc = cfg.network != NULL ? moe_network_load(cfg.network, &net, msg, MSG_LEN) : MOE_OK;
+    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
         return finish(rank, rc, msg, EXIT_REFUSED);
 
     /* Phase 3: the layer (tokens, router, experts, buffers sized by one routing pass). */
@@ -249,7 +285,10 @@ int main(int argc, char **argv)
         res.hidden = cfg.hidden;
         res.ffn = cfg.ffn;
         res.top_k = cfg.top_k;
+        memcpy(res.placement, moe_layer_placement(layer), (size_t)nranks * sizeof *res.placement);
+        res.hierarchical = cfg.hierarchical;
         if (!cfg.quiet) {
+            moe_report_placement(stdout, &res);
             moe_report_prediction(stdout, &cfg, &res);
             fflush(stdout);
         }
@@ -275,6 +314,8 @@ int main(int argc, char **argv)
         rc = moe_layer_results(layer, rank == 0 ? cur : NULL, seconds, cfg.iters, msg, MSG_LEN);
         if (rc == MOE_OK && rank == 0)
             record_measurement(&res.ablation[i], cur);
+        if (rc == MOE_OK && rank == 0 && i == 0)
+            rc = locality(&res, cfg.network ? &net : NULL, msg);
         if (rc == MOE_OK && i == 0)
             rc = write_dumps(layer, &cfg, rank, comm, msg);
     }

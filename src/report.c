@@ -2,6 +2,7 @@
 
 #include "moesim/capacity.h"
 #include "moesim/error.h"
+#include "moesim/topology.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -191,6 +192,71 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             res->step.mean * 1e3, res->step.max * 1e3, "sum of the phases; the slowest rank sets the pace");
     fprintf(out, "  all-to-all: dispatch %.2f GB/s, combine %.2f GB/s (matrix bytes / slowest rank's time)\n",
             res->dispatch_bytes_per_second / 1e9, res->combine_bytes_per_second / 1e9);
+    double rd = res->phase[MOE_PHASE_DISPATCH_RAW].max, rc = res->phase[MOE_PHASE_COMBINE_RAW].max;
+    fprintf(out, "  %s exchange over raw MPI_Alltoallv of the same bytes (slowest ranks): dispatch %.2fx, combine %.2fx\n",
+            res->hierarchical ? "two-level" : "flat",
+            rd > 0 ? res->phase[MOE_PHASE_DISPATCH].max / rd : 0.0,
+            rc > 0 ? res->phase[MOE_PHASE_COMBINE].max / rc : 0.0);
+
+    fprintf(out, "\n%sTraffic by locality%s (dispatch + combine; a message = one nonzero rank-to-rank block)\n",
+            bold, off);
+    int64_t all_flat = 0, all_hier = 0;
+    for (int c = 0; c < MOE_LOC_COUNT; c++) {
+        all_flat += res->by_class[c].bytes;
+        all_hier += res->by_class_hier[c].bytes;
+    }
+    fprintf(out, "  %-13s %12s %9s %7s | %12s %9s  %s\n", "class", "flat MiB", "messages", "share",
+            "2-level MiB", "messages", res->hierarchical ? "(2-level ran)" : "(flat ran)");
+    for (int c = 0; c < MOE_LOC_COUNT; c++)
+        fprintf(out, "  %-13s %12.2f %9lld %6.1f%% | %12.2f %9lld\n", moe_locality_name(c),
+                res->by_class[c].bytes / 1048576.0, (long long)res->by_class[c].messages,
+                pct(res->by_class[c].bytes, all_flat), res->by_class_hier[c].bytes / 1048576.0,
+                (long long)res->by_class_hier[c].messages);
+    if (R <= 16) {
+        fprintf(out, "  per source rank, flat, MiB:");
+        for (int c = 0; c < MOE_LOC_COUNT; c++)
+            fprintf(out, " %s", moe_locality_name(c));
+        fprintf(out, "\n");
+        for (int r = 0; r < R; r++) {
+            fprintf(out, "    r%-3d", r);
+            for (int c = 0; c < MOE_LOC_COUNT; c++)
+                fprintf(out, " %12.2f",
+                        res->by_class_per_rank[(int64_t)r * MOE_LOC_COUNT + c].bytes / 1048576.0);
+            fprintf(out, "\n");
+        }
+    }
+    if (res->projected) {
+        fprintf(out, "\n%sProjection%s onto %s (alpha-beta per locality class, slowest rank; docs/projection.md)\n",
+                bold, off, res->network);
+        fprintf(out, "  %-13s %12s %12s\n", "exchange", "dispatch ms", "combine ms");
+        fprintf(out, "  %-13s %12.3f %12.3f\n", "flat", res->proj_flat_dispatch * 1e3,
+                res->proj_flat_combine * 1e3);
+        fprintf(out, "  %-13s %12.3f %12.3f\n", "two-level", res->proj_hier_dispatch * 1e3,
+                res->proj_hier_combine * 1e3);
+        fprintf(out, "  measured here (%s): %.3f / %.3f ms (slowest rank)\n",
+                res->hierarchical ? "two-level" : "flat", res->phase[MOE_PHASE_DISPATCH].max * 1e3,
+                res->phase[MOE_PHASE_COMBINE].max * 1e3);
+    }
+}
+
+void moe_report_placement(FILE *out, const moe_results *res)
+{
+    int R = res->ranks;
+    fprintf(out, "Placement (hwloc): where each rank runs\n");
+    fprintf(out, "  %5s %-20s %5s %8s %5s %6s  %s\n", "rank", "host", "node", "package", "numa", "cores",
+            "bound to PUs");
+    for (int r = 0; r < R; r++) {
+        const moe_placement *p = &res->placement[r];
+        char pkg[16], numa[16];
+        snprintf(pkg, sizeof pkg, p->package >= 0 ? "%d" : "-", p->package);
+        snprintf(numa, sizeof numa, p->numa >= 0 ? "%d" : "-", p->numa);
+        fprintf(out, "  %5d %-20.20s %5d %8s %5s %6d  %s\n", r, p->host, p->node, pkg, numa, p->cores,
+                p->cpuset);
+    }
+    char warnings[2048];
+    if (moe_topology_warnings(warnings, sizeof warnings, res->placement, R) > 0)
+        fprintf(out, "%s", warnings);
+    fprintf(out, "\n");
 }
 
 static void group_description(char *buf, size_t len, const moe_config *cfg, int R)
@@ -272,6 +338,16 @@ static json_t *num(double v)
 static json_t *summary_json(moe_summary s)
 {
     return json_pack("{s:o, s:o, s:o}", "min", num(s.min), "mean", num(s.mean), "max", num(s.max));
+}
+
+static json_t *classes_json(const moe_class_traffic *t)
+{
+    json_t *o = json_object();
+    for (int c = 0; c < MOE_LOC_COUNT; c++)
+        json_object_set_new(o, moe_locality_name(c),
+                            json_pack("{s:I, s:I}", "bytes", (json_int_t)t[c].bytes, "messages",
+                                      (json_int_t)t[c].messages));
+    return o;
 }
 
 static json_t *matrix_json(const int64_t *m, int R)
@@ -410,6 +486,48 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
                                   num(res->combine_bytes_per_second)));
     json_object_set_new(root, "output", json_pack("{s:o}", "checksum", num(res->output_checksum)));
     json_object_set_new(root, "workload", workload);
+    json_object_set_new(config, "a2a", json_string(cfg->hierarchical ? "hierarchical" : "flat"));
+    json_object_set_new(config, "ranks_per_node",
+                        cfg->ranks_per_node ? json_integer(cfg->ranks_per_node) : json_null());
+    json_object_set_new(config, "topology", cfg->topology ? json_string(cfg->topology) : json_null());
+    json_object_set_new(config, "network", cfg->network ? json_string(cfg->network) : json_null());
+    json_t *placement = json_array();
+    for (int r = 0; r < R; r++) {
+        const moe_placement *p = &res->placement[r];
+        json_array_append_new(
+            placement,
+            json_pack("{s:i, s:s, s:i, s:o, s:o, s:i, s:s, s:b}", "rank", r, "host", p->host, "node",
+                      p->node, "package", p->package >= 0 ? json_integer(p->package) : json_null(),
+                      "numa", p->numa >= 0 ? json_integer(p->numa) : json_null(), "cores", p->cores,
+                      "cpuset", p->cpuset, "bound", p->bound));
+    }
+    json_object_set_new(root, "placement", placement);
+    json_t *traffic_obj = json_object_get(root, "traffic");
+    if (traffic_obj != NULL && !cfg->predict_only) {
+        json_object_set_new(traffic_obj, "by_class", classes_json(res->by_class));
+        json_object_set_new(traffic_obj, "by_class_hierarchical", classes_json(res->by_class_hier));
+        json_t *per_rank = json_array();
+        for (int r = 0; r < R; r++)
+            json_array_append_new(per_rank,
+                                  classes_json(res->by_class_per_rank + (int64_t)r * MOE_LOC_COUNT));
+        json_object_set_new(traffic_obj, "by_class_per_rank", per_rank);
+    }
+    double rd = res->phase[MOE_PHASE_DISPATCH_RAW].max, rcb = res->phase[MOE_PHASE_COMBINE_RAW].max;
+    json_object_set_new(root, "exchange",
+                        json_pack("{s:s, s:o, s:o}", "a2a", res->hierarchical ? "hierarchical" : "flat",
+                                  "dispatch_over_raw",
+                                  rd > 0 ? num(res->phase[MOE_PHASE_DISPATCH].max / rd) : json_null(),
+                                  "combine_over_raw",
+                                  rcb > 0 ? num(res->phase[MOE_PHASE_COMBINE].max / rcb) : json_null()));
+    if (res->projected)
+        json_object_set_new(
+            root, "projection",
+            json_pack("{s:s, s:{s:o, s:o}, s:{s:o, s:o}}", "network", res->network, "flat", "dispatch",
+                      num(res->proj_flat_dispatch), "combine", num(res->proj_flat_combine),
+                      "hierarchical", "dispatch", num(res->proj_hier_dispatch), "combine",
+                      num(res->proj_hier_combine)));
+    else
+        json_object_set_new(root, "projection", json_null());
     json_object_set_new(root, "ablation", ablation);
     if (cfg->predict_only) {
         /* nothing moved: only the routing-side figures are meaningful */

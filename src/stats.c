@@ -6,15 +6,26 @@
 #include <string.h>
 
 static const char *const phase_names[] = {
-#define MOE_PHASE_NAME(id, name, what) name,
+#define MOE_PHASE_NAME(id, name, what, in_step) name,
     MOE_PHASES(MOE_PHASE_NAME)
 #undef MOE_PHASE_NAME
 };
 static const char *const phase_whats[] = {
-#define MOE_PHASE_WHAT(id, name, what) what,
+#define MOE_PHASE_WHAT(id, name, what, in_step) what,
     MOE_PHASES(MOE_PHASE_WHAT)
 #undef MOE_PHASE_WHAT
 };
+
+static const int phase_in_step[] = {
+#define MOE_PHASE_IN_STEP(id, name, what, in_step) in_step,
+    MOE_PHASES(MOE_PHASE_IN_STEP)
+#undef MOE_PHASE_IN_STEP
+};
+
+int moe_phase_in_step(int phase)
+{
+    return phase >= 0 && phase < MOE_PHASE_COUNT ? phase_in_step[phase] : 0;
+}
 
 const char *moe_phase_name(int phase)
 {
@@ -76,9 +87,11 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->dispatch_bytes = calloc((size_t)R * (size_t)R, sizeof *r->dispatch_bytes);
     r->combine_bytes = calloc((size_t)R * (size_t)R, sizeof *r->combine_bytes);
     r->router_bias = calloc((size_t)E, sizeof *r->router_bias);
+    r->placement = calloc((size_t)R, sizeof *r->placement);
+    r->by_class_per_rank = calloc((size_t)R * MOE_LOC_COUNT, sizeof *r->by_class_per_rank);
     r->ablation = calloc((size_t)(n_cf > 0 ? n_cf : 1), sizeof *r->ablation);
     r->n_ablation = n_cf;
-    if (!r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
+    if (!r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
         !r->dispatch_bytes || !r->combine_bytes) {
         moe_results_free(r);
         return MOE_ENOMEM;
@@ -99,6 +112,10 @@ void moe_results_free(moe_results *r)
     free(r->dispatch_bytes);
     free(r->combine_bytes);
     free(r->router_bias);
+    free(r->placement);
+    free(r->by_class_per_rank);
+    r->placement = NULL;
+    r->by_class_per_rank = NULL;
     free(r->ablation);
     r->router_bias = NULL;
     r->ablation = NULL;

@@ -40,6 +40,10 @@ typedef struct moe_config {
     double hot_share;       /* share of tokens routed to a hot expert   --hot-share 0.5 */
     int64_t clusters;       /* tokens around c centres, 0 = off         --clusters 0 */
     const char *tokens_file, *router_file, *logits_file; /* .npy inputs (point into argv) */
+    const char *topology;   /* hwloc XML file or synthetic description   --topology (real) */
+    int ranks_per_node;     /* emulate nodes of n ranks, 0 = real nodes   --ranks-per-node 0 */
+    bool hierarchical;      /* two-level all-to-all                       --a2a flat */
+    const char *network;    /* key = value network file for projection    --network */
     const char *json_path, *dump_routing, *dump_output;
     bool help, version;
     /* which shape options were given explicitly, so a file can disagree with them */

@@ -69,6 +69,9 @@ typedef struct moe_layer_shape {
 } moe_layer_shape;
 void moe_layer_get_shape(const moe_layer *layer, moe_layer_shape *out);
 
+/* Where every rank runs (R placements, the same on every rank). Not collective. */
+const moe_placement *moe_layer_placement(const moe_layer *layer);
+
 /* Bytes this rank holds for the layer (buffers and weights), for reporting. Not collective. */
 int64_t moe_layer_bytes(const moe_layer *layer);
 

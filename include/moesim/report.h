@@ -13,6 +13,9 @@
 /* Human-readable report to out. color: use ANSI emphasis (for a terminal). */
 void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color);
 
+/* Where every rank runs (res->placement), with warnings for unbound ranks and shared cores. */
+void moe_report_placement(FILE *out, const moe_results *res);
+
 /* The prediction table, printed before any token row moves: for every capacity factor, the
  * closed-form expectation of dropped assignments and empty slots for a uniform router and for this
  * router, and the exact figures from the exchanged counts. */

@@ -6,19 +6,29 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Phases of one layer step, in execution order. */
-#define MOE_PHASES(X)                                                                     \
-    X(MOE_PHASE_ROUTER, "router", "logits, softmax, top-k")                               \
-    X(MOE_PHASE_COUNTS, "count_exchange", "count all-to-alls and capacity decision")      \
-    X(MOE_PHASE_PACK, "pack", "copy accepted rows into the send buffer")                  \
-    X(MOE_PHASE_DISPATCH, "dispatch", "MPI_Alltoallv of token rows to expert owners")     \
-    X(MOE_PHASE_REGROUP, "regroup", "owner: rows to expert-major and back")               \
-    X(MOE_PHASE_EXPERT, "expert", "expert FFNs (two sgemm + GELU)")                       \
-    X(MOE_PHASE_COMBINE, "combine", "MPI_Alltoallv of expert outputs back to sources")    \
-    X(MOE_PHASE_UNPACK, "unpack", "residual plus gate-weighted outputs")
+#include "moesim/topology.h"
+
+/* Phases of one layer step, in execution order: X(id, name, what, part of the step). Each exchange
+ * starts with a barrier, timed as its own *_wait phase: the time this rank waits for the slowest
+ * one (load imbalance), which a collective would otherwise hide inside the exchange. The two raw
+ * baselines run right after the real exchange, after an untimed barrier, on the same buffers; they
+ * are timed but not part of the step. */
+#define MOE_PHASES(X)                                                                         \
+    X(MOE_PHASE_ROUTER, "router", "logits, softmax, top-k", 1)                                \
+    X(MOE_PHASE_COUNTS, "count_exchange", "count all-to-alls and capacity decision", 1)       \
+    X(MOE_PHASE_PACK, "pack", "copy accepted rows into the send buffer", 1)                   \
+    X(MOE_PHASE_DISPATCH_WAIT, "dispatch_wait", "barrier: waiting for the slowest rank", 1)   \
+    X(MOE_PHASE_DISPATCH, "dispatch", "token rows to expert owners", 1)                       \
+    X(MOE_PHASE_DISPATCH_RAW, "dispatch_raw", "baseline: raw MPI_Alltoallv, same bytes", 0)   \
+    X(MOE_PHASE_REGROUP, "regroup", "owner: rows to expert-major and back", 1)                \
+    X(MOE_PHASE_EXPERT, "expert", "expert FFNs (two sgemm + GELU)", 1)                        \
+    X(MOE_PHASE_COMBINE_WAIT, "combine_wait", "barrier: waiting for the slowest expert rank", 1) \
+    X(MOE_PHASE_COMBINE, "combine", "expert outputs back to sources", 1)                      \
+    X(MOE_PHASE_COMBINE_RAW, "combine_raw", "baseline: raw MPI_Alltoallv, same bytes", 0)     \
+    X(MOE_PHASE_UNPACK, "unpack", "residual plus gate-weighted outputs", 1)
 
 enum moe_phase {
-#define MOE_PHASE_ENUM(id, name, what) id,
+#define MOE_PHASE_ENUM(id, name, what, in_step) id,
     MOE_PHASES(MOE_PHASE_ENUM)
 #undef MOE_PHASE_ENUM
         MOE_PHASE_COUNT
@@ -26,6 +36,8 @@ enum moe_phase {
 
 const char *moe_phase_name(int phase);
 const char *moe_phase_what(int phase);
+/* Whether a phase counts towards the step time (the raw baselines do not). */
+int moe_phase_in_step(int phase);
 
 typedef struct moe_summary {
     double min, mean, max;
@@ -82,6 +94,15 @@ typedef struct moe_results {
     /* workload */
     float *router_bias;     /* (E) bias added to the logits (skew, hot experts)        */
     double hot_bias, hot_share;
+    /* topology: where each rank ran, traffic by locality class, projection */
+    moe_placement *placement;             /* (R) */
+    moe_class_traffic by_class[MOE_LOC_COUNT];        /* dispatch + combine, flat exchange  */
+    moe_class_traffic by_class_hier[MOE_LOC_COUNT];   /* the same over the three two-level stages */
+    moe_class_traffic *by_class_per_rank;             /* (R, MOE_LOC_COUNT), flat, by source rank */
+    bool hierarchical;                    /* which exchange ran                               */
+    bool projected;                       /* --network given                                  */
+    char network[128];
+    double proj_flat_dispatch, proj_flat_combine, proj_hier_dispatch, proj_hier_combine;
     /* capacity-factor ablation and prediction: one row per --capacity-factor value */
     moe_ablation_row *ablation;
     int n_ablation;

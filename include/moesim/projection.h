@@ -1,0 +1,44 @@
+/* Projection of exchange times onto a cluster with an alpha-beta model. Pure.
+ *
+ * The network gives, for each locality class c, a latency alpha_c (seconds) and a bandwidth beta_c
+ * (bytes per second). A message of b bytes in class c costs alpha_c + b / beta_c. Each rank sends
+ * its messages one after another, and receives one after another; send and receive overlap. A
+ * stage of an exchange ends when its slowest rank ends:
+ *     T_stage = max over ranks r of max(sum of its sends, sum of its receives).
+ * Flat all-to-all: one stage, the byte matrix itself. Hierarchical: three stages (gather to the node
+ * leader, leaders exchange, scatter from the leader), each its own byte matrix
+ * (moe_hier_schedule); their times add. Self-messages (src == dst) are counted with the same_rank
+ * class (a memory copy). */
+#ifndef MOESIM_PROJECTION_H
+#define MOESIM_PROJECTION_H
+
+#include "moesim/topology.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct moe_network {
+    char name[128];
+    double latency[MOE_LOC_COUNT];   /* seconds */
+    double bandwidth[MOE_LOC_COUNT]; /* bytes per second, > 0 */
+} moe_network;
+
+/* Read a network file: lines "key = value", '#' comments, blank lines. Keys: name (text), and for each
+ * class C in same_rank, same_numa, same_package, same_node, other_node: C.latency_us (microseconds,
+ * >= 0) and C.bandwidth_GBps (10^9 bytes per second, > 0). Every class must be given. Unknown keys,
+ * missing classes, bad numbers: MOE_EUSAGE with the line number. */
+int moe_network_load(const char *path, moe_network *out, char *msg, size_t msglen);
+
+/* Seconds for one stage: bytes is (R, R) [src][dst]. */
+double moe_project_stage(const int64_t *bytes, const moe_placement *placement, int R,
+                         const moe_network *net);
+
+/* The three byte matrices of the two-level exchange of `bytes` (each (R, R), written): stage 0,
+ * every rank sends all its rows (for every destination) to its node's leader; stage 1, each leader
+ * sends to each other node's leader everything its node's ranks send to that node's ranks; stage 2,
+ * each leader sends each rank of its node everything addressed to it. A node's leader is its lowest
+ * rank. Rows that stay on one rank (leader to itself) appear on the diagonal. */
+void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const int64_t *bytes,
+                       const moe_placement *placement, int R);
+
+#endif
