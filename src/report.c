@@ -454,7 +454,9 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
                           num(r->expected_empty - (double)r->empty_slots)));
         } else {
             const char *keys[] = {"dropped_assignments", "dropped_tokens", "empty_slots",
-                                  "flops_wasted", "dispatch_bytes"};
+                                  "flops_wasted", "dispatch_bytes", "dispatch_seconds",
+                                  "combine_seconds", "expert_seconds", "step_seconds",
+                                  "closed_form_error"};
             for (size_t j = 0; j < sizeof keys / sizeof keys[0]; j++)
                 json_object_set_new(o, keys[j], json_null());
         }

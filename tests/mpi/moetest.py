@@ -71,13 +71,14 @@ class Run:
 
 def own_stderr_lines(text):
     """stderr without Open MPI's own framed notices (blocks between lines of dashes that mpirun
-    adds when a rank exits non-zero): what moesim itself printed."""
+    adds when a rank exits non-zero) and libevent's "[warn] ..." lines that Open MPI sometimes
+    prints while it tears a job down: what moesim itself printed."""
     lines, inside = [], False
     for line in text.splitlines():
         if re.fullmatch(r"-{20,}", line.strip()):
             inside = not inside
             continue
-        if not inside and line.strip():
+        if not inside and line.strip() and not line.startswith("[warn] "):
             lines.append(line)
     return lines
 
@@ -166,12 +167,14 @@ class Result:
                 r["accepted"].reshape(n, k))
 
 
-def run_full(exe, ranks, args, workdir, tag, timeout=TIMEOUT, routing=True, output=True):
-    """Run with --json (and the dumps) into workdir; fail the test if moesim does not exit 0."""
+def run_full(exe, ranks, args, workdir, tag, timeout=TIMEOUT, routing=True, output=True,
+             quiet=True):
+    """Run with --json (and the dumps) into workdir; fail the test if moesim does not exit 0.
+    quiet=False keeps the text report (in .run.stdout)."""
     jpath = os.path.join(workdir, tag + ".json")
     cpath = os.path.join(workdir, tag + ".csv")
     ypath = os.path.join(workdir, tag + ".npy")
-    extra = ["--quiet", "--json", jpath]
+    extra = (["--quiet"] if quiet else []) + ["--json", jpath]
     if routing:
         extra += ["--dump-routing", cpath]
     if output:
@@ -490,3 +493,250 @@ def json_counts(doc):
         "waste": doc["waste"],
         "f": doc["load_balance"]["f"],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the workload, prediction, ablation and replay tests (issue 4). Everything below is
+# additive: nothing above changes.
+
+# The keys of an ablation entry that describe a measurement (null with --predict-only), and the
+# keys of its `predicted` object (docs/json.md).
+ABLATION_MEASURED = ("dropped_assignments", "dropped_tokens", "empty_slots", "flops_wasted",
+                     "dispatch_bytes", "dispatch_seconds", "combine_seconds", "expert_seconds",
+                     "step_seconds", "closed_form_error")
+ABLATION_PREDICTED = ("expected_dropped_assignments", "expected_empty_slots",
+                      "exact_dropped_assignments", "exact_empty_slots",
+                      "expected_dropped_assignments_uniform", "expected_empty_slots_uniform")
+
+
+def group_sizes(N, scope, ranks):
+    """Tokens of each capacity group: [N] in global scope, the block partition in local scope."""
+    if scope == "global":
+        return [N]
+    return [partition(N, ranks, r)[1] for r in range(ranks)]
+
+
+def group_bounds(N, scope, ranks):
+    if scope == "global":
+        return [(0, N)]
+    return [partition(N, ranks, r) for r in range(ranks)]
+
+
+def capacity_total(cf, N, k, E, scope, ranks):
+    """Slots per expert summed over the capacity groups; None when dropless."""
+    if float(cf) == 0:
+        return None
+    return sum(capacity(cf, G, k, E) for G in group_sizes(N, scope, ranks))
+
+
+def apply_capacity(expert, E, cf, scope="global", ranks=1):
+    """The position policy applied to a routing `expert` (N, k) (e.g. read from a --dump-routing
+    CSV): per group and expert, earlier token ids are served first, up to C = ceil(cf G k / E).
+    Returns a dict: accepted (N, k) 0/1, capacity (per expert, summed over groups, or None),
+    routed and accepted_per_expert (E), dropped_assignments, dropped_tokens, slots, empty_slots,
+    loads (n_groups, E)."""
+    expert = np.asarray(expert, dtype=np.int64)
+    N, k = expert.shape
+    acc = np.zeros((N, k), dtype=np.int64)
+    loads = []
+    for first, count in group_bounds(N, scope, ranks):
+        C = capacity(cf, count, k, E)
+        used = np.zeros(E, dtype=np.int64)
+        for t in range(first, first + count):
+            for c in range(k):
+                e = expert[t, c]
+                if C is None or used[e] < C:
+                    acc[t, c] = 1
+                used[e] += 1
+        loads.append(used)
+    routed = np.bincount(expert.ravel(), minlength=E).astype(np.int64)
+    accepted = np.bincount(expert.ravel(), weights=acc.ravel(), minlength=E).astype(np.int64)
+    cap = capacity_total(cf, N, k, E, scope, ranks)
+    slots = int(accepted.sum()) if cap is None else cap * E
+    return {"accepted": acc, "capacity": cap, "routed": routed, "accepted_per_expert": accepted,
+            "dropped_assignments": int(N * k - acc.sum()),
+            "dropped_tokens": int((acc.sum(axis=1) == 0).sum()),
+            "slots": slots, "empty_slots": int(slots - accepted.sum()),
+            "loads": np.array(loads, dtype=np.int64)}
+
+
+def binomial_overflow(G, q, C):
+    """For L ~ Binomial(G, q): (E[max(L - C, 0)], E[max(C - L, 0)]), summed exactly over the
+    probability mass with integer binomial coefficients (independent of moesim's lgamma form)."""
+    q = min(max(q, 0.0), 1.0)
+    if q in (0.0, 1.0):  # L is G q surely
+        L = int(G * q)
+        return float(max(L - C, 0)), float(max(C - L, 0))
+    over = under = 0.0
+    lq, l1q = math.log(q), math.log1p(-q)
+    for l in range(G + 1):
+        # math.log takes the exact integer coefficient, however large
+        pmf = math.exp(math.log(math.comb(G, l)) + l * lq + (G - l) * l1q)
+        over += max(l - C, 0) * pmf
+        under += max(C - l, 0) * pmf
+    return over, under
+
+
+def closed_form(q, cf, N, k, E, scope, ranks):
+    """The closed-form prediction: sum over groups and experts of binomial_overflow with the
+    selection probabilities q (E values). (0, 0) when dropless."""
+    if float(cf) == 0:
+        return 0.0, 0.0
+    dropped = empty = 0.0
+    for G in group_sizes(N, scope, ranks):
+        C = capacity(cf, G, k, E)
+        for qi in q:
+            d_, e_ = binomial_overflow(G, qi, C)
+            dropped += d_
+            empty += e_
+    return dropped, empty
+
+
+def workload_bias(E, skew=0.0, hot_n=0, hot_bias=0.0):
+    """The router bias of include/moesim/workload.h, rounded to float32 once as moesim does:
+    -skew ln(e + 1) + hot_bias on experts 0..hot_n-1."""
+    return np.array([-skew * math.log(e + 1.0) + (hot_bias if e < hot_n else 0.0)
+                     for e in range(E)], dtype=np.float64).astype(np.float32)
+
+
+def cluster_of(seed, g, clusters):
+    """u64(seed, 3, 2^62 + g) mod clusters, for an array of global token ids g."""
+    g = np.asarray(g, dtype=np.uint64)
+    return (u64(seed, 3, np.uint64(1 << 62) + g) % np.uint64(clusters)).astype(np.int64)
+
+
+def gen_clustered_tokens(seed, N, d, clusters):
+    """h_g = (m_c(g) + 0.5 n_g) / sqrt(1.25), in double from the float32 noise n_g and the double
+    centre entries normal(seed, 3, m d + j), rounded once to float32 (include/moesim/workload.h)."""
+    noise = gen_tokens(seed, N, d).astype(np.float64)
+    centres = normal64(seed, 3, 0, clusters * d).reshape(clusters, d)
+    c = cluster_of(seed, np.arange(N), clusters)
+    scale = 1.0 / math.sqrt(1.25)
+    return ((centres[c] + 0.5 * noise) * scale).astype(np.float32), c
+
+
+class LogitsReference(Reference):
+    """The serial reference routed from given logits z (N, E) instead of h W^T: p = softmax(z) in
+    float64 from float32 z. Everything downstream (capacity, gates, y) is Reference's."""
+
+    def __init__(self, z, h, experts, k, cf, scope="global", ranks=1, renormalize=False):
+        self.h, self.k, self.cf, self.scope, self.R = h, k, cf, scope, ranks
+        self.N, self.d = h.shape
+        self.E = z.shape[1]
+        self.W = None
+        self.experts_w = experts
+        self.renormalize = renormalize
+        z64 = np.asarray(z, dtype=np.float32).astype(np.float64)
+        z64 = z64 - z64.max(axis=1, keepdims=True)
+        p = np.exp(z64)
+        self.p = p / p.sum(axis=1, keepdims=True)
+        self.expert = topk(self.p, k)
+        self.ties_adopted = 0
+
+
+def expert_weights(seed, d, f):
+    """A cached e -> (W1, W2) of the generated experts, for Reference."""
+    cache = {}
+
+    def experts(e):
+        if e not in cache:
+            cache[e] = gen_expert(seed, e, d, f)
+        return cache[e]
+
+    return experts
+
+
+def spearman(x, y):
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(v):
+        v = np.asarray(v, dtype=np.float64)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v), dtype=np.float64)
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for val in np.unique(v):  # ties share their mean rank
+            m = v == val
+            r[m] = r[m].mean()
+        return r
+    rx, ry = ranks(x), ranks(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum()) / den if den > 0 else 0.0
+
+
+def check_refused(ck, exe, tag, ranks, args, patterns, workdir_, timeout=20, prompt=10.0):
+    """A refusal: the run ends within `prompt` seconds (a hang hits `timeout`), exits 2, prints
+    exactly one `moesim: error: ...` line on stderr that matches every pattern (case-insensitive),
+    nothing on stdout, and writes nothing at the --json / --dump-routing / --dump-output paths it
+    is given (in a fresh directory under workdir_)."""
+    out = tempfile.mkdtemp(prefix="refused-", dir=workdir_)
+    outputs = ["--json", os.path.join(out, "r.json"), "--dump-routing", os.path.join(out, "r.csv"),
+               "--dump-output", os.path.join(out, "y.npy")]
+    try:
+        r = run(exe, ranks, list(args) + outputs, timeout=timeout, cwd=out)
+    except subprocess.TimeoutExpired:
+        ck.check(False, tag + ": ends within %d s (it hung)" % timeout)
+        return None
+    ck.equal(r.returncode, 2, tag + ": exit status 2")
+    ck.check(r.elapsed < prompt, tag + ": refused promptly (< %g s)" % prompt,
+             "took %.1f s" % r.elapsed)
+    # libevent inside Open MPI sometimes warns while mpirun tears the job down ("[warn] Epoll MOD(1)
+    # on fd 25 failed ..."): not moesim's output, so set aside like mpirun's framed notices
+    lines = [l for l in r.own_stderr if not l.startswith("[warn] ")]
+    if ck.check(len(lines) == 1 and lines[0].startswith("moesim: error: "),
+                tag + ": exactly one 'moesim: error:' line on stderr", r.describe()):
+        for pat in patterns:
+            ck.check(re.search(pat, lines[0], re.IGNORECASE),
+                     tag + ": message names the problem (/%s/)" % pat, lines[0])
+        print("%-32s R=%d  %.2f s  %s" % (tag, ranks, r.elapsed, lines[0]))
+    ck.equal(r.stdout, "", tag + ": nothing on stdout")
+    ck.equal(sorted(os.listdir(out)), [], tag + ": nothing written at the output paths")
+    return r
+
+
+def _table_rows(lines, start, stop_prefix):
+    rows = []
+    for line in lines[start:]:
+        if line.strip().startswith(stop_prefix) or not line.strip():
+            break
+        rows.append(line)
+    return rows
+
+
+def prediction_table(stdout):
+    """The rows of the 'Prediction, before any token row moves' table of the text report, as
+    dicts: cf, capacity (None when dropless), uniform / router (closed form: dropped, empty),
+    exact (dropped, empty). None if the table is missing."""
+    lines = stdout.splitlines()
+    head = [i for i, l in enumerate(lines) if l.startswith("Prediction, before any token row moves")]
+    if not head:
+        return None
+    units = [i for i in range(head[0], len(lines)) if re.match(r"\s+cf\s+capacity\s+\|", lines[i])]
+    if not units:
+        return None
+    out = []
+    for line in _table_rows(lines, units[0] + 1, "("):
+        left, uni, rou, exa = line.split("|")
+        cf, cap = left.split()
+        out.append({"cf": float(cf), "capacity": None if cap == "dropless" else int(cap),
+                    "uniform": tuple(float(v) for v in uni.split()),
+                    "router": tuple(float(v) for v in rou.split()),
+                    "exact": tuple(int(v) for v in exa.split())})
+    return out
+
+
+def ablation_table(stdout):
+    """The rows of the 'Capacity-factor ablation' table, as dicts: cf, capacity (None for '-'),
+    dropped, dropped_tokens, empty, exact_dropped, closed_form. None if the table is missing."""
+    lines = stdout.splitlines()
+    head = [i for i, l in enumerate(lines) if l.startswith("Capacity-factor ablation")]
+    if not head:
+        return None
+    out = []
+    for line in _table_rows(lines, head[0] + 3, "("):
+        left, right = line.split("|")
+        v, w = left.split(), right.split()
+        out.append({"cf": float(v[0]), "capacity": None if v[1] == "-" else int(v[1]),
+                    "dropped": int(v[2]), "dropped_tokens": int(v[3]), "empty": int(v[4]),
+                    "exact_dropped": int(w[0]), "closed_form": float(w[1])})
+    return out
