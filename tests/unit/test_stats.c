@@ -137,16 +137,22 @@ END_TEST
 
 START_TEST(test_phase_names)
 {
-    static const char *const want[] = {"router", "count_exchange", "pack", "dispatch",
-                                       "regroup", "expert", "combine", "unpack"};
-    ck_assert_int_eq(MOE_PHASE_COUNT, 8);
+    static const char *const want[] = {"router", "count_exchange", "pack", "dispatch_wait",
+                                       "dispatch", "dispatch_raw", "regroup", "expert",
+                                       "combine_wait", "combine", "combine_raw", "unpack"};
+    /* the raw baselines are timed but are not part of the step; the waits are */
+    static const int in_step[] = {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1};
+    ck_assert_int_eq(MOE_PHASE_COUNT, 12);
+    for (int p = 0; p < MOE_PHASE_COUNT; p++)
+        ck_assert_int_eq(moe_phase_in_step(p), in_step[p]);
+    ck_assert_int_eq(moe_phase_in_step(-1), 0);
     for (int p = 0; p < MOE_PHASE_COUNT; p++) {
         ck_assert_str_eq(moe_phase_name(p), want[p]);
         ck_assert(strlen(moe_phase_what(p)) > 0);
         ck_assert_str_ne(moe_phase_what(p), "?");
     }
     ck_assert_int_eq(MOE_PHASE_ROUTER, 0);
-    ck_assert_int_eq(MOE_PHASE_UNPACK, 7);
+    ck_assert_int_eq(MOE_PHASE_UNPACK, 11);
     ck_assert_str_eq(moe_phase_name(-1), "?");
     ck_assert_str_eq(moe_phase_name(MOE_PHASE_COUNT), "?");
     ck_assert_str_eq(moe_phase_what(MOE_PHASE_COUNT), "?");
