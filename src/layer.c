@@ -66,6 +66,8 @@ struct moe_layer {
     int64_t *x_start, *x_rows, *placed; /* (n_le) expert blocks of x: start, rows computed */
     int64_t rows_x;
     float *recvbuf; /* (n_recv, d): received rows, then expert outputs in the same order */
+    float *rawbuf;  /* (max(n_send, n_recv), d): where the raw baselines deliver, so that they can
+                     * never stand in for the real exchange's result */
     float *x, *act, *yexp; /* (rows_x, d), (rows_x, f), (rows_x, d) */
     float *w1, *w2;        /* (n_le, f, d), (n_le, d, f) */
 };
@@ -510,18 +512,20 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
                       (long long)L->rows_x);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
-    double exch = 4.0 * ((double)L->n_send * d + (double)L->n_recv * d +
+    int64_t raw_rows = L->n_send > L->n_recv ? L->n_send : L->n_recv;
+    double exch = 4.0 * ((double)L->n_send * d + (double)L->n_recv * d + (double)raw_rows * d +
                          (double)L->rows_x * (2 * d + f));
     if ((rc = check_memory(L, (int64_t)exch, "the exchange and expert buffers", msg, msglen)) !=
         MOE_OK)
         return rc;
-    void *old[] = {L->sendbuf, L->recvbuf, L->x, L->act, L->yexp};
+    void *old[] = {L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act, L->yexp};
     for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
         free(old[i]);
     L->bytes -= L->exch_bytes;
     int64_t before = L->bytes;
     L->sendbuf = alloc_bytes(L, (size_t)(L->n_send * L->d), sizeof(float), &rc);
     L->recvbuf = alloc_bytes(L, (size_t)(L->n_recv * L->d), sizeof(float), &rc);
+    L->rawbuf = alloc_bytes(L, (size_t)(raw_rows * L->d), sizeof(float), &rc);
     L->x = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc); /* zero: the padding */
     L->act = alloc_bytes(L, (size_t)(L->rows_x * L->f), sizeof(float), &rc);
     L->yexp = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc);
@@ -544,7 +548,7 @@ void moe_layer_destroy(moe_layer *L)
                      L->h, L->y, L->w_router, L->z_file, L->bias, L->probs, L->expert, L->gate, L->flag, L->slot,
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
-                     L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->x, L->act,
+                     L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act,
                      L->yexp};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
         free(owned[i]);
@@ -624,11 +628,11 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     if ((rc = exchange(L, L->sendbuf, L->recvbuf, false, msg, msglen)) != MOE_OK)
         return rc;
     t[5] = MPI_Wtime();
-    /* Baseline: the identical count matrix through a plain MPI_Alltoallv, right after the real one
-     * (same buffers: the same rows land in the same places again). */
+    /* Baseline: the identical count matrix through a plain MPI_Alltoallv, right after the real one,
+     * into a buffer of its own: what the experts read is what the real exchange delivered. */
     MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
     t[6] = MPI_Wtime();
-    if ((rc = raw_exchange(L, L->sendbuf, L->recvbuf, false, msg, msglen)) != MOE_OK)
+    if ((rc = raw_exchange(L, L->sendbuf, L->rawbuf, false, msg, msglen)) != MOE_OK)
         return rc;
     t[7] = MPI_Wtime();
     moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start, L->d,
@@ -649,7 +653,7 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     t[12] = MPI_Wtime();
     MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
     t[13] = MPI_Wtime();
-    if ((rc = raw_exchange(L, L->recvbuf, L->sendbuf, true, msg, msglen)) != MOE_OK)
+    if ((rc = raw_exchange(L, L->recvbuf, L->rawbuf, true, msg, msglen)) != MOE_OK)
         return rc;
     t[14] = MPI_Wtime();
     moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->k, L->d);

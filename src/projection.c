@@ -29,9 +29,10 @@ int moe_network_load(const char *path, moe_network *out, char *msg, size_t msgle
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return moe_fail(MOE_EUSAGE, msg, msglen, "--network '%s': %s", path, strerror(errno));
-    char line[512];
+    char *line = NULL;
+    size_t cap = 0;
     int lineno = 0, rc = MOE_OK;
-    while (rc == MOE_OK && fgets(line, sizeof line, f) != NULL) {
+    while (rc == MOE_OK && getline(&line, &cap, f) != -1) {
         lineno++;
         char *hash = strchr(line, '#');
         if (hash != NULL)
@@ -83,6 +84,7 @@ int moe_network_load(const char *path, moe_network *out, char *msg, size_t msgle
         else
             out->bandwidth[cls] = v * 1e9;
     }
+    free(line);
     fclose(f);
     for (int c = 0; rc == MOE_OK && c < MOE_LOC_COUNT; c++)
         if (out->latency[c] < 0 || out->bandwidth[c] <= 0)

@@ -740,3 +740,91 @@ def ablation_table(stdout):
                     "dropped": int(v[2]), "dropped_tokens": int(v[3]), "empty": int(v[4]),
                     "exact_dropped": int(w[0]), "closed_form": float(w[1])})
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Topology: a reference of docs/topology.md (locality classes) and docs/projection.md (the
+# alpha-beta model and the three stages of the two-level exchange), over the JSON's placement
+# objects and byte matrices. Used by test_topology.py.
+
+LOCALITIES = ["same_rank", "same_numa", "same_package", "same_node", "other_node"]
+
+
+def locality_of(a, b):
+    """Class of traffic from placement a to placement b (JSON objects; package/numa None when
+    unknown): the closest that applies, in the order of docs/topology.md's table."""
+    if a["rank"] == b["rank"]:
+        return "same_rank"
+    if a["node"] != b["node"]:
+        return "other_node"
+    if a["numa"] is not None and a["numa"] == b["numa"]:
+        return "same_numa"
+    if a["package"] is not None and a["package"] == b["package"]:
+        return "same_package"
+    return "same_node"
+
+
+def traffic_by_class(matrices, placement):
+    """Totals and per-source-rank split of every nonzero entry of the given (R, R) byte matrices:
+    ({class: {"bytes", "messages"}}, [per rank the same]), as JSON traffic.by_class and
+    traffic.by_class_per_rank lay them out."""
+    R = len(placement)
+    total = {c: {"bytes": 0, "messages": 0} for c in LOCALITIES}
+    per_rank = [{c: {"bytes": 0, "messages": 0} for c in LOCALITIES} for _ in range(R)]
+    for m in matrices:
+        m = np.asarray(m, dtype=np.int64)
+        for s in range(R):
+            for d in range(R):
+                b = int(m[s, d])
+                if b > 0:
+                    c = locality_of(placement[s], placement[d])
+                    for t in (total[c], per_rank[s][c]):
+                        t["bytes"] += b
+                        t["messages"] += 1
+    return total, per_rank
+
+
+def hier_schedule(m, nodes):
+    """The three (R, R) byte matrices of the two-level exchange of m (docs/topology.md): 0, every
+    rank sends all its rows to its node's leader (lowest rank); 1, leader to leader, what node a
+    sends to node b (a node's own rows stay on the diagonal); 2, each leader to each rank of its
+    node what is addressed to it."""
+    m = np.asarray(m, dtype=np.int64)
+    R = m.shape[0]
+    leader = [min(q for q in range(R) if nodes[q] == nodes[r]) for r in range(R)]
+    st = [np.zeros((R, R), dtype=np.int64) for _ in range(3)]
+    for s in range(R):
+        for d in range(R):
+            st[0][s, leader[s]] += m[s, d]
+            st[1][leader[s], leader[d]] += m[s, d]
+            st[2][leader[d], d] += m[s, d]
+    return st
+
+
+def write_network(path, name, classes):
+    """A network file (docs/projection.md) from {class: (latency_us, bandwidth_GBps)}."""
+    lines = ["# written by the tests", "name = %s" % name]
+    for c, (lat, bw) in classes.items():
+        lines += ["%s.latency_us = %r" % (c, lat), "%s.bandwidth_GBps = %r" % (c, bw)]
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def project_stage(m, placement, classes):
+    """Seconds for one stage: max over ranks of max(sum of its sends, sum of its receives), a
+    message of b bytes in class c costing latency_c + b / bandwidth_c; classes as in
+    write_network (microseconds, GB/s)."""
+    m = np.asarray(m, dtype=np.int64)
+    R = m.shape[0]
+
+    def cost(s, d):
+        lat, bw = classes[locality_of(placement[s], placement[d])]
+        return lat * 1e-6 + int(m[s, d]) / (bw * 1e9)
+
+    worst = 0.0
+    for r in range(R):
+        send = sum(cost(r, o) for o in range(R) if m[r, o] > 0)
+        recv = sum(cost(o, r) for o in range(R) if m[o, r] > 0)
+        worst = max(worst, send, recv)
+    return worst

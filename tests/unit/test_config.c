@@ -683,6 +683,117 @@ START_TEST(test_resolve_dump_routing_form)
 }
 END_TEST
 
+/* ---- the options of issue 5: exchange mode, node grouping, topology, network ---- */
+
+START_TEST(test_topology_option_defaults)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert(!cfg.hierarchical);          /* --a2a flat */
+    ck_assert_int_eq(cfg.ranks_per_node, 0); /* real nodes */
+    ck_assert_ptr_null(cfg.topology);      /* this machine */
+    ck_assert_ptr_null(cfg.network);       /* no projection */
+}
+END_TEST
+
+START_TEST(test_topology_options_parsed)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--a2a", "hierarchical", NULL), MOE_OK);
+    ck_assert(cfg.hierarchical);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--a2a", "flat", NULL), MOE_OK);
+    ck_assert(!cfg.hierarchical);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--a2a=hierarchical", NULL), MOE_OK);
+    ck_assert(cfg.hierarchical);
+    /* the last one wins, both ways */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--a2a", "hierarchical", "--a2a", "flat", NULL),
+                     MOE_OK);
+    ck_assert(!cfg.hierarchical);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--a2a", "flat", "--a2a", "hierarchical", NULL),
+                     MOE_OK);
+    ck_assert(cfg.hierarchical);
+
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--ranks-per-node", "2", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.ranks_per_node, 2);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--ranks-per-node=1", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.ranks_per_node, 1);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--ranks-per-node", "1048576", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.ranks_per_node, 1 << 20);
+
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--topology", "package:2 numa:2 core:4 pu:1",
+                           NULL),
+                     MOE_OK);
+    ck_assert_str_eq(cfg.topology, "package:2 numa:2 core:4 pu:1");
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--topology=/data/m.xml", NULL), MOE_OK);
+    ck_assert_str_eq(cfg.topology, "/data/m.xml");
+
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--network", "launch/laptop.network", NULL),
+                     MOE_OK);
+    ck_assert_str_eq(cfg.network, "launch/laptop.network");
+
+    /* all four together, and they leave the other options alone */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--a2a", "hierarchical", "--ranks-per-node", "8",
+                           "--topology", "m.xml", "--network", "n.network", "--tokens", "64", NULL),
+                     MOE_OK);
+    ck_assert(cfg.hierarchical);
+    ck_assert_int_eq(cfg.ranks_per_node, 8);
+    ck_assert_str_eq(cfg.topology, "m.xml");
+    ck_assert_str_eq(cfg.network, "n.network");
+    ck_assert_int_eq(cfg.tokens, 64);
+    ck_assert_int_eq(cfg.experts, 8);
+    /* they resolve (--ranks-per-node larger than R is one node, not an error) */
+    ck_assert_int_eq(moe_config_resolve(&cfg, 4, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+}
+END_TEST
+
+/* Lines with the new options that must fail with MOE_EUSAGE and a message containing `names`. */
+static const struct bad_line bad_topology_lines[] = {
+    {{"--a2a", "bogus"}, "--a2a"},
+    {{"--a2a", "bogus"}, "bogus"},
+    {{"--a2a", ""}, "--a2a"},
+    {{"--a2a", "Flat"}, "--a2a"},
+    {{"--a2a", "HIERARCHICAL"}, "--a2a"},
+    {{"--a2a", "hier"}, "--a2a"},
+    {{"--a2a"}, "--a2a"},
+    {{"--ranks-per-node", "0"}, "--ranks-per-node"},
+    {{"--ranks-per-node", "abc"}, "--ranks-per-node"},
+    {{"--ranks-per-node", "abc"}, "abc"},
+    {{"--ranks-per-node", "-1"}, "--ranks-per-node"},
+    {{"--ranks-per-node", "1.5"}, "--ranks-per-node"},
+    {{"--ranks-per-node", ""}, "--ranks-per-node"},
+    {{"--ranks-per-node", "2x"}, "--ranks-per-node"},
+    {{"--ranks-per-node", "99999999999999999999"}, "--ranks-per-node"},
+    {{"--ranks-per-node"}, "--ranks-per-node"},
+    {{"--topology", ""}, "--topology"},
+    {{"--topology"}, "--topology"},
+    {{"--network"}, "--network"},
+};
+
+START_TEST(test_bad_topology_lines)
+{
+    const struct bad_line *b = &bad_topology_lines[_i];
+    moe_config cfg;
+    char msg[512];
+    int rc = parse(&cfg, msg, sizeof msg, b->args[0], b->args[1], b->args[2], b->args[3], NULL);
+    ck_assert_msg(rc == MOE_EUSAGE, "'%s %s' gave %d (%s), expected MOE_EUSAGE", b->args[0],
+                  b->args[1] ? b->args[1] : "", rc, msg);
+    ck_assert_msg(strstr(msg, b->names) != NULL, "'%s %s': message '%s' does not name '%s'",
+                  b->args[0], b->args[1] ? b->args[1] : "", msg, b->names);
+}
+END_TEST
+
+START_TEST(test_usage_lists_topology_options)
+{
+    static const char *const opts[] = {"--a2a", "--ranks-per-node", "--topology", "--network",
+                                       "flat", "hierarchical", "package:2 numa:2 core:4 pu:1"};
+    const char *u = moe_config_usage();
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
+        ck_assert_msg(strstr(u, opts[i]) != NULL, "usage lacks %s", opts[i]);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -710,6 +821,13 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_resolve_workload_options);
     tcase_add_test(tc, test_resolve_cf_list);
     tcase_add_test(tc, test_resolve_dump_routing_form);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("issue5_options");
+    tcase_add_test(tc, test_topology_option_defaults);
+    tcase_add_test(tc, test_topology_options_parsed);
+    tcase_add_loop_test(tc, test_bad_topology_lines, 0,
+                        (int)(sizeof bad_topology_lines / sizeof *bad_topology_lines));
+    tcase_add_test(tc, test_usage_lists_topology_options);
     suite_add_tcase(s, tc);
     /* Regressions of bugs found and fixed (see the comment above each). */
     tc = tcase_create("regressions");
