@@ -603,9 +603,32 @@ static int raw_exchange(moe_layer *L, const float *send, float *recv, bool rever
     return MOE_OK;
 }
 
+/* One exchange as the step runs it. seconds (3): the barrier before it (this rank's wait for the
+ * slowest one), the exchange itself, and the raw baseline run right after behind an untimed
+ * barrier, into a buffer of its own so that it can never stand in for the real result. */
+static int exchange_timed(moe_layer *L, const float *send, float *recv, bool reverse,
+                          double *seconds, char *msg, size_t msglen)
+{
+    int rc;
+    double t0 = MPI_Wtime();
+    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
+    double t1 = MPI_Wtime();
+    if ((rc = exchange(L, send, recv, reverse, msg, msglen)) != MOE_OK)
+        return rc;
+    double t2 = MPI_Wtime();
+    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
+    double t3 = MPI_Wtime();
+    if ((rc = raw_exchange(L, send, L->rawbuf, reverse, msg, msglen)) != MOE_OK)
+        return rc;
+    seconds[0] = t1 - t0;
+    seconds[1] = t2 - t1;
+    seconds[2] = MPI_Wtime() - t3;
+    return MOE_OK;
+}
+
 int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
 {
-    double t[16];
+    double t[10];
     int64_t planned_send = L->n_send, planned_recv = L->n_recv;
     int rc;
 
@@ -623,55 +646,40 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     t[2] = MPI_Wtime();
     moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->k, L->d);
     t[3] = MPI_Wtime();
-    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
+    double dispatch[3], combine[3]; /* wait, exchange, raw baseline */
+    if ((rc = exchange_timed(L, L->sendbuf, L->recvbuf, false, dispatch, msg, msglen)) != MOE_OK)
+        return rc;
     t[4] = MPI_Wtime();
-    if ((rc = exchange(L, L->sendbuf, L->recvbuf, false, msg, msglen)) != MOE_OK)
-        return rc;
-    t[5] = MPI_Wtime();
-    /* Baseline: the identical count matrix through a plain MPI_Alltoallv, right after the real one,
-     * into a buffer of its own: what the experts read is what the real exchange delivered. */
-    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
-    t[6] = MPI_Wtime();
-    if ((rc = raw_exchange(L, L->sendbuf, L->rawbuf, false, msg, msglen)) != MOE_OK)
-        return rc;
-    t[7] = MPI_Wtime();
     moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start, L->d,
                            L->placed);
-    t[8] = MPI_Wtime();
+    t[5] = MPI_Wtime();
     for (int64_t le = 0; le < L->n_le; le++)
         moe_expert_forward(L->yexp + L->x_start[le] * L->d, L->act + L->x_start[le] * L->f,
                            L->x + L->x_start[le] * L->d, L->w1 + le * L->f * L->d,
                            L->w2 + le * L->d * L->f, L->x_rows[le], L->d, L->f);
-    t[9] = MPI_Wtime();
+    t[6] = MPI_Wtime();
     moe_regroup_from_experts(L->recvbuf, L->yexp, L->acc_owner, L->R, (int)L->n_le, L->x_start,
                              L->d, L->placed);
-    t[10] = MPI_Wtime();
-    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
-    t[11] = MPI_Wtime();
-    if ((rc = exchange(L, L->recvbuf, L->sendbuf, true, msg, msglen)) != MOE_OK)
+    t[7] = MPI_Wtime();
+    if ((rc = exchange_timed(L, L->recvbuf, L->sendbuf, true, combine, msg, msglen)) != MOE_OK)
         return rc;
-    t[12] = MPI_Wtime();
-    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
-    t[13] = MPI_Wtime();
-    if ((rc = raw_exchange(L, L->recvbuf, L->rawbuf, true, msg, msglen)) != MOE_OK)
-        return rc;
-    t[14] = MPI_Wtime();
+    t[8] = MPI_Wtime();
     moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->k, L->d);
-    t[15] = MPI_Wtime();
+    t[9] = MPI_Wtime();
 
     if (seconds != NULL) {
         seconds[MOE_PHASE_ROUTER] = t[1] - t[0];
         seconds[MOE_PHASE_COUNTS] = t[2] - t[1];
         seconds[MOE_PHASE_PACK] = t[3] - t[2];
-        seconds[MOE_PHASE_DISPATCH_WAIT] = t[4] - t[3];
-        seconds[MOE_PHASE_DISPATCH] = t[5] - t[4];
-        seconds[MOE_PHASE_DISPATCH_RAW] = t[7] - t[6];
-        seconds[MOE_PHASE_REGROUP] = (t[8] - t[7]) + (t[10] - t[9]);
-        seconds[MOE_PHASE_EXPERT] = t[9] - t[8];
-        seconds[MOE_PHASE_COMBINE_WAIT] = t[11] - t[10];
-        seconds[MOE_PHASE_COMBINE] = t[12] - t[11];
-        seconds[MOE_PHASE_COMBINE_RAW] = t[14] - t[13];
-        seconds[MOE_PHASE_UNPACK] = t[15] - t[14];
+        seconds[MOE_PHASE_DISPATCH_WAIT] = dispatch[0];
+        seconds[MOE_PHASE_DISPATCH] = dispatch[1];
+        seconds[MOE_PHASE_DISPATCH_RAW] = dispatch[2];
+        seconds[MOE_PHASE_REGROUP] = (t[5] - t[4]) + (t[7] - t[6]);
+        seconds[MOE_PHASE_EXPERT] = t[6] - t[5];
+        seconds[MOE_PHASE_COMBINE_WAIT] = combine[0];
+        seconds[MOE_PHASE_COMBINE] = combine[1];
+        seconds[MOE_PHASE_COMBINE_RAW] = combine[2];
+        seconds[MOE_PHASE_UNPACK] = t[9] - t[8];
     }
     return MOE_OK;
 }
