@@ -282,7 +282,7 @@ static int load_inputs(moe_layer *L, char *msg, size_t msglen)
 static int discover_placement(moe_layer *L, char *msg, size_t msglen)
 {
     int R = L->R, rc = MOE_OK, mrc;
-    int local_rank = 0, node_size = 1;
+    int local_rank = 0;
     if (L->cfg.ranks_per_node > 0) {
         L->node_of_rank[L->rank] = L->rank / L->cfg.ranks_per_node;
         local_rank = L->rank % L->cfg.ranks_per_node;
@@ -291,10 +291,8 @@ static int discover_placement(moe_layer *L, char *msg, size_t msglen)
         int lowest = L->rank;
         MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &lowest, 1, MPI_INT, MPI_MIN, L->node), msg, msglen);
         MOE_MPI_CHECK(MPI_Comm_rank(L->node, &local_rank), msg, msglen);
-        MOE_MPI_CHECK(MPI_Comm_size(L->node, &node_size), msg, msglen);
         L->node_of_rank[L->rank] = lowest;
     }
-    (void)node_size;
     MOE_MPI_CHECK(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, L->node_of_rank, 1, MPI_INT,
                                 L->comm),
                   msg, msglen);
