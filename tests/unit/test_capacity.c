@@ -7,42 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Check reports every passing ck_assert to the parent process (a write per check in fork mode), so
- * checks inside large loops use these, which only act on failure. */
-#define EXPECT(c)                                                                                  \
-    do {                                                                                           \
-        if (!(c))                                                                                  \
-            ck_abort_msg("Assertion '%s' failed", #c);                                             \
-    } while (0)
-#define EXPECT_MSG(c, ...)                                                                         \
-    do {                                                                                           \
-        if (!(c))                                                                                  \
-            ck_abort_msg(__VA_ARGS__);                                                             \
-    } while (0)
-#define EXPECT_EQ(a, b)                                                                            \
-    do {                                                                                           \
-        intmax_t a_ = (intmax_t)(a), b_ = (intmax_t)(b);                                           \
-        if (a_ != b_)                                                                              \
-            ck_abort_msg("Assertion '%s == %s' failed: %jd != %jd", #a, #b, a_, b_);               \
-    } while (0)
-#define EXPECT_UEQ(a, b)                                                                           \
-    do {                                                                                           \
-        uintmax_t a_ = (uintmax_t)(a), b_ = (uintmax_t)(b);                                        \
-        if (a_ != b_)                                                                              \
-            ck_abort_msg("Assertion '%s == %s' failed: %#jx != %#jx", #a, #b, a_, b_);             \
-    } while (0)
-#define EXPECT_UNE(a, b) EXPECT((uintmax_t)(a) != (uintmax_t)(b))
-#define EXPECT_MEM_EQ(a, b, n) EXPECT(memcmp((a), (b), (n)) == 0)
+#include "expect.h"
 
-static uint64_t g_state;
-static uint64_t next_u64(void)
-{
-    uint64_t z = (g_state += UINT64_C(0x9E3779B97F4A7C15));
-    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
-    return z ^ (z >> 31);
-}
-static int next_int(int n) { return (int)(next_u64() % (uint64_t)n); }
+#include "testrng.h"
 
 START_TEST(test_capacity_hand)
 {
