@@ -1,6 +1,7 @@
 #include "moesim/npy.h"
 
 #include "moesim/error.h"
+#include "moesim/fileout.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -149,9 +150,10 @@ int moe_npy_parse_header(const unsigned char *buf, size_t len, moe_npy_header *o
 
 int moe_npy_read_header(const char *path, moe_npy_header *out, char *msg, size_t msglen)
 {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return moe_fail(MOE_EIO, msg, msglen, "cannot open '%s': %s", path, strerror(errno));
+    FILE *f = NULL;
+    int orc = moe_input_open(&f, path, NULL, "rb", msg, msglen);
+    if (orc != MOE_OK)
+        return orc;
     unsigned char *buf = malloc(NPY_MAX_HEADER + 12);
     if (buf == NULL) {
         fclose(f);
@@ -190,10 +192,10 @@ int moe_npy_read_rows(const char *path, const moe_npy_header *h, int64_t first, 
                         (long long)(first + count), path);
     if (count == 0)
         return MOE_OK;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return moe_fail(MOE_EIO, msg, msglen, "cannot open '%s': %s", path, strerror(errno));
-    int rc = MOE_OK;
+    FILE *f = NULL;
+    int rc = moe_input_open(&f, path, NULL, "rb", msg, msglen);
+    if (rc != MOE_OK)
+        return rc;
     if (fseeko(f, (off_t)(h->data_offset + first * h->cols * h->item_size), SEEK_SET) != 0) {
         rc = moe_fail(MOE_EIO, msg, msglen, "cannot seek in '%s'", path);
         goto done;
@@ -233,12 +235,8 @@ done:
     return rc;
 }
 
-int moe_npy_write_f32(const char *path, const float *data, int64_t rows, int64_t cols, char *msg,
-                      size_t msglen)
+int moe_npy_write_f32_file(FILE *f, const float *data, int64_t rows, int64_t cols)
 {
-    char tmp[4096];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof tmp)
-        return moe_fail(MOE_EINVAL, msg, msglen, "output path too long: '%s'", path);
     char dict[128];
     int n = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }",
                      (long long)rows, (long long)cols);
@@ -246,10 +244,6 @@ int moe_npy_write_f32(const char *path, const float *data, int64_t rows, int64_t
     size_t total = 10 + (size_t)n + 1;
     size_t pad = (64 - total % 64) % 64;
     size_t hlen = (size_t)n + pad + 1;
-
-    FILE *f = fopen(tmp, "wb");
-    if (f == NULL)
-        return moe_fail(MOE_EIO, msg, msglen, "cannot write '%s': %s", path, strerror(errno));
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
                              (unsigned char)(hlen >> 8)};
     int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)n, f) == (size_t)n;
@@ -257,11 +251,18 @@ int moe_npy_write_f32(const char *path, const float *data, int64_t rows, int64_t
         ok = fputc(' ', f) != EOF;
     ok = ok && fputc('\n', f) != EOF;
     ok = ok && fwrite(data, sizeof *data, (size_t)(rows * cols), f) == (size_t)(rows * cols);
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int err = errno;
-        remove(tmp);
-        return moe_fail(MOE_EIO, msg, msglen, "cannot write '%s': %s", path, strerror(err));
-    }
-    return MOE_OK;
+    return ok ? MOE_OK : MOE_EIO;
+}
+
+int moe_npy_write_f32(const char *path, const float *data, int64_t rows, int64_t cols, char *msg,
+                      size_t msglen)
+{
+    moe_outfile o;
+    int rc = moe_outfile_open(&o, path, "output", true, false, 0.0, msg, msglen);
+    if (rc != MOE_OK)
+        return rc;
+    if (moe_npy_write_f32_file(o.f, data, rows, cols) != MOE_OK)
+        o.failed = true;
+    moe_outfile *one = &o;
+    return moe_outfiles_commit(&one, 1, msg, msglen);
 }

@@ -2,6 +2,7 @@
 
 #include "moesim/capacity.h"
 #include "moesim/error.h"
+#include "moesim/fileout.h"
 #include "moesim/topology.h"
 
 #include <errno.h>
@@ -12,33 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int tmp_name(char *buf, size_t len, const char *path)
-{
-    return (size_t)snprintf(buf, len, "%s.tmp.%ld", path, (long)getpid()) < len ? 0 : -1;
-}
-
 int moe_report_check_writable(const char *path, const char *option, char *msg, size_t msglen)
 {
-    char tmp[4096];
-    if (tmp_name(tmp, sizeof tmp, path) != 0)
-        return moe_fail(MOE_EUSAGE, msg, msglen, "%s: path too long", option);
-    struct stat st;
-    size_t len = strlen(path);
-    if (len == 0)
-        return moe_fail(MOE_EUSAGE, msg, msglen, "%s needs a file name, got ''", option);
-    if (path[len - 1] == '/')
-        return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "%s '%s' ends in '/': that names a directory; give a file name", option, path);
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-        return moe_fail(MOE_EUSAGE, msg, msglen, "%s '%s' is a directory; give a file name", option,
-                        path);
-    FILE *f = fopen(tmp, "w");
-    if (f == NULL)
-        return moe_fail(MOE_EUSAGE, msg, msglen, "%s '%s' cannot be written: %s", option, path,
-                        strerror(errno));
-    fclose(f);
-    remove(tmp);
-    return MOE_OK;
+    moe_out_target t;
+    return moe_out_classify(&t, path, option, false, false, msg, msglen);
 }
 
 void moe_report_bar(char *buf, double fraction, int width)
@@ -370,8 +348,7 @@ static json_t *doubles_json(const double *v, int n)
     return a;
 }
 
-int moe_report_json(const char *path, const moe_config *cfg, const moe_results *res, char *msg,
-                    size_t msglen)
+static json_t *json_document(const moe_config *cfg, const moe_results *res)
 {
     int E = res->experts, R = res->ranks;
     json_t *root = json_object();
@@ -547,40 +524,82 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
         }
     }
 
-    int rc = MOE_OK;
-    char tmp[4096];
-    if (config == NULL || tmp_name(tmp, sizeof tmp, path) != 0) {
-        rc = moe_fail(MOE_ENOMEM, msg, msglen, "could not build the JSON report");
-    } else if (json_dump_file(root, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) != 0 ||
-               rename(tmp, path) != 0) {
-        int err = errno;
-        remove(tmp);
-        rc = moe_fail(MOE_EIO, msg, msglen, "cannot write --json '%s': %s", path, strerror(err));
+    if (config == NULL) {
+        json_decref(root);
+        return NULL;
     }
+    return root;
+}
+
+int moe_report_json_file(FILE *f, const moe_config *cfg, const moe_results *res, char *msg,
+                         size_t msglen)
+{
+    json_t *root = json_document(cfg, res);
+    if (root == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "could not build the JSON report");
+    int rc = json_dumpf(root, f, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) == 0 && fputc('\n', f) != EOF
+                 ? MOE_OK
+                 : moe_fail(MOE_EIO, msg, msglen, "cannot write the JSON report: %s", strerror(errno));
     json_decref(root);
     return rc;
+}
+
+/* Open, write with `writer`, commit: the shape of every single-file output. */
+static int write_one(const char *path, const char *option, int (*writer)(FILE *, const void *),
+                     const void *arg, char *msg, size_t msglen)
+{
+    moe_outfile o;
+    int rc = moe_outfile_open(&o, path, option, false, false, 0.0, msg, msglen);
+    if (rc != MOE_OK)
+        return rc;
+    if (writer(o.f, arg) != MOE_OK)
+        o.failed = true;
+    moe_outfile *one = &o;
+    return moe_outfiles_commit(&one, 1, msg, msglen);
+}
+
+struct json_args {
+    const moe_config *cfg;
+    const moe_results *res;
+};
+
+static int json_writer(FILE *f, const void *arg)
+{
+    const struct json_args *a = arg;
+    char ignored[16];
+    return moe_report_json_file(f, a->cfg, a->res, ignored, sizeof ignored);
+}
+
+int moe_report_json(const char *path, const moe_config *cfg, const moe_results *res, char *msg,
+                    size_t msglen)
+{
+    struct json_args a = {cfg, res};
+    return write_one(path, "--json", json_writer, &a, msg, msglen);
+}
+
+int moe_report_routing_csv_file(FILE *f, const moe_route_record *records, int64_t n)
+{
+    int ok = fprintf(f, "token,choice,expert,gate,accepted\n") > 0;
+    for (int64_t i = 0; ok && i < n; i++)
+        ok = fprintf(f, "%lld,%d,%d,%.9g,%d\n", (long long)records[i].token, records[i].choice,
+                     records[i].expert, records[i].gate, records[i].accepted) > 0;
+    return ok ? MOE_OK : MOE_EIO;
+}
+
+struct csv_args {
+    const moe_route_record *records;
+    int64_t n;
+};
+
+static int csv_writer(FILE *f, const void *arg)
+{
+    const struct csv_args *a = arg;
+    return moe_report_routing_csv_file(f, a->records, a->n);
 }
 
 int moe_report_routing_csv(const char *path, const moe_route_record *records, int64_t n, char *msg,
                            size_t msglen)
 {
-    char tmp[4096];
-    if (tmp_name(tmp, sizeof tmp, path) != 0)
-        return moe_fail(MOE_EIO, msg, msglen, "--dump-routing: path too long");
-    FILE *f = fopen(tmp, "w");
-    if (f == NULL)
-        return moe_fail(MOE_EIO, msg, msglen, "cannot write --dump-routing '%s': %s", path,
-                        strerror(errno));
-    int ok = fprintf(f, "token,choice,expert,gate,accepted\n") > 0;
-    for (int64_t i = 0; ok && i < n; i++)
-        ok = fprintf(f, "%lld,%d,%d,%.9g,%d\n", (long long)records[i].token, records[i].choice,
-                     records[i].expert, records[i].gate, records[i].accepted) > 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        int err = errno;
-        remove(tmp);
-        return moe_fail(MOE_EIO, msg, msglen, "cannot write --dump-routing '%s': %s", path,
-                        strerror(err));
-    }
-    return MOE_OK;
+    struct csv_args a = {records, n};
+    return write_one(path, "--dump-routing", csv_writer, &a, msg, msglen);
 }

@@ -5,6 +5,7 @@
 #define MOESIM_NPY_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 /* Largest array moesim accepts from a file: 2^40 elements (4 TiB as float32). Anything larger is
@@ -32,9 +33,12 @@ int moe_npy_parse_header(const unsigned char *buf, size_t len, moe_npy_header *o
 int moe_npy_read_rows(const char *path, const moe_npy_header *h, int64_t first, int64_t count,
                       float *out, char *msg, size_t msglen);
 
-/* Write data (rows, cols) as a float32 .npy. Writes to "<path>.tmp.<pid>" and renames when
- * complete, so a failure leaves no half-written file at path. */
+/* Write data (rows, cols) as a float32 .npy to path through moe_outfile (fileout.h): atomically
+ * for a regular file, in place for a device or FIFO, "-" for stdout; a failure leaves nothing. */
 int moe_npy_write_f32(const char *path, const float *data, int64_t rows, int64_t cols, char *msg,
                       size_t msglen);
+
+/* The same bytes to an open stream. MOE_OK or MOE_EIO (the stream's error state tells why). */
+int moe_npy_write_f32_file(FILE *f, const float *data, int64_t rows, int64_t cols);
 
 #endif

@@ -1,5 +1,5 @@
 /* Report: the text a person reads, the JSON a program reads (jansson; keys in docs/json.md), and
- * the routing CSV. Only rank 0 calls these. Files are written to a temporary name and renamed. */
+ * the routing CSV. Only rank 0 calls these. Files are written through fileout.h. */
 #ifndef MOESIM_REPORT_H
 #define MOESIM_REPORT_H
 
@@ -25,16 +25,19 @@ void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *
  * with the closed form's error. */
 void moe_report_ablation(FILE *out, const moe_config *cfg, const moe_results *res);
 
-/* The JSON document. Returns 0, MOE_EIO or MOE_ENOMEM. */
+/* The JSON document to an open stream (moe_report_json_file) or to a path through moe_outfile
+ * (fileout.h). Returns 0, MOE_EIO or MOE_ENOMEM. */
+int moe_report_json_file(FILE *f, const moe_config *cfg, const moe_results *res, char *msg,
+                         size_t msglen);
 int moe_report_json(const char *path, const moe_config *cfg, const moe_results *res, char *msg,
                     size_t msglen);
 
-/* CSV with header token,choice,expert,gate,accepted; n records. */
+/* CSV with header token,choice,expert,gate,accepted; n records, to a stream or a path. */
+int moe_report_routing_csv_file(FILE *f, const moe_route_record *records, int64_t n);
 int moe_report_routing_csv(const char *path, const moe_route_record *records, int64_t n, char *msg,
                            size_t msglen);
 
-/* Check, before anything runs, that path can be created: creates and removes a temporary file
- * beside it. */
+/* Check, before anything runs, that path can be written (moe_out_classify). */
 int moe_report_check_writable(const char *path, const char *option, char *msg, size_t msglen);
 
 /* Bar of `width` cells for fraction in [0, 1] (values above 1 are clipped and marked '>'), written
