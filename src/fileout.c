@@ -337,7 +337,7 @@ int moe_outfile_close(moe_outfile *o, char *msg, size_t msglen)
     if (o->f == NULL)
         return o->failed ? MOE_EIO : MOE_OK;
     int ok = !o->failed && fflush(o->f) == 0 && !ferror(o->f);
-    int err = ok ? 0 : errno;
+    int err = ok ? 0 : o->failed && o->err ? o->err : errno;
     if (o->target.kind == MOE_OUT_STDOUT) {
         o->f = NULL;
     } else {

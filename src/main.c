@@ -4,6 +4,7 @@
 #include "moesim/driver.h"
 #include "moesim/error.h"
 #include "moesim/exchange.h"
+#include "moesim/fileout.h"
 #include "moesim/layer.h"
 #include "moesim/npy.h"
 #include "moesim/predict.h"
@@ -15,6 +16,7 @@
 #include <cblas.h>
 #include <hwloc.h>
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,34 +25,110 @@
 #define MSG_LEN 1024
 
 /* Exit statuses: 2 for anything refused before the layer runs (options, inputs, sizes), 1 for a
- * failure while running or writing results. */
-enum { EXIT_REFUSED = 2, EXIT_FAILED = 1 };
+ * failure while running or writing results, 128 + the signal (130 SIGINT, 143 SIGTERM) when a signal
+ * stopped the run before its outputs were written. */
+enum { EXIT_REFUSED = 2, EXIT_FAILED = 1, EXIT_SIGNAL_BASE = 128 };
+
+/* SIGINT and SIGTERM only set this; every rank looks at phase boundaries (check_interrupt). */
+static volatile sig_atomic_t g_signal;
+static int g_agreed_signal;
+
+static void on_signal(int sig)
+{
+    if (g_signal == 0)
+        g_signal = sig;
+}
+
+static void install_signal_handlers(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* Collective, at a phase boundary: if a signal reached any rank, every rank stops here. */
+static int check_interrupt(MPI_Comm comm, const char *phase, char *msg)
+{
+    int mine = g_signal, any = 0;
+    if (MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
+        return moe_fail(MOE_EMPI, msg, MSG_LEN, "MPI_Allreduce failed while checking for signals");
+    if (any == 0)
+        return MOE_OK;
+    g_agreed_signal = any;
+    return moe_fail(MOE_EINTR, msg, MSG_LEN,
+                    "interrupted by %s %s: stopped there, no output was written (exit status %d)",
+                    any == SIGINT ? "SIGINT" : any == SIGTERM ? "SIGTERM" : "a signal", phase,
+                    EXIT_SIGNAL_BASE + any);
+}
 
 static int finish(int rank, int rc, const char *msg, int status)
 {
     if (rank == 0 && rc != MOE_OK)
-        fprintf(stderr, "moesim: error: %s\n", msg);
+        fprintf(stderr, "moesim: %s%s\n", rc == MOE_EINTR ? "" : "error: ", msg);
     MPI_Finalize();
+    if (rc == MOE_EINTR)
+        return EXIT_SIGNAL_BASE + g_agreed_signal;
     return rc == MOE_OK ? 0 : status;
 }
 
-/* Rank 0 checks that every output path can be created before anything runs. */
+/* The outputs in the order they are written: --json, --dump-routing, --dump-output. */
+enum { OUT_JSON, OUT_ROUTING, OUT_OUTPUT, OUT_COUNT };
+static const char *const OUT_OPTION[OUT_COUNT] = {"--json", "--dump-routing", "--dump-output"};
+
+static void output_paths(const moe_config *cfg, const char *paths[OUT_COUNT], bool binary[OUT_COUNT])
+{
+    paths[OUT_JSON] = cfg->json_path;
+    paths[OUT_ROUTING] = cfg->dump_routing;
+    paths[OUT_OUTPUT] = cfg->dump_output;
+    binary[OUT_JSON] = false;
+    binary[OUT_ROUTING] = cfg->dump_routing && moe_config_dump_is_npy(cfg->dump_routing);
+    binary[OUT_OUTPUT] = true;
+}
+
+/* Whether any output goes to standard output: the text report then goes to stderr. */
+static bool outputs_use_stdout(const moe_config *cfg)
+{
+    const char *paths[OUT_COUNT];
+    bool binary[OUT_COUNT];
+    output_paths(cfg, paths, binary);
+    for (int i = 0; i < OUT_COUNT; i++)
+        if (paths[i] != NULL && strcmp(paths[i], "-") == 0)
+            return true;
+    return false;
+}
+
+/* Rank 0 checks, before anything runs, that every output can be written and that no output is an
+ * input or another output (device and inode). */
 static int check_outputs(const moe_config *cfg, int rank, MPI_Comm comm, char *msg)
 {
     int rc = MOE_OK;
     if (rank == 0) {
-        if (cfg->json_path)
-            rc = moe_report_check_writable(cfg->json_path, "--json", msg, MSG_LEN);
-        if (rc == MOE_OK && cfg->dump_routing)
-            rc = moe_report_check_writable(cfg->dump_routing, "--dump-routing", msg, MSG_LEN);
-        if (rc == MOE_OK && cfg->dump_output)
-            rc = moe_report_check_writable(cfg->dump_output, "--dump-output", msg, MSG_LEN);
+        const char *paths[OUT_COUNT];
+        bool binary[OUT_COUNT];
+        output_paths(cfg, paths, binary);
+        bool tty = moe_driver_stdout_is_terminal();
+        for (int i = 0; rc == MOE_OK && i < OUT_COUNT; i++) {
+            moe_out_target t;
+            if (paths[i] != NULL)
+                rc = moe_out_classify(&t, paths[i], OUT_OPTION[i], binary[i], tty, msg, MSG_LEN);
+        }
+        const char *inputs[] = {cfg->tokens_file, cfg->router_file, cfg->logits_file, cfg->network,
+                                cfg->topology};
+        const char *in_opts[] = {"--tokens-file", "--router-file", "--logits-file", "--network",
+                                 "--topology"};
+        if (rc == MOE_OK)
+            rc = moe_out_check_distinct(paths, OUT_OPTION, OUT_COUNT, inputs, in_opts, 5, tty, msg,
+                                        MSG_LEN);
     }
     return moe_agree(comm, rc, msg, MSG_LEN);
 }
 
 static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double *seconds, int rank,
-                     char *msg)
+                     MPI_Comm comm, char *msg)
 {
     int total = cfg->warmup + cfg->iters;
     int progress = rank == 0 && !cfg->quiet && moe_driver_stdout_is_terminal();
@@ -59,6 +137,13 @@ static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double 
         int rc = moe_layer_step(layer, dst, msg, MSG_LEN);
         if (rc != MOE_OK)
             return rc;
+        char phase[64];
+        snprintf(phase, sizeof phase, "after step %d of %d (cf %g)", i + 1, total, cf);
+        if ((rc = check_interrupt(comm, phase, msg)) != MOE_OK) {
+            if (progress)
+                fprintf(stderr, "\r%40s\r", "");
+            return rc;
+        }
         if (progress) {
             fprintf(stderr, "\r  cf %g: %s %d/%d   ", cf, i < cfg->warmup ? "warm-up" : "iteration",
                     i < cfg->warmup ? i + 1 : i + 1 - cfg->warmup,
@@ -71,37 +156,79 @@ static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double 
     return MOE_OK;
 }
 
-/* The dumps describe the first capacity factor's run: call right after it. */
-static int write_dumps(moe_layer *layer, const moe_config *cfg, int rank, MPI_Comm comm, char *msg)
+/* What the dumps hold, gathered on rank 0 after the first capacity factor's run and written with
+ * the JSON at the very end, so that a run stopped early publishes nothing. */
+typedef struct dumps {
+    float *logits;              /* (N, E), --dump-routing X.npy */
+    moe_route_record *records;  /* (N k), --dump-routing X.csv  */
+    float *y;                   /* (N, d), --dump-output        */
+} dumps;
+
+static void dumps_free(dumps *d)
+{
+    free(d->logits);
+    free(d->records);
+    free(d->y);
+    memset(d, 0, sizeof *d);
+}
+
+/* Collective: gather what the dumps need to rank 0. */
+static int gather_dumps(moe_layer *layer, const moe_config *cfg, dumps *out, MPI_Comm comm,
+                        char *msg)
 {
     int rc = MOE_OK;
-    if (cfg->dump_routing != NULL && moe_config_dump_is_npy(cfg->dump_routing)) {
-        float *z = NULL;
-        rc = moe_layer_gather_logits(layer, &z, msg, MSG_LEN);
-        if (rc == MOE_OK && rank == 0)
-            rc = moe_npy_write_f32(cfg->dump_routing, z, cfg->tokens, cfg->experts, msg, MSG_LEN);
-        free(z);
-        if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
-            return rc;
-    } else if (cfg->dump_routing != NULL) {
-        moe_route_record *records = NULL;
-        rc = moe_layer_gather_routing(layer, &records, msg, MSG_LEN);
-        if (rc == MOE_OK && rank == 0)
-            rc = moe_report_routing_csv(cfg->dump_routing, records, cfg->tokens * cfg->top_k, msg,
-                                        MSG_LEN);
-        free(records);
-        if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
-            return rc;
+    if (cfg->dump_routing != NULL && moe_config_dump_is_npy(cfg->dump_routing))
+        rc = moe_layer_gather_logits(layer, &out->logits, msg, MSG_LEN);
+    else if (cfg->dump_routing != NULL)
+        rc = moe_layer_gather_routing(layer, &out->records, msg, MSG_LEN);
+    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
+        return rc;
+    if (cfg->dump_output != NULL)
+        rc = moe_layer_gather_output(layer, &out->y, msg, MSG_LEN);
+    return moe_agree(comm, rc, msg, MSG_LEN);
+}
+
+/* Rank 0: write every output, then publish them together; on any failure none is published and
+ * no temporary is left. A signal arriving from here on no longer stops the run: the outputs are
+ * completed and the exit status is 0. */
+static int write_outputs(const moe_config *cfg, const moe_results *res, const dumps *d, char *msg)
+{
+    const char *paths[OUT_COUNT];
+    bool binary[OUT_COUNT];
+    output_paths(cfg, paths, binary);
+    moe_outfile files[OUT_COUNT];
+    moe_outfile *open_files[OUT_COUNT] = {NULL, NULL, NULL};
+    bool tty = moe_driver_stdout_is_terminal();
+    int rc = MOE_OK;
+    for (int i = 0; i < OUT_COUNT && rc == MOE_OK; i++) {
+        if (paths[i] == NULL || (cfg->predict_only && i != OUT_JSON))
+            continue;
+        /* a FIFO gets a minute to find its reader */
+        if ((rc = moe_outfile_open(&files[i], paths[i], OUT_OPTION[i], binary[i], tty, 60.0, msg,
+                                   MSG_LEN)) != MOE_OK)
+            break;
+        open_files[i] = &files[i];
+        FILE *f = files[i].f;
+        int wrc = MOE_OK;
+        if (i == OUT_JSON)
+            wrc = moe_report_json_file(f, cfg, res, msg, MSG_LEN);
+        else if (i == OUT_ROUTING && d->logits != NULL)
+            wrc = moe_npy_write_f32_file(f, d->logits, cfg->tokens, cfg->experts);
+        else if (i == OUT_ROUTING)
+            wrc = moe_report_routing_csv_file(f, d->records, cfg->tokens * cfg->top_k);
+        else
+            wrc = moe_npy_write_f32_file(f, d->y, cfg->tokens, cfg->hidden);
+        if (wrc != MOE_OK) { /* the commit below reports it with the errno */
+            files[i].failed = true;
+            files[i].err = errno;
+        }
     }
-    if (cfg->dump_output != NULL) {
-        float *y = NULL;
-        rc = moe_layer_gather_output(layer, &y, msg, MSG_LEN);
-        if (rc == MOE_OK && rank == 0)
-            rc = moe_npy_write_f32(cfg->dump_output, y, cfg->tokens, cfg->hidden, msg, MSG_LEN);
-        free(y);
-        rc = moe_agree(comm, rc, msg, MSG_LEN);
+    if (rc != MOE_OK) {
+        for (int i = 0; i < OUT_COUNT; i++)
+            moe_outfile_discard(open_files[i]);
+        return rc;
     }
-    return rc;
+    return moe_outfiles_commit(open_files, OUT_COUNT, msg, MSG_LEN);
 }
 
 /* Predict drops and empty slots for every capacity factor from the router statistics and the
@@ -225,6 +352,7 @@ int main(int argc, char **argv)
     MPI_Comm_rank(comm, &rank);
     MPI_Comm_size(comm, &nranks);
     char msg[MSG_LEN] = "";
+    install_signal_handlers();
 
     /* One BLAS thread per rank unless the user asked otherwise: ranks already fill the cores. */
     if (getenv("OPENBLAS_NUM_THREADS") == NULL)
@@ -274,6 +402,10 @@ int main(int argc, char **argv)
         rc = predict(layer, &cfg, &res, rank, nranks, comm, msg);
     if (rc != MOE_OK)
         goto out;
+    if ((rc = check_interrupt(comm, "before the run", msg)) != MOE_OK)
+        goto out;
+    /* With an output on standard output, the text report moves to stderr. */
+    FILE *report_out = outputs_use_stdout(&cfg) ? stderr : stdout;
     if (rank == 0) {
         const float *bias;
         moe_layer_workload(layer, &bias, &res.hot_bias, &res.hot_share);
@@ -288,26 +420,23 @@ int main(int argc, char **argv)
         memcpy(res.placement, moe_layer_placement(layer), (size_t)nranks * sizeof *res.placement);
         res.hierarchical = cfg.hierarchical;
         if (!cfg.quiet) {
-            moe_report_placement(stdout, &res);
-            moe_report_prediction(stdout, &cfg, &res);
-            fflush(stdout);
+            moe_report_placement(report_out, &res);
+            moe_report_prediction(report_out, &cfg, &res);
+            fflush(report_out);
         }
-    }
-    if (cfg.predict_only) {
-        if (rank == 0 && cfg.json_path != NULL)
-            rc = moe_report_json(cfg.json_path, &cfg, &res, msg, MSG_LEN);
-        rc = moe_agree(comm, rc, msg, MSG_LEN);
-        goto out;
     }
 
     /* Phase 5: for each capacity factor, warm-up and timed steps, then statistics to rank 0. A
      * failure inside a step is an MPI or internal error that other ranks may not see: abort rather
-     * than risk a hang. */
-    for (int i = 0; i < cfg.n_cf && rc == MOE_OK; i++) {
+     * than risk a hang. A signal is agreed after every step and stops every rank there. */
+    dumps dump = {0};
+    for (int i = 0; !cfg.predict_only && i < cfg.n_cf && rc == MOE_OK; i++) {
         moe_results *cur = i == 0 ? &res : &more;
         if (i > 0 && (rc = moe_layer_set_capacity_factor(layer, cfg.cf_list[i], msg, MSG_LEN)) != MOE_OK)
             break;
-        if ((rc = run_steps(layer, &cfg, cfg.cf_list[i], seconds, rank, msg)) != MOE_OK) {
+        if ((rc = run_steps(layer, &cfg, cfg.cf_list[i], seconds, rank, comm, msg)) == MOE_EINTR)
+            break;
+        if (rc != MOE_OK) {
             fprintf(stderr, "moesim: error on rank %d: %s\n", rank, msg);
             MPI_Abort(comm, EXIT_FAILED);
         }
@@ -316,20 +445,29 @@ int main(int argc, char **argv)
             record_measurement(&res.ablation[i], cur);
         if (rc == MOE_OK && rank == 0 && i == 0)
             rc = locality(&res, cfg.network ? &net : NULL, msg);
+        rc = moe_agree(comm, rc, msg, MSG_LEN); /* locality ran on rank 0 alone */
         if (rc == MOE_OK && i == 0)
-            rc = write_dumps(layer, &cfg, rank, comm, msg);
+            rc = gather_dumps(layer, &cfg, &dump, comm, msg);
     }
 
-    /* Phase 6: the report and the JSON. */
+    /* Phase 6: the outputs, all published together, then the report. Past this check a signal no
+     * longer stops the run. */
+    if (rc == MOE_OK)
+        rc = check_interrupt(comm, "before writing the outputs", msg);
     if (rc == MOE_OK && rank == 0) {
-        if (cfg.json_path != NULL)
-            rc = moe_report_json(cfg.json_path, &cfg, &res, msg, MSG_LEN);
-        if (!cfg.quiet) {
-            moe_report_text(stdout, &cfg, &res, moe_driver_stdout_is_terminal() && getenv("NO_COLOR") == NULL);
-            moe_report_ablation(stdout, &cfg, &res);
+        rc = write_outputs(&cfg, &res, &dump, msg);
+        if (rc == MOE_OK && !cfg.quiet && !cfg.predict_only) {
+            moe_report_text(report_out, &cfg, &res,
+                            report_out == stdout && moe_driver_stdout_is_terminal() &&
+                                getenv("NO_COLOR") == NULL);
+            moe_report_ablation(report_out, &cfg, &res);
         }
+        if (rc == MOE_OK && g_signal != 0)
+            fprintf(stderr, "moesim: %s arrived while the outputs were being written: they are "
+                            "complete\n", g_signal == SIGINT ? "SIGINT" : "SIGTERM");
     }
     rc = moe_agree(comm, rc, msg, MSG_LEN);
+    dumps_free(&dump);
 out:
     moe_results_free(&res);
     moe_results_free(&more);

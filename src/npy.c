@@ -261,8 +261,10 @@ int moe_npy_write_f32(const char *path, const float *data, int64_t rows, int64_t
     int rc = moe_outfile_open(&o, path, "output", true, false, 0.0, msg, msglen);
     if (rc != MOE_OK)
         return rc;
-    if (moe_npy_write_f32_file(o.f, data, rows, cols) != MOE_OK)
+    if (moe_npy_write_f32_file(o.f, data, rows, cols) != MOE_OK) {
         o.failed = true;
+        o.err = errno;
+    }
     moe_outfile *one = &o;
     return moe_outfiles_commit(&one, 1, msg, msglen);
 }

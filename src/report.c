@@ -552,8 +552,10 @@ static int write_one(const char *path, const char *option, int (*writer)(FILE *,
     int rc = moe_outfile_open(&o, path, option, false, false, 0.0, msg, msglen);
     if (rc != MOE_OK)
         return rc;
-    if (writer(o.f, arg) != MOE_OK)
+    if (writer(o.f, arg) != MOE_OK) {
         o.failed = true;
+        o.err = errno;
+    }
     moe_outfile *one = &o;
     return moe_outfiles_commit(&one, 1, msg, msglen);
 }

@@ -15,7 +15,8 @@
     X(MOE_EFORMAT, -4, "malformed file")                           \
     X(MOE_ENOMEM, -5, "out of memory")                             \
     X(MOE_ERANGE, -6, "size out of range")                         \
-    X(MOE_EMPI, -7, "MPI error")
+    X(MOE_EMPI, -7, "MPI error")                                   \
+    X(MOE_EINTR, -8, "interrupted by a signal")
 
 enum moe_error {
 #define MOE_ERROR_ENUM(name, value, text) name = value,

@@ -58,7 +58,8 @@ typedef struct moe_outfile {
     const char *option; /* for messages: "--json" */
     char tmp[4200];     /* the temporary (MOE_OUT_ATOMIC), "" once renamed or removed */
     FILE *f;            /* where the writer writes */
-    bool failed;
+    bool failed;        /* the writer failed: set it (and err, the errno it saw) to discard */
+    int err;
 } moe_outfile;
 
 /* Open path for writing as moe_out_classify describes. On failure nothing is left behind. The FIFO
