@@ -1,6 +1,7 @@
 #include "moesim/config.h"
 
 #include "moesim/error.h"
+#include "moesim/memory.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -88,15 +89,24 @@ const char *moe_config_usage(void)
            "Run and output\n"
            "  --iters N              timed iterations (default 5)\n"
            "  --warmup N             untimed iterations before them (default 1)\n"
-           "  --json PATH            write every result as JSON (keys: docs/json.md)\n"
+           "  --json PATH            write every result as JSON (keys: docs/json.md); '-' is\n"
+           "                         standard output (the text report then goes to stderr)\n"
            "  --dump-routing PATH    PATH.csv: token,choice,expert,gate,accepted; PATH.npy: the\n"
            "                         router logits (N x E float32), replayable with --logits-file\n"
            "  --dump-output PATH     the layer output y as an N x d float32 .npy (small runs)\n"
+           "  --max-memory SIZE      memory budget of each node, instead of its MemAvailable:\n"
+           "                         bytes with K, M, G, T (powers of 1024; KiB, MiB, GiB, TiB\n"
+           "                         too), or a share of the node's memory such as 50%\n"
            "  --quiet                no text report and no progress line\n"
            "  --help                 this text\n"
            "  --version              the version\n"
            "\n"
-           "Exit status: 0 success, 2 bad options or inputs (nothing is run), 1 failure while running.\n";
+           "Outputs: '-' is standard output; a device, FIFO or socket is written in place; a\n"
+           "symbolic link's target is written; a regular file is replaced atomically. An output\n"
+           "that is an input or another output is refused.\n"
+           "Exit status: 0 success, 2 bad options or inputs (nothing is run), 1 failure while\n"
+           "running, 128+N when signal N (SIGINT 130, SIGTERM 143) stopped the run before any\n"
+           "output was written.\n";
 }
 
 enum {
@@ -104,7 +114,7 @@ enum {
     OPT_RENORM, OPT_PAD, OPT_SEED, OPT_ITERS, OPT_WARMUP, OPT_TOKENS_FILE, OPT_ROUTER_FILE,
     OPT_JSON, OPT_DUMP_ROUTING, OPT_DUMP_OUTPUT, OPT_QUIET, OPT_HELP, OPT_VERSION, OPT_SKEW,
     OPT_HOT, OPT_HOT_SHARE, OPT_CLUSTERS, OPT_LOGITS_FILE, OPT_PREDICT_ONLY, OPT_TOPOLOGY,
-    OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK
+    OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK, OPT_MAX_MEMORY
 };
 
 static const struct option long_options[] = {
@@ -137,6 +147,7 @@ static const struct option long_options[] = {
     {"ranks-per-node", required_argument, NULL, OPT_RANKS_PER_NODE},
     {"a2a", required_argument, NULL, OPT_A2A},
     {"network", required_argument, NULL, OPT_NETWORK},
+    {"max-memory", required_argument, NULL, OPT_MAX_MEMORY},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -222,12 +233,102 @@ static int parse_cf_list(moe_config *cfg, const char *text, char *msg, size_t ms
     return MOE_OK;
 }
 
+/* Edit distance between two option names (without the dashes), for suggestions. */
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64)
+        return 99;
+    int row[65];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int up = row[j];
+            int best = diag + (a[i - 1] != b[j - 1]);
+            if (row[j] + 1 < best)
+                best = row[j] + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* getopt_long takes any unambiguous prefix of a long option (--expert for --experts), which turns a
+ * typo into a silent change of meaning. Look at every "--name[=value]" before getopt_long does and
+ * refuse a name that is not exactly one of ours, suggesting the options it abbreviates or the
+ * nearest by edit distance. Values of options that take one are skipped, so "--json --x" is fine. */
+static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--") == 0)
+            break;
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0')
+            continue;
+        const char *name = arg + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const struct option *exact = NULL;
+        for (const struct option *o = long_options; o->name != NULL; o++)
+            if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
+                exact = o;
+        if (exact != NULL) {
+            if (exact->has_arg == required_argument && eq == NULL)
+                i++; /* its value, whatever it looks like */
+            continue;
+        }
+        char given[80];
+        snprintf(given, sizeof given, "%.*s", (int)(len < 70 ? len : 70), name);
+        char prefixed[512] = "";
+        int n_prefixed = 0;
+        for (const struct option *o = long_options; o->name != NULL; o++)
+            if (len > 0 && strncmp(o->name, name, len) == 0) {
+                size_t used = strlen(prefixed);
+                snprintf(prefixed + used, sizeof prefixed - used, "%s--%s", n_prefixed ? ", " : "",
+                         o->name);
+                n_prefixed++;
+            }
+        if (n_prefixed == 1)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "unknown option '--%s': option names must be given whole; did you mean "
+                            "%s?",
+                            given, prefixed);
+        if (n_prefixed > 1)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "unknown option '--%s': it abbreviates several options (%s); give one "
+                            "whole",
+                            given, prefixed);
+        const char *nearest = NULL;
+        int best = 99;
+        for (const struct option *o = long_options; o->name != NULL; o++) {
+            int dist = edit_distance(given, o->name);
+            if (dist < best) {
+                best = dist;
+                nearest = o->name;
+            }
+        }
+        int limit = len < 6 ? 2 : (int)len / 3;
+        if (nearest != NULL && best <= limit)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "unknown option '--%s': did you mean --%s? (see --help)", given, nearest);
+        return moe_fail(MOE_EUSAGE, msg, msglen, "unknown option '--%s' (see --help)", given);
+    }
+    return MOE_OK;
+}
+
 int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t msglen)
 {
     optind = 0; /* glibc: full re-initialisation, so repeated calls (tests) start afresh */
     opterr = 0;
     int64_t v;
-    int rc = MOE_OK;
+    int rc = check_exact_names(argc, argv, msg, msglen);
+    if (rc != MOE_OK)
+        return rc;
     for (;;) {
         int longindex = -1;
         int c = getopt_long(argc, argv, ":", long_options, &longindex);
@@ -300,6 +401,10 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             break;
         case OPT_NETWORK:
             cfg->network = optarg;
+            break;
+        case OPT_MAX_MEMORY:
+            rc = moe_memory_parse_size(optarg, &cfg->max_memory, &cfg->max_memory_percent, msg,
+                                       msglen);
             break;
         case OPT_SCOPE:
             if (strcmp(optarg, "global") == 0)

@@ -2,23 +2,38 @@
 
 #include "moesim/error.h"
 #include "moesim/exchange.h"
+#include "moesim/fileout.h"
 #include "moesim/npy.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int moe_driver_resolve(moe_config *cfg, int nranks, MPI_Comm comm, char *msg, size_t msglen)
 {
     moe_npy_header th, rh, lh;
     int rc = MOE_OK;
-    if (cfg->tokens_file != NULL)
+    /* regular files only, named with their option (a FIFO would block every rank forever) */
+    const char *files[] = {cfg->tokens_file, cfg->router_file, cfg->logits_file};
+    const char *options[] = {"--tokens-file", "--router-file", "--logits-file"};
+    for (int i = 0; i < 3 && rc == MOE_OK; i++)
+        if (files[i] != NULL)
+            rc = moe_input_check(files[i], options[i], msg, msglen);
+    if (rc == MOE_OK && cfg->tokens_file != NULL)
         rc = moe_npy_read_header(cfg->tokens_file, &th, msg, msglen);
     if (rc == MOE_OK && cfg->router_file != NULL)
         rc = moe_npy_read_header(cfg->router_file, &rh, msg, msglen);
     if (rc == MOE_OK && cfg->logits_file != NULL)
         rc = moe_npy_read_header(cfg->logits_file, &lh, msg, msglen);
+    /* the other inputs: regular files only (a FIFO would block every rank forever) */
+    if (rc == MOE_OK && cfg->network != NULL)
+        rc = moe_input_check(cfg->network, "--network", msg, msglen);
+    struct stat st;
+    if (rc == MOE_OK && cfg->topology != NULL && stat(cfg->topology, &st) == 0)
+        rc = moe_input_check(cfg->topology, "--topology", msg, msglen);
     if (rc == MOE_OK)
         rc = moe_config_resolve(cfg, nranks, cfg->tokens_file ? &th : NULL,
                                 cfg->router_file ? &rh : NULL, cfg->logits_file ? &lh : NULL, msg,
@@ -42,6 +57,31 @@ int moe_driver_stdout_is_terminal(void)
     return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
 }
 
+int64_t moe_driver_mem_total(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f != NULL) {
+        char line[256];
+        long long kb;
+        while (fgets(line, sizeof line, f) != NULL)
+            if (sscanf(line, "MemTotal: %lld kB", &kb) == 1) {
+                fclose(f);
+                return (int64_t)kb * 1024;
+            }
+        fclose(f);
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (int64_t)pages * page : -1;
+}
+
+int64_t moe_driver_peak_rss(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (int64_t)ru.ru_maxrss * 1024; /* Linux: kilobytes */
+}
+
 int64_t moe_driver_mem_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");
@@ -57,4 +97,23 @@ int64_t moe_driver_mem_available(void)
     }
     long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     return pages > 0 && page > 0 ? (int64_t)pages * page : -1;
+}
+
+bool moe_driver_fault(const char *site, int rank)
+{
+    const char *spec = getenv("MOESIM_FAULT");
+    if (spec == NULL || site == NULL)
+        return false;
+    size_t n = strlen(site);
+    for (const char *p = spec; p != NULL && *p != '\0';) {
+        const char *next = strchr(p, ',');
+        if (strncmp(p, site, n) == 0 && p[n] == ':') {
+            char *end;
+            long r = strtol(p + n + 1, &end, 10);
+            if (end != p + n + 1 && (r == rank || r < 0))
+                return true;
+        }
+        p = next ? next + 1 : NULL;
+    }
+    return false;
 }

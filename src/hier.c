@@ -552,3 +552,8 @@ int moe_hier_exchange(moe_hier *h, const void *send, void *recv, bool reverse, c
     }
     return MOE_OK;
 }
+
+size_t moe_hier_staging_bytes(const moe_hier *h)
+{
+    return h == NULL ? 0 : h->staging_bytes + (size_t)h->copies_cap * sizeof(hier_copy);
+}

@@ -7,12 +7,14 @@
 #include "moesim/error.h"
 #include "moesim/expert.h"
 #include "moesim/hier.h"
+#include "moesim/memory.h"
 #include "moesim/npy.h"
 #include "moesim/rng.h"
 #include "moesim/router.h"
 #include "moesim/tokens.h"
 #include "moesim/topology.h"
 #include "moesim/workload.h"
+#include "moesim/xsum.h"
 
 #include <limits.h>
 #include <math.h>
@@ -38,6 +40,8 @@ struct moe_layer {
     int *raw_counts;          /* (4, R) raw baseline: scounts, sdispls, rcounts, rdispls */
     MPI_Datatype raw_type;    /* MPI_BYTE, or the row type when bytes overflow an int */
     int64_t exch_bytes;    /* the part sized by the capacity factor */
+    moe_mem_estimate mem;  /* what this rank allocates, estimated before allocating it */
+    int64_t budget;        /* the node's memory budget in bytes (-1: unknown) */
 
     /* source side */
     float *h;          /* (n, d) token states                                     */
@@ -84,18 +88,52 @@ static void *alloc_bytes(moe_layer *L, size_t count, size_t size, int *rc)
     return p;
 }
 
-/* Collective: refuse when the ranks of a node together would need more than the node has free. */
+/* The node's budget: --max-memory (bytes or a share of the node's memory), else MemAvailable; -1
+ * when unknown. */
+static int64_t node_budget(const moe_config *cfg)
+{
+    if (cfg->max_memory > 0)
+        return cfg->max_memory;
+    if (cfg->max_memory_percent > 0.0) {
+        int64_t total = moe_driver_mem_total();
+        return total > 0 ? (int64_t)((double)total * cfg->max_memory_percent / 100.0) : -1;
+    }
+    return moe_driver_mem_available();
+}
+
+/* Collective: refuse when the ranks of a node together would need more than the node's budget.
+ * The sum saturates instead of wrapping (each rank's figure may already be MOE_BYTES_MAX). */
 static int check_memory(moe_layer *L, int64_t need, const char *what, char *msg, size_t msglen)
 {
+    int node_size = 1;
+    MOE_MPI_CHECK(MPI_Comm_size(L->node, &node_size), msg, msglen);
+    int64_t *all = malloc((size_t)node_size * sizeof *all);
+    int rc = all ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK) {
+        free(all);
+        return rc;
+    }
+    int mrc = MPI_Allgather(&need, 1, MPI_INT64_T, all, 1, MPI_INT64_T, L->node);
     int64_t node_need = 0;
-    MOE_MPI_CHECK(MPI_Allreduce(&need, &node_need, 1, MPI_INT64_T, MPI_SUM, L->node), msg, msglen);
-    int64_t avail = moe_driver_mem_available();
-    int rc = MOE_OK;
-    if (avail > 0 && node_need > avail)
+    for (int i = 0; mrc == MPI_SUCCESS && i < node_size; i++)
+        node_need = moe_bytes_add(node_need, all[i]);
+    free(all);
+    if (mrc != MPI_SUCCESS)
+        return moe_mpi_fail(mrc, "MPI_Allgather", __FILE__, __LINE__, msg, msglen);
+    int64_t avail = L->budget;
+    if (avail > 0 && node_need > avail) {
+        char a[32], b[32], c[32];
+        moe_memory_format(a, sizeof a, node_need);
+        moe_memory_format(b, sizeof b, need);
+        moe_memory_format(c, sizeof c, avail);
         rc = moe_fail(MOE_ENOMEM, msg, msglen,
-                      "%s would need %.2f GiB on this node (%.2f GiB on this rank) but only %.2f GiB "
-                      "is available: reduce --tokens, --hidden, --ffn or --experts, or use more nodes",
-                      what, node_need / 1073741824.0, need / 1073741824.0, avail / 1073741824.0);
+                      "%s would need %s on this node (%s on this rank) but the budget is %s (%s): "
+                      "reduce --tokens, --hidden, --ffn or --experts, use more nodes, or set "
+                      "--max-memory",
+                      what, a, b, c,
+                      L->cfg.max_memory > 0 || L->cfg.max_memory_percent > 0 ? "--max-memory"
+                                                                            : "MemAvailable");
+    }
     return moe_agree(L->comm, rc, msg, msglen);
 }
 
@@ -151,14 +189,23 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
             L->recv_rows[r] += L->acc_owner[r * L->n_le + le];
         L->n_recv += L->recv_rows[r];
     }
-    int rc2 = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
-    if (rc2 != MOE_OK || L->hier == NULL)
-        return rc2;
+    rc = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
+    if (rc == MOE_OK && moe_driver_fault("set_rows", L->rank))
+        rc = moe_fail(MOE_ERANGE, msg, msglen, "injected fault (MOESIM_FAULT=set_rows)");
+    if (L->hier == NULL)
+        return rc; /* the callers agree on it before the next collective */
+    /* The two-level exchange gathers the whole count matrix next: agree first, or a rank whose
+     * counts do not fit would leave the others waiting in MPI_Allgather. */
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
     /* The two-level exchange needs the whole count matrix on every rank (its leaders reorder). */
     MOE_MPI_CHECK(MPI_Allgather(L->send_rows, L->R, MPI_INT64_T, L->count_matrix, L->R, MPI_INT64_T,
                                 L->comm),
                   msg, msglen);
-    return moe_hier_plan(L->hier, L->count_matrix, msg, msglen);
+    rc = moe_hier_plan(L->hier, L->count_matrix, msg, msglen);
+    if (rc == MOE_OK && moe_driver_fault("hier_plan", L->rank))
+        rc = moe_fail(MOE_ENOMEM, msg, msglen, "injected fault (MOESIM_FAULT=hier_plan)");
+    return rc;
 }
 
 /* Capacity of local expert le summed over groups, or MOE_CAPACITY_UNLIMITED. */
@@ -214,6 +261,8 @@ static int calibrate_hot(moe_layer *L, char *msg, size_t msglen)
         moe_workload_bias(L->bias, L->E, c->skew, c->hot_experts, mid);
         memcpy(biased, z, (size_t)(L->n * L->E) * sizeof *z);
         moe_workload_add_bias(biased, L->bias, L->n, L->E);
+        /* rank float32 probabilities, as routing does: logits one ulp apart can tie there */
+        moe_softmax_rows(biased, biased, L->n, L->E);
         moe_topk(L->expert, L->gate, biased, L->n, L->E, L->k, false);
         int64_t hot = moe_workload_hot_tokens(L->expert, L->n, L->k, c->hot_experts);
         int mrc = MPI_Allreduce(&hot, &hot_all, 1, MPI_INT64_T, MPI_SUM, L->comm);
@@ -226,20 +275,27 @@ static int calibrate_hot(moe_layer *L, char *msg, size_t msglen)
         else
             hi = mid;
     }
-    /* hi reaches the target (or is the largest bias tried) */
+    /* hi reaches the target (or is the largest bias tried); the share it achieves is measured on
+     * the routing itself once the layer routes (measure_hot_share) */
     L->hot_bias = hi;
     moe_workload_bias(L->bias, L->E, c->skew, c->hot_experts, hi);
-    memcpy(biased, z, (size_t)(L->n * L->E) * sizeof *z);
-    moe_workload_add_bias(biased, L->bias, L->n, L->E);
-    moe_topk(L->expert, L->gate, biased, L->n, L->E, L->k, false);
-    int64_t hot = moe_workload_hot_tokens(L->expert, L->n, L->k, c->hot_experts);
-    MOE_MPI_CHECK(MPI_Allreduce(&hot, &hot_all, 1, MPI_INT64_T, MPI_SUM, L->comm), msg, msglen);
-    L->hot_share = (double)hot_all / (double)c->tokens;
     L->has_bias = 1;
 done:
     free(z);
     free(biased);
     return rc;
+}
+
+/* The share of tokens that routing sends to at least one hot expert, from the routing itself (the
+ * same float32 probabilities and ties), so the reported share is the routed one. Collective. */
+static int measure_hot_share(moe_layer *L, char *msg, size_t msglen)
+{
+    if (L->cfg.hot_experts == 0)
+        return MOE_OK;
+    int64_t hot = moe_workload_hot_tokens(L->expert, L->n, L->k, L->cfg.hot_experts), all = 0;
+    MOE_MPI_CHECK(MPI_Allreduce(&hot, &all, 1, MPI_INT64_T, MPI_SUM, L->comm), msg, msglen);
+    L->hot_share = (double)all / (double)L->cfg.tokens;
+    return MOE_OK;
 }
 
 static int load_inputs(moe_layer *L, char *msg, size_t msglen)
@@ -271,7 +327,7 @@ static int load_inputs(moe_layer *L, char *msg, size_t msglen)
         moe_rng_fill_normal(L->w_router, (size_t)(L->E * L->d), c->seed, MOE_STREAM_ROUTER, 0,
                             1.0 / sqrt((double)L->d));
     }
-    for (int64_t le = 0; rc == MOE_OK && le < L->n_le; le++)
+    for (int64_t le = 0; rc == MOE_OK && !c->predict_only && le < L->n_le; le++)
         moe_expert_init(L->w1 + le * L->f * L->d, L->w2 + le * L->d * L->f, c->seed,
                         (int)(L->first_e + le), L->d, L->f);
     return rc;
@@ -418,19 +474,16 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
             return rc;
     }
 
-    /* Memory known before routing: tokens, output, router, probabilities, per-assignment arrays,
-     * the send buffer, the experts' weights, and the dumps gathered on rank 0. */
-    double n = (double)L->n, k = L->k, d = (double)L->d, E = L->E, f = (double)L->f;
-    double need = 4 * (2 * n * d + E * d + (cfg->logits_file ? 2 : 1) * n * E + n * k * d +
-                       2 * (double)L->n_le * d * f) +
-                  n * k * (4 + 4 + 1 + 8);
-    if (L->rank == 0 && cfg->dump_output != NULL)
-        need += 4.0 * (double)cfg->tokens * d;
-    if (L->rank == 0 && cfg->dump_routing != NULL)
-        need += (double)sizeof(moe_route_record) * (double)cfg->tokens * k;
-    if ((rc = check_memory(L, need > 9e18 ? INT64_MAX : (int64_t)need, "this run", msg, msglen)) !=
-        MOE_OK)
+    /* Everything this rank will allocate, from the configuration alone, before the first large
+     * allocation: the fixed buffers exactly, the exchange at a balanced router's mean load. A run
+     * that cannot fit even then is refused here, in well under a second; the exact exchange sizes
+     * are checked again once routing is known (moe_layer_set_capacity_factor). */
+    L->budget = node_budget(cfg);
+    moe_memory_fixed(&L->mem, cfg, L->R, L->rank, L->n, L->n_le);
+    moe_memory_exchange_balanced(&L->mem, cfg, L->R, L->n, L->n_le);
+    if ((rc = check_memory(L, L->mem.total, "this run", msg, msglen)) != MOE_OK)
         return rc;
+    double need = (double)L->mem.total;
 
     size_t R = (size_t)L->R, En = (size_t)L->E, nk = (size_t)(L->n * L->k), le = (size_t)L->n_le;
     size_t nd = (size_t)(L->n * L->d);
@@ -458,8 +511,10 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->x_start = alloc_bytes(L, le, sizeof(int64_t), &rc);
     L->x_rows = alloc_bytes(L, le, sizeof(int64_t), &rc);
     L->placed = alloc_bytes(L, le, sizeof(int64_t), &rc);
-    L->w1 = alloc_bytes(L, le * (size_t)(L->f * L->d), sizeof(float), &rc);
-    L->w2 = alloc_bytes(L, le * (size_t)(L->f * L->d), sizeof(float), &rc);
+    /* --predict-only never runs an expert: no weights */
+    size_t w = cfg->predict_only ? 0 : le * (size_t)(L->f * L->d);
+    L->w1 = alloc_bytes(L, w, sizeof(float), &rc);
+    L->w2 = alloc_bytes(L, w, sizeof(float), &rc);
     if (rc != MOE_OK)
         moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of tokens, router and experts",
                  need / 1073741824.0);
@@ -474,6 +529,8 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
 
     /* Route once; routing is deterministic, so every step repeats it exactly. */
     route(L);
+    if ((rc = measure_hot_share(L, msg, msglen)) != MOE_OK)
+        return rc;
     return moe_layer_set_capacity_factor(L, cfg->capacity_factor, msg, msglen);
 }
 
@@ -481,7 +538,6 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
 {
     const moe_config *cfg = &L->cfg;
     MPI_Comm comm = L->comm;
-    double d = (double)L->d, f = (double)L->f;
     int rc = MOE_OK;
     L->cfg.capacity_factor = cf;
     if (cfg->scope == MOE_SCOPE_GLOBAL)
@@ -511,11 +567,14 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
     int64_t raw_rows = L->n_send > L->n_recv ? L->n_send : L->n_recv;
-    double exch = 4.0 * ((double)L->n_send * d + (double)L->n_recv * d + (double)raw_rows * d +
-                         (double)L->rows_x * (2 * d + f));
-    if ((rc = check_memory(L, (int64_t)exch, "the exchange and expert buffers", msg, msglen)) !=
+    L->mem.staging = (int64_t)moe_hier_staging_bytes(L->hier);
+    moe_memory_exchange(&L->mem, cfg, L->n_send, L->n_recv, L->rows_x);
+    if ((rc = check_memory(L, L->mem.total, "the exchange and expert buffers", msg, msglen)) !=
         MOE_OK)
         return rc;
+    if (cfg->predict_only) /* nothing will move: no exchange or expert buffers */
+        return MOE_OK;
+    double exch = (double)L->mem.exchange;
     void *old[] = {L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act, L->yexp};
     for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
         free(old[i]);
@@ -576,6 +635,17 @@ void moe_layer_get_shape(const moe_layer *L, moe_layer_shape *out)
 int64_t moe_layer_bytes(const moe_layer *L)
 {
     return L->bytes;
+}
+
+const moe_config *moe_layer_config(const moe_layer *L)
+{
+    return &L->cfg;
+}
+
+void moe_layer_memory(const moe_layer *L, moe_mem_estimate *estimate, int64_t *budget)
+{
+    *estimate = L->mem;
+    *budget = L->budget;
 }
 
 /* The real exchange: flat (one MPI_Alltoallv) or two-level. reverse = the combine direction. */
@@ -690,13 +760,61 @@ static int reduce_i64(const moe_layer *L, const int64_t *in, int64_t *out, int n
     return MOE_OK;
 }
 
+/* Collective: count exact sums (one per entry of sums), rounded to double on rank 0 into out (may
+ * be NULL elsewhere). Exact: the result does not depend on R or on how the terms were split. */
+static int reduce_xsums(const moe_layer *L, moe_xsum *sums, int count, double *out, char *msg,
+                        size_t msglen)
+{
+    size_t n = (size_t)count * MOE_XSUM_LIMBS;
+    int64_t *limbs = malloc(n * sizeof *limbs), *all = L->rank == 0 ? malloc(n * sizeof *all) : NULL;
+    int rc = limbs && (L->rank != 0 || all) ? MOE_OK
+                                            : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    for (int i = 0; i < count; i++) {
+        moe_xsum_normalize(&sums[i]);
+        memcpy(limbs + (size_t)i * MOE_XSUM_LIMBS, sums[i].limb, sizeof sums[i].limb);
+    }
+    int mrc = MPI_Reduce(limbs, all, (int)n, MPI_INT64_T, MPI_SUM, 0, L->comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Reduce", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
+    for (int i = 0; L->rank == 0 && i < count; i++) {
+        moe_xsum t;
+        moe_xsum_init(&t);
+        memcpy(t.limb, all + (size_t)i * MOE_XSUM_LIMBS, sizeof t.limb);
+        out[i] = moe_xsum_value(&t);
+    }
+done:
+    free(limbs);
+    free(all);
+    return rc;
+}
+
+/* Collective: psum[e] = the sum over the batch of p_e, exactly (see reduce_xsums), on rank 0. */
+static int prob_sums(const moe_layer *L, double *psum, char *msg, size_t msglen)
+{
+    moe_xsum *sums = calloc((size_t)L->E, sizeof *sums);
+    int rc = sums ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK) {
+        free(sums);
+        return rc;
+    }
+    for (int64_t t = 0; t < L->n; t++)
+        for (int e = 0; e < L->E; e++)
+            moe_xsum_add(&sums[e], L->probs[t * L->E + e]);
+    rc = reduce_xsums(L, sums, L->E, psum, msg, msglen);
+    free(sums);
+    return rc;
+}
+
 static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msglen)
 {
     int E = L->E, R = L->R, rc;
     int64_t *mine = calloc((size_t)(2 * E + R), sizeof *mine);
-    double *psum = calloc((size_t)E, sizeof *psum), *psum_all = calloc((size_t)E, sizeof *psum);
-    int64_t *routed_again = calloc((size_t)E, sizeof *routed_again);
-    rc = mine && psum && psum_all && routed_again ? MOE_OK : MOE_ENOMEM;
+    double *psum_all = calloc((size_t)E, sizeof *psum_all);
+    rc = mine && psum_all ? MOE_OK : MOE_ENOMEM;
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         goto done;
 
@@ -714,8 +832,8 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
         (rc = reduce_i64(L, mine + E, res ? res->capacity : NULL, E, msg, msglen)) != MOE_OK)
         goto done;
 
-    moe_router_accumulate(routed_again, psum, L->expert, L->probs, L->n, E, L->k);
-    MOE_MPI_CHECK(MPI_Reduce(psum, psum_all, E, MPI_DOUBLE, MPI_SUM, 0, L->comm), msg, msglen);
+    if ((rc = prob_sums(L, psum_all, msg, msglen)) != MOE_OK)
+        goto done;
 
     int64_t dropped_tokens = 0, dropped_all = 0;
     for (int64_t t = 0; t < L->n; t++) {
@@ -727,11 +845,13 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
     if ((rc = reduce_i64(L, &dropped_tokens, &dropped_all, 1, msg, msglen)) != MOE_OK)
         goto done;
 
-    double checksum = 0.0, checksum_all = 0.0;
-    for (int64_t i = 0; i < L->n * L->d; i++)
-        checksum += L->y[i];
-    MOE_MPI_CHECK(MPI_Reduce(&checksum, &checksum_all, 1, MPI_DOUBLE, MPI_SUM, 0, L->comm), msg,
-                  msglen);
+    /* an exact sum: the same y gives the same checksum at any R */
+    double checksum_all = 0.0;
+    moe_xsum checksum;
+    moe_xsum_init(&checksum);
+    moe_xsum_add_array(&checksum, L->y, (size_t)(L->n * L->d));
+    if ((rc = reduce_xsums(L, &checksum, 1, &checksum_all, msg, msglen)) != MOE_OK)
+        goto done;
 
     /* traffic: my row of the dispatch matrix, in bytes */
     int64_t *row = mine + 2 * E;
@@ -761,9 +881,7 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
     }
 done:
     free(mine);
-    free(psum);
     free(psum_all);
-    free(routed_again);
     return rc;
 }
 
@@ -900,14 +1018,14 @@ int moe_layer_router_stats(moe_layer *L, double *P, int64_t *loads, char *msg, s
     double *psum = calloc((size_t)E, sizeof *psum);
     int64_t *routed = calloc((size_t)E, sizeof *routed);
     int rc = psum && routed ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
-    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK) {
-        moe_router_accumulate(routed, psum, L->expert, L->probs, L->n, E, L->k);
-        int mrc = MPI_Reduce(L->rank == 0 ? MPI_IN_PLACE : psum, psum, E, MPI_DOUBLE, MPI_SUM, 0,
-                             L->comm);
-        if (mrc == MPI_SUCCESS)
-            mrc = MPI_Gather(routed, E, MPI_INT64_T, loads, E, MPI_INT64_T, 0, L->comm);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+        rc = prob_sums(L, psum, msg, msglen);
+    if (rc == MOE_OK) {
+        for (int64_t i = 0; i < L->n * L->k; i++)
+            routed[L->expert[i]]++;
+        int mrc = MPI_Gather(routed, E, MPI_INT64_T, loads, E, MPI_INT64_T, 0, L->comm);
         if (mrc != MPI_SUCCESS)
-            rc = moe_mpi_fail(mrc, "MPI_Reduce/MPI_Gather", __FILE__, __LINE__, msg, msglen);
+            rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, msglen);
         if (rc == MOE_OK && L->rank == 0)
             for (int e = 0; e < E; e++)
                 P[e] = psum[e] / (double)L->cfg.tokens;

@@ -14,6 +14,7 @@
 #include "moesim/stats.h"
 
 #include <cblas.h>
+#include <errno.h>
 #include <hwloc.h>
 #include <mpi.h>
 #include <signal.h>
@@ -185,6 +186,10 @@ static int gather_dumps(moe_layer *layer, const moe_config *cfg, dumps *out, MPI
         return rc;
     if (cfg->dump_output != NULL)
         rc = moe_layer_gather_output(layer, &out->y, msg, MSG_LEN);
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    if (rc == MOE_OK && moe_driver_fault("gather_dumps", rank))
+        rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "injected fault (MOESIM_FAULT=gather_dumps)");
     return moe_agree(comm, rc, msg, MSG_LEN);
 }
 
@@ -199,7 +204,10 @@ static int write_outputs(const moe_config *cfg, const moe_results *res, const du
     moe_outfile files[OUT_COUNT];
     moe_outfile *open_files[OUT_COUNT] = {NULL, NULL, NULL};
     bool tty = moe_driver_stdout_is_terminal();
-    int rc = MOE_OK;
+    int rc = MOE_OK, last = -1;
+    for (int i = 0; i < OUT_COUNT; i++)
+        if (paths[i] != NULL && (!cfg->predict_only || i == OUT_JSON))
+            last = i;
     for (int i = 0; i < OUT_COUNT && rc == MOE_OK; i++) {
         if (paths[i] == NULL || (cfg->predict_only && i != OUT_JSON))
             continue;
@@ -218,6 +226,10 @@ static int write_outputs(const moe_config *cfg, const moe_results *res, const du
             wrc = moe_report_routing_csv_file(f, d->records, cfg->tokens * cfg->top_k);
         else
             wrc = moe_npy_write_f32_file(f, d->y, cfg->tokens, cfg->hidden);
+        if (wrc == MOE_OK && i == last && moe_driver_fault("write_outputs", 0)) {
+            errno = EIO; /* the last output fails after the others were written */
+            wrc = MOE_EIO;
+        }
         if (wrc != MOE_OK) { /* the commit below reports it with the errno */
             files[i].failed = true;
             files[i].err = errno;
@@ -326,6 +338,36 @@ static int locality(moe_results *res, const moe_network *net, char *msg)
     return MOE_OK;
 }
 
+/* Collective: every rank's memory estimate, peak RSS, baseline RSS and budget to rank 0. */
+static int collect_memory(moe_layer *layer, moe_results *res, int64_t baseline_rss, int rank,
+                          int nranks, MPI_Comm comm, char *msg)
+{
+    moe_mem_estimate est;
+    int64_t mine[4], *all = rank == 0 ? malloc((size_t)nranks * sizeof mine) : NULL;
+    int rc = rank != 0 || all ? MOE_OK : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
+    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
+        return rc;
+    moe_layer_memory(layer, &est, &mine[3]);
+    mine[0] = est.total;
+    mine[1] = moe_driver_peak_rss();
+    mine[2] = baseline_rss;
+    int mrc = MPI_Gather(mine, 4, MPI_INT64_T, all, 4, MPI_INT64_T, 0, comm);
+    if (mrc == MPI_SUCCESS && rank == 0) {
+        for (int r = 0; r < nranks; r++) {
+            res->mem_estimate[r] = all[4 * r];
+            res->mem_peak_rss[r] = all[4 * r + 1];
+            res->mem_baseline_rss[r] = all[4 * r + 2];
+            res->mem_budget[r] = all[4 * r + 3];
+        }
+        res->mem_budget_given = moe_layer_config(layer)->max_memory > 0 ||
+                                moe_layer_config(layer)->max_memory_percent > 0;
+    }
+    free(all);
+    if (mrc != MPI_SUCCESS)
+        rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, MSG_LEN);
+    return moe_agree(comm, rc, msg, MSG_LEN);
+}
+
 /* Copy what one capacity factor's run measured into its ablation row. */
 static void record_measurement(moe_ablation_row *row, const moe_results *r)
 {
@@ -353,6 +395,7 @@ int main(int argc, char **argv)
     MPI_Comm_size(comm, &nranks);
     char msg[MSG_LEN] = "";
     install_signal_handlers();
+    int64_t baseline_rss = moe_driver_peak_rss(); /* MPI and the libraries, before any buffer */
 
     /* One BLAS thread per rank unless the user asked otherwise: ranks already fill the cores. */
     if (getenv("OPENBLAS_NUM_THREADS") == NULL)
@@ -445,6 +488,8 @@ int main(int argc, char **argv)
             record_measurement(&res.ablation[i], cur);
         if (rc == MOE_OK && rank == 0 && i == 0)
             rc = locality(&res, cfg.network ? &net : NULL, msg);
+        if (rc == MOE_OK && rank == 0 && moe_driver_fault("locality", rank))
+            rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "injected fault (MOESIM_FAULT=locality)");
         rc = moe_agree(comm, rc, msg, MSG_LEN); /* locality ran on rank 0 alone */
         if (rc == MOE_OK && i == 0)
             rc = gather_dumps(layer, &cfg, &dump, comm, msg);
@@ -452,6 +497,8 @@ int main(int argc, char **argv)
 
     /* Phase 6: the outputs, all published together, then the report. Past this check a signal no
      * longer stops the run. */
+    if (rc == MOE_OK)
+        rc = collect_memory(layer, &res, baseline_rss, rank, nranks, comm, msg);
     if (rc == MOE_OK)
         rc = check_interrupt(comm, "before writing the outputs", msg);
     if (rc == MOE_OK && rank == 0) {

@@ -3,6 +3,7 @@
 #include "moesim/capacity.h"
 #include "moesim/error.h"
 #include "moesim/fileout.h"
+#include "moesim/memory.h"
 #include "moesim/topology.h"
 
 #include <errno.h>
@@ -215,6 +216,131 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                 res->hierarchical ? "two-level" : "flat", res->phase[MOE_PHASE_DISPATCH].max * 1e3,
                 res->phase[MOE_PHASE_COMBINE].max * 1e3);
     }
+    moe_report_memory(out, res, color);
+}
+
+/* Nodes in order of first appearance in the placement; node_of[r] indexes them. Returns the count. */
+static int node_index(const moe_results *res, int *node_of, int *first_rank)
+{
+    int n = 0;
+    for (int r = 0; r < res->ranks; r++) {
+        int found = -1;
+        for (int q = 0; q < n && found < 0; q++)
+            if (res->placement[first_rank[q]].node == res->placement[r].node)
+                found = q;
+        if (found < 0) {
+            first_rank[n] = r;
+            found = n++;
+        }
+        node_of[r] = found;
+    }
+    return n;
+}
+
+void moe_report_memory(FILE *out, const moe_results *res, bool color)
+{
+    const char *bold = color ? "\033[1m" : "", *off = color ? "\033[0m" : "";
+    int R = res->ranks;
+    if (res->mem_estimate == NULL || R <= 0)
+        return;
+    int64_t est_max = 0, rss_max = 0, base_max = 0;
+    double est_sum = 0;
+    for (int r = 0; r < R; r++) {
+        est_max = res->mem_estimate[r] > est_max ? res->mem_estimate[r] : est_max;
+        rss_max = res->mem_peak_rss[r] > rss_max ? res->mem_peak_rss[r] : rss_max;
+        base_max = res->mem_baseline_rss[r] > base_max ? res->mem_baseline_rss[r] : base_max;
+        est_sum += (double)res->mem_estimate[r];
+    }
+    char a[32], b[32], c[32], e[32];
+    moe_memory_format(a, sizeof a, est_max);
+    moe_memory_format(b, sizeof b, (int64_t)(est_sum / R));
+    moe_memory_format(c, sizeof c, rss_max);
+    moe_memory_format(e, sizeof e, base_max);
+    fprintf(out, "\n%sMemory%s (estimate: moesim's buffers, from the configuration and the exchanged "
+                 "counts; RSS: getrusage)\n", bold, off);
+    fprintf(out, "  per rank: estimate %s max, %s mean; peak RSS %s max (%s before moesim's buffers)\n",
+            a, b, c, e);
+    int *node_of = malloc((size_t)R * sizeof *node_of), *first = malloc((size_t)R * sizeof *first);
+    if (node_of == NULL || first == NULL) {
+        free(node_of);
+        free(first);
+        return;
+    }
+    int nodes = node_index(res, node_of, first);
+    for (int q = 0; q < nodes && q < 8; q++) {
+        int64_t est = 0, rss = 0;
+        int ranks = 0;
+        for (int r = 0; r < R; r++)
+            if (node_of[r] == q) {
+                est = moe_bytes_add(est, res->mem_estimate[r]);
+                rss = moe_bytes_add(rss, res->mem_peak_rss[r] > 0 ? res->mem_peak_rss[r] : 0);
+                ranks++;
+            }
+        int64_t budget = res->mem_budget[first[q]];
+        moe_memory_format(a, sizeof a, est);
+        moe_memory_format(b, sizeof b, rss);
+        moe_memory_format(c, sizeof c, budget);
+        fprintf(out, "  node %-3d %4d rank%s: estimate %s, peak RSS %s, budget %s (%s)\n", q, ranks,
+                ranks == 1 ? " " : "s", a, b, budget > 0 ? c : "unknown",
+                res->mem_budget_given ? "--max-memory" : "MemAvailable");
+    }
+    if (nodes > 8)
+        fprintf(out, "  ... %d more nodes in the JSON (memory.per_node)\n", nodes - 8);
+    free(node_of);
+    free(first);
+}
+
+/* memory: largest figures over ranks, then every rank and every node. */
+static json_t *memory_json(const moe_results *res)
+{
+    int R = res->ranks;
+    if (res->mem_estimate == NULL)
+        return json_null();
+    int64_t est_max = 0, rss_max = 0, base_max = 0;
+    json_t *per_rank = json_array(), *per_node = json_array();
+    int *node_of = malloc((size_t)(R > 0 ? R : 1) * sizeof *node_of);
+    int *first = malloc((size_t)(R > 0 ? R : 1) * sizeof *first);
+    if (node_of == NULL || first == NULL || per_rank == NULL || per_node == NULL) {
+        free(node_of);
+        free(first);
+        json_decref(per_rank);
+        json_decref(per_node);
+        return NULL;
+    }
+    int nodes = node_index(res, node_of, first);
+    for (int r = 0; r < R; r++) {
+        est_max = res->mem_estimate[r] > est_max ? res->mem_estimate[r] : est_max;
+        rss_max = res->mem_peak_rss[r] > rss_max ? res->mem_peak_rss[r] : rss_max;
+        base_max = res->mem_baseline_rss[r] > base_max ? res->mem_baseline_rss[r] : base_max;
+        json_array_append_new(per_rank,
+                              json_pack("{s:i, s:i, s:I, s:I, s:I}", "rank", r, "node", node_of[r],
+                                        "estimate_bytes", (json_int_t)res->mem_estimate[r],
+                                        "peak_rss_bytes", (json_int_t)res->mem_peak_rss[r],
+                                        "baseline_rss_bytes", (json_int_t)res->mem_baseline_rss[r]));
+    }
+    for (int q = 0; q < nodes; q++) {
+        int64_t est = 0, rss = 0;
+        int ranks = 0;
+        for (int r = 0; r < R; r++)
+            if (node_of[r] == q) {
+                est = moe_bytes_add(est, res->mem_estimate[r]);
+                rss = moe_bytes_add(rss, res->mem_peak_rss[r] > 0 ? res->mem_peak_rss[r] : 0);
+                ranks++;
+            }
+        int64_t budget = res->mem_budget[first[q]];
+        json_array_append_new(per_node,
+                              json_pack("{s:i, s:i, s:I, s:I, s:o}", "node", q, "ranks", ranks,
+                                        "estimate_bytes", (json_int_t)est, "peak_rss_bytes",
+                                        (json_int_t)rss, "budget_bytes",
+                                        budget > 0 ? json_integer(budget) : json_null()));
+    }
+    free(node_of);
+    free(first);
+    return json_pack("{s:I, s:I, s:I, s:s, s:o, s:o}", "estimate_bytes", (json_int_t)est_max,
+                     "peak_rss_bytes", (json_int_t)rss_max, "baseline_rss_bytes",
+                     (json_int_t)base_max, "budget_source",
+                     res->mem_budget_given ? "--max-memory" : "MemAvailable", "per_rank", per_rank,
+                     "per_node", per_node);
 }
 
 void moe_report_placement(FILE *out, const moe_results *res)
@@ -508,6 +634,11 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     else
         json_object_set_new(root, "projection", json_null());
     json_object_set_new(root, "ablation", ablation);
+    json_t *memory = memory_json(res);
+    if (memory == NULL)
+        config = NULL; /* reported as a failure to build the document */
+    else
+        json_object_set_new(root, "memory", memory);
     if (cfg->predict_only) {
         /* nothing moved: only the routing-side figures are meaningful */
         const char *keys[] = {"drops", "waste", "traffic", "timing", "bandwidth", "output"};

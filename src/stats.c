@@ -91,7 +91,12 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->by_class_per_rank = calloc((size_t)R * MOE_LOC_COUNT, sizeof *r->by_class_per_rank);
     r->ablation = calloc((size_t)(n_cf > 0 ? n_cf : 1), sizeof *r->ablation);
     r->n_ablation = n_cf;
-    if (!r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
+    int64_t *mem = calloc((size_t)R * 4, sizeof *mem);
+    r->mem_estimate = mem;
+    r->mem_peak_rss = mem ? mem + R : NULL;
+    r->mem_baseline_rss = mem ? mem + 2 * R : NULL;
+    r->mem_budget = mem ? mem + 3 * R : NULL;
+    if (!mem || !r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
         !r->dispatch_bytes || !r->combine_bytes) {
         moe_results_free(r);
         return MOE_ENOMEM;
@@ -114,6 +119,8 @@ void moe_results_free(moe_results *r)
     free(r->router_bias);
     free(r->placement);
     free(r->by_class_per_rank);
+    free(r->mem_estimate);
+    r->mem_estimate = r->mem_peak_rss = r->mem_baseline_rss = r->mem_budget = NULL;
     r->placement = NULL;
     r->by_class_per_rank = NULL;
     free(r->ablation);

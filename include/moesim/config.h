@@ -45,6 +45,8 @@ typedef struct moe_config {
     bool hierarchical;      /* two-level all-to-all                       --a2a flat */
     const char *network;    /* key = value network file for projection    --network */
     const char *json_path, *dump_routing, *dump_output;
+    int64_t max_memory;     /* node budget in bytes, 0 = MemAvailable     --max-memory */
+    double max_memory_percent; /* or a percentage of the node's memory (> 0) */
     bool help, version;
     /* which shape options were given explicitly, so a file can disagree with them */
     bool set_tokens, set_hidden, set_experts, set_hot_share;
@@ -53,9 +55,10 @@ typedef struct moe_config {
 /* Defaults as in the table above. */
 void moe_config_defaults(moe_config *cfg);
 
-/* Parse argv (getopt_long; resets its state, so it may be called more than once). Fails with
- * MOE_EUSAGE and a message naming the option on an unknown option, a missing or malformed value,
- * or a value out of range. Shape relations that need the rank count or the input files are checked
+/* Parse argv (getopt_long; resets its state, so it may be called more than once). Option names
+ * must be given whole: getopt_long's abbreviations are refused, and an unknown or abbreviated name
+ * gets the nearest valid one suggested. Fails with MOE_EUSAGE and a message naming the option on an
+ * unknown option, a missing or malformed value, or a value out of range. Shape relations that need the rank count or the input files are checked
  * later by moe_config_resolve. */
 int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t msglen);
 

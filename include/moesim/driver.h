@@ -7,6 +7,7 @@
 #include "moesim/config.h"
 
 #include <mpi.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Collective: read the headers of the input .npy files named in cfg (tokens, router, logits) on
@@ -20,5 +21,16 @@ int moe_driver_stdout_is_terminal(void);
 
 /* MemAvailable of this node in bytes (/proc/meminfo, else sysconf), or -1 if unknown. */
 int64_t moe_driver_mem_available(void);
+
+/* MemTotal of this node in bytes, or -1 if unknown. */
+int64_t moe_driver_mem_total(void);
+
+/* This process's peak resident set size in bytes (getrusage ru_maxrss), or -1. */
+int64_t moe_driver_peak_rss(void);
+
+/* Fault injection for the tests of error paths: true when the environment variable MOESIM_FAULT
+ * lists "site:rank" (or "site:-1", every rank), comma-separated. Sites: set_rows, hier_plan,
+ * locality, gather_dumps, write_outputs. Not collective; never set in normal runs. */
+bool moe_driver_fault(const char *site, int rank);
 
 #endif

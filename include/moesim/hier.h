@@ -75,4 +75,7 @@ void moe_hier_stats_get(const moe_hier *h, moe_hier_stats *out);
 /* Accepts NULL; frees the communicators and buffers (not the row datatype). */
 void moe_hier_destroy(moe_hier *h);
 
+/* Bytes of staging and copy plans held for the current plan (0 for NULL). Not collective. */
+size_t moe_hier_staging_bytes(const moe_hier *h);
+
 #endif

@@ -7,6 +7,7 @@
 
 #include "moesim/config.h"
 #include "moesim/exchange.h"
+#include "moesim/memory.h"
 #include "moesim/router.h"
 #include "moesim/stats.h"
 
@@ -74,5 +75,12 @@ const moe_placement *moe_layer_placement(const moe_layer *layer);
 
 /* Bytes this rank holds for the layer (buffers and weights), for reporting. Not collective. */
 int64_t moe_layer_bytes(const moe_layer *layer);
+
+/* This rank's memory estimate (exact once the exchange is sized) and its node's budget in bytes
+ * (-1 when unknown). Not collective. */
+void moe_layer_memory(const moe_layer *layer, moe_mem_estimate *estimate, int64_t *budget);
+
+/* The configuration the layer runs (resolved). Not collective. */
+const moe_config *moe_layer_config(const moe_layer *layer);
 
 #endif

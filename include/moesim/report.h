@@ -13,6 +13,9 @@
 /* Human-readable report to out. color: use ANSI emphasis (for a terminal). */
 void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color);
 
+/* The memory block: estimate and peak RSS per rank (largest, mean) and per node, with the budget. */
+void moe_report_memory(FILE *out, const moe_results *res, bool color);
+
 /* Where every rank runs (res->placement), with warnings for unbound ranks and shared cores. */
 void moe_report_placement(FILE *out, const moe_results *res);
 

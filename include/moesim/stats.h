@@ -103,6 +103,10 @@ typedef struct moe_results {
     bool projected;                       /* --network given                                  */
     char network[128];
     double proj_flat_dispatch, proj_flat_combine, proj_hier_dispatch, proj_hier_combine;
+    /* memory, per rank (R): the estimate made before allocating, the peak RSS (getrusage), the RSS
+     * before moesim allocated anything (MPI and libraries), and the node's budget */
+    int64_t *mem_estimate, *mem_peak_rss, *mem_baseline_rss, *mem_budget;
+    bool mem_budget_given;                /* --max-memory, else MemAvailable */
     /* capacity-factor ablation and prediction: one row per --capacity-factor value */
     moe_ablation_row *ablation;
     int n_ablation;

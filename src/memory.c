@@ -1,0 +1,186 @@
+#include "moesim/memory.h"
+
+#include "moesim/capacity.h"
+#include "moesim/error.h"
+#include "moesim/router.h"
+#include "moesim/topology.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int64_t moe_bytes_mul(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r))
+        return MOE_BYTES_MAX;
+    return r;
+}
+
+int64_t moe_bytes_add(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (a < 0 || b < 0 || __builtin_add_overflow(a, b, &r))
+        return MOE_BYTES_MAX;
+    return r;
+}
+
+/* a * b * c */
+static int64_t mul3(int64_t a, int64_t b, int64_t c)
+{
+    return moe_bytes_mul(moe_bytes_mul(a, b), c);
+}
+
+static void sum_parts(moe_mem_estimate *m)
+{
+    int64_t parts[] = {m->tokens, m->router, m->assignments, m->experts, m->exchange, m->results,
+                       m->dumps, m->counts, m->staging};
+    m->total = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        m->total = moe_bytes_add(m->total, parts[i]);
+}
+
+void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int rank, int64_t n,
+                      int64_t n_le)
+{
+    memset(m, 0, sizeof *m);
+    int64_t d = cfg->hidden, f = cfg->ffn > 0 ? cfg->ffn : moe_bytes_mul(2, cfg->hidden);
+    int64_t E = cfg->experts, k = cfg->top_k, F = (int64_t)sizeof(float);
+    m->tokens = mul3(2, moe_bytes_mul(n, d), F);
+    int64_t nE = moe_bytes_mul(n, E);
+    m->router = moe_bytes_add(mul3(E, d, F), moe_bytes_add(moe_bytes_mul(E, F),
+                                                            mul3(cfg->logits_file ? 2 : 1, nE, F)));
+    /* expert (int32), gate (float), flag (uint8), slot (int64) per assignment */
+    m->assignments = moe_bytes_mul(moe_bytes_mul(n, k), 4 + 4 + 1 + 8);
+    m->experts = cfg->predict_only ? 0 : mul3(2, moe_bytes_mul(n_le, f), moe_bytes_mul(d, F));
+    /* per expert: routed, accepted, per_expert, scratch; per rank: send/recv rows, group
+     * capacities, the owner's counts (R, n_le) twice, and the (R, R) count matrix */
+    int64_t RR = moe_bytes_mul(R, R);
+    m->counts = moe_bytes_mul(8, moe_bytes_add(moe_bytes_mul(4, E),
+                                               moe_bytes_add(moe_bytes_mul(3 + 4, R),
+                                                             moe_bytes_add(mul3(2, R, n_le), RR))));
+    if (rank == 0) {
+        /* two results (the first cf and the others), each two (R, R) int64 matrices and eight
+         * per-expert arrays; the placement and the per-rank locality classes */
+        int64_t one = moe_bytes_add(moe_bytes_mul(16, RR), moe_bytes_mul(64, E));
+        one = moe_bytes_add(one, moe_bytes_mul(R, (int64_t)sizeof(moe_placement) +
+                                                      8 * MOE_LOC_COUNT * 2));
+        m->results = moe_bytes_mul(2, one);
+        /* the two-level stage matrices of the locality figures: 3 (R, R) int64 */
+        m->results = moe_bytes_add(m->results, moe_bytes_mul(24, RR));
+        if (cfg->dump_output != NULL && !cfg->predict_only)
+            m->dumps = moe_bytes_add(m->dumps, mul3(cfg->tokens, d, F));
+        if (cfg->dump_routing != NULL && !cfg->predict_only)
+            m->dumps = moe_bytes_add(
+                m->dumps, moe_config_dump_is_npy(cfg->dump_routing)
+                              ? mul3(cfg->tokens, E, F)
+                              : mul3(cfg->tokens, k, (int64_t)sizeof(moe_route_record)));
+    }
+    sum_parts(m);
+}
+
+void moe_memory_exchange(moe_mem_estimate *m, const moe_config *cfg, int64_t n_send, int64_t n_recv,
+                         int64_t rows_x)
+{
+    int64_t d = cfg->hidden, f = cfg->ffn > 0 ? cfg->ffn : moe_bytes_mul(2, cfg->hidden);
+    int64_t F = (int64_t)sizeof(float);
+    if (cfg->predict_only) {
+        m->exchange = m->staging = 0;
+    } else {
+        /* send, receive, the raw baseline's own buffer (the larger of the two), and per computed
+         * row: expert input (d), activation (f), output (d) */
+        int64_t raw = n_send > n_recv ? n_send : n_recv;
+        int64_t rows = moe_bytes_add(moe_bytes_add(n_send, n_recv), raw);
+        m->exchange = moe_bytes_add(mul3(rows, d, F),
+                                    mul3(rows_x, moe_bytes_add(moe_bytes_mul(2, d), f), F));
+    }
+    sum_parts(m);
+}
+
+void moe_memory_exchange_balanced(moe_mem_estimate *m, const moe_config *cfg, int R, int64_t n,
+                                  int64_t n_le)
+{
+    int64_t k = cfg->top_k, E = cfg->experts;
+    int64_t rows = moe_bytes_mul(n, k);
+    /* the capacity caps what a rank's experts can accept: n_le * C, C summed over groups */
+    if (cfg->capacity_factor > 0.0) {
+        int64_t cap;
+        if (cfg->scope == MOE_SCOPE_GLOBAL)
+            cap = moe_capacity(cfg->capacity_factor, cfg->tokens, (int)k, (int)E);
+        else
+            cap = moe_bytes_mul(R, moe_capacity(cfg->capacity_factor, cfg->tokens / R, (int)k,
+                                                (int)E));
+        int64_t hold = moe_bytes_mul(n_le, cap);
+        if (hold < rows && !cfg->pad_to_capacity)
+            rows = hold;
+        if (cfg->pad_to_capacity) {
+            moe_memory_exchange(m, cfg, rows, rows, hold);
+            return;
+        }
+    }
+    moe_memory_exchange(m, cfg, rows, rows, rows);
+}
+
+int moe_memory_parse_size(const char *text, int64_t *bytes, double *percent, char *msg,
+                          size_t msglen)
+{
+    *bytes = 0;
+    *percent = 0.0;
+    errno = 0;
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || errno == ERANGE || !isfinite(v) || v <= 0.0 || text[0] == '-' ||
+        isspace((unsigned char)text[0]))
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--max-memory needs a positive size such as 8G, 512MiB, 1073741824 or 50%%, "
+                        "got '%s'",
+                        text);
+    if (strcmp(end, "%") == 0) {
+        if (v > 100.0)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--max-memory %s is more than the node's memory (at most 100%%)", text);
+        *percent = v;
+        return MOE_OK;
+    }
+    static const struct {
+        const char *suffix;
+        int shift;
+    } units[] = {{"", 0},    {"B", 0},    {"K", 10},  {"KB", 10},  {"KiB", 10}, {"M", 20},
+                 {"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},  {"GiB", 30}, {"T", 40},
+                 {"TB", 40}, {"TiB", 40}, {"k", 10},  {"kB", 10},  {"kiB", 10}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].suffix) != 0)
+            continue;
+        double b = ldexp(v, units[i].shift);
+        if (b > 0x1p62)
+            return moe_fail(MOE_EUSAGE, msg, msglen, "--max-memory %s is absurdly large", text);
+        if (b < 1.0)
+            return moe_fail(MOE_EUSAGE, msg, msglen, "--max-memory %s is less than one byte",
+                            text);
+        *bytes = (int64_t)b;
+        return MOE_OK;
+    }
+    return moe_fail(MOE_EUSAGE, msg, msglen,
+                    "--max-memory '%s': unknown unit '%s' (use K, M, G or T, powers of 1024, "
+                    "optionally as KiB, MiB, GiB, TiB; or a percentage such as 50%%)",
+                    text, end);
+}
+
+void moe_memory_format(char *buf, size_t len, int64_t bytes)
+{
+    if (bytes == MOE_BYTES_MAX) {
+        snprintf(buf, len, "more than 8 EiB");
+        return;
+    }
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024.0 && u < 6) {
+        v /= 1024.0;
+        u++;
+    }
+    snprintf(buf, len, u == 0 ? "%.0f %s" : "%.1f %s", v, unit[u]);
+}
