@@ -596,6 +596,10 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                         cfg->ranks_per_node ? json_integer(cfg->ranks_per_node) : json_null());
     json_object_set_new(config, "topology", cfg->topology ? json_string(cfg->topology) : json_null());
     json_object_set_new(config, "network", cfg->network ? json_string(cfg->network) : json_null());
+    json_object_set_new(config, "max_memory_bytes",
+                        cfg->max_memory > 0 ? json_integer(cfg->max_memory) : json_null());
+    json_object_set_new(config, "max_memory_percent",
+                        cfg->max_memory_percent > 0 ? json_real(cfg->max_memory_percent) : json_null());
     json_t *placement = json_array();
     for (int r = 0; r < R; r++) {
         const moe_placement *p = &res->placement[r];
@@ -668,7 +672,7 @@ int moe_report_json_file(FILE *f, const moe_config *cfg, const moe_results *res,
     json_t *root = json_document(cfg, res);
     if (root == NULL)
         return moe_fail(MOE_ENOMEM, msg, msglen, "could not build the JSON report");
-    int rc = json_dumpf(root, f, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) == 0 && fputc('\n', f) != EOF
+    int rc = json_dumpf(root, f, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) == 0 && fputc('\n', f) != EOF
                  ? MOE_OK
                  : moe_fail(MOE_EIO, msg, msglen, "cannot write the JSON report: %s", strerror(errno));
     json_decref(root);

@@ -11,9 +11,9 @@
    the top-level drops / waste / traffic and experts[].capacity; capacity is the formula summed
    over groups; global-scope counts are the same for every R.
 2. The closed form: expected_* equal this file's Binomial sums (exact integer coefficients) with
-   q_i = min(1, k P_i) from load_balance.P (rtol 1e-6: P is printed with 10 digits) and, for the
+   q_i = min(1, k P_i) from load_balance.P (rtol 1e-6: P is printed with 17 digits) and, for the
    _uniform keys, q_i = k/E (rtol 1e-9); closed_form_error == expected - measured (atol 1e-7 ·
-   max(1, |expected|): both printed with 10 significant digits).
+   max(1, |expected|): both printed with 17 significant digits).
 3. A uniform router with small groups (N = 64, E = 8, k = 1, local scope, R = 4, cf 1.0: groups of
    16 tokens, C = 2) overflows: the uniform closed form predicts drops > 0 and drops are measured.
 4. The text: the "Prediction, before any token row moves" table comes before the report

@@ -21,7 +21,7 @@ the projection, hwloc topologies, the wait/raw phases, and refusals.
      rows bit for bit.
   c. --network: projection.flat and projection.hierarchical equal the alpha-beta model of
      docs/projection.md recomputed here from the JSON's byte matrices and placement (relative
-     1e-9: the JSON prints 10 significant digits, a relative rounding of at most 5e-10), and
+     1e-9: the JSON prints 17 significant digits, far inside that), and
      for the hand case of (a) on a synthetic machine the figures worked out by hand in its
      comment (flat 22.09792 us, two-level 17.2064 us, each direction); projection is null
      without --network.
@@ -400,7 +400,7 @@ def json_keys(ck, exe, wd):
             ck.check(isinstance(ratio, float) and ratio > 0, tag + ": exchange.%s_over_raw a "
                      "positive number" % d, repr(ratio))
             if isinstance(ratio, float):
-                # both maxima and the ratio printed with 10 digits: 3 roundings of 5e-10
+                # both maxima and the ratio printed with 17 digits: far inside the tolerance
                 ck.close(ratio, tm[d]["max"] / tm[d + "_raw"]["max"],
                          tag + ": exchange.%s_over_raw = timing.%s.max / timing.%s_raw.max"
                          % (d, d, d), rtol=2e-9, atol=0)

@@ -300,7 +300,7 @@ START_TEST(test_json_document)
     for (int p = 0; p < MOE_PHASE_COUNT; p++) {
         json_t *ph = json_object_get(timing, moe_phase_name(p));
         ck_assert_msg(json_is_object(ph), "timing lacks %s", moe_phase_name(p));
-        /* printed with 10 significant digits: 1e-12 relative is far inside that */
+        /* printed with 17 significant digits: 1e-12 relative is far inside that */
         ck_assert_double_eq_tol(json_real_value(json_object_get(ph, "max")), 0.002 * p, 1e-12);
         ck_assert(json_object_get(ph, "min") && json_object_get(ph, "mean"));
     }
