@@ -489,7 +489,7 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     size_t nd = (size_t)(L->n * L->d);
     rc = MOE_OK;
     L->h = alloc_bytes(L, nd, sizeof(float), &rc);
-    L->y = alloc_bytes(L, nd, sizeof(float), &rc);
+    L->y = alloc_bytes(L, cfg->predict_only ? 0 : nd, sizeof(float), &rc); /* no output without a step */
     L->w_router = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
     L->bias = alloc_bytes(L, En, sizeof(float), &rc);
     if (cfg->logits_file != NULL)
@@ -1002,11 +1002,16 @@ int moe_layer_gather_routing(moe_layer *L, moe_route_record **records, char *msg
                                      .gate = L->gate[i],
                                      .accepted = L->flag[i]};
     }
-    MOE_MPI_CHECK(MPI_Type_contiguous((int)sizeof *mine, MPI_BYTE, &rec), msg, msglen);
-    MOE_MPI_CHECK(MPI_Type_commit(&rec), msg, msglen);
-    rc = gather_items(L, mine, nk, L->cfg.tokens * L->k, rec, sizeof *mine, (void **)records, msg,
+    /* a datatype that failed on one rank must not leave the others in the gather */
+    int mrc = MPI_Type_contiguous((int)sizeof *mine, MPI_BYTE, &rec);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Type_commit(&rec);
+    rc = mrc == MPI_SUCCESS ? MOE_OK : moe_mpi_fail(mrc, "MPI_Type_commit", __FILE__, __LINE__, msg, msglen);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+        rc = gather_items(L, mine, nk, L->cfg.tokens * L->k, rec, sizeof *mine, (void **)records, msg,
                       msglen);
-    MPI_Type_free(&rec);
+    if (rec != MPI_DATATYPE_NULL)
+        MPI_Type_free(&rec);
 done:
     free(mine);
     return rc;
@@ -1050,11 +1055,15 @@ int moe_layer_gather_logits(moe_layer *L, float **z, char *msg, size_t msglen)
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         goto done;
     logits(L, mine);
-    MOE_MPI_CHECK(MPI_Type_contiguous(L->E, MPI_FLOAT, &row), msg, msglen);
-    MOE_MPI_CHECK(MPI_Type_commit(&row), msg, msglen);
-    rc = gather_items(L, mine, L->n, L->cfg.tokens, row, (size_t)L->E * sizeof(float), (void **)z,
+    int mrc = MPI_Type_contiguous(L->E, MPI_FLOAT, &row);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Type_commit(&row);
+    rc = mrc == MPI_SUCCESS ? MOE_OK : moe_mpi_fail(mrc, "MPI_Type_commit", __FILE__, __LINE__, msg, msglen);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+        rc = gather_items(L, mine, L->n, L->cfg.tokens, row, (size_t)L->E * sizeof(float), (void **)z,
                       msg, msglen);
-    MPI_Type_free(&row);
+    if (row != MPI_DATATYPE_NULL)
+        MPI_Type_free(&row);
 done:
     free(mine);
     return rc;

@@ -503,11 +503,13 @@ int main(int argc, char **argv)
         rc = check_interrupt(comm, "before writing the outputs", msg);
     if (rc == MOE_OK && rank == 0) {
         rc = write_outputs(&cfg, &res, &dump, msg);
+        bool color = report_out == stdout && moe_driver_stdout_is_terminal() &&
+                     getenv("NO_COLOR") == NULL;
         if (rc == MOE_OK && !cfg.quiet && !cfg.predict_only) {
-            moe_report_text(report_out, &cfg, &res,
-                            report_out == stdout && moe_driver_stdout_is_terminal() &&
-                                getenv("NO_COLOR") == NULL);
+            moe_report_text(report_out, &cfg, &res, color);
             moe_report_ablation(report_out, &cfg, &res);
+        } else if (rc == MOE_OK && !cfg.quiet) {
+            moe_report_memory(report_out, &res, color);
         }
         if (rc == MOE_OK && g_signal != 0)
             fprintf(stderr, "moesim: %s arrived while the outputs were being written: they are "

@@ -49,7 +49,8 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     memset(m, 0, sizeof *m);
     int64_t d = cfg->hidden, f = cfg->ffn > 0 ? cfg->ffn : moe_bytes_mul(2, cfg->hidden);
     int64_t E = cfg->experts, k = cfg->top_k, F = (int64_t)sizeof(float);
-    m->tokens = mul3(2, moe_bytes_mul(n, d), F);
+    /* h, and y unless --predict-only (which never runs a step) */
+    m->tokens = mul3(cfg->predict_only ? 1 : 2, moe_bytes_mul(n, d), F);
     int64_t nE = moe_bytes_mul(n, E);
     m->router = moe_bytes_add(mul3(E, d, F), moe_bytes_add(moe_bytes_mul(E, F),
                                                             mul3(cfg->logits_file ? 2 : 1, nE, F)));

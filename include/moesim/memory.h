@@ -19,7 +19,7 @@ int64_t moe_bytes_add(int64_t a, int64_t b);
 
 /* What one rank allocates, in bytes, by purpose. */
 typedef struct moe_mem_estimate {
-    int64_t tokens;      /* h and y: 2 n d floats                                             */
+    int64_t tokens;      /* h and y: 2 n d floats (h alone under --predict-only)               */
     int64_t router;      /* W (E, d), bias (E), probabilities (n, E), replayed logits (n, E)    */
     int64_t assignments; /* per (token, choice): expert, gate, flag, slot: 17 bytes             */
     int64_t experts;     /* W1 and W2 of the rank's experts: 2 n_le f d floats                  */
