@@ -83,10 +83,18 @@ static int follow_dangling(const char *path, char *out, size_t outlen, const cha
                     MAX_LINKS);
 }
 
-/* A temporary beside target: NAME.moesim-tmp.PID.XXXXXX, created with mkstemp. */
+/* A temporary beside target: NAME.moesim-tmp.PID.XXXXXX, created with mkstemp; when NAME is so
+ * long that the suffix would pass the file-name limit, .moesim-tmp.PID.XXXXXX in the same directory. */
 static int make_temp(char *tmp, size_t len, const char *target)
 {
-    if ((size_t)snprintf(tmp, len, "%s" MOE_TMP_MARK ".%ld.XXXXXX", target, (long)getpid()) >= len) {
+    const char *slash = strrchr(target, '/');
+    size_t base = strlen(slash ? slash + 1 : target), dir = slash ? (size_t)(slash - target) + 1 : 0;
+    int n;
+    if (base + 32 > NAME_MAX)
+        n = snprintf(tmp, len, "%.*s" MOE_TMP_MARK ".%ld.XXXXXX", (int)dir, target, (long)getpid());
+    else
+        n = snprintf(tmp, len, "%s" MOE_TMP_MARK ".%ld.XXXXXX", target, (long)getpid());
+    if (n < 0 || (size_t)n >= len) {
         errno = ENAMETOOLONG;
         return -1;
     }
@@ -433,8 +441,12 @@ int moe_input_open(FILE **out, const char *path, const char *option, const char 
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         int err = errno;
+        struct stat st;
         if (err == EISDIR)
             return moe_fail(MOE_EUSAGE, msg, msglen, "%s is a directory; give a file", what);
+        if (err == ENXIO && stat(path, &st) == 0 && !S_ISREG(st.st_mode)) /* a socket */
+            return moe_fail(MOE_EUSAGE, msg, msglen, "%s is a %s, not a regular file; give a file",
+                            what, kind_of(st.st_mode));
         return moe_fail(MOE_EIO, msg, msglen, "cannot open %s: %s", what, strerror(err));
     }
     struct stat st;

@@ -49,6 +49,10 @@ static void install_signal_handlers(void)
     sa.sa_flags = SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* a FIFO or socket whose reader went away is a write error (EPIPE) to report, not a reason to
+     * die with half a temporary beside another output */
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
 }
 
 /* Collective, at a phase boundary: if a signal reached any rank, every rank stops here. */

@@ -115,9 +115,9 @@ void moe_memory_exchange_balanced(moe_mem_estimate *m, const moe_config *cfg, in
             cap = moe_bytes_mul(R, moe_capacity(cfg->capacity_factor, cfg->tokens / R, (int)k,
                                                 (int)E));
         int64_t hold = moe_bytes_mul(n_le, cap);
-        if (hold < rows && !cfg->pad_to_capacity)
+        if (hold < rows)
             rows = hold;
-        if (cfg->pad_to_capacity) {
+        if (cfg->pad_to_capacity) { /* every slot is computed, filled or not */
             moe_memory_exchange(m, cfg, rows, rows, hold);
             return;
         }
@@ -130,11 +130,12 @@ int moe_memory_parse_size(const char *text, int64_t *bytes, double *percent, cha
 {
     *bytes = 0;
     *percent = 0.0;
+    /* plain decimal only: strtod would also take hex ("0x10"), "inf" and exponents */
+    size_t digits = strspn(text, "0123456789.");
     errno = 0;
-    char *end;
-    double v = strtod(text, &end);
-    if (end == text || errno == ERANGE || !isfinite(v) || v <= 0.0 || text[0] == '-' ||
-        isspace((unsigned char)text[0]))
+    char *end = (char *)text;
+    double v = digits > 0 ? strtod(text, &end) : 0.0;
+    if (digits == 0 || end != text + digits || errno == ERANGE || !isfinite(v) || v <= 0.0)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--max-memory needs a positive size such as 8G, 512MiB, 1073741824 or 50%%, "
                         "got '%s'",
@@ -151,7 +152,8 @@ int moe_memory_parse_size(const char *text, int64_t *bytes, double *percent, cha
         int shift;
     } units[] = {{"", 0},    {"B", 0},    {"K", 10},  {"KB", 10},  {"KiB", 10}, {"M", 20},
                  {"MB", 20}, {"MiB", 20}, {"G", 30},  {"GB", 30},  {"GiB", 30}, {"T", 40},
-                 {"TB", 40}, {"TiB", 40}, {"k", 10},  {"kB", 10},  {"kiB", 10}};
+                 {"TB", 40}, {"TiB", 40}, {"k", 10},  {"kB", 10},  {"kiB", 10}, {"m", 20},
+                 {"g", 30},  {"t", 40}};
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
         if (strcmp(end, units[i].suffix) != 0)
             continue;

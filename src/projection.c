@@ -19,80 +19,140 @@ static char *trim(char *s)
     return s;
 }
 
-int moe_network_load(const char *path, moe_network *out, char *msg, size_t msglen)
+/* Nothing given yet: every latency and bandwidth negative, so a class left out is seen. */
+static void network_clear(moe_network *out)
 {
     memset(out, 0, sizeof *out);
     for (int c = 0; c < MOE_LOC_COUNT; c++) {
         out->latency[c] = -1.0;
         out->bandwidth[c] = -1.0;
     }
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return moe_fail(MOE_EUSAGE, msg, msglen, "--network '%s': %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    int lineno = 0, rc = MOE_OK;
-    while (rc == MOE_OK && getline(&line, &cap, f) != -1) {
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash != NULL)
-            *hash = '\0';
-        char *text = trim(line);
-        if (*text == '\0')
-            continue;
-        char *eq = strchr(text, '=');
-        if (eq == NULL) {
-            rc = moe_fail(MOE_EUSAGE, msg, msglen, "--network '%s' line %d: expected 'key = value'",
-                          path, lineno);
-            break;
-        }
-        *eq = '\0';
-        char *key = trim(text), *value = trim(eq + 1);
-        if (strcmp(key, "name") == 0) {
-            snprintf(out->name, sizeof out->name, "%s", value);
-            continue;
-        }
-        char *dot = strchr(key, '.');
-        int cls = -1;
-        if (dot != NULL) {
-            *dot = '\0';
-            for (int c = 0; c < MOE_LOC_COUNT; c++)
-                if (strcmp(key, moe_locality_name(c)) == 0)
-                    cls = c;
-        }
-        const char *field = dot ? dot + 1 : "";
-        int is_lat = strcmp(field, "latency_us") == 0, is_bw = strcmp(field, "bandwidth_GBps") == 0;
-        if (cls < 0 || (!is_lat && !is_bw)) {
-            rc = moe_fail(MOE_EUSAGE, msg, msglen,
-                          "--network '%s' line %d: unknown key '%s%s%s' (keys: name, "
-                          "<class>.latency_us, <class>.bandwidth_GBps; classes same_rank, same_numa, "
-                          "same_package, same_node, other_node)",
-                          path, lineno, key, dot ? "." : "", field);
-            break;
-        }
-        errno = 0;
-        char *end;
-        double v = strtod(value, &end);
-        if (end == value || *end != '\0' || errno == ERANGE || !isfinite(v) || v < 0 ||
-            (is_bw && v == 0)) {
-            rc = moe_fail(MOE_EUSAGE, msg, msglen, "--network '%s' line %d: '%s' needs a %s number, got '%s'",
-                          path, lineno, key, is_bw ? "positive" : "non-negative", value);
-            break;
-        }
-        if (is_lat)
-            out->latency[cls] = v * 1e-6;
-        else
-            out->bandwidth[cls] = v * 1e9;
+}
+
+/* One line of a network file, a NUL-terminated string (as getline would give it, an embedded NUL
+ * ending it early): apply it to out. name is the file's name for messages, lineno its number. */
+static int network_line(char *line, const char *name, int lineno, moe_network *out, char *msg,
+                        size_t msglen)
+{
+    char *hash = strchr(line, '#');
+    if (hash != NULL)
+        *hash = '\0';
+    char *text = trim(line);
+    if (*text == '\0')
+        return MOE_OK;
+    char *eq = strchr(text, '=');
+    if (eq == NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--network '%s' line %d: expected 'key = value'",
+                        name, lineno);
+    *eq = '\0';
+    char *key = trim(text), *value = trim(eq + 1);
+    if (strcmp(key, "name") == 0) {
+        snprintf(out->name, sizeof out->name, "%s", value);
+        return MOE_OK;
     }
-    free(line);
-    fclose(f);
+    char *dot = strchr(key, '.');
+    int cls = -1;
+    if (dot != NULL) {
+        *dot = '\0';
+        for (int c = 0; c < MOE_LOC_COUNT; c++)
+            if (strcmp(key, moe_locality_name(c)) == 0)
+                cls = c;
+    }
+    const char *field = dot ? dot + 1 : "";
+    int is_lat = strcmp(field, "latency_us") == 0, is_bw = strcmp(field, "bandwidth_GBps") == 0;
+    if (cls < 0 || (!is_lat && !is_bw))
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--network '%s' line %d: unknown key '%s%s%s' (keys: name, "
+                        "<class>.latency_us, <class>.bandwidth_GBps; classes same_rank, same_numa, "
+                        "same_package, same_node, other_node)",
+                        name, lineno, key, dot ? "." : "", field);
+    errno = 0;
+    char *end;
+    double v = strtod(value, &end);
+    if (end == value || *end != '\0' || errno == ERANGE || !isfinite(v) || v < 0 ||
+        (is_bw && v == 0))
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--network '%s' line %d: '%s' needs a %s number, got '%s'", name, lineno,
+                        key, is_bw ? "positive" : "non-negative", value);
+    if (is_lat)
+        out->latency[cls] = v * 1e-6;
+    else
+        out->bandwidth[cls] = v * 1e9;
+    return MOE_OK;
+}
+
+int moe_network_parse(const char *text, size_t len, const char *name, moe_network *out, char *msg,
+                      size_t msglen)
+{
+    network_clear(out);
+    /* One private copy, cut into lines in place: each '\n' becomes the NUL that ends its line. */
+    char *copy = malloc(len + 1);
+    if (copy == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "--network '%s': out of memory for %zu bytes",
+                        name, len);
+    if (len > 0)
+        memcpy(copy, text, len);
+    copy[len] = '\0';
+    int lineno = 0, rc = MOE_OK;
+    for (size_t at = 0; rc == MOE_OK && at < len;) {
+        char *line = copy + at;
+        char *nl = memchr(line, '\n', len - at);
+        size_t line_len = nl != NULL ? (size_t)(nl - line) + 1 : len - at;
+        if (nl != NULL)
+            *nl = '\0';
+        at += line_len;
+        rc = network_line(line, name, ++lineno, out, msg, msglen);
+    }
+    free(copy);
     for (int c = 0; rc == MOE_OK && c < MOE_LOC_COUNT; c++)
         if (out->latency[c] < 0 || out->bandwidth[c] <= 0)
             rc = moe_fail(MOE_EUSAGE, msg, msglen,
-                          "--network '%s' does not give %s.latency_us and %s.bandwidth_GBps", path,
+                          "--network '%s' does not give %s.latency_us and %s.bandwidth_GBps", name,
                           moe_locality_name(c), moe_locality_name(c));
     if (rc == MOE_OK && out->name[0] == '\0')
-        snprintf(out->name, sizeof out->name, "%s", path);
+        snprintf(out->name, sizeof out->name, "%s", name);
+    return rc;
+}
+
+int moe_network_load(const char *path, moe_network *out, char *msg, size_t msglen)
+{
+    network_clear(out);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--network '%s': %s", path, strerror(errno));
+    /* Read it whole (a network file is a few hundred bytes), refusing anything absurdly large
+     * before it is all in memory: --network /dev/zero must not eat the machine. */
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    int rc = MOE_OK;
+    for (;;) {
+        if (len == cap) {
+            cap = cap == 0 ? 4096 : 2 * cap;
+            char *grown = realloc(text, cap);
+            if (grown == NULL) {
+                rc = moe_fail(MOE_ENOMEM, msg, msglen, "--network '%s': out of memory", path);
+                break;
+            }
+            text = grown;
+        }
+        size_t got = fread(text + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) {
+            if (ferror(f))
+                rc = moe_fail(MOE_EUSAGE, msg, msglen, "--network '%s': %s", path, strerror(errno));
+            break;
+        }
+        if (len > MOE_NETWORK_MAX_BYTES) {
+            rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                          "--network '%s' is over %d bytes: not a network file", path,
+                          MOE_NETWORK_MAX_BYTES);
+            break;
+        }
+    }
+    fclose(f);
+    if (rc == MOE_OK)
+        rc = moe_network_parse(text, len, path, out, msg, msglen);
+    free(text);
     return rc;
 }
 

@@ -51,11 +51,35 @@ void moe_xsum_add_array(moe_xsum *s, const float *x, size_t n)
 double moe_xsum_value(moe_xsum *s)
 {
     moe_xsum_normalize(s);
-    /* the top limb carries the sign; add from the most significant down. Each term is exact in
-     * double (a 32-bit digit times a power of two) and the additions are in a fixed order, so the
-     * result depends only on the exact sum. */
-    long double v = 0.0L;
-    for (int i = MOE_XSUM_LIMBS - 1; i >= 0; i--)
-        v += ldexpl((long double)s->limb[i], 32 * i - 149);
-    return (double)v;
+    /* sign and magnitude: negate a negative sum limb by limb and propagate the carries again */
+    int64_t t[MOE_XSUM_LIMBS];
+    int neg = s->limb[MOE_XSUM_LIMBS - 1] < 0;
+    for (int i = 0; i < MOE_XSUM_LIMBS; i++)
+        t[i] = neg ? -s->limb[i] : s->limb[i];
+    for (int i = 0; i < MOE_XSUM_LIMBS - 1; i++) {
+        int64_t carry = t[i] >> 32;
+        t[i] -= carry * ((int64_t)1 << 32);
+        t[i + 1] += carry;
+    }
+    int h = MOE_XSUM_LIMBS - 1;
+    while (h >= 0 && t[h] == 0)
+        h--;
+    if (h < 0)
+        return 0.0;
+    /* Round once: the 64 bits below the leading one, with every lower bit folded into the last
+     * (a sticky bit), convert to double (round to nearest even), scale by a power of two (exact). */
+    unsigned __int128 top = (unsigned __int128)(uint64_t)t[h] << 64;
+    if (h >= 1)
+        top |= (unsigned __int128)(uint64_t)t[h - 1] << 32;
+    if (h >= 2)
+        top |= (uint64_t)t[h - 2];
+    int bits = 128 - __builtin_clzll((uint64_t)(top >> 64)); /* top >= 2^64: 65 .. 96 */
+    int drop = bits - 64;                                     /* 1 .. 32 */
+    uint64_t w = (uint64_t)(top >> drop);
+    int sticky = (top & (((unsigned __int128)1 << drop) - 1)) != 0;
+    for (int i = 0; i < h - 2 && !sticky; i++)
+        sticky = t[i] != 0;
+    w |= (uint64_t)sticky;
+    double v = ldexp((double)w, 32 * h - 64 + drop - 149);
+    return neg ? -v : v;
 }

@@ -6,7 +6,8 @@
  *   or socket                    pipe someone reads); a socket is connected to (AF_UNIX stream);
  *   a symbolic link              followed: its final target is written, atomically beside it;
  *   a regular file, or nothing   replaced atomically: a temporary "NAME.moesim-tmp.PID.XXXXXX" in
- *                                the same directory, fsync, rename over NAME, fsync of the directory.
+ *                                the same directory (".moesim-tmp.PID.XXXXXX" when NAME is too long
+ *                                for the suffix), fsync, rename over NAME, fsync of the directory.
  * A temporary is removed on every error path; only SIGKILL (or a crash) can leave one behind, and it
  * is never a complete output.
  *

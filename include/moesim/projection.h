@@ -23,10 +23,20 @@ typedef struct moe_network {
     double bandwidth[MOE_LOC_COUNT]; /* bytes per second, > 0 */
 } moe_network;
 
-/* Read a network file: lines "key = value", '#' comments, blank lines. Keys: name (text), and for each
+/* Largest network file moe_network_load reads; a bigger one is refused unread. */
+#define MOE_NETWORK_MAX_BYTES (1 << 20)
+
+/* Parse the text of a network file, `len` bytes (not NUL-terminated; a NUL byte ends its line):
+ * lines "key = value", '#' comments, blank lines. Keys: name (text; default: `name`), and for each
  * class C in same_rank, same_numa, same_package, same_node, other_node: C.latency_us (microseconds,
  * >= 0) and C.bandwidth_GBps (10^9 bytes per second, > 0). Every class must be given. Unknown keys,
- * missing classes, bad numbers: MOE_EUSAGE with the line number. */
+ * missing classes, bad numbers: MOE_EUSAGE with the line number; messages name the file as
+ * `name` ("--network 'NAME' line 3: ..."). Pure: exposed for unit tests and fuzzing. */
+int moe_network_parse(const char *text, size_t len, const char *name, moe_network *out, char *msg,
+                      size_t msglen);
+
+/* Read the network file at path and parse it as moe_network_parse, naming it by its path. A file
+ * that cannot be opened or read, or is over MOE_NETWORK_MAX_BYTES: MOE_EUSAGE. */
 int moe_network_load(const char *path, moe_network *out, char *msg, size_t msglen);
 
 /* Seconds for one stage: bytes is (R, R) [src][dst]. */

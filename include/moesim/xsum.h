@@ -1,6 +1,6 @@
 /* Exact sums of floats, so that a figure summed over ranks does not depend on how the batch was
  * split: a float is m * 2^e with |m| < 2^24 and -149 <= e <= 104, so every float, and any sum of up
- * to 2^40 of them, is an integer multiple of 2^-149 below 2^145: it fits a fixed-point
+ * to 2^40 of them, is an integer multiple of 2^-149 below 2^168: it fits a fixed-point
  * accumulator of MOE_XSUM_LIMBS 32-bit digits held in int64 (room for carries). Adding is exact,
  * merging accumulators is exact, and the final rounding to double happens once, so the result is
  * the same for any order of the terms. Pure. */
@@ -25,7 +25,7 @@ void moe_xsum_add_array(moe_xsum *s, const float *x, size_t n);
 /* Propagate carries: every limb but the last in [0, 2^32). Afterwards the limbs of equal sums are
  * equal, so they may be summed limb by limb across ranks (MPI_SUM on int64) and normalised again. */
 void moe_xsum_normalize(moe_xsum *s);
-/* The sum rounded to double (normalises first). */
+/* The sum rounded to the nearest double, ties to even, once (normalises first). */
 double moe_xsum_value(moe_xsum *s);
 
 #endif

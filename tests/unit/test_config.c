@@ -794,6 +794,215 @@ START_TEST(test_usage_lists_topology_options)
 }
 END_TEST
 
+/* ---- whole option names (getopt_long's abbreviations refused), --max-memory ---- */
+
+/* A line refused with MOE_EUSAGE whose message holds every `want` and none of `unwanted`. */
+static const struct name_line {
+    const char *args[4];
+    const char *want[5];
+    const char *unwanted[2];
+} bad_name_lines[] = {
+    /* an abbreviation of one option: named, with the whole name suggested */
+    {{"--expert", "16"}, {"'--expert'", "--experts", "whole", "did you mean"}, {"several"}},
+    {{"--exp", "4"}, {"'--exp'", "--experts", "did you mean"}, {"several"}}, /* only --experts */
+    {{"--hid=16"}, {"'--hid'", "--hidden", "whole"}, {"=16"}},
+    {{"--tokens-fil", "t.npy"}, {"--tokens-file", "did you mean"}, {NULL}},
+    {{"--ver"}, {"--version", "did you mean"}, {NULL}},
+    {{"--max-mem", "8G"}, {"--max-memory", "did you mean"}, {NULL}},
+    /* an abbreviation of several: every one listed */
+    {{"--capacity=1"},
+     {"'--capacity'", "--capacity-factor", "--capacity-scope", "several"},
+     {NULL}},
+    {{"--to", "4"}, {"--tokens", "--top-k", "--tokens-file", "--topology"}, {"did you mean"}},
+    {{"--hot", "1"}, {"--hot-experts", "--hot-share", "several"}, {NULL}},
+    {{"--d", "x"}, {"--drop-policy", "--dump-routing", "--dump-output"}, {NULL}},
+    {{"--r", "x"}, {"--renormalize", "--router-file", "--ranks-per-node"}, {NULL}},
+    /* not a prefix: the nearest name by edit distance, when it is near */
+    {{"--experst", "4"}, {"'--experst'", "did you mean --experts"}, {NULL}},
+    {{"--tokens-files", "x"}, {"did you mean --tokens-file"}, {NULL}},
+    {{"--renormalise"}, {"did you mean --renormalize"}, {NULL}},
+    {{"--Tokens", "5"}, {"did you mean --tokens"}, {NULL}},
+    {{"--zzzzzz"}, {"'--zzzzzz'"}, {"did you mean", "several"}},
+    {{"--frobnicate-widgets", "3"}, {"'--frobnicate-widgets'"}, {"did you mean", "several"}},
+    /* found wherever it sits: after a flag, after an option=value, after a value */
+    {{"--quiet", "--expert", "2"}, {"'--expert'", "--experts"}, {NULL}},
+    {{"--json=x", "--expert", "2"}, {"'--expert'", "--experts"}, {NULL}},
+    {{"--tokens", "5", "--hid", "3"}, {"'--hid'", "--hidden"}, {NULL}},
+    /* "--" ends the options: what follows is an argument, refused as such */
+    {{"--", "--expert", "2"}, {"unexpected argument '--expert'"}, {NULL}},
+};
+
+START_TEST(test_whole_names_refused)
+{
+    const struct name_line *b = &bad_name_lines[_i];
+    moe_config cfg;
+    char msg[512];
+    int rc = parse(&cfg, msg, sizeof msg, b->args[0], b->args[1], b->args[2], b->args[3], NULL);
+    ck_assert_msg(rc == MOE_EUSAGE, "'%s %s' gave %d (%s), expected MOE_EUSAGE", b->args[0],
+                  b->args[1] ? b->args[1] : "", rc, msg);
+    for (int w = 0; w < 5 && b->want[w] != NULL; w++)
+        ck_assert_msg(strstr(msg, b->want[w]) != NULL, "'%s %s': message '%s' lacks '%s'",
+                      b->args[0], b->args[1] ? b->args[1] : "", msg, b->want[w]);
+    for (int w = 0; w < 2 && b->unwanted[w] != NULL; w++)
+        ck_assert_msg(strstr(msg, b->unwanted[w]) == NULL, "'%s %s': message '%s' has '%s'",
+                      b->args[0], b->args[1] ? b->args[1] : "", msg, b->unwanted[w]);
+}
+END_TEST
+
+START_TEST(test_whole_names_accepted)
+{
+    moe_config cfg;
+    char msg[512];
+    /* the value of an option that takes one is not an option, whatever it looks like */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--json", "--x", NULL) == MOE_OK, "%s", msg);
+    ck_assert_str_eq(cfg.json_path, "--x");
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--tokens-file", "--expert", "--network", "--zzz",
+                        NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert_str_eq(cfg.tokens_file, "--expert");
+    ck_assert_str_eq(cfg.network, "--zzz");
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--json", "--json", "--dump-output", "--json",
+                        NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert_str_eq(cfg.json_path, "--json");
+    ck_assert_str_eq(cfg.dump_output, "--json");
+    /* whole names with '=' */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--hidden=16", "--experts=16", "--top-k=3",
+                        "--capacity-factor=1.0,2.0", NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert_int_eq(cfg.hidden, 16);
+    ck_assert_int_eq(cfg.experts, 16);
+    ck_assert_int_eq(cfg.top_k, 3);
+    ck_assert_int_eq(cfg.n_cf, 2);
+    /* a whole name that is also the prefix of another (--tokens, --tokens-file) is that option */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--tokens", "9", "--tokens-file", "t.npy", NULL) ==
+                      MOE_OK,
+                  "%s", msg);
+    ck_assert_int_eq(cfg.tokens, 9);
+    ck_assert_str_eq(cfg.tokens_file, "t.npy");
+    /* an abbreviation refused, then the whole name accepted: no state carried over */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--expert", "16", NULL), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "16", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.experts, 16);
+}
+END_TEST
+
+START_TEST(test_max_memory_option)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.max_memory, 0); /* default: the node's MemAvailable */
+    ck_assert(cfg.max_memory_percent == 0.0);
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--max-memory", "8G", NULL) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(cfg.max_memory, INT64_C(8) << 30);
+    ck_assert(cfg.max_memory_percent == 0.0);
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--max-memory=512MiB", NULL) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(cfg.max_memory, INT64_C(512) << 20);
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--max-memory", "50%", NULL) == MOE_OK, "%s", msg);
+    ck_assert(cfg.max_memory_percent == 50.0);
+    ck_assert_int_eq(cfg.max_memory, 0);
+    /* the last one given wins, and replaces the other form */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--max-memory", "50%", "--max-memory", "1T", NULL) ==
+                      MOE_OK,
+                  "%s", msg);
+    ck_assert_int_eq(cfg.max_memory, INT64_C(1) << 40);
+    ck_assert(cfg.max_memory_percent == 0.0);
+    static const char *const bad[] = {"0", "-1", "abc", "5X", "", " 5", "1e30", "101%", "0%"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        msg[0] = '\0';
+        int rc = parse(&cfg, msg, sizeof msg, "--max-memory", bad[i], NULL);
+        ck_assert_msg(rc == MOE_EUSAGE, "--max-memory '%s' gave %d", bad[i], rc);
+        ck_assert_msg(strstr(msg, "--max-memory") != NULL, "'%s': message %s", bad[i], msg);
+    }
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--max-memory", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--max-memory"));
+}
+END_TEST
+
+/* The long options as of this writing (src/config.c's long_options, which is static: this list is
+ * copied from it). The test below does not rely on it alone: it reads the table back through the
+ * parser, and checks this list against what it read, so that a broken reading cannot pass. */
+static const char *const known_options[] = {
+    "tokens", "hidden", "ffn", "experts", "top-k", "capacity-factor", "capacity-scope",
+    "drop-policy", "renormalize", "pad-to-capacity", "seed", "iters", "warmup", "tokens-file",
+    "router-file", "json", "dump-routing", "dump-output", "quiet", "skew", "hot-experts",
+    "hot-share", "clusters", "logits-file", "predict-only", "topology", "ranks-per-node", "a2a",
+    "network", "max-memory", "help", "version"};
+
+static int is_name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+}
+
+/* Whether text mentions "--name" as a whole word (not as the start of a longer option). */
+static int mentions(const char *text, const char *name)
+{
+    char opt[80];
+    if (snprintf(opt, sizeof opt, "--%s", name) >= (int)sizeof opt)
+        return 0;
+    for (const char *p = text; (p = strstr(p, opt)) != NULL; p += strlen(opt))
+        if (!is_name_char(p[strlen(opt)]))
+            return 1;
+    return 0;
+}
+
+START_TEST(test_usage_lists_every_table_option)
+{
+    /* Read the option table back: "--c" for each first character c abbreviates every option that
+     * begins with c, and the refusal lists them all ("did you mean --a2a?" for one, "it
+     * abbreviates several options (--tokens, --top-k, ...)" for more). */
+    enum { MAX_FOUND = 128 };
+    static char found[MAX_FOUND][64];
+    int n_found = 0;
+    const char *firsts = "abcdefghijklmnopqrstuvwxyz0123456789";
+    for (const char *c = firsts; *c; c++) {
+        char arg[4] = {'-', '-', *c, '\0'};
+        moe_config cfg;
+        char msg[1024];
+        if (parse(&cfg, msg, sizeof msg, arg, "1", NULL) == MOE_OK) { /* a one-letter option */
+            ck_assert_int_lt(n_found, MAX_FOUND);
+            snprintf(found[n_found++], sizeof found[0], "%c", *c);
+            continue;
+        }
+        for (const char *p = msg; (p = strstr(p, "--")) != NULL;) {
+            p += 2;
+            size_t len = 0;
+            while (is_name_char(p[len]))
+                len++;
+            if (len > 1 && p[0] == *c && len < sizeof found[0]) {
+                int seen = 0;
+                for (int i = 0; i < n_found; i++)
+                    seen |= strlen(found[i]) == len && strncmp(found[i], p, len) == 0;
+                if (!seen) {
+                    ck_assert_int_lt(n_found, MAX_FOUND);
+                    snprintf(found[n_found++], sizeof found[0], "%.*s", (int)len, p);
+                }
+            }
+            p += len;
+        }
+    }
+    /* the reading found at least the options known today (and each one is a real option) */
+    for (size_t i = 0; i < sizeof known_options / sizeof *known_options; i++) {
+        int seen = 0;
+        for (int j = 0; j < n_found; j++)
+            seen |= strcmp(found[j], known_options[i]) == 0;
+        ck_assert_msg(seen, "--%s not found by reading the option table back", known_options[i]);
+    }
+    const char *u = moe_config_usage();
+    for (int i = 0; i < n_found; i++) {
+        ck_assert_msg(mentions(u, found[i]), "--help does not mention --%s", found[i]);
+        /* every name read back is accepted whole (with a value when it needs one) */
+        moe_config cfg;
+        char msg[1024], opt[80];
+        ck_assert_int_lt(snprintf(opt, sizeof opt, "--%s", found[i]), (int)sizeof opt);
+        int rc = parse(&cfg, msg, sizeof msg, opt, NULL);
+        ck_assert_msg(strstr(msg, "unknown option") == NULL, "%s: %s (rc %d)", opt, msg, rc);
+    }
+    ck_assert_int_ge(n_found, (int)(sizeof known_options / sizeof *known_options));
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -832,6 +1041,13 @@ static Suite *config_suite(void)
     /* Regressions of bugs found and fixed (see the comment above each). */
     tc = tcase_create("regressions");
     tcase_add_test(tc, test_unknown_short_option_in_cluster_named);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("whole_names");
+    tcase_add_loop_test(tc, test_whole_names_refused, 0,
+                        (int)(sizeof bad_name_lines / sizeof *bad_name_lines));
+    tcase_add_test(tc, test_whole_names_accepted);
+    tcase_add_test(tc, test_max_memory_option);
+    tcase_add_test(tc, test_usage_lists_every_table_option);
     suite_add_tcase(s, tc);
     return s;
 }
