@@ -88,6 +88,77 @@ def run(cmd, env=None, timeout=120, cwd=None):
     return Run(cmd, proc, time.monotonic() - start)
 
 
+def start(cmd, env=None, cwd=None):
+    """Start cmd in its own session (as a terminal would its job: a signal to its process group
+    is what a Ctrl-C sends), stdout and stderr captured; finish() collects it."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    proc.started, proc.cmd = time.monotonic(), cmd
+    return proc
+
+
+def finish(proc, timeout=120):
+    """Wait for a start()ed command; a Run. On a timeout, kill its session and fail."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+        print("FAIL: timed out after %d s: %s\nstdout:\n%s\nstderr:\n%s" % (
+            timeout, shlex.join(proc.cmd), out, err))
+        sys.exit(1)
+    proc.stdout, proc.stderr = out, err
+    return Run(proc.cmd, proc, time.monotonic() - proc.started)
+
+
+def processes_running(ancestor, exe):
+    """Process ids below `ancestor` (children, grandchildren...) whose executable is `exe`."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                parent[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    below, todo = set(), [ancestor]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in below]
+        below.update(kids)
+        todo.extend(kids)
+    real = os.path.realpath(exe)
+    found = []
+    for p in sorted(below):
+        try:
+            if os.readlink("/proc/%d/exe" % p).removesuffix(" (deleted)") == real:
+                found.append(p)
+        except OSError:
+            pass
+    return found
+
+
+def catches(pid, *signums):
+    """Whether process pid has handlers installed for all of signums (SigCgt in /proc)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return all(mask >> (s - 1) & 1 for s in signums)
+
+
+def wait_until(predicate, timeout=60, step=0.05):
+    """Poll predicate until it returns something true (returned); None after timeout seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(step)
+    return None
+
+
 def fake_launcher(bin_dir, name, record, then_exec=False):
     """Write bin_dir/name, a stand-in for mpirun or srun that writes its argv, one per line, to
     `record`. With then_exec it then drops its leading --options and runs the rest (the moesim

@@ -12,6 +12,14 @@
 - --hostfile: passed through; the hostfile's slots, not the cores, decide oversubscription; the
   default -n is the total slots; a real run on a `localhost slots=C` hostfile.
 - As a non-root user (setpriv, when the test runs as root): no --allow-run-as-root.
+- Errors and signals, for real: a refused run (`-- --bogus`) at -n 1 and 2 exits 2 with stderr
+  holding the `+ mpirun` line and exactly one `moesim: error:` line, none of Open MPI's
+  "returned a non-zero exit code" notice, and nothing on stdout. Runs stopped by a signal (-n 2,
+  a long run, signalled once moesim's SIGINT/SIGTERM handlers are installed): SIGTERM to one
+  moesim rank, SIGINT to the launcher's process group (what a terminal's Ctrl-C sends) and
+  SIGTERM to the launcher exit 143, 130 and 143 with exactly one `moesim: interrupted by ...`
+  line and no notice. A real failure, SIGKILL to one rank, still shows Open MPI's notice
+  ("mpirun noticed that process rank N ... exited on signal 9") and exits non-zero (137).
 """
 
 import json
@@ -20,7 +28,10 @@ import shutil
 import subprocess
 import tempfile
 
-from launchtest import Checks, clean_env, cores, fake_launcher, paths, recorded, run, say, skip
+import signal
+
+from launchtest import (Checks, catches, clean_env, cores, fake_launcher, finish, paths,
+                        processes_running, recorded, run, say, skip, start, wait_until)
 
 moesim, launch = paths()
 local = os.path.join(launch, "moesim-local")
@@ -150,5 +161,86 @@ with tempfile.TemporaryDirectory(prefix="moesim-launch-") as tmp:
                     "as uid 65534: no --allow-run-as-root", r.describe())
     elif not root:
         say("running as a user: the non-root line was checked by the real runs above")
+
+# Errors and signals: what the user is left with
+NOTICE = ("non-zero exit code", "non-zero status", "Primary job", "Per user-direction")
+
+
+def stderr_lines(r):
+    """stderr without the `+ mpirun` line."""
+    return [line for line in r.stderr.splitlines() if not line.startswith("+ ")]
+
+
+def no_notice(r, what):
+    c.check(not any(n in r.stderr for n in NOTICE),
+            "%s: none of Open MPI's non-zero-exit notice" % what, r.describe())
+
+
+with tempfile.TemporaryDirectory(prefix="moesim-launch-") as tmp:
+    env = clean_env()
+    for ranks in (1, 2):
+        r = run([local, "-n", str(ranks), "--moesim", moesim, "--", "--bogus"], env=env, cwd=tmp)
+        what = "refused run (--bogus) at -n %d" % ranks
+        say("%s: exit %d in %.1f s" % (what, r.returncode, r.elapsed))
+        c.check(r.returncode == 2, what + ": exit 2", r.describe())
+        c.check(r.plus_line() is not None and r.plus_line()[:3] == ["mpirun", "-n", str(ranks)],
+                what + ": the + mpirun line is still printed", r.describe())
+        lines = stderr_lines(r)
+        c.check(len(lines) == 1 and lines[0].startswith("moesim: error: ") and "--bogus" in lines[0],
+                what + ": stderr is the + line and exactly one moesim: error: line", r.describe())
+        no_notice(r, what)
+        c.check(r.stdout == "", what + ": nothing on stdout", r.describe())
+
+    # A run long enough to be signalled (about 20 ms a step, at most 100000 steps)
+    long_run = ["--tokens", "4096", "--hidden", "64", "--iters", "100000", "--warmup", "0",
+                "--quiet", "--json", os.path.join(tmp, "never.json")]
+
+    def running(what):
+        """Start the launcher on the long run; its moesim ranks, once they catch SIGINT and
+        SIGTERM (None, after failing the check, if they never do)."""
+        proc = start([local, "-n", "2", "--moesim", moesim, "--", *long_run], env=env, cwd=tmp)
+        ranks = wait_until(lambda: (lambda p: p if len(p) == 2 and all(
+            catches(x, signal.SIGINT, signal.SIGTERM) for x in p) else None)(
+            processes_running(proc.pid, moesim)), timeout=60)
+        if not c.check(ranks is not None, what + ": two moesim ranks with signal handlers"):
+            os.killpg(proc.pid, signal.SIGKILL)
+            say(finish(proc).describe())
+            return proc, None
+        return proc, ranks
+
+    interrupts = [
+        ("SIGTERM to one moesim rank", lambda proc, ranks: os.kill(ranks[-1], signal.SIGTERM),
+         143, "SIGTERM"),
+        ("SIGINT to the launcher's process group (Ctrl-C)",
+         lambda proc, ranks: os.killpg(proc.pid, signal.SIGINT), 130, "SIGINT"),
+        ("SIGTERM to the launcher", lambda proc, ranks: os.kill(proc.pid, signal.SIGTERM),
+         143, "SIGTERM"),
+    ]
+    for what, send, status, name in interrupts:
+        proc, ranks = running(what)
+        if ranks is None:
+            continue
+        send(proc, ranks)
+        r = finish(proc)
+        say("%s: exit %d in %.1f s" % (what, r.returncode, r.elapsed))
+        c.check(r.returncode == status, "%s: exit %d" % (what, status), r.describe())
+        lines = stderr_lines(r)
+        c.check(len(lines) == 1 and lines[0].startswith("moesim: interrupted by %s " % name),
+                what + ": stderr is the + line and exactly one moesim: interrupted line",
+                r.describe())
+        no_notice(r, what)
+        c.check(not os.path.exists(os.path.join(tmp, "never.json")), what + ": no JSON written")
+
+    # A real failure keeps Open MPI's notice
+    what = "SIGKILL to one moesim rank"
+    proc, ranks = running(what)
+    if ranks is not None:
+        os.kill(ranks[-1], signal.SIGKILL)
+        r = finish(proc)
+        say("%s: exit %d in %.1f s" % (what, r.returncode, r.elapsed))
+        c.check(r.returncode == 128 + signal.SIGKILL, what + ": exit 137 (non-zero)", r.describe())
+        c.check("mpirun noticed that process rank" in r.stderr and "exited on signal 9" in r.stderr,
+                what + ": Open MPI's notice of the killed rank is shown", r.describe())
+    c.check(not processes_running(os.getpid(), moesim), "no moesim process is left behind")
 
 c.done("launcher")

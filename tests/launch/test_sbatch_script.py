@@ -15,14 +15,25 @@
   exit_status=0), report.txt (moesim's report), moesim.json (config.ranks == 1); a second run
   into the same directory exits 2; a failing moesim's exit status (2) is the script's, recorded
   in job.txt, with moesim's error in stderr.txt.
+- What a failing run leaves, with stand-ins that print after a non-zero exit what the real ones
+  print (Slurm 22.05's srun: "srun: error: HOST: task 0: Exited with exit code N" and the step's
+  termination; Open MPI 4.1's mpirun: its 11-line notice): for a refusal (--bogus, 2) stderr.txt
+  and the job's stderr hold exactly one `moesim: error:` line and none of those; for a status
+  moesim does not explain in one line (1) the notice stays.
+- SIGTERM to every process of the job (what scancel and the time limit do), once moesim catches
+  it: the script waits, exits 143, job.txt has exit_status=143, the job's stderr has moesim's
+  one `moesim: interrupted by SIGTERM` line and says the job got SIGTERM.
 """
 
 import json
 import os
 import shlex
+import signal
+import stat
 import tempfile
 
-from launchtest import Checks, clean_env, fake_launcher, paths, recorded, run, say
+from launchtest import (Checks, catches, clean_env, fake_launcher, finish, paths,
+                        processes_running, recorded, run, say, start, wait_until)
 
 moesim, launch = paths()
 script = os.path.join(launch, "moesim.sbatch")
@@ -157,5 +168,73 @@ with tempfile.TemporaryDirectory(prefix="moesim-sbatch-") as tmp:
                 "stderr.txt holds moesim's error, also in the job output", err)
     else:
         c.check(False, "a failing run still gets its run directory")
+
+    # What a failing run leaves. Stand-ins that run moesim (the first executable argument) and,
+    # when it exits non-zero (or with FAKE_EXIT's status), print what the real launcher prints.
+    srun_notice = ('srun: error: node01: task 0: Exited with exit code $st\n'
+                   'srun: launch/slurm: _step_signal: Terminating StepId=4242.0\n')
+    dash = "-" * 74
+    mpirun_notice = "\n".join([
+        dash, "Primary job  terminated normally, but 1 process returned",
+        "a non-zero exit code. Per user-direction, the job has been aborted.", dash, dash,
+        "mpirun detected that one or more processes exited with non-zero status, thus causing",
+        "the job to be terminated. The first process to do so was:", "",
+        "  Process name: [[4242,1],0]", "  Exit code:    $st", dash, ""])
+    notice_bin = os.path.join(tmp, "noticebin")
+    os.makedirs(notice_bin)
+    for name, notice in (("srun", srun_notice), ("mpirun", mpirun_notice)):
+        with open(os.path.join(notice_bin, name), "w") as f:
+            f.write("#!/bin/sh\n"
+                    'while [ $# -gt 0 ] && ! { [ -f "$1" ] && [ -x "$1" ]; }; do shift; done\n'
+                    '"$@"; st=${FAKE_EXIT:-$?}\n'
+                    '[ "$st" = 0 ] || printf \'%%s\' "%s" >&2\n'
+                    'exit "$st"\n' % notice)
+        os.chmod(os.path.join(notice_bin, name), 0o755)
+    notice_env = dict(job_env, PATH=notice_bin + os.pathsep + os.environ["PATH"])
+    for launcher in ("srun", "mpirun"):
+        for what, opts, extra, status in (("a refusal", ["--", "--bogus"], {}, 2),
+                                          ("status 1", ["--", *tiny], {"FAKE_EXIT": "1"}, 1)):
+            rdir = "runs/%s-%d" % (launcher, status)
+            r = run([script, "--launcher", launcher, "--run-dir", rdir, *opts],
+                    env=dict(notice_env, **extra), cwd="/")
+            label = "%s under a stand-in %s" % (what, launcher)
+            c.check(r.returncode == status, "%s: exit %d" % (label, status), r.describe())
+            errfile = os.path.join(submit, rdir, "stderr.txt")
+            err = open(errfile).read() if os.path.exists(errfile) else ""
+            noise = ("Exited with exit code", "Terminating StepId", "non-zero exit code",
+                     "non-zero status", "Primary job")
+            if status == 2:
+                c.check(err.splitlines() == ["moesim: error: unknown option '--bogus' (see --help)"],
+                        label + ": stderr.txt is exactly moesim's one error line", err)
+                job_err = [line for line in r.stderr.splitlines()]
+                c.check(sum(line.startswith("moesim: error:") for line in job_err) == 1 and
+                        not any(n in r.stderr for n in noise),
+                        label + ": the job's stderr has one moesim: error: line and no notice",
+                        r.describe())
+            else:
+                kept = "Exited with exit code 1" if launcher == "srun" else "Exit code:    1"
+                c.check(kept in err and kept in r.stderr,
+                        label + ": the launcher's notice is kept (%s)" % kept, err)
+
+    # SIGTERM to every process of the job, as scancel and the time limit send it
+    long_run = ["--tokens", "4096", "--hidden", "64", "--iters", "100000", "--warmup", "0",
+                "--quiet"]
+    proc = start([script, "--run-dir", "runs/cancelled", "--", *long_run], env=job_env, cwd="/")
+    ranks = wait_until(lambda: (lambda p: p if p and catches(p[0], signal.SIGTERM) else None)(
+        processes_running(proc.pid, moesim)), timeout=60)
+    if c.check(ranks is not None, "SIGTERM to the job: moesim runs and catches SIGTERM"):
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+    r = finish(proc)
+    say("SIGTERM to the job's processes: exit %d in %.1f s" % (r.returncode, r.elapsed))
+    c.check(r.returncode == 143, "SIGTERM to the job: the script exits 143", r.describe())
+    jobfile = os.path.join(submit, "runs", "cancelled", "job.txt")
+    c.check(os.path.exists(jobfile) and "exit_status=143\n" in open(jobfile).read(),
+            "SIGTERM to the job: job.txt records exit_status=143")
+    c.check(sum(line.startswith("moesim: interrupted by SIGTERM") for line in
+                r.stderr.splitlines()) == 1 and "(the job got SIGTERM)" in r.stdout,
+            "SIGTERM to the job: one moesim: interrupted line, and the last line says so",
+            r.describe())
 
 c.done("sbatch-script")
