@@ -303,6 +303,16 @@ static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
                             "unknown option '--%s': it abbreviates several options (%s); give one "
                             "whole",
                             given, prefixed);
+        /* a valid name with something added ("--a2a-mode" for "--a2a") */
+        const struct option *stem = NULL;
+        for (const struct option *o = long_options; o->name != NULL; o++)
+            if (strlen(o->name) < len && strncmp(o->name, name, strlen(o->name)) == 0 &&
+                (stem == NULL || strlen(o->name) > strlen(stem->name)))
+                stem = o;
+        if (stem != NULL)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "unknown option '--%s': did you mean --%s? (see --help)", given,
+                            stem->name);
         const char *nearest = NULL;
         int best = 99;
         for (const struct option *o = long_options; o->name != NULL; o++) {

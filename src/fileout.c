@@ -116,6 +116,14 @@ int moe_out_classify(moe_out_target *t, const char *path, const char *option, bo
                             option);
         t->kind = MOE_OUT_STDOUT;
         snprintf(t->path, sizeof t->path, "-");
+        /* what standard output is, so that "-" and /dev/stdout (or the file stdout is
+         * redirected to) are recognised as the same output */
+        struct stat so;
+        if (fstat(STDOUT_FILENO, &so) == 0) {
+            t->exists = true;
+            t->dev = so.st_dev;
+            t->ino = so.st_ino;
+        }
         return MOE_OK;
     }
     if (len >= sizeof t->path - 64)
@@ -186,8 +194,8 @@ int moe_out_classify(moe_out_target *t, const char *path, const char *option, bo
 /* Same file: both exist with the same device and inode, or the same resolved name, or both "-". */
 static bool same_target(const moe_out_target *a, const moe_out_target *b)
 {
-    if (a->kind == MOE_OUT_STDOUT || b->kind == MOE_OUT_STDOUT)
-        return a->kind == b->kind;
+    if (a->kind == MOE_OUT_STDOUT && b->kind == MOE_OUT_STDOUT)
+        return true;
     if (a->exists && b->exists)
         return a->dev == b->dev && a->ino == b->ino;
     return strcmp(a->path, b->path) == 0;
@@ -213,11 +221,12 @@ int moe_out_check_distinct(const char *const *out_paths, const char *const *out_
                 rc = moe_fail(MOE_EUSAGE, msg, msglen,
                               "%s '%s' and %s '%s' are the same %s: give each output its own file",
                               out_options[j], out_paths[j], out_options[i], out_paths[i],
-                              t[i].kind == MOE_OUT_STDOUT ? "standard output" : "file");
+                              t[i].kind == MOE_OUT_STDOUT || t[j].kind == MOE_OUT_STDOUT
+                                  ? "standard output"
+                                  : "file");
         for (int j = 0; rc == MOE_OK && j < n_in; j++) {
             struct stat st;
-            if (in_paths[j] == NULL || t[i].kind == MOE_OUT_STDOUT || !t[i].exists ||
-                stat(in_paths[j], &st) != 0)
+            if (in_paths[j] == NULL || !t[i].exists || stat(in_paths[j], &st) != 0)
                 continue;
             if (st.st_dev == t[i].dev && st.st_ino == t[i].ino)
                 rc = moe_fail(MOE_EUSAGE, msg, msglen,

@@ -474,13 +474,15 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
             return rc;
     }
 
-    /* Everything this rank will allocate, from the configuration alone, before the first large
-     * allocation: the fixed buffers exactly, the exchange at a balanced router's mean load. A run
-     * that cannot fit even then is refused here, in well under a second; the exact exchange sizes
-     * are checked again once routing is known (moe_layer_set_capacity_factor). */
+    /* What this rank will allocate whatever the routing, from the configuration alone and
+     * before the first large allocation: tokens, router, assignments, experts, results, dumps. A
+     * run whose fixed part cannot fit is refused here, in well under a second. The exchange and
+     * expert buffers depend on what capacity accepts; they are added exactly once routing is
+     * known, and checked then (moe_layer_set_capacity_factor), before they are allocated. The
+     * fixed part is a lower bound of the final estimate, so the figure that refuses a run is
+     * never below the one a successful run reports. */
     L->budget = node_budget(cfg);
     moe_memory_fixed(&L->mem, cfg, L->R, L->rank, L->n, L->n_le);
-    moe_memory_exchange_balanced(&L->mem, cfg, L->R, L->n, L->n_le);
     if ((rc = check_memory(L, L->mem.total, "this run", msg, msglen)) != MOE_OK)
         return rc;
     double need = (double)L->mem.total;

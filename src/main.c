@@ -6,6 +6,7 @@
 #include "moesim/exchange.h"
 #include "moesim/fileout.h"
 #include "moesim/layer.h"
+#include "moesim/memory.h"
 #include "moesim/npy.h"
 #include "moesim/predict.h"
 #include "moesim/projection.h"
@@ -347,7 +348,8 @@ static int collect_memory(moe_layer *layer, moe_results *res, int64_t baseline_r
                           int nranks, MPI_Comm comm, char *msg)
 {
     moe_mem_estimate est;
-    int64_t mine[4], *all = rank == 0 ? malloc((size_t)nranks * sizeof mine) : NULL;
+    enum { N_FIELDS = 5 };
+    int64_t mine[N_FIELDS], *all = rank == 0 ? malloc((size_t)nranks * sizeof mine) : NULL;
     int rc = rank != 0 || all ? MOE_OK : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
     if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
         return rc;
@@ -355,13 +357,31 @@ static int collect_memory(moe_layer *layer, moe_results *res, int64_t baseline_r
     mine[0] = est.total;
     mine[1] = moe_driver_peak_rss();
     mine[2] = baseline_rss;
-    int mrc = MPI_Gather(mine, 4, MPI_INT64_T, all, 4, MPI_INT64_T, 0, comm);
+    mine[4] = 0;
+    const moe_config *cfg = moe_layer_config(layer);
+    if (cfg->predict_only) {
+        /* what a real run of this configuration would allocate, the exchange at a balanced
+         * router's load: the planning figure --predict-only is for */
+        moe_config full = *cfg;
+        full.predict_only = false;
+        int64_t first, n, first_e, n_le;
+        moe_partition(cfg->tokens, nranks, rank, &first, &n);
+        moe_partition(cfg->experts, nranks, rank, &first_e, &n_le);
+        moe_mem_estimate m;
+        moe_memory_fixed(&m, &full, nranks, rank, n, n_le);
+        moe_memory_exchange_balanced(&m, &full, nranks, n, n_le);
+        mine[4] = m.total;
+    }
+    int mrc = MPI_Gather(mine, N_FIELDS, MPI_INT64_T, all, N_FIELDS, MPI_INT64_T, 0, comm);
     if (mrc == MPI_SUCCESS && rank == 0) {
+        res->mem_full_run = cfg->predict_only ? 0 : -1;
         for (int r = 0; r < nranks; r++) {
-            res->mem_estimate[r] = all[4 * r];
-            res->mem_peak_rss[r] = all[4 * r + 1];
-            res->mem_baseline_rss[r] = all[4 * r + 2];
-            res->mem_budget[r] = all[4 * r + 3];
+            res->mem_estimate[r] = all[N_FIELDS * r];
+            res->mem_peak_rss[r] = all[N_FIELDS * r + 1];
+            res->mem_baseline_rss[r] = all[N_FIELDS * r + 2];
+            res->mem_budget[r] = all[N_FIELDS * r + 3];
+            if (cfg->predict_only && all[N_FIELDS * r + 4] > res->mem_full_run)
+                res->mem_full_run = all[N_FIELDS * r + 4];
         }
         res->mem_budget_given = moe_layer_config(layer)->max_memory > 0 ||
                                 moe_layer_config(layer)->max_memory_percent > 0;

@@ -260,6 +260,11 @@ void moe_report_memory(FILE *out, const moe_results *res, bool color)
                  "counts; RSS: getrusage)\n", bold, off);
     fprintf(out, "  per rank: estimate %s max, %s mean; peak RSS %s max (%s before moesim's buffers)\n",
             a, b, c, e);
+    if (res->mem_full_run > 0) {
+        moe_memory_format(a, sizeof a, res->mem_full_run);
+        fprintf(out, "  a real run (not --predict-only) would need about %s on its largest rank, the "
+                     "exchange at a balanced router's load\n", a);
+    }
     int *node_of = malloc((size_t)R * sizeof *node_of), *first = malloc((size_t)R * sizeof *first);
     if (node_of == NULL || first == NULL) {
         free(node_of);
@@ -336,11 +341,12 @@ static json_t *memory_json(const moe_results *res)
     }
     free(node_of);
     free(first);
-    return json_pack("{s:I, s:I, s:I, s:s, s:o, s:o}", "estimate_bytes", (json_int_t)est_max,
+    return json_pack("{s:I, s:I, s:I, s:s, s:o, s:o, s:o}", "estimate_bytes", (json_int_t)est_max,
                      "peak_rss_bytes", (json_int_t)rss_max, "baseline_rss_bytes",
                      (json_int_t)base_max, "budget_source",
                      res->mem_budget_given ? "--max-memory" : "MemAvailable", "per_rank", per_rank,
-                     "per_node", per_node);
+                     "per_node", per_node, "full_run_estimate_bytes",
+                     res->mem_full_run > 0 ? json_integer(res->mem_full_run) : json_null());
 }
 
 void moe_report_placement(FILE *out, const moe_results *res)

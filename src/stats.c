@@ -96,6 +96,7 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->mem_peak_rss = mem ? mem + R : NULL;
     r->mem_baseline_rss = mem ? mem + 2 * R : NULL;
     r->mem_budget = mem ? mem + 3 * R : NULL;
+    r->mem_full_run = -1;
     if (!mem || !r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
         !r->dispatch_bytes || !r->combine_bytes) {
         moe_results_free(r);

@@ -107,6 +107,8 @@ typedef struct moe_results {
      * before moesim allocated anything (MPI and libraries), and the node's budget */
     int64_t *mem_estimate, *mem_peak_rss, *mem_baseline_rss, *mem_budget;
     bool mem_budget_given;                /* --max-memory, else MemAvailable */
+    int64_t mem_full_run;                 /* --predict-only: the largest rank's estimate for a real
+                                           * run (exchange at a balanced load); -1 otherwise */
     /* capacity-factor ablation and prediction: one row per --capacity-factor value */
     moe_ablation_row *ablation;
     int n_ablation;

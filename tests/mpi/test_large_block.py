@@ -2,7 +2,7 @@
 memory (skipped with the reason otherwise).
 
 The batch: N = 33 tokens of d = 2^24 (one token row is 64 MiB), f = 1, E = 2, k = 1, dropless
-(cf 0), one step and no warm-up. On R = 1 the one rank sends all 33 rows to itself: a dispatch
+(cf 0), one step and no warm-up; h and W come from .npy files numpy writes (make_inputs). On R = 1 the one rank sends all 33 rows to itself: a dispatch
 block of 33 x 64 MiB = 2 214 592 512 bytes > 2^31, which no int byte count can describe, so every
 byte count and offset of pack, the all-to-all, regroup and unpack must be 64-bit (or counted in
 rows). The same batch on R = 2 splits the tokens 17 + 16 and the experts 1 + 1: every block is
@@ -24,9 +24,9 @@ Memory: about 7 buffers of N d 4 bytes (tokens, output, send, receive, raw basel
 expert output) plus the router and experts' weights: 14.8 GiB at R = 1 and about as much over the
 two ranks of R = 2 (measured here: maximum resident set 15.5 GB at R = 1, 8.3 GB on R = 2's
 larger rank). The test skips (exit 77) when /proc/meminfo's MemAvailable is below that estimate
-plus 1.5 GiB. It must not run beside other tests (meson: is_parallel false). Time: about 1 to 3
-minutes per run on 2 cores, most of it first-touching the buffers and generating 553 M normal
-token entries; the timeout of each run is 420 s.
+plus 1.5 GiB, or when the temporary directory lacks room for the inputs. It must not run beside
+other tests (meson: is_parallel false). Time: reading 2.1 GiB of tokens, first-touching the
+buffers, generating the experts and one step; the timeout of each run is 420 s.
 """
 
 import json
@@ -40,8 +40,7 @@ import numpy as np
 import moetest as mt
 
 N, D, F, E, K = 33, 1 << 24, 1, 2, 1
-ARGS = ["--tokens", N, "--hidden", D, "--ffn", F, "--experts", E, "--top-k", K,
-        "--capacity-factor", "0", "--iters", 1, "--warmup", 0]
+ARGS = ["--ffn", F, "--top-k", K, "--capacity-factor", "0", "--iters", 1, "--warmup", 0]
 RUN_TIMEOUT = 420
 MARGIN = 1.5 * 2 ** 30  # bytes over the estimate: the MPI runtime, Python, page tables, slack
 BLOCK = N * D * 4
@@ -64,15 +63,35 @@ def gib(b):
     return b / 2.0 ** 30
 
 
-def one_run(ck, exe, wd, ranks):
+def make_inputs(wd):
+    """h (N, d) and W (E, d) as .npy files: generating 553 M token entries with moesim's counter
+    generator takes about 90 s here, writing them with numpy a few seconds. Each token row is a
+    64 Ki-entry seeded normal block tiled over d and scaled by the token's own factor, so rows
+    differ and the router's two logits differ per token; W is seeded normal / sqrt(d)."""
+    rng = np.random.default_rng(2031)
+    block = rng.standard_normal(1 << 16).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, N).astype(np.float32)
+    sign = np.where(rng.random(N) < 0.5, -1.0, 1.0).astype(np.float32)
+    hpath, wpath = os.path.join(wd, "h.npy"), os.path.join(wd, "w.npy")
+    h = np.lib.format.open_memmap(hpath, mode="w+", dtype=np.float32, shape=(N, D))
+    for t in range(N):
+        h[t] = np.tile(block * (scale[t] * sign[t]), D // block.size)
+    h.flush()
+    del h
+    w = (rng.standard_normal((E, D)) / np.sqrt(D)).astype(np.float32)
+    np.save(wpath, w)
+    return ["--tokens-file", hpath, "--router-file", wpath]
+
+
+def one_run(ck, exe, wd, ranks, inputs):
     tag = "R%d" % ranks
     jpath, cpath = os.path.join(wd, tag + ".json"), os.path.join(wd, tag + ".csv")
     t0 = time.monotonic()
-    r = mt.run(exe, ranks, ARGS + ["--quiet", "--json", jpath, "--dump-routing", cpath],
+    r = mt.run(exe, ranks, ARGS + inputs + ["--quiet", "--json", jpath, "--dump-routing", cpath],
                timeout=RUN_TIMEOUT)
     elapsed = time.monotonic() - t0
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    if r.returncode == 2 and any("available" in l for l in r.own_stderr):
+    if r.returncode == 2 and any("budget" in l for l in r.own_stderr):
         avail = mem_available()
         if avail is not None and avail < need_bytes() + MARGIN:
             print("SKIP: moesim refused for memory at R=%d (%s) and MemAvailable is now %.2f GiB"
@@ -105,8 +124,16 @@ def main():
     print("memory: estimate %.2f GiB per run, MemAvailable %.2f GiB" % (gib(need), gib(avail)))
     ck = mt.Checker("test_large_block")
     wd = mt.workdir()
+    free = os.statvfs(wd)
+    if free.f_bavail * free.f_frsize < 2 * N * D * 4 + (1 << 30):
+        print("SKIP: the input files need %.1f GiB in %s, which has %.1f GiB free"
+              % (gib(N * D * 4 + E * D * 4), wd, gib(free.f_bavail * free.f_frsize)))
+        sys.exit(77)
+    t0 = time.monotonic()
+    inputs = make_inputs(wd)
+    print("inputs written in %.1f s" % (time.monotonic() - t0))
 
-    one = ck.guard("R=1 run", one_run, ck, exe, wd, 1)
+    one = ck.guard("R=1 run", one_run, ck, exe, wd, 1, inputs)
     if one is not None:
         doc1, rt1 = one
         disp = doc1["traffic"]["dispatch_bytes"]
@@ -117,7 +144,7 @@ def main():
         ck.equal(sum(e["routed"] for e in doc1["experts"]), N * K, "R=1: routed sum to N k")
         ck.check(np.isfinite(doc1["output"]["checksum"]), "R=1: output.checksum is finite",
                  repr(doc1["output"]["checksum"]))
-    two = ck.guard("R=2 run", one_run, ck, exe, wd, 2)
+    two = ck.guard("R=2 run", one_run, ck, exe, wd, 2, inputs)
     if two is not None:
         doc2, rt2 = two
         disp = np.array(doc2["traffic"]["dispatch_bytes"], dtype=np.int64)
