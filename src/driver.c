@@ -57,21 +57,34 @@ int moe_driver_stdout_is_terminal(void)
     return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
 }
 
-int64_t moe_driver_mem_total(void)
+/* A "Name: N kB" line of /proc/meminfo in bytes, or -1. */
+static int64_t meminfo(const char *name)
 {
     FILE *f = fopen("/proc/meminfo", "r");
-    if (f != NULL) {
-        char line[256];
-        long long kb;
-        while (fgets(line, sizeof line, f) != NULL)
-            if (sscanf(line, "MemTotal: %lld kB", &kb) == 1) {
-                fclose(f);
-                return (int64_t)kb * 1024;
-            }
-        fclose(f);
-    }
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (f == NULL)
+        return -1;
+    char line[256], want[64];
+    snprintf(want, sizeof want, "%s: %%lld kB", name);
+    long long kb;
+    int64_t bytes = -1;
+    while (bytes < 0 && fgets(line, sizeof line, f) != NULL)
+        if (sscanf(line, want, &kb) == 1)
+            bytes = (int64_t)kb * 1024;
+    fclose(f);
+    return bytes;
+}
+
+/* sysconf's page count times the page size, or -1 */
+static int64_t pages_bytes(int which)
+{
+    long pages = sysconf(which), page = sysconf(_SC_PAGESIZE);
     return pages > 0 && page > 0 ? (int64_t)pages * page : -1;
+}
+
+int64_t moe_driver_mem_total(void)
+{
+    int64_t b = meminfo("MemTotal");
+    return b >= 0 ? b : pages_bytes(_SC_PHYS_PAGES);
 }
 
 int64_t moe_driver_peak_rss(void)
@@ -84,19 +97,8 @@ int64_t moe_driver_peak_rss(void)
 
 int64_t moe_driver_mem_available(void)
 {
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (f != NULL) {
-        char line[256];
-        long long kb;
-        while (fgets(line, sizeof line, f) != NULL)
-            if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1) {
-                fclose(f);
-                return (int64_t)kb * 1024;
-            }
-        fclose(f);
-    }
-    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? (int64_t)pages * page : -1;
+    int64_t b = meminfo("MemAvailable");
+    return b >= 0 ? b : pages_bytes(_SC_AVPHYS_PAGES);
 }
 
 bool moe_driver_fault(const char *site, int rank)

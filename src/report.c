@@ -237,6 +237,20 @@ static int node_index(const moe_results *res, int *node_of, int *first_rank)
     return n;
 }
 
+/* Node q's estimate and peak RSS, summed over its ranks (saturating); returns its rank count. */
+static int node_sums(const moe_results *res, const int *node_of, int q, int64_t *est, int64_t *rss)
+{
+    int ranks = 0;
+    *est = *rss = 0;
+    for (int r = 0; r < res->ranks; r++)
+        if (node_of[r] == q) {
+            *est = moe_bytes_add(*est, res->mem_estimate[r]);
+            *rss = moe_bytes_add(*rss, res->mem_peak_rss[r] > 0 ? res->mem_peak_rss[r] : 0);
+            ranks++;
+        }
+    return ranks;
+}
+
 void moe_report_memory(FILE *out, const moe_results *res, bool color)
 {
     const char *bold = color ? "\033[1m" : "", *off = color ? "\033[0m" : "";
@@ -273,14 +287,8 @@ void moe_report_memory(FILE *out, const moe_results *res, bool color)
     }
     int nodes = node_index(res, node_of, first);
     for (int q = 0; q < nodes && q < 8; q++) {
-        int64_t est = 0, rss = 0;
-        int ranks = 0;
-        for (int r = 0; r < R; r++)
-            if (node_of[r] == q) {
-                est = moe_bytes_add(est, res->mem_estimate[r]);
-                rss = moe_bytes_add(rss, res->mem_peak_rss[r] > 0 ? res->mem_peak_rss[r] : 0);
-                ranks++;
-            }
+        int64_t est, rss;
+        int ranks = node_sums(res, node_of, q, &est, &rss);
         int64_t budget = res->mem_budget[first[q]];
         moe_memory_format(a, sizeof a, est);
         moe_memory_format(b, sizeof b, rss);
@@ -324,14 +332,8 @@ static json_t *memory_json(const moe_results *res)
                                         "baseline_rss_bytes", (json_int_t)res->mem_baseline_rss[r]));
     }
     for (int q = 0; q < nodes; q++) {
-        int64_t est = 0, rss = 0;
-        int ranks = 0;
-        for (int r = 0; r < R; r++)
-            if (node_of[r] == q) {
-                est = moe_bytes_add(est, res->mem_estimate[r]);
-                rss = moe_bytes_add(rss, res->mem_peak_rss[r] > 0 ? res->mem_peak_rss[r] : 0);
-                ranks++;
-            }
+        int64_t est, rss;
+        int ranks = node_sums(res, node_of, q, &est, &rss);
         int64_t budget = res->mem_budget[first[q]];
         json_array_append_new(per_node,
                               json_pack("{s:i, s:i, s:I, s:I, s:o}", "node", q, "ranks", ranks,
