@@ -7,6 +7,7 @@
 #include "moesim/error.h"
 #include "moesim/expert.h"
 #include "moesim/hier.h"
+#include "moesim/loss.h"
 #include "moesim/memory.h"
 #include "moesim/npy.h"
 #include "moesim/rng.h"
@@ -1039,6 +1040,62 @@ int moe_layer_router_stats(moe_layer *L, double *P, int64_t *loads, char *msg, s
     }
     free(psum);
     free(routed);
+    return rc;
+}
+
+int moe_layer_balance(moe_layer *L, moe_balance *b, char *msg, size_t msglen)
+{
+    int E = L->E, R = L->R;
+    /* per expert: the importance sum (E), then the z-loss sum, exactly */
+    moe_xsum *sums = calloc((size_t)E + 1, sizeof *sums);
+    float *z = malloc((size_t)(L->n * E + 1) * sizeof *z);
+    double *lse = malloc((size_t)(L->n + 1) * sizeof *lse), *out = calloc((size_t)E + 1, sizeof *out);
+    int64_t *routed = calloc((size_t)E, sizeof *routed), *routed_all = calloc((size_t)E, sizeof *routed);
+    double *rows = L->rank == 0 ? calloc((size_t)R, sizeof *rows) : NULL;
+    int rc = sums && z && lse && out && routed && routed_all && (L->rank != 0 || rows)
+                 ? MOE_OK
+                 : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the balance figures");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    /* Shazeer's importance: the gates of every routed assignment, before capacity */
+    for (int64_t i = 0; i < L->n * L->k; i++) {
+        moe_xsum_add(&sums[L->expert[i]], L->gate[i]);
+        routed[L->expert[i]]++;
+    }
+    /* z-loss terms lse^2 in double, each split into two floats so the exact sum keeps them */
+    logits(L, z);
+    moe_logsumexp_rows(lse, z, L->n, E);
+    for (int64_t t = 0; t < L->n; t++) {
+        double v = lse[t] * lse[t];
+        float hi = (float)v;
+        moe_xsum_add(&sums[E], hi);
+        moe_xsum_add(&sums[E], (float)(v - (double)hi));
+    }
+    if ((rc = reduce_xsums(L, sums, E + 1, out, msg, msglen)) != MOE_OK)
+        goto done;
+    /* rows each rank computes (padding included: what its GEMMs run over) */
+    double mine = (double)L->rows_x;
+    int mrc = MPI_Reduce(routed, routed_all, E, MPI_INT64_T, MPI_SUM, 0, L->comm);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Gather(&mine, 1, MPI_DOUBLE, rows, 1, MPI_DOUBLE, 0, L->comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Reduce/MPI_Gather", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
+    if (L->rank == 0) {
+        moe_balance_from_counts(b, routed_all, E);
+        b->importance_cv2 = moe_cv2(out, E);
+        b->z_loss = out[E] / (double)L->cfg.tokens;
+        b->rank_overload = moe_max_over_mean(rows, R);
+    }
+done:
+    free(sums);
+    free(z);
+    free(lse);
+    free(out);
+    free(routed);
+    free(routed_all);
+    free(rows);
     return rc;
 }
 

@@ -469,7 +469,9 @@ int main(int argc, char **argv)
         rc = predict(layer, &cfg, &res, rank, nranks, comm, msg);
     if (rc != MOE_OK)
         goto out;
-    if ((rc = check_interrupt(comm, "before the run", msg)) != MOE_OK)
+    if (rc == MOE_OK && cfg.predict_only) /* otherwise measured with the first cf's run */
+        rc = moe_layer_balance(layer, rank == 0 ? &res.balance : NULL, msg, MSG_LEN);
+    if (rc != MOE_OK || (rc = check_interrupt(comm, "before the run", msg)) != MOE_OK)
         goto out;
     /* With an output on standard output, the text report moves to stderr. */
     FILE *report_out = outputs_use_stdout(&cfg) ? stderr : stdout;
@@ -508,6 +510,8 @@ int main(int argc, char **argv)
             MPI_Abort(comm, EXIT_FAILED);
         }
         rc = moe_layer_results(layer, rank == 0 ? cur : NULL, seconds, cfg.iters, msg, MSG_LEN);
+        if (rc == MOE_OK && i == 0)
+            rc = moe_layer_balance(layer, rank == 0 ? &res.balance : NULL, msg, MSG_LEN);
         if (rc == MOE_OK && rank == 0)
             record_measurement(&res.ablation[i], cur);
         if (rc == MOE_OK && rank == 0 && i == 0)

@@ -121,6 +121,15 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     fprintf(out, "\n%sLoad balance%s (Switch: f_i = routed_i/(N k), P_i = mean p_i)\n", bold, off);
     fprintf(out, "  aux loss E * sum f_i P_i = %.4f   (1 = perfectly uniform; times alpha, 1e-2 in Megatron, in training)\n",
             res->aux_loss);
+    const moe_balance *b = &res->balance;
+    fprintf(out, "  z-loss %.4f (mean logsumexp(z)^2, ST-MoE) | importance CV^2 %.4f (Shazeer)\n",
+            b->z_loss, b->importance_cv2);
+    fprintf(out, "  routed per expert: min %.0f, max %.0f, mean %.1f, std %.1f | entropy %.4f of "
+                 "ln E = %.4f nats | Gini %.4f\n",
+            b->tpe_min, b->tpe_max, b->tpe_mean, b->tpe_std, b->entropy, log((double)E), b->gini);
+    if (b->rank_overload > 0)
+        fprintf(out, "  hottest expert %.2fx the mean | rank overload %.2fx (busiest rank's computed "
+                     "rows over the mean)\n", b->max_over_mean, b->rank_overload);
 
     fprintf(out, "\n%sDrops and waste%s\n", bold, off);
     fprintf(out, "  assignments           %12lld\n", (long long)res->assignments);
@@ -577,9 +586,17 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(root, "moesim_version", json_string(MOE_VERSION));
     json_object_set_new(root, "config", config);
     json_object_set_new(root, "experts", experts);
-    json_object_set_new(root, "load_balance",
-                        json_pack("{s:o, s:o, s:o}", "f", doubles_json(res->f, E), "P",
-                                  doubles_json(res->P, E), "aux_loss", num(res->aux_loss)));
+    const moe_balance *bal = &res->balance;
+    json_object_set_new(
+        root, "load_balance",
+        json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:{s:o, s:o, s:o, s:o}}", "f",
+                  doubles_json(res->f, E), "P", doubles_json(res->P, E), "aux_loss",
+                  num(res->aux_loss), "z_loss", num(bal->z_loss), "importance_cv2",
+                  num(bal->importance_cv2), "entropy", num(bal->entropy), "gini", num(bal->gini),
+                  "max_over_mean", num(bal->max_over_mean), "rank_overload",
+                  bal->rank_overload > 0 ? num(bal->rank_overload) : json_null(),
+                  "tokens_per_expert", "min", num(bal->tpe_min), "max", num(bal->tpe_max), "mean",
+                  num(bal->tpe_mean), "std", num(bal->tpe_std)));
     json_object_set_new(root, "drops",
                         json_pack("{s:I, s:I, s:I}", "assignments", (json_int_t)res->assignments,
                                   "dropped_assignments", (json_int_t)res->dropped_assignments,

@@ -7,6 +7,7 @@
 
 #include "moesim/config.h"
 #include "moesim/exchange.h"
+#include "moesim/loss.h"
 #include "moesim/memory.h"
 #include "moesim/router.h"
 #include "moesim/stats.h"
@@ -28,6 +29,12 @@ int moe_layer_set_capacity_factor(moe_layer *layer, double cf, char *msg, size_t
  * the mean gate probability of each expert over the batch, and loads (R, E), loads[s][e] the
  * assignments rank s routes to expert e (the counts the count exchange carries). */
 int moe_layer_router_stats(moe_layer *layer, double *P, int64_t *loads, char *msg, size_t msglen);
+
+/* The balance figures of the routing (loss.h) on rank 0 (b ignored elsewhere): z-loss, importance
+ * CV^2, the count figures over the routed counts, and the rank overload of the rows each rank
+ * computes under the current capacity factor. Sums are exact, so the figures do not depend on R
+ * (but rank_overload, which is about ranks). */
+int moe_layer_balance(moe_layer *layer, moe_balance *b, char *msg, size_t msglen);
 
 /* The workload's router bias (E values, the same on every rank), and for --hot-experts the extra
  * bias found and the share of tokens it achieved. Not collective. */

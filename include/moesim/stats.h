@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "moesim/loss.h"
 #include "moesim/topology.h"
 
 /* Phases of one layer step, in execution order: X(id, name, what, part of the step). Each exchange
@@ -79,6 +80,7 @@ typedef struct moe_results {
     int64_t *routed, *accepted, *capacity; /* capacity: summed over groups; -1 when dropless */
     double *f, *P;
     double aux_loss;
+    moe_balance balance;                   /* z-loss, importance CV^2, count figures, overload */
     /* totals */
     int64_t assignments, dropped_assignments, dropped_tokens;
     int64_t slots, empty_slots;           /* slots = sum of capacity (accepted when dropless) */
