@@ -1046,10 +1046,10 @@ int moe_layer_router_stats(moe_layer *L, double *P, int64_t *loads, char *msg, s
 int moe_layer_balance(moe_layer *L, moe_balance *b, char *msg, size_t msglen)
 {
     int E = L->E, R = L->R;
-    /* per expert: the importance sum (E), then the z-loss sum, exactly */
-    moe_xsum *sums = calloc((size_t)E + 1, sizeof *sums);
+    /* per expert: the importance sum (E), then the z-loss sum in two parts, exactly */
+    moe_xsum *sums = calloc((size_t)E + 2, sizeof *sums);
     float *z = malloc((size_t)(L->n * E + 1) * sizeof *z);
-    double *lse = malloc((size_t)(L->n + 1) * sizeof *lse), *out = calloc((size_t)E + 1, sizeof *out);
+    double *lse = malloc((size_t)(L->n + 1) * sizeof *lse), *out = calloc((size_t)E + 2, sizeof *out);
     int64_t *routed = calloc((size_t)E, sizeof *routed), *routed_all = calloc((size_t)E, sizeof *routed);
     double *rows = L->rank == 0 ? calloc((size_t)R, sizeof *rows) : NULL;
     int rc = sums && z && lse && out && routed && routed_all && (L->rank != 0 || rows)
@@ -1062,16 +1062,21 @@ int moe_layer_balance(moe_layer *L, moe_balance *b, char *msg, size_t msglen)
         moe_xsum_add(&sums[L->expert[i]], L->gate[i]);
         routed[L->expert[i]]++;
     }
-    /* z-loss terms lse^2 in double, each split into two floats so the exact sum keeps them */
+    /* z-loss terms lse^2 in double, each split into two floats (48 of its 53 bits) so that the
+     * exact sum keeps them. Replayed logits can reach 3.4e38, whose square no float holds: terms
+     * from 2^100 up are summed apart, scaled by 2^-160 (exactly), and scaled back at the end. */
     logits(L, z);
     moe_logsumexp_rows(lse, z, L->n, E);
     for (int64_t t = 0; t < L->n; t++) {
         double v = lse[t] * lse[t];
+        int big = v >= 0x1p100;
+        if (big)
+            v = ldexp(v, -160);
         float hi = (float)v;
-        moe_xsum_add(&sums[E], hi);
-        moe_xsum_add(&sums[E], (float)(v - (double)hi));
+        moe_xsum_add(&sums[E + big], hi);
+        moe_xsum_add(&sums[E + big], (float)(v - (double)hi));
     }
-    if ((rc = reduce_xsums(L, sums, E + 1, out, msg, msglen)) != MOE_OK)
+    if ((rc = reduce_xsums(L, sums, E + 2, out, msg, msglen)) != MOE_OK)
         goto done;
     /* rows each rank computes (padding included: what its GEMMs run over) */
     double mine = (double)L->rows_x;
@@ -1085,7 +1090,7 @@ int moe_layer_balance(moe_layer *L, moe_balance *b, char *msg, size_t msglen)
     if (L->rank == 0) {
         moe_balance_from_counts(b, routed_all, E);
         b->importance_cv2 = moe_cv2(out, E);
-        b->z_loss = out[E] / (double)L->cfg.tokens;
+        b->z_loss = (out[E] + ldexp(out[E + 1], 160)) / (double)L->cfg.tokens;
         b->rank_overload = moe_max_over_mean(rows, R);
     }
 done:
