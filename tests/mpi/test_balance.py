@@ -217,6 +217,26 @@ def invariance(ck, exe, wd, tag, N, E, k, cf, extra):
     print("%-22s R=1..4 invariant: %s" % (tag, {k_: first[k_] for k_ in KEYS if k_ != "rank_overload"}))
 
 
+def huge_logits(ck, exe, wd):
+    """A replayed logit of 1e20: lse^2 = 2e40 per such token, beyond float32. Every token must count
+    (the first version dropped such terms as non-finite); rtol 1e-12 as for the other z-losses."""
+    z = np.random.default_rng(5).standard_normal((50, 4)).astype(np.float32)
+    z[0] = [1e20, 1e20, 0, 0]
+    path = os.path.join(wd, "huge_logits.npy")
+    np.save(path, z)
+    for R in (1, 2):
+        doc = run_json(exe, R, ["--logits-file", path, "--hidden", 8, "--top-k", 2,
+                                "--capacity-factor", "0", "--iters", 1, "--warmup", 0], wd,
+                       "huge_R%d" % R)
+        z64 = z.astype(np.float64)
+        zmax = z64.max(axis=1)
+        lse = zmax + np.log(np.exp(z64 - zmax[:, None]).sum(axis=1))
+        want = float((lse ** 2).mean())
+        ck.close(doc["load_balance"]["z_loss"], want,
+                 "huge logits R=%d: z_loss counts the 1e20 token (%.6g)" % (R, want),
+                 rtol=1e-12, atol=0)
+
+
 def main():
     exe = mt.moesim_path()
     ck = mt.Checker("test_balance")
@@ -240,6 +260,7 @@ def main():
              ["--skew", "0.6", "--renormalize"])
     ck.guard("inv_hot_dropless", invariance, ck, exe, wd, "inv_hot_dropless", 1001, 6, 3, "0",
              ["--hot-experts", "2", "--hot-share", "0.95"])
+    ck.guard("huge_logits", huge_logits, ck, exe, wd)
     print("test_balance: %.1f s" % (time.monotonic() - t0))
     ck.finish()
 
