@@ -88,8 +88,8 @@ static int64_t random_size(void)
     case 1:
         return -(int64_t)(next_u64() >> (1 + next_int(63)));
     default: {
-        int bits = next_int(64);
-        return (int64_t)(next_u64() >> (64 - bits) >> 1);
+        int bits = next_int(64); /* 0 .. 63 bits; a shift by 64 would be undefined */
+        return bits == 0 ? 0 : (int64_t)(next_u64() >> (64 - bits) >> 1);
     }
     }
 }
