@@ -31,6 +31,9 @@ void moe_config_defaults(moe_config *cfg)
     cfg->hot_share = 0.5;
     cfg->scope = MOE_SCOPE_GLOBAL;
     cfg->policy = MOE_POLICY_POSITION;
+    cfg->score = MOE_SCORE_SOFTMAX;
+    cfg->topk_scale = 1.0;
+    cfg->min_capacity = 0;
     cfg->seed = 1;
     cfg->iters = 5;
     cfg->warmup = 1;
@@ -64,6 +67,14 @@ const char *moe_config_usage(void)
            "                         them (e.g. recorded from a real model, or --dump-routing X.npy)\n"
            "  --renormalize          rescale the k chosen gates to sum to 1 (Mixtral);\n"
            "                         default gate = softmax probability (Switch)\n"
+           "  --score F              softmax (default) or sigmoid: s = sigmoid(z) per expert, the\n"
+           "                         k chosen s normalized to sum 1 (DeepSeek-V3)\n"
+           "  --expert-bias-file PATH\n"
+           "                         a per-expert bias b (.npy of E values, shape (1, E) or (E, 1)):\n"
+           "                         experts are chosen by score + b, the gate stays the score\n"
+           "                         (DeepSeek-V3's balancing bias); with either score\n"
+           "  --topk-scale S         multiply every gate by S > 0 after normalizing (DeepSeek-V3:\n"
+           "                         2.5; Megatron --moe-router-topk-scaling-factor); default 1\n"
            "Capacity\n"
            "  --capacity-factor CF   slots per expert C = ceil(CF * G * k / E); 0 = dropless\n"
            "                         (default 1.25). A list (1.0,1.25,1.5,2.0) routes once and runs\n"
@@ -72,6 +83,8 @@ const char *moe_config_usage(void)
            "                         stop before any token row moves\n"
            "  --capacity-scope S     global: one group, the whole batch (G = N, default);\n"
            "                         local: each source rank is a group (G = its tokens)\n"
+           "  --min-capacity M       at least M slots per expert and group: C = max(ceil(CF G k / E),\n"
+           "                         M) (DeepSpeed's min_capacity; default 0); not when dropless\n"
            "  --drop-policy P        which assignments overflow: position (earlier tokens first;\n"
            "                         the default and, for now, the only policy)\n"
            "  --pad-to-capacity      compute all C slots of every expert, empty ones included,\n"
@@ -114,7 +127,8 @@ enum {
     OPT_RENORM, OPT_PAD, OPT_SEED, OPT_ITERS, OPT_WARMUP, OPT_TOKENS_FILE, OPT_ROUTER_FILE,
     OPT_JSON, OPT_DUMP_ROUTING, OPT_DUMP_OUTPUT, OPT_QUIET, OPT_HELP, OPT_VERSION, OPT_SKEW,
     OPT_HOT, OPT_HOT_SHARE, OPT_CLUSTERS, OPT_LOGITS_FILE, OPT_PREDICT_ONLY, OPT_TOPOLOGY,
-    OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK, OPT_MAX_MEMORY
+    OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK, OPT_MAX_MEMORY, OPT_SCORE, OPT_SELECTION_BIAS,
+    OPT_TOPK_SCALE, OPT_MIN_CAPACITY
 };
 
 static const struct option long_options[] = {
@@ -148,6 +162,10 @@ static const struct option long_options[] = {
     {"a2a", required_argument, NULL, OPT_A2A},
     {"network", required_argument, NULL, OPT_NETWORK},
     {"max-memory", required_argument, NULL, OPT_MAX_MEMORY},
+    {"score", required_argument, NULL, OPT_SCORE},
+    {"expert-bias-file", required_argument, NULL, OPT_SELECTION_BIAS},
+    {"topk-scale", required_argument, NULL, OPT_TOPK_SCALE},
+    {"min-capacity", required_argument, NULL, OPT_MIN_CAPACITY},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -298,11 +316,22 @@ static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
                             "unknown option '--%s': option names must be given whole; did you mean "
                             "%s?",
                             given, prefixed);
-        if (n_prefixed > 1)
+        if (n_prefixed > 1) {
+            /* the one it most resembles first ("--expert": --experts before --expert-bias-file) */
+            const char *closest = NULL;
+            int best_d = 1 << 30;
+            for (const struct option *o = long_options; o->name != NULL; o++) {
+                int dist = edit_distance(given, o->name);
+                if (strncmp(o->name, name, len) == 0 && dist < best_d) {
+                    best_d = dist;
+                    closest = o->name;
+                }
+            }
             return moe_fail(MOE_EUSAGE, msg, msglen,
                             "unknown option '--%s': it abbreviates several options (%s); give one "
-                            "whole",
-                            given, prefixed);
+                            "whole, did you mean --%s?",
+                            given, prefixed, closest);
+        }
         /* a valid name with something added ("--a2a-mode" for "--a2a") */
         const struct option *stem = NULL;
         for (const struct option *o = long_options; o->name != NULL; o++)
@@ -415,6 +444,33 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_MAX_MEMORY:
             rc = moe_memory_parse_size(optarg, &cfg->max_memory, &cfg->max_memory_percent, msg,
                                        msglen);
+            break;
+        case OPT_SCORE:
+            if (strcmp(optarg, "softmax") == 0)
+                cfg->score = MOE_SCORE_SOFTMAX;
+            else if (strcmp(optarg, "sigmoid") == 0)
+                cfg->score = MOE_SCORE_SIGMOID;
+            else
+                rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                              "--score must be 'softmax' or 'sigmoid', got '%s'", optarg);
+            break;
+        case OPT_SELECTION_BIAS:
+            if (optarg[0] == '\0')
+                rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                              "--expert-bias-file needs a .npy file of E float32 values");
+            cfg->expert_bias_file = optarg;
+            break;
+        case OPT_TOPK_SCALE:
+            rc = parse_real("topk-scale", optarg, 0.0, MOE_MAX_TOPK_SCALE, &cfg->topk_scale, msg,
+                            msglen);
+            if (rc == MOE_OK && !(cfg->topk_scale > 0.0))
+                rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                              "--topk-scale must be greater than 0 (it multiplies every gate), got %s",
+                              optarg);
+            break;
+        case OPT_MIN_CAPACITY:
+            rc = parse_int("min-capacity", optarg, 0, MOE_MAX_MIN_CAPACITY, &cfg->min_capacity, msg,
+                           msglen);
             break;
         case OPT_SCOPE:
             if (strcmp(optarg, "global") == 0)
@@ -589,6 +645,14 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
             return moe_fail(MOE_EUSAGE, msg, msglen,
                             "--pad-to-capacity needs a capacity: it has no meaning with "
                             "--capacity-factor 0 (dropless)");
+    bool any_cap = false;
+    for (int i = 0; i < cfg->n_cf; i++)
+        any_cap |= cfg->cf_list[i] > 0.0;
+    if (cfg->min_capacity > 0 && !any_cap)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--min-capacity %lld needs a capacity: it has no effect with "
+                        "--capacity-factor 0 (dropless)",
+                        (long long)cfg->min_capacity);
     if (cfg->hot_experts >= cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--hot-experts %d must be smaller than the number of experts (%d)",

@@ -6,6 +6,7 @@
 #include "moesim/driver.h"
 #include "moesim/error.h"
 #include "moesim/expert.h"
+#include "moesim/fileout.h"
 #include "moesim/hier.h"
 #include "moesim/loss.h"
 #include "moesim/memory.h"
@@ -49,9 +50,10 @@ struct moe_layer {
     float *w_router;   /* (E, d)                                                  */
     float *z_file;     /* (n, E) replayed logits (--logits-file), else NULL       */
     float *bias;       /* (E) router bias of the workload (skew, hot experts)     */
+    float *sel_bias;   /* (E) selection bias (--expert-bias-file), else NULL   */
     int has_bias;
     double hot_bias, hot_share; /* the hot experts' extra bias, and the share it achieved */
-    float *probs;      /* (n, E) logits, then softmax in place                    */
+    float *probs;      /* (n, E) logits, then the scores in place (softmax or sigmoid) */
     int32_t *expert;   /* (n, k) chosen experts, best first                       */
     float *gate;       /* (n, k)                                                  */
     uint8_t *flag;     /* (n, k) 1 = accepted                                     */
@@ -149,12 +151,22 @@ static void logits(moe_layer *L, float *z)
         moe_workload_add_bias(z, L->bias, L->n, L->E);
 }
 
-/* Phase 1 of a step: logits, softmax, top-k. */
+/* Scores in place of the logits z (n, E), then top-k into L->expert and L->gate: chosen by score +
+ * selection bias, gate = the score, normalized over the chosen with --renormalize and always for
+ * sigmoid scores (DeepSeek-V3's Gate), times --topk-scale. */
+static void select_experts(moe_layer *L, float *z)
+{
+    const moe_config *c = &L->cfg;
+    moe_router_scores(z, z, L->n, L->E, c->score);
+    bool normalize = c->renormalize || c->score == MOE_SCORE_SIGMOID;
+    moe_topk_select(L->expert, L->gate, z, L->sel_bias, L->n, L->E, L->k, normalize, c->topk_scale);
+}
+
+/* Phase 1 of a step: logits, scores, top-k. */
 static void route(moe_layer *L)
 {
     logits(L, L->probs);
-    moe_softmax_rows(L->probs, L->probs, L->n, L->E);
-    moe_topk(L->expert, L->gate, L->probs, L->n, L->E, L->k, L->cfg.renormalize);
+    select_experts(L, L->probs);
 }
 
 /* Phase 2: counts to owners, owners decide acceptance under capacity, verdicts back, send plan. */
@@ -209,17 +221,10 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
     return rc;
 }
 
-/* Capacity of local expert le summed over groups, or MOE_CAPACITY_UNLIMITED. */
+/* Capacity of every local expert summed over groups, or MOE_CAPACITY_UNLIMITED. */
 static int64_t expert_capacity(const moe_layer *L)
 {
-    if (L->cfg.capacity_factor == 0.0)
-        return MOE_CAPACITY_UNLIMITED;
-    if (L->cfg.scope == MOE_SCOPE_GLOBAL)
-        return L->group_cap[0];
-    int64_t sum = 0;
-    for (int s = 0; s < L->R; s++)
-        sum += L->group_cap[s];
-    return sum;
+    return moe_capacity_sum(L->group_cap, L->cfg.scope == MOE_SCOPE_GLOBAL ? 1 : L->R);
 }
 
 /* Where each local expert's rows sit in x: accepted rows, or the full capacity when padding. */
@@ -239,8 +244,7 @@ static void layout_experts(moe_layer *L)
 
 /* Hot experts: find the extra bias b on experts 0..n-1 that makes the chosen share of the batch's
  * tokens pick at least one of them. The share grows monotonically with b, so bisect; each probe
- * routes the local tokens (top-k on logits: the softmax does not change the order) and sums over
- * ranks. Collective. */
+ * routes the local tokens as routing does (select_experts) and sums over ranks. Collective. */
 static int calibrate_hot(moe_layer *L, char *msg, size_t msglen)
 {
     const moe_config *c = &L->cfg;
@@ -262,9 +266,9 @@ static int calibrate_hot(moe_layer *L, char *msg, size_t msglen)
         moe_workload_bias(L->bias, L->E, c->skew, c->hot_experts, mid);
         memcpy(biased, z, (size_t)(L->n * L->E) * sizeof *z);
         moe_workload_add_bias(biased, L->bias, L->n, L->E);
-        /* rank float32 probabilities, as routing does: logits one ulp apart can tie there */
-        moe_softmax_rows(biased, biased, L->n, L->E);
-        moe_topk(L->expert, L->gate, biased, L->n, L->E, L->k, false);
+        /* rank the float32 scores (and selection bias) as routing does: logits one ulp apart
+         * can tie there */
+        select_experts(L, biased);
         int64_t hot = moe_workload_hot_tokens(L->expert, L->n, L->k, c->hot_experts);
         int mrc = MPI_Allreduce(&hot, &hot_all, 1, MPI_INT64_T, MPI_SUM, L->comm);
         if (mrc != MPI_SUCCESS) {
@@ -299,6 +303,32 @@ static int measure_hot_share(moe_layer *L, char *msg, size_t msglen)
     return MOE_OK;
 }
 
+/* --expert-bias-file: E float32 values, as shape (1, E) or (E, 1), read by every rank (the
+ * caller agrees on the outcome). Finite values only (the reader refuses NaN and infinity). */
+static int load_selection_bias(moe_layer *L, char *msg, size_t msglen)
+{
+    const char *path = L->cfg.expert_bias_file;
+    moe_npy_header hdr;
+    char inner[768];
+    int rc = moe_input_check(path, "--expert-bias-file", msg, msglen);
+    if (rc == MOE_OK && (rc = moe_npy_read_header(path, &hdr, inner, sizeof inner)) != MOE_OK)
+        return moe_fail(rc, msg, msglen,
+                        "--expert-bias-file: %s (it must hold E = %d float32 values, saved as "
+                        "shape (1, %d) or (%d, 1))",
+                        inner, L->E, L->E, L->E);
+    if (rc != MOE_OK)
+        return rc;
+    if (!((hdr.rows == 1 && hdr.cols == L->E) || (hdr.rows == L->E && hdr.cols == 1)))
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--expert-bias-file '%s' has shape (%lld, %lld), but the layer has %d "
+                        "experts: it must be (1, %d) or (%d, 1)",
+                        path, (long long)hdr.rows, (long long)hdr.cols, L->E, L->E, L->E);
+    rc = moe_npy_read_rows(path, &hdr, 0, hdr.rows, L->sel_bias, inner, sizeof inner);
+    if (rc != MOE_OK)
+        return moe_fail(rc, msg, msglen, "--expert-bias-file: %s", inner);
+    return MOE_OK;
+}
+
 static int load_inputs(moe_layer *L, char *msg, size_t msglen)
 {
     const moe_config *c = &L->cfg;
@@ -328,6 +358,8 @@ static int load_inputs(moe_layer *L, char *msg, size_t msglen)
         moe_rng_fill_normal(L->w_router, (size_t)(L->E * L->d), c->seed, MOE_STREAM_ROUTER, 0,
                             1.0 / sqrt((double)L->d));
     }
+    if (rc == MOE_OK && c->expert_bias_file != NULL)
+        rc = load_selection_bias(L, msg, msglen);
     for (int64_t le = 0; rc == MOE_OK && !c->predict_only && le < L->n_le; le++)
         moe_expert_init(L->w1 + le * L->f * L->d, L->w2 + le * L->d * L->f, c->seed,
                         (int)(L->first_e + le), L->d, L->f);
@@ -495,6 +527,8 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->y = alloc_bytes(L, cfg->predict_only ? 0 : nd, sizeof(float), &rc); /* no output without a step */
     L->w_router = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
     L->bias = alloc_bytes(L, En, sizeof(float), &rc);
+    if (cfg->expert_bias_file != NULL)
+        L->sel_bias = alloc_bytes(L, En, sizeof(float), &rc);
     if (cfg->logits_file != NULL)
         L->z_file = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     L->probs = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
@@ -543,14 +577,10 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     MPI_Comm comm = L->comm;
     int rc = MOE_OK;
     L->cfg.capacity_factor = cf;
-    if (cfg->scope == MOE_SCOPE_GLOBAL)
-        L->group_cap[0] = moe_capacity(cf, cfg->tokens, L->k, L->E);
-    else
-        for (int s = 0; s < L->R; s++) {
-            int64_t first, count;
-            moe_partition(cfg->tokens, L->R, s, &first, &count);
-            L->group_cap[s] = moe_capacity(cf, count, L->k, L->E);
-        }
+    /* the groups' tokens, then their capacities in place (capacity.c); R <= E, so the scratch of
+     * E holds them, and decide() below uses it only afterwards */
+    int n_groups = moe_capacity_groups(L->scratch, cfg->scope, cfg->tokens, L->R);
+    moe_group_capacities(L->group_cap, cf, L->scratch, n_groups, L->k, L->E, cfg->min_capacity);
 
     /* Decide acceptance under this capacity to learn the exchange sizes, then size the buffers. */
     rc = decide(L, msg, msglen);
@@ -605,7 +635,7 @@ void moe_layer_destroy(moe_layer *L)
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
     void *owned[] = {L->placement, L->node_of_rank, L->count_matrix, L->raw_counts,
-                     L->h, L->y, L->w_router, L->z_file, L->bias, L->probs, L->expert, L->gate, L->flag, L->slot,
+                     L->h, L->y, L->w_router, L->z_file, L->bias, L->sel_bias, L->probs, L->expert, L->gate, L->flag, L->slot,
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act,
@@ -795,20 +825,69 @@ done:
     return rc;
 }
 
-/* Collective: psum[e] = the sum over the batch of p_e, exactly (see reduce_xsums), on rank 0. */
+/* Collective: psum[e] = the sum over the batch of p_e, exactly (see reduce_xsums), on rank 0. p is
+ * the softmax probability, or the sigmoid scores divided by their sum over the experts
+ * (moe_router_probs_row), so that it is a distribution either way. */
 static int prob_sums(const moe_layer *L, double *psum, char *msg, size_t msglen)
 {
     moe_xsum *sums = calloc((size_t)L->E, sizeof *sums);
-    int rc = sums ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    float *row = malloc((size_t)L->E * sizeof *row);
+    int rc = sums && row ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK) {
         free(sums);
+        free(row);
         return rc;
     }
-    for (int64_t t = 0; t < L->n; t++)
+    for (int64_t t = 0; t < L->n; t++) {
+        moe_router_probs_row(row, L->probs + t * L->E, L->E, L->cfg.score);
         for (int e = 0; e < L->E; e++)
-            moe_xsum_add(&sums[e], L->probs[t * L->E + e]);
+            moe_xsum_add(&sums[e], row[e]);
+    }
     rc = reduce_xsums(L, sums, L->E, psum, msg, msglen);
     free(sums);
+    free(row);
+    return rc;
+}
+
+/* Collective: the largest expert load of one group and the capacity factor that would drop
+ * nothing (moe_capacity_needed), over the experts this rank owns from the counts it received, then
+ * the largest over ranks on rank 0 (out may be NULL elsewhere). */
+static int capacity_needed(const moe_layer *L, int64_t *max_load, double *cf_needed, char *msg,
+                           size_t msglen)
+{
+    int R = L->R;
+    int64_t n_le = L->n_le;
+    bool global = L->cfg.scope == MOE_SCOPE_GLOBAL;
+    int64_t *groups = malloc((size_t)R * sizeof *groups);
+    int64_t *loads = global ? calloc((size_t)(n_le ? n_le : 1), sizeof *loads) : NULL;
+    int rc = groups && (!global || loads) ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    int n_groups = moe_capacity_groups(groups, L->cfg.scope, L->cfg.tokens, R);
+    /* global: one group, each expert's load summed over the sources; local: a group per source */
+    for (int s = 0; global && s < R; s++)
+        for (int64_t le = 0; le < n_le; le++)
+            loads[le] += L->cnt_owner[s * n_le + le];
+    int64_t mine_load;
+    double mine_cf;
+    moe_capacity_needed(&mine_load, &mine_cf, global ? loads : L->cnt_owner, groups, n_groups,
+                        (int)n_le, L->k, L->E);
+    int64_t all_load = 0;
+    double all_cf = 0.0;
+    int mrc = MPI_Reduce(&mine_load, &all_load, 1, MPI_INT64_T, MPI_MAX, 0, L->comm);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Reduce(&mine_cf, &all_cf, 1, MPI_DOUBLE, MPI_MAX, 0, L->comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Reduce", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
+    if (max_load != NULL) {
+        *max_load = all_load;
+        *cf_needed = all_cf;
+    }
+done:
+    free(groups);
+    free(loads);
     return rc;
 }
 
@@ -836,6 +915,9 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
         goto done;
 
     if ((rc = prob_sums(L, psum_all, msg, msglen)) != MOE_OK)
+        goto done;
+    if ((rc = capacity_needed(L, res ? &res->max_expert_load : NULL, res ? &res->cf_needed : NULL,
+                              msg, msglen)) != MOE_OK)
         goto done;
 
     int64_t dropped_tokens = 0, dropped_all = 0;

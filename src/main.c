@@ -123,11 +123,11 @@ static int check_outputs(const moe_config *cfg, int rank, MPI_Comm comm, char *m
                 rc = moe_out_classify(&t, paths[i], OUT_OPTION[i], binary[i], tty, msg, MSG_LEN);
         }
         const char *inputs[] = {cfg->tokens_file, cfg->router_file, cfg->logits_file, cfg->network,
-                                cfg->topology};
+                                cfg->topology, cfg->expert_bias_file};
         const char *in_opts[] = {"--tokens-file", "--router-file", "--logits-file", "--network",
-                                 "--topology"};
+                                 "--topology", "--expert-bias-file"};
         if (rc == MOE_OK)
-            rc = moe_out_check_distinct(paths, OUT_OPTION, OUT_COUNT, inputs, in_opts, 5, tty, msg,
+            rc = moe_out_check_distinct(paths, OUT_OPTION, OUT_COUNT, inputs, in_opts, 6, tty, msg,
                                         MSG_LEN);
     }
     return moe_agree(comm, rc, msg, MSG_LEN);
@@ -257,23 +257,23 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
     double *P = calloc((size_t)E, sizeof *P), *q = calloc((size_t)E, sizeof *q);
     int64_t *loads = rank == 0 ? calloc((size_t)nranks * (size_t)E, sizeof *loads) : NULL;
     int64_t *groups = calloc((size_t)nranks, sizeof *groups);
-    int rc = P && q && groups && (rank != 0 || loads) ? MOE_OK
-                                                       : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
+    int64_t *caps = calloc((size_t)nranks, sizeof *caps);
+    int rc = P && q && groups && caps && (rank != 0 || loads)
+                 ? MOE_OK
+                 : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
     if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) == MOE_OK)
         rc = moe_layer_router_stats(layer, P, loads, msg, MSG_LEN);
     if (rc == MOE_OK && rank == 0) {
         /* groups: the whole batch (global) or one per source rank (local) */
-        int n_groups = cfg->scope == MOE_SCOPE_GLOBAL ? 1 : nranks;
-        int64_t first;
-        if (n_groups == 1) {
-            groups[0] = cfg->tokens;
+        int n_groups = moe_capacity_groups(groups, cfg->scope, cfg->tokens, nranks);
+        if (n_groups == 1)
             for (int s = 1; s < nranks; s++)
                 for (int e = 0; e < E; e++)
                     loads[e] += loads[(int64_t)s * E + e];
-        } else {
-            for (int s = 0; s < nranks; s++)
-                moe_partition(cfg->tokens, nranks, s, &first, &groups[s]);
-        }
+        /* what dropping nothing takes: the same for every cf, since routing does not depend on it */
+        int64_t max_load;
+        double cf_needed;
+        moe_capacity_needed(&max_load, &cf_needed, loads, groups, n_groups, E, k, E);
         for (int e = 0; e < E; e++) {
             res->routed[e] = 0;
             for (int s = 0; s < (n_groups == 1 ? 1 : nranks); s++)
@@ -293,15 +293,16 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
             moe_ablation_row *row = &res->ablation[i];
             double cf = cfg->cf_list[i];
             row->capacity_factor = cf;
-            row->capacity = cf == 0.0 ? -1 : 0;
-            for (int g = 0; cf != 0.0 && g < n_groups; g++)
-                row->capacity += moe_capacity(cf, groups[g], k, E);
-            moe_predict_closed_form(&row->expected_dropped, &row->expected_empty, q, E, k, cf, groups,
-                                    n_groups);
-            moe_predict_closed_form(&row->expected_dropped_uniform, &row->expected_empty_uniform,
-                                    uniform, E, k, cf, groups, n_groups);
-            moe_predict_exact(&row->exact_dropped, &row->exact_empty, loads, E, k, cf, groups,
-                              n_groups);
+            moe_group_capacities(caps, cf, groups, n_groups, k, E, cfg->min_capacity);
+            row->capacity = moe_capacity_sum(caps, n_groups); /* -1 when dropless */
+            moe_predict_closed_form_caps(&row->expected_dropped, &row->expected_empty, q, E, groups,
+                                         caps, n_groups);
+            moe_predict_closed_form_caps(&row->expected_dropped_uniform,
+                                         &row->expected_empty_uniform, uniform, E, groups, caps,
+                                         n_groups);
+            moe_predict_exact_caps(&row->exact_dropped, &row->exact_empty, loads, E, caps, n_groups);
+            row->max_expert_load = max_load;
+            row->cf_needed = cf_needed;
         }
         free(uniform);
     }
@@ -309,6 +310,7 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
     free(q);
     free(loads);
     free(groups);
+    free(caps);
     return moe_agree(comm, rc, msg, MSG_LEN);
 }
 

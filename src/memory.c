@@ -52,8 +52,10 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     /* h, and y unless --predict-only (which never runs a step) */
     m->tokens = mul3(cfg->predict_only ? 1 : 2, moe_bytes_mul(n, d), F);
     int64_t nE = moe_bytes_mul(n, E);
-    m->router = moe_bytes_add(mul3(E, d, F), moe_bytes_add(moe_bytes_mul(E, F),
-                                                            mul3(cfg->logits_file ? 2 : 1, nE, F)));
+    /* W, the workload bias (and the selection bias), the scores (and replayed logits) */
+    m->router = moe_bytes_add(mul3(E, d, F),
+                              moe_bytes_add(mul3(cfg->expert_bias_file ? 2 : 1, E, F),
+                                            mul3(cfg->logits_file ? 2 : 1, nE, F)));
     /* expert (int32), gate (float), flag (uint8), slot (int64) per assignment */
     m->assignments = moe_bytes_mul(moe_bytes_mul(n, k), 4 + 4 + 1 + 8);
     m->experts = cfg->predict_only ? 0 : mul3(2, moe_bytes_mul(n_le, f), moe_bytes_mul(d, F));
@@ -106,14 +108,15 @@ void moe_memory_exchange_balanced(moe_mem_estimate *m, const moe_config *cfg, in
 {
     int64_t k = cfg->top_k, E = cfg->experts;
     int64_t rows = moe_bytes_mul(n, k);
-    /* the capacity caps what a rank's experts can accept: n_le * C, C summed over groups */
+    /* the capacity caps what a rank's experts can accept: n_le * C, C summed over groups (in
+     * local scope R groups of the mean N / R tokens, rounded down: a balanced load) */
     if (cfg->capacity_factor > 0.0) {
-        int64_t cap;
+        int64_t cap, M = cfg->min_capacity;
         if (cfg->scope == MOE_SCOPE_GLOBAL)
-            cap = moe_capacity(cfg->capacity_factor, cfg->tokens, (int)k, (int)E);
+            cap = moe_group_capacity(cfg->capacity_factor, cfg->tokens, (int)k, (int)E, M);
         else
-            cap = moe_bytes_mul(R, moe_capacity(cfg->capacity_factor, cfg->tokens / R, (int)k,
-                                                (int)E));
+            cap = moe_bytes_mul(R, moe_group_capacity(cfg->capacity_factor, cfg->tokens / R,
+                                                      (int)k, (int)E, M));
         int64_t hold = moe_bytes_mul(n_le, cap);
         if (hold < rows)
             rows = hold;

@@ -53,6 +53,28 @@ void moe_predict_selection(double *q, const double *P, int E, int k)
         q[e] = k * P[e] > 1.0 ? 1.0 : k * P[e];
 }
 
+/* One group of G tokens with capacity C: the closed form summed over the experts. */
+static void closed_form_group(double *dropped, double *empty, const double *q, int E, int64_t G,
+                              int64_t C)
+{
+    for (int e = 0; e < E; e++) {
+        double d, m;
+        moe_predict_binomial(&d, &m, G, q[e], C);
+        *dropped += d;
+        *empty += m;
+    }
+}
+
+/* One group's loads (E) against capacity C. */
+static void exact_group(int64_t *dropped, int64_t *empty, const int64_t *loads, int E, int64_t C)
+{
+    for (int e = 0; e < E; e++) {
+        int64_t L = loads[e];
+        *dropped += L > C ? L - C : 0;
+        *empty += C > L ? C - L : 0;
+    }
+}
+
 void moe_predict_closed_form(double *dropped, double *empty, const double *q, int E, int k, double cf,
                              const int64_t *group_tokens, int n_groups)
 {
@@ -60,15 +82,20 @@ void moe_predict_closed_form(double *dropped, double *empty, const double *q, in
     *empty = 0.0;
     if (cf == 0.0)
         return;
-    for (int g = 0; g < n_groups; g++) {
-        int64_t C = moe_capacity(cf, group_tokens[g], k, E);
-        for (int e = 0; e < E; e++) {
-            double d, m;
-            moe_predict_binomial(&d, &m, group_tokens[g], q[e], C);
-            *dropped += d;
-            *empty += m;
-        }
-    }
+    for (int g = 0; g < n_groups; g++)
+        closed_form_group(dropped, empty, q, E, group_tokens[g],
+                          moe_capacity(cf, group_tokens[g], k, E));
+}
+
+void moe_predict_closed_form_caps(double *dropped, double *empty, const double *q, int E,
+                                  const int64_t *group_tokens, const int64_t *group_cap,
+                                  int n_groups)
+{
+    *dropped = 0.0;
+    *empty = 0.0;
+    for (int g = 0; g < n_groups; g++)
+        if (group_cap[g] != MOE_CAPACITY_UNLIMITED)
+            closed_form_group(dropped, empty, q, E, group_tokens[g], group_cap[g]);
 }
 
 void moe_predict_exact(int64_t *dropped, int64_t *empty, const int64_t *loads, int E, int k, double cf,
@@ -78,12 +105,17 @@ void moe_predict_exact(int64_t *dropped, int64_t *empty, const int64_t *loads, i
     *empty = 0;
     if (cf == 0.0)
         return;
-    for (int g = 0; g < n_groups; g++) {
-        int64_t C = moe_capacity(cf, group_tokens[g], k, E);
-        for (int e = 0; e < E; e++) {
-            int64_t L = loads[(int64_t)g * E + e];
-            *dropped += L > C ? L - C : 0;
-            *empty += C > L ? C - L : 0;
-        }
-    }
+    for (int g = 0; g < n_groups; g++)
+        exact_group(dropped, empty, loads + (int64_t)g * E, E,
+                    moe_capacity(cf, group_tokens[g], k, E));
+}
+
+void moe_predict_exact_caps(int64_t *dropped, int64_t *empty, const int64_t *loads, int E,
+                            const int64_t *group_cap, int n_groups)
+{
+    *dropped = 0;
+    *empty = 0;
+    for (int g = 0; g < n_groups; g++)
+        if (group_cap[g] != MOE_CAPACITY_UNLIMITED)
+            exact_group(dropped, empty, loads + (int64_t)g * E, E, group_cap[g]);
 }

@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -48,6 +49,17 @@ static void human_bytes(char *buf, size_t len, double bytes)
     snprintf(buf, len, u == 0 ? "%.0f %s" : "%.1f %s", bytes, unit[u]);
 }
 
+/* The shortest decimal (6 to 17 significant digits) that reads back at or above cf, so that a
+ * capacity factor copied from the text still drops nothing. */
+static void format_cf_up(char *buf, size_t len, double cf)
+{
+    for (int digits = 6; digits <= 17; digits++) {
+        snprintf(buf, len, "%.*g", digits, cf);
+        if (strtod(buf, NULL) >= cf)
+            return;
+    }
+}
+
 static double pct(int64_t part, int64_t whole)
 {
     return whole > 0 ? 100.0 * (double)part / (double)whole : 0.0;
@@ -71,16 +83,30 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     fprintf(out, "  ranks %d | experts %d (%d to %d per rank) | top-k %d | tokens %lld | hidden %lld | ffn %lld\n",
             R, E, E / R, (E + R - 1) / R, res->top_k, (long long)res->tokens,
             (long long)res->hidden, (long long)res->ffn);
+    char floor[64] = "";
+    if (cfg->min_capacity > 0)
+        snprintf(floor, sizeof floor, " (at least %lld per group)", (long long)cfg->min_capacity);
     if (cfg->capacity_factor == 0.0)
         fprintf(out, "  capacity factor 0 (dropless), scope %s, policy %s\n",
                 moe_scope_name(cfg->scope), moe_policy_name(cfg->policy));
     else
-        fprintf(out, "  capacity factor %g, scope %s, policy %s: %lld slots per expert in all\n",
+        fprintf(out, "  capacity factor %g, scope %s, policy %s: %lld slots per expert in all%s\n",
                 cfg->capacity_factor, moe_scope_name(cfg->scope), moe_policy_name(cfg->policy),
-                (long long)res->capacity[0]);
+                (long long)res->capacity[0], floor);
+    char gates[1200];
+    if (cfg->score == MOE_SCORE_SIGMOID)
+        snprintf(gates, sizeof gates, "sigmoid scores normalized over the top-k (DeepSeek-V3)");
+    else
+        snprintf(gates, sizeof gates, "%s",
+                 cfg->renormalize ? "renormalized over the top-k (Mixtral)"
+                                  : "softmax probability (Switch)");
+    if (cfg->topk_scale != 1.0)
+        snprintf(gates + strlen(gates), sizeof gates - strlen(gates), " x %g", cfg->topk_scale);
+    if (cfg->expert_bias_file != NULL)
+        snprintf(gates + strlen(gates), sizeof gates - strlen(gates),
+                 ", chosen by score + the selection bias of %s", cfg->expert_bias_file);
     fprintf(out, "  gates %s | padded to capacity %s | seed %llu | %d timed iterations after %d warm-up\n",
-            cfg->renormalize ? "renormalized over the top-k (Mixtral)" : "softmax probability (Switch)",
-            cfg->pad_to_capacity ? "yes" : "no", (unsigned long long)cfg->seed, cfg->iters,
+            gates, cfg->pad_to_capacity ? "yes" : "no", (unsigned long long)cfg->seed, cfg->iters,
             cfg->warmup);
     if (cfg->tokens_file || cfg->router_file)
         fprintf(out, "  inputs: tokens %s, router %s\n",
@@ -143,6 +169,11 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             res->padded ? "computed on zero padding (--pad-to-capacity)"
                         : "a static-shape system would spend (not computed here)");
     fprintf(out, "  useful expert work    %12.3g GFLOP\n", res->flops_useful / 1e9);
+    char need[32];
+    format_cf_up(need, sizeof need, res->cf_needed);
+    fprintf(out, "  largest expert load   %12lld  of one expert in one group, before capacity: cf %s "
+                 "drops nothing\n",
+            (long long)res->max_expert_load, need);
 
     int64_t total = 0, off_rank = 0;
     for (int s = 0; s < R; s++)
@@ -417,7 +448,18 @@ void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *
                 r->expected_dropped, r->expected_empty, (long long)r->exact_dropped,
                 (long long)r->exact_empty);
     }
-    fprintf(out, "  (capacity: slots per expert, summed over groups; dropped = assignments, empty = slots)\n\n");
+    fprintf(out, "  (capacity: slots per expert, summed over groups; dropped = assignments, empty = slots)\n");
+    if (cfg->expert_bias_file != NULL)
+        fprintf(out, "  (the selection bias moves experts without entering P: the closed form does "
+                     "not see it; the exact figures count the biased routing)\n");
+    if (res->n_ablation > 0) {
+        char need[32];
+        format_cf_up(need, sizeof need, res->ablation[0].cf_needed);
+        fprintf(out, "  largest expert load %lld (one expert, one group): cf %s drops nothing, "
+                     "C = ceil(cf G k / E) >= every load\n",
+                (long long)res->ablation[0].max_expert_load, need);
+    }
+    fprintf(out, "\n");
 }
 
 void moe_report_ablation(FILE *out, const moe_config *cfg, const moe_results *res)
@@ -454,6 +496,12 @@ void moe_report_ablation(FILE *out, const moe_config *cfg, const moe_results *re
 static json_t *num(double v)
 {
     return isfinite(v) ? json_real(v) : json_null();
+}
+
+/* cf_needed: null when there is no load to hold (nothing was routed) */
+static json_t *cf_needed_json(double cf)
+{
+    return cf > 0.0 ? num(cf) : json_null();
 }
 
 static json_t *summary_json(moe_summary s)
@@ -535,6 +583,12 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "predict_only", json_boolean(cfg->predict_only));
     json_object_set_new(config, "logits_file",
                         cfg->logits_file ? json_string(cfg->logits_file) : json_null());
+    json_object_set_new(config, "score", json_string(moe_score_name(cfg->score)));
+    json_object_set_new(config, "topk_scale", json_real(cfg->topk_scale));
+    json_object_set_new(config, "min_capacity", json_integer(cfg->min_capacity));
+    json_object_set_new(config, "expert_bias_file",
+                        cfg->expert_bias_file ? json_string(cfg->expert_bias_file)
+                                                 : json_null());
 
     json_t *bias = json_array();
     for (int e = 0; e < E; e++)
@@ -549,11 +603,13 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     for (int i = 0; i < res->n_ablation; i++) {
         const moe_ablation_row *r = &res->ablation[i];
         json_t *predicted = json_pack(
-            "{s:o, s:o, s:I, s:I, s:o, s:o}", "expected_dropped_assignments", num(r->expected_dropped),
-            "expected_empty_slots", num(r->expected_empty), "exact_dropped_assignments",
-            (json_int_t)r->exact_dropped, "exact_empty_slots", (json_int_t)r->exact_empty,
-            "expected_dropped_assignments_uniform", num(r->expected_dropped_uniform),
-            "expected_empty_slots_uniform", num(r->expected_empty_uniform));
+            "{s:o, s:o, s:I, s:I, s:o, s:o, s:I, s:o}", "expected_dropped_assignments",
+            num(r->expected_dropped), "expected_empty_slots", num(r->expected_empty),
+            "exact_dropped_assignments", (json_int_t)r->exact_dropped, "exact_empty_slots",
+            (json_int_t)r->exact_empty, "expected_dropped_assignments_uniform",
+            num(r->expected_dropped_uniform), "expected_empty_slots_uniform",
+            num(r->expected_empty_uniform), "max_expert_load", (json_int_t)r->max_expert_load,
+            "cf_needed", cf_needed_json(r->cf_needed));
         json_t *o = json_pack("{s:o, s:o, s:o}", "capacity_factor", num(r->capacity_factor), "capacity",
                               r->capacity < 0 ? json_null() : json_integer(r->capacity), "predicted",
                               predicted);
@@ -598,9 +654,12 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                   "tokens_per_expert", "min", num(bal->tpe_min), "max", num(bal->tpe_max), "mean",
                   num(bal->tpe_mean), "std", num(bal->tpe_std)));
     json_object_set_new(root, "drops",
-                        json_pack("{s:I, s:I, s:I}", "assignments", (json_int_t)res->assignments,
-                                  "dropped_assignments", (json_int_t)res->dropped_assignments,
-                                  "dropped_tokens", (json_int_t)res->dropped_tokens));
+                        json_pack("{s:I, s:I, s:I, s:I, s:o}", "assignments",
+                                  (json_int_t)res->assignments, "dropped_assignments",
+                                  (json_int_t)res->dropped_assignments, "dropped_tokens",
+                                  (json_int_t)res->dropped_tokens, "max_expert_load",
+                                  (json_int_t)res->max_expert_load, "cf_needed",
+                                  cf_needed_json(res->cf_needed)));
     json_object_set_new(root, "waste",
                         json_pack("{s:I, s:I, s:o, s:o, s:b}", "slots", (json_int_t)res->slots,
                                   "empty_slots", (json_int_t)res->empty_slots, "flops_useful",

@@ -1,6 +1,8 @@
 /* Capacity and overflow: how many assignments each expert serves, and which ones.
- * C = ceil(cf * G * k / E) slots per expert per capacity group of G tokens (GShard, Lepikhin et al.
- * 2020; Megatron-Core moe_utils); cf = 0 means dropless (no cap). */
+ * C = max(ceil(cf * G * k / E), min_capacity) slots per expert per capacity group of G tokens
+ * (GShard, Lepikhin et al. 2020; Megatron-Core moe_utils.get_capacity; the floor is DeepSpeed's
+ * min_capacity); cf = 0 means dropless (no cap). This is the only place group capacities are
+ * computed: the layer, the prediction and the memory estimate all ask here. */
 #ifndef MOESIM_CAPACITY_H
 #define MOESIM_CAPACITY_H
 
@@ -23,10 +25,43 @@ typedef enum moe_policy {
 const char *moe_scope_name(moe_scope s);
 const char *moe_policy_name(moe_policy p);
 
-/* Slots per expert for a group of `group_tokens` tokens: ceil(cf * G * k / E), where a value within
- * 16 ulps of an integer counts as that integer, so that binary rounding of an exact product
- * (cf 1.1 * 100 = 110.00000000000001) does not add a slot. cf == 0 returns MOE_CAPACITY_UNLIMITED; G == 0 gives 0. Requires cf >= 0, k, E >= 1. */
+/* Slots per expert for a group of `group_tokens` tokens: max(ceil(cf * G * k / E), min_capacity),
+ * where a value within 16 ulps of an integer counts as that integer, so that binary rounding of an
+ * exact product (cf 1.1 * 100 = 110.00000000000001) does not add a slot. The floor applies to
+ * every group, an empty one included (DeepSpeed: capacity = max(capacity, min_capacity)).
+ * cf == 0 returns MOE_CAPACITY_UNLIMITED whatever min_capacity is. Requires cf >= 0,
+ * min_capacity >= 0, k, E >= 1. */
+int64_t moe_group_capacity(double cf, int64_t group_tokens, int k, int E, int64_t min_capacity);
+
+/* moe_group_capacity without a floor (min_capacity 0). */
 int64_t moe_capacity(double cf, int64_t group_tokens, int k, int E);
+
+/* The capacity groups of a batch of n_tokens tokens held by R source ranks in contiguous blocks
+ * (moe_partition): global scope one group of n_tokens, local scope R groups of each rank's
+ * tokens. Fills group_tokens (room for R values) and returns the number of groups. */
+int moe_capacity_groups(int64_t *group_tokens, moe_scope scope, int64_t n_tokens, int R);
+
+/* cap[g] = moe_group_capacity(cf, group_tokens[g], k, E, min_capacity) for every group; cap may
+ * alias group_tokens. */
+void moe_group_capacities(int64_t *cap, double cf, const int64_t *group_tokens, int n_groups, int k,
+                          int E, int64_t min_capacity);
+
+/* An expert's slots summed over the groups (cap from moe_group_capacities), or
+ * MOE_CAPACITY_UNLIMITED when dropless. */
+int64_t moe_capacity_sum(const int64_t *cap, int n_groups);
+
+/* What a static-shape system needs to drop nothing, from the loads before capacity. loads is
+ * (n_groups, n_exp), row-major: loads[g][e] assignments group g routes to expert e (n_exp may be a
+ * subset of the E experts, such as the ones a rank owns; E is the layer's expert count).
+ *   *max_load  = max over g, e of loads[g][e]
+ *   *cf_needed = max over g (with group_tokens[g] > 0) and e of loads[g][e] * E / (G_g * k):
+ *                the smallest cf whose exact slot count cf * G_g * k / E reaches the load in
+ *                every group, so that C = ceil(cf G k / E) >= loads[g][e] everywhere (equal in
+ *                the tightest group) and nothing drops; any cf <= max over g of
+ *                (L_g - 1) E / (G_g k), L_g the group's largest load, drops at least one.
+ * Both are 0 when there is no load. Independent of min_capacity (a floor only adds slots). */
+void moe_capacity_needed(int64_t *max_load, double *cf_needed, const int64_t *loads,
+                         const int64_t *group_tokens, int n_groups, int n_exp, int k, int E);
 
 /* Position policy over counts. counts and accepted are (n_src, n_exp), row-major: counts[s][e]
  * assignments for expert e come from source s, whose tokens all precede those of source s+1.

@@ -5,6 +5,7 @@
 
 #include "moesim/capacity.h"
 #include "moesim/npy.h"
+#include "moesim/router.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,6 +18,9 @@
 #define MOE_MAX_EXPERTS 65536
 /* Most capacity factors one run can sweep (--capacity-factor 1.0,1.25,...). */
 #define MOE_MAX_CF 16
+/* Largest --topk-scale and --min-capacity: beyond them a value is surely a typo. */
+#define MOE_MAX_TOPK_SCALE 1e6
+#define MOE_MAX_MIN_CAPACITY (INT64_C(1) << 40)
 
 typedef struct moe_config {
     int64_t tokens;         /* N, global batch                          --tokens     8192 */
@@ -30,6 +34,11 @@ typedef struct moe_config {
     moe_scope scope;        /*                                          --capacity-scope global */
     moe_policy policy;      /*                                          --drop-policy position */
     bool renormalize;       /* Mixtral-style gates                      --renormalize */
+    moe_score score;        /* softmax or sigmoid scores                --score softmax */
+    double topk_scale;      /* every gate times this, after normalizing --topk-scale 1 */
+    int64_t min_capacity;   /* floor of C per expert and group (cf > 0)  --min-capacity 0 */
+    const char *expert_bias_file; /* (E) bias added to the scores for selection only, .npy
+                                      * of shape (1, E) or (E, 1)  --expert-bias-file */
     bool pad_to_capacity;   /* compute the empty slots too              --pad-to-capacity */
     uint64_t seed;          /*                                          --seed       1    */
     int iters, warmup;      /*                                          --iters 5, --warmup 1 */
@@ -64,7 +73,9 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
 
 /* Settle the shapes and check everything that depends on them: N and d from a tokens file, E and d
  * from a router file, N and E from a logits file (a flag or file that disagrees is an error), ffn
- * default 2d, 1 <= k <= E, R <= E, hot experts < E, and the sizes that must fit MPI's int counts.
+ * default 2d, 1 <= k <= E, R <= E, hot experts < E, --min-capacity only with some cf > 0, and the
+ * sizes that must fit MPI's int counts. (The selection-bias file's E is checked when it is read,
+ * moe_layer_create.)
  * tokens_hdr, router_hdr and logits_hdr may be NULL. MOE_EUSAGE. */
 int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens_hdr,
                        const moe_npy_header *router_hdr, const moe_npy_header *logits_hdr, char *msg,

@@ -25,6 +25,12 @@ void moe_predict_binomial(double *dropped, double *empty, int64_t G, double q, i
 void moe_predict_closed_form(double *dropped, double *empty, const double *q, int E, int k, double cf,
                              const int64_t *group_tokens, int n_groups);
 
+/* The same with each group's capacity given: group_cap[g] from moe_group_capacities (capacity.h),
+ * so a --min-capacity floor counts; MOE_CAPACITY_UNLIMITED (dropless) gives 0 and 0. */
+void moe_predict_closed_form_caps(double *dropped, double *empty, const double *q, int E,
+                                  const int64_t *group_tokens, const int64_t *group_cap,
+                                  int n_groups);
+
 /* Selection probabilities from mean gate probabilities: q[i] = min(1, k * P[i]). */
 void moe_predict_selection(double *q, const double *P, int E, int k);
 
@@ -32,5 +38,9 @@ void moe_predict_selection(double *q, const double *P, int E, int k);
  * group g routes to expert e; group g has capacity moe_capacity(cf, group_tokens[g], k, E). */
 void moe_predict_exact(int64_t *dropped, int64_t *empty, const int64_t *loads, int E, int k, double cf,
                        const int64_t *group_tokens, int n_groups);
+
+/* The same with each group's capacity given (moe_group_capacities). */
+void moe_predict_exact_caps(int64_t *dropped, int64_t *empty, const int64_t *loads, int E,
+                            const int64_t *group_cap, int n_groups);
 
 #endif

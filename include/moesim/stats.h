@@ -15,7 +15,7 @@
  * baselines run right after the real exchange, after an untimed barrier, on the same buffers; they
  * are timed but not part of the step. */
 #define MOE_PHASES(X)                                                                         \
-    X(MOE_PHASE_ROUTER, "router", "logits, softmax, top-k", 1)                                \
+    X(MOE_PHASE_ROUTER, "router", "logits, scores, top-k", 1)                                 \
     X(MOE_PHASE_COUNTS, "count_exchange", "count all-to-alls and capacity decision", 1)       \
     X(MOE_PHASE_PACK, "pack", "copy accepted rows into the send buffer", 1)                   \
     X(MOE_PHASE_DISPATCH_WAIT, "dispatch_wait", "barrier: waiting for the slowest rank", 1)   \
@@ -64,6 +64,9 @@ typedef struct moe_ablation_row {
     double expected_dropped, expected_empty;                 /* closed form, batch mean P  */
     double expected_dropped_uniform, expected_empty_uniform; /* closed form, uniform router */
     int64_t exact_dropped, exact_empty;                      /* from the exchanged counts  */
+    int64_t max_expert_load;  /* largest load of one expert in one group, from the counts */
+    double cf_needed;         /* smallest cf that drops nothing (moe_capacity_needed); the
+                               * same in every row: routing does not depend on cf */
     /* measurement, after the run (valid when measured) */
     bool measured;
     int64_t dropped_assignments, dropped_tokens, empty_slots, dispatch_bytes;
@@ -84,6 +87,8 @@ typedef struct moe_results {
     /* totals */
     int64_t assignments, dropped_assignments, dropped_tokens;
     int64_t slots, empty_slots;           /* slots = sum of capacity (accepted when dropless) */
+    int64_t max_expert_load;              /* largest load of one expert in one group          */
+    double cf_needed;                     /* the cf a static-shape system needs to drop nothing */
     double flops_useful, flops_wasted;    /* flops_wasted: empty slots times FLOPs per row     */
     bool padded;                          /* empty slots were computed (--pad-to-capacity)     */
     /* traffic (R, R): [src][dst] bytes of token rows */

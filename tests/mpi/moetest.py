@@ -11,6 +11,11 @@ Reference conventions (see include/moesim/rng.h and docs/):
   W2_e     = normal(seed, 0x101 + 2e, i) / sqrt(f)           (d, f) float32
   p = softmax(h W^T); top-k by p, ties to the lower id; C = ceil(cf * G * k / E) per group;
   position policy; y = h + sum over served assignments of gate * GELU(h W1^T) W2^T.
+  Router options (issue 9; defaults reproduce the line above exactly): --score sigmoid gives
+  s = sigmoid(z) in place of p, the k chosen s always normalized to sum 1; a selection bias b
+  (--expert-bias-file) chooses the top-k by p + b (or s + b) but never enters the gate;
+  --topk-scale S multiplies every gate after normalization; --min-capacity M makes
+  C = max(ceil(cf G k / E), M). capacity_needed() is the cf a dropless run reports.
 """
 
 import csv
@@ -329,12 +334,31 @@ def owner(n, parts, item):
     raise ValueError(item)
 
 
-def capacity(cf, G, k, E):
-    """ceil(cf * G * k / E) with cf read as the decimal the user typed (exact rational), so that
-    1.1 * 100 is 110, not 111; None when dropless (cf 0)."""
+def capacity(cf, G, k, E, min_capacity=0):
+    """max(ceil(cf * G * k / E), min_capacity) with cf read as the decimal the user typed (exact
+    rational), so that 1.1 * 100 is 110, not 111; None when dropless (cf 0), whatever the floor."""
     if float(cf) == 0:
         return None
-    return math.ceil(Fraction(str(cf)) * G * k / E)
+    return max(math.ceil(Fraction(str(cf)) * G * k / E), int(min_capacity))
+
+
+def capacity_needed(loads, groups, k, E):
+    """What a dropless run reports (docs/model.md): loads (n_groups, E) before capacity, groups the
+    tokens of each group. Returns (max_expert_load, cf_needed, cf_low) with the two capacity
+    factors as exact Fractions: cf_needed = max over groups g of L_g E / (G_g k), L_g the group's
+    largest load (the smallest cf whose exact slot count reaches every load), and cf_low = max over g
+    of (L_g - 1) E / (G_g k), the largest cf at which some group's ceiling falls one slot short
+    (every cf above it drops nothing). Groups without tokens or load are skipped."""
+    loads = np.asarray(loads, dtype=np.int64)
+    max_load, need, low = 0, Fraction(0), Fraction(0)
+    for g, G in enumerate(groups):
+        top = int(loads[g].max()) if loads.shape[1] else 0
+        max_load = max(max_load, top)
+        if G == 0 or top == 0:
+            continue
+        need = max(need, Fraction(top * E, G * k))
+        low = max(low, Fraction((top - 1) * E, G * k))
+    return max_load, need, low
 
 
 def gelu(x):
@@ -355,17 +379,46 @@ def topk(p, k):
     return np.argsort(-p, axis=1, kind="stable")[:, :k]
 
 
-class Reference:
-    """Serial reference of one step. Inputs float32 (as moesim holds them), arithmetic float64."""
+def sigmoid(z):
+    """1 / (1 + exp(-z)) in float64 (exactly 0 far below, without a warning)."""
+    z = np.asarray(z, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
 
-    def __init__(self, h, W, experts, k, cf, scope="global", ranks=1, renormalize=False):
+
+def balance_probs(p, score):
+    """The P_i of the aux loss and the prediction from the scores: p itself for softmax; for
+    sigmoid, s divided by its sum over the experts (Megatron-Core's aux-loss scores)."""
+    if score == "sigmoid":
+        sums = p.sum(axis=1, keepdims=True)
+        return np.divide(p, sums, out=np.zeros_like(p), where=sums > 0)
+    return p
+
+
+class Reference:
+    """Serial reference of one step. Inputs float32 (as moesim holds them), arithmetic float64.
+    score, bias (E values or None), topk_scale and min_capacity are the router options of issue 9;
+    their defaults are the softmax router as before."""
+
+    def __init__(self, h, W, experts, k, cf, scope="global", ranks=1, renormalize=False,
+                 score="softmax", bias=None, topk_scale=1.0, min_capacity=0):
         self.h, self.W, self.k, self.cf, self.scope, self.R = h, W, k, cf, scope, ranks
         self.N, self.d = h.shape
         self.E = W.shape[0]
         self.experts_w = experts  # list of (W1, W2) or a function e -> (W1, W2)
         self.renormalize = renormalize
-        self.p = router_probs(h, W)
-        self.expert = topk(self.p, k)
+        if score == "sigmoid":
+            self.p = sigmoid(h.astype(np.float64) @ W.astype(np.float64).T)
+        else:
+            self.p = router_probs(h, W)
+        self._select(score, bias, topk_scale, min_capacity)
+
+    def _select(self, score, bias, topk_scale, min_capacity):
+        """The top-k on the selection key p + b (p itself without a bias)."""
+        self.score, self.topk_scale, self.min_capacity = score, float(topk_scale), int(min_capacity)
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float32).reshape(-1)
+        self.sel = self.p if self.bias is None else self.p + self.bias.astype(np.float64)
+        self.expert = topk(self.sel, self.k)
         self.ties_adopted = 0
 
     def adopt_near_ties(self, got_expert, tol):
@@ -376,7 +429,7 @@ class Reference:
         bad = []
         for t in np.nonzero((got_expert != self.expert).any(axis=1))[0]:
             g = got_expert[t]
-            pt = self.p[t]
+            pt = self.sel[t]  # the selection key: p, or p + b with a selection bias
             ok = len(set(g.tolist())) == self.k and all(0 <= e < self.E for e in g)
             if ok:
                 chosen = pt[g]
@@ -399,22 +452,28 @@ class Reference:
         """Gates, acceptance, y and every count, from self.expert."""
         N, k, E = self.N, self.k, self.E
         rows = np.arange(N)[:, None]
-        gate = self.p[rows, self.expert]
-        if self.renormalize:
-            gate = gate / gate.sum(axis=1, keepdims=True)
+        gate = self.p[rows, self.expert]  # the score, never the selection bias
+        if self.renormalize or self.score == "sigmoid":
+            sums = gate.sum(axis=1, keepdims=True)
+            gate = np.divide(gate, sums, out=np.zeros_like(gate), where=sums > 0)
+        if self.topk_scale != 1.0:
+            gate = gate * self.topk_scale
         self.gate = gate
         acc = np.zeros((N, k), dtype=np.int64)
         self.group_caps = []
+        self.loads = []  # (n_groups, E): assignments each group routes to each expert
         for first, count in self.groups():
-            C = capacity(self.cf, count, k, E)
+            C = capacity(self.cf, count, k, E, self.min_capacity)
             self.group_caps.append(C)
             load = np.zeros(E, dtype=np.int64)
             for t in range(first, first + count):  # position policy: token order
                 for c in range(k):
                     e = self.expert[t, c]
                     if C is None or load[e] < C:
-                        load[e] += 1
                         acc[t, c] = 1
+                    load[e] += 1
+            self.loads.append(load)
+        self.loads = np.array(self.loads, dtype=np.int64)
         self.accepted = acc
         self.routed_per_expert = np.bincount(self.expert.ravel(), minlength=E)
         self.accepted_per_expert = np.bincount(self.expert.ravel(), weights=acc.ravel(),
@@ -452,7 +511,10 @@ class Reference:
         return m * self.d * 4
 
 
-def generated_reference(seed, N, d, E, k, cf, f=None, scope="global", ranks=1, renormalize=False):
+def generated_reference(seed, N, d, E, k, cf, f=None, scope="global", ranks=1, renormalize=False,
+                        **router):
+    """Reference of a generated batch; router takes Reference's score, bias, topk_scale and
+    min_capacity."""
     f = f or 2 * d
     cache = {}
 
@@ -462,7 +524,7 @@ def generated_reference(seed, N, d, E, k, cf, f=None, scope="global", ranks=1, r
         return cache[e]
 
     return Reference(gen_tokens(seed, N, d), gen_router(seed, E, d), experts, k, cf, scope,
-                     ranks, renormalize)
+                     ranks, renormalize, **router)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +568,8 @@ ABLATION_MEASURED = ("dropped_assignments", "dropped_tokens", "empty_slots", "fl
                      "step_seconds", "closed_form_error")
 ABLATION_PREDICTED = ("expected_dropped_assignments", "expected_empty_slots",
                       "exact_dropped_assignments", "exact_empty_slots",
-                      "expected_dropped_assignments_uniform", "expected_empty_slots_uniform")
+                      "expected_dropped_assignments_uniform", "expected_empty_slots_uniform",
+                      "max_expert_load", "cf_needed")
 
 
 def group_sizes(N, scope, ranks):
@@ -522,16 +585,17 @@ def group_bounds(N, scope, ranks):
     return [partition(N, ranks, r) for r in range(ranks)]
 
 
-def capacity_total(cf, N, k, E, scope, ranks):
+def capacity_total(cf, N, k, E, scope, ranks, min_capacity=0):
     """Slots per expert summed over the capacity groups; None when dropless."""
     if float(cf) == 0:
         return None
-    return sum(capacity(cf, G, k, E) for G in group_sizes(N, scope, ranks))
+    return sum(capacity(cf, G, k, E, min_capacity) for G in group_sizes(N, scope, ranks))
 
 
-def apply_capacity(expert, E, cf, scope="global", ranks=1):
+def apply_capacity(expert, E, cf, scope="global", ranks=1, min_capacity=0):
     """The position policy applied to a routing `expert` (N, k) (e.g. read from a --dump-routing
-    CSV): per group and expert, earlier token ids are served first, up to C = ceil(cf G k / E).
+    CSV): per group and expert, earlier token ids are served first, up to
+    C = max(ceil(cf G k / E), min_capacity).
     Returns a dict: accepted (N, k) 0/1, capacity (per expert, summed over groups, or None),
     routed and accepted_per_expert (E), dropped_assignments, dropped_tokens, slots, empty_slots,
     loads (n_groups, E)."""
@@ -540,7 +604,7 @@ def apply_capacity(expert, E, cf, scope="global", ranks=1):
     acc = np.zeros((N, k), dtype=np.int64)
     loads = []
     for first, count in group_bounds(N, scope, ranks):
-        C = capacity(cf, count, k, E)
+        C = capacity(cf, count, k, E, min_capacity)
         used = np.zeros(E, dtype=np.int64)
         for t in range(first, first + count):
             for c in range(k):
@@ -551,7 +615,7 @@ def apply_capacity(expert, E, cf, scope="global", ranks=1):
         loads.append(used)
     routed = np.bincount(expert.ravel(), minlength=E).astype(np.int64)
     accepted = np.bincount(expert.ravel(), weights=acc.ravel(), minlength=E).astype(np.int64)
-    cap = capacity_total(cf, N, k, E, scope, ranks)
+    cap = capacity_total(cf, N, k, E, scope, ranks, min_capacity)
     slots = int(accepted.sum()) if cap is None else cap * E
     return {"accepted": acc, "capacity": cap, "routed": routed, "accepted_per_expert": accepted,
             "dropped_assignments": int(N * k - acc.sum()),
@@ -577,14 +641,14 @@ def binomial_overflow(G, q, C):
     return over, under
 
 
-def closed_form(q, cf, N, k, E, scope, ranks):
+def closed_form(q, cf, N, k, E, scope, ranks, min_capacity=0):
     """The closed-form prediction: sum over groups and experts of binomial_overflow with the
     selection probabilities q (E values). (0, 0) when dropless."""
     if float(cf) == 0:
         return 0.0, 0.0
     dropped = empty = 0.0
     for G in group_sizes(N, scope, ranks):
-        C = capacity(cf, G, k, E)
+        C = capacity(cf, G, k, E, min_capacity)
         for qi in q:
             d_, e_ = binomial_overflow(G, qi, C)
             dropped += d_
@@ -619,7 +683,8 @@ class LogitsReference(Reference):
     """The serial reference routed from given logits z (N, E) instead of h W^T: p = softmax(z) in
     float64 from float32 z. Everything downstream (capacity, gates, y) is Reference's."""
 
-    def __init__(self, z, h, experts, k, cf, scope="global", ranks=1, renormalize=False):
+    def __init__(self, z, h, experts, k, cf, scope="global", ranks=1, renormalize=False,
+                 score="softmax", bias=None, topk_scale=1.0, min_capacity=0):
         self.h, self.k, self.cf, self.scope, self.R = h, k, cf, scope, ranks
         self.N, self.d = h.shape
         self.E = z.shape[1]
@@ -627,11 +692,13 @@ class LogitsReference(Reference):
         self.experts_w = experts
         self.renormalize = renormalize
         z64 = np.asarray(z, dtype=np.float32).astype(np.float64)
-        z64 = z64 - z64.max(axis=1, keepdims=True)
-        p = np.exp(z64)
-        self.p = p / p.sum(axis=1, keepdims=True)
-        self.expert = topk(self.p, k)
-        self.ties_adopted = 0
+        if score == "sigmoid":
+            self.p = sigmoid(z64)
+        else:
+            z64 = z64 - z64.max(axis=1, keepdims=True)
+            p = np.exp(z64)
+            self.p = p / p.sum(axis=1, keepdims=True)
+        self._select(score, bias, topk_scale, min_capacity)
 
 
 def expert_weights(seed, d, f):

@@ -1,8 +1,12 @@
-/* Unit tests of capacity: slots per expert and the position overflow policy. */
+/* Unit tests of capacity: slots per expert (with DeepSpeed's floor), the capacity groups, the
+ * capacity factor that drops nothing, and the position overflow policy. */
 #include "moesim/capacity.h"
+#include "moesim/predict.h"
 #include "moesim/tokens.h"
 
 #include <check.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,6 +270,249 @@ START_TEST(test_names)
 }
 END_TEST
 
+/* ---- issue 9: min capacity, groups, the capacity a dropless run would have needed ---- */
+
+START_TEST(test_min_capacity_hand)
+{
+    /* C = max(ceil(cf G k / E), M) */
+    ck_assert_int_eq(moe_group_capacity(1.0, 10, 1, 4, 0), 3);     /* ceil(2.5) */
+    ck_assert_int_eq(moe_group_capacity(1.0, 10, 1, 4, 2), 3);     /* the formula is above M */
+    ck_assert_int_eq(moe_group_capacity(1.0, 10, 1, 4, 3), 3);     /* equal */
+    ck_assert_int_eq(moe_group_capacity(1.0, 10, 1, 4, 4), 4);     /* the floor */
+    /* DeepSpeed's default floor of 4 on a small group: 8 tokens, 64 experts, ceil(1/8) = 1 */
+    ck_assert_int_eq(moe_group_capacity(1.0, 8, 1, 64, 4), 4);
+    ck_assert_int_eq(moe_group_capacity(1.25, 8192, 2, 8, 4), 2560);
+    /* an empty group still gets the floor (capacity = max(capacity, min_capacity)) */
+    ck_assert_int_eq(moe_group_capacity(1.25, 0, 2, 8, 0), 0);
+    ck_assert_int_eq(moe_group_capacity(1.25, 0, 2, 8, 5), 5);
+    /* dropless ignores the floor */
+    ck_assert_int_eq(moe_group_capacity(0.0, 8192, 2, 8, 4), MOE_CAPACITY_UNLIMITED);
+    ck_assert_int_eq(moe_group_capacity(0.0, 0, 1, 1, 1000), MOE_CAPACITY_UNLIMITED);
+    /* the 16-ulp guard is kept: 1.1 * 100 is 110 slots, and a floor of 110 leaves it there */
+    ck_assert_int_eq(moe_group_capacity(1.1, 100, 1, 1, 110), 110);
+    ck_assert_int_eq(moe_group_capacity(1.1, 100, 1, 1, 111), 111);
+    /* moe_capacity is the formula without a floor */
+    ck_assert_int_eq(moe_capacity(1.0, 8, 1, 64), 1);
+}
+END_TEST
+
+START_TEST(test_min_capacity_property)
+{
+    /* Random cf, G, k, E, M: C >= M, C >= the formula, and C is the formula when that is >= M,
+     * else M. */
+    g_state = 41;
+    for (int trial = 0; trial < 50000; trial++) {
+        double cf = next_int(8) == 0 ? 0.0 : (1 + next_int(400)) / 100.0;
+        int k = 1 + next_int(8), E = k + next_int(300);
+        int64_t G = next_int(4) == 0 ? (int64_t)(next_u64() >> 30) : next_int(5000);
+        int64_t M = next_int(3) == 0 ? 0 : next_int(next_int(2) ? 10 : 100000);
+        int64_t C = moe_group_capacity(cf, G, k, E, M), F = moe_capacity(cf, G, k, E);
+        if (cf == 0.0) {
+            EXPECT_EQ(C, MOE_CAPACITY_UNLIMITED);
+            continue;
+        }
+        EXPECT_MSG(C >= M && C >= F && C == (F >= M ? F : M),
+                   "cf %g G %lld k %d E %d M %lld: C %lld, formula %lld", cf, (long long)G, k, E,
+                   (long long)M, (long long)C, (long long)F);
+    }
+}
+END_TEST
+
+START_TEST(test_capacity_groups_and_sum)
+{
+    int64_t g[8], cap[8];
+    /* global: one group of the batch */
+    ck_assert_int_eq(moe_capacity_groups(g, MOE_SCOPE_GLOBAL, 1001, 4), 1);
+    ck_assert_int_eq(g[0], 1001);
+    /* local: the block partition, the first N mod R ranks one more */
+    ck_assert_int_eq(moe_capacity_groups(g, MOE_SCOPE_LOCAL, 1001, 4), 4);
+    ck_assert(g[0] == 251 && g[1] == 250 && g[2] == 250 && g[3] == 250);
+    ck_assert_int_eq(moe_capacity_groups(g, MOE_SCOPE_LOCAL, 2, 3), 3); /* a rank with none */
+    ck_assert(g[0] == 1 && g[1] == 1 && g[2] == 0);
+    /* capacities per group, in place over the group sizes, and their sum:
+     * cf 1.0, k 2, E 8: ceil(251/4) = 63, ceil(250/4) = 63 (62.5) -> 252; with M 64: 256 */
+    moe_capacity_groups(g, MOE_SCOPE_LOCAL, 1001, 4);
+    moe_group_capacities(cap, 1.0, g, 4, 2, 8, 0);
+    ck_assert(cap[0] == 63 && cap[1] == 63 && cap[2] == 63 && cap[3] == 63);
+    ck_assert_int_eq(moe_capacity_sum(cap, 4), 252);
+    moe_group_capacities(g, 1.0, g, 4, 2, 8, 64); /* aliasing */
+    ck_assert_int_eq(moe_capacity_sum(g, 4), 256);
+    moe_capacity_groups(g, MOE_SCOPE_LOCAL, 2, 3);
+    moe_group_capacities(cap, 1.0, g, 3, 1, 4, 2); /* the empty group gets the floor too */
+    ck_assert(cap[0] == 2 && cap[1] == 2 && cap[2] == 2);
+    moe_group_capacities(cap, 0.0, g, 3, 1, 4, 2);
+    ck_assert_int_eq(moe_capacity_sum(cap, 3), MOE_CAPACITY_UNLIMITED);
+}
+END_TEST
+
+START_TEST(test_capacity_needed_hand)
+{
+    int64_t max_load;
+    double cf;
+    /* global, G 5, k 2, E 4, loads 3 5 2 0: 5 * 4 / (5 * 2) = 2.0 */
+    const int64_t g1[] = {3, 5, 2, 0}, G1[] = {5};
+    moe_capacity_needed(&max_load, &cf, g1, G1, 1, 4, 2, 4);
+    ck_assert_int_eq(max_load, 5);
+    ck_assert(cf == 2.0);
+    ck_assert_int_eq(moe_group_capacity(cf, 5, 2, 4, 0), 5);
+    ck_assert_int_eq(moe_capacity(1.6, 5, 2, 4), 4); /* (L - 1) E / (G k) = 1.6: one slot short */
+    /* local, groups of 4 and 3 tokens, k 2, E 4:
+     *   group 0: loads 3 2 2 1 -> 3 * 4 / 8 = 1.5
+     *   group 1: loads 2 2 1 1 -> 2 * 4 / 6 = 1.333...
+     * cf 1.5; the largest load is 3 (group 0). At 1.5, C = 3 in group 0 and ceil(2.25) = 3 in
+     * group 1: nothing drops. */
+    const int64_t g2[] = {3, 2, 2, 1, 2, 2, 1, 1}, G2[] = {4, 3};
+    moe_capacity_needed(&max_load, &cf, g2, G2, 2, 4, 2, 4);
+    ck_assert_int_eq(max_load, 3);
+    ck_assert(cf == 1.5);
+    /* the tightest group need not hold the largest load: group 1 of 2 tokens has load 2 of a
+     * possible 2: 2 * 4 / (2 * 2) = 2.0 beats group 0's 3 * 4 / (10 * 2) = 0.6 */
+    const int64_t g3[] = {3, 3, 2, 2, 2, 1, 1, 0}, G3[] = {10, 2};
+    moe_capacity_needed(&max_load, &cf, g3, G3, 2, 4, 2, 4);
+    ck_assert_int_eq(max_load, 3);
+    ck_assert(cf == 2.0);
+    /* an empty group and a group without load are skipped; no load at all gives 0, 0 */
+    const int64_t g4[] = {0, 0, 0, 0, 1, 0, 0, 0}, G4[] = {0, 1};
+    moe_capacity_needed(&max_load, &cf, g4, G4, 2, 4, 1, 4);
+    ck_assert_int_eq(max_load, 1);
+    ck_assert(cf == 4.0); /* 1 * 4 / (1 * 1) */
+    const int64_t g5[] = {0, 0}, G5[] = {3};
+    moe_capacity_needed(&max_load, &cf, g5, G5, 1, 2, 1, 2);
+    ck_assert_int_eq(max_load, 0);
+    ck_assert(cf == 0.0);
+    /* a subset of experts (a rank's own): E enters the formula, n_exp only the walk */
+    const int64_t g6[] = {6, 1}, G6[] = {8};
+    moe_capacity_needed(&max_load, &cf, g6, G6, 1, 2, 2, 4); /* 6 * 4 / 16 */
+    ck_assert_int_eq(max_load, 6);
+    ck_assert(cf == 1.5);
+}
+END_TEST
+
+/* Drops from the counts: sum over groups and experts of max(L - C_g, 0). */
+static int64_t drops_at(double cf, const int64_t *loads, const int64_t *groups, int n_groups, int E,
+                        int k, int64_t M, int64_t *cap)
+{
+    moe_group_capacities(cap, cf, groups, n_groups, k, E, M);
+    int64_t dropped, empty;
+    moe_predict_exact_caps(&dropped, &empty, loads, E, cap, n_groups);
+    return dropped;
+}
+
+START_TEST(test_capacity_needed_property)
+{
+    /* Random routings (k distinct experts per token, skewed) of random batches in both scopes:
+     *  - at cf_needed no assignment drops (with or without a floor M), and in the tightest group
+     *    C equals the largest load exactly;
+     *  - at cf_low = max_g (L_g - 1) E / (G_g k), where the tightest ceiling steps down, some
+     *    assignment drops (when cf_low > 0);
+     *  - anywhere strictly between (the midpoint, when the two are more than 1e-9 apart
+     *    relatively) nothing drops: the ceiling covers the load there too, so cf_needed is the
+     *    exact slot count, and the drop-free range begins just above cf_low;
+     *  - the drop count agrees with the position policy over the same counts.
+     * Also large groups (G up to 2^40) with loads set directly, where the capacity's 16-ulp guard
+     * must give exactly L slots at L E / (G k). */
+    g_state = 42;
+    int checked_low = 0;
+    for (int trial = 0; trial < 600; trial++) {
+        int E = 1 + next_int(12), k = 1 + next_int(E < 4 ? E : 4), R = 1 + next_int(E < 6 ? E : 6);
+        int64_t N = 1 + next_int(next_int(2) ? 40 : 2000);
+        moe_scope scope = next_int(2) ? MOE_SCOPE_LOCAL : MOE_SCOPE_GLOBAL;
+        int32_t *ex = malloc((size_t)(N * k) * sizeof *ex);
+        random_routing(ex, N, k, E);
+        int64_t groups[6], cap[6], *loads = calloc((size_t)6 * E, sizeof *loads);
+        int n_groups = moe_capacity_groups(groups, scope, N, R);
+        for (int g = 0, first = 0; g < n_groups; first += (int)groups[g], g++)
+            for (int64_t i = (int64_t)first * k; i < (first + groups[g]) * k; i++)
+                loads[(int64_t)g * E + ex[i]]++;
+        int64_t max_load;
+        double need;
+        moe_capacity_needed(&max_load, &need, loads, groups, n_groups, E, k, E);
+        ck_assert(need > 0.0 && max_load >= 1);
+        int64_t M = next_int(3) ? 0 : next_int(5);
+        EXPECT_MSG(drops_at(need, loads, groups, n_groups, E, k, 0, cap) == 0,
+                   "trial %d: drops at cf_needed %.17g", trial, need);
+        EXPECT_EQ(drops_at(need, loads, groups, n_groups, E, k, M, cap), 0);
+        double low = 0.0;
+        int64_t tight_equal = 0;
+        drops_at(need, loads, groups, n_groups, E, k, 0, cap);
+        for (int g = 0; g < n_groups; g++) {
+            int64_t top = 0;
+            for (int e = 0; e < E; e++)
+                top = loads[(int64_t)g * E + e] > top ? loads[(int64_t)g * E + e] : top;
+            if (groups[g] == 0 || top == 0)
+                continue;
+            double l = (double)(top - 1) * E / ((double)groups[g] * k);
+            low = l > low ? l : low;
+            tight_equal |= cap[g] == top;
+        }
+        EXPECT_MSG(tight_equal, "trial %d: no group has C equal to its largest load at cf_needed",
+                   trial);
+        if (low > 0.0) {
+            EXPECT_MSG(drops_at(low, loads, groups, n_groups, E, k, 0, cap) > 0,
+                       "trial %d: nothing drops at cf_low %.17g (cf_needed %.17g)", trial, low, need);
+            checked_low++;
+        }
+        if (need - low > 1e-9 * need) {
+            double mid = 0.5 * (low + need);
+            EXPECT_MSG(drops_at(mid, loads, groups, n_groups, E, k, 0, cap) == 0,
+                       "trial %d: drops at %.17g, between cf_low %.17g and cf_needed %.17g", trial,
+                       mid, low, need);
+        }
+        /* the same verdict through the position policy on the counts, group by group */
+        int64_t *acc = calloc((size_t)E, sizeof *acc), served = 0;
+        moe_group_capacities(cap, need, groups, n_groups, k, E, 0);
+        for (int g = 0; g < n_groups; g++) {
+            moe_overflow_position(acc, loads + (int64_t)g * E, 1, E, cap[g]);
+            for (int e = 0; e < E; e++)
+                served += acc[e];
+        }
+        EXPECT_EQ(served, N * k);
+        free(acc);
+        free(ex);
+        free(loads);
+    }
+    ck_assert_int_gt(checked_low, 300);
+    /* large groups, loads set directly */
+    for (int trial = 0; trial < 20000; trial++) {
+        int k = 1 + next_int(8), E = k + next_int(next_int(2) ? 16 : 65536 - 8);
+        int64_t G = 1 + (int64_t)(next_u64() >> (24 + next_int(30)));
+        int64_t L = 1 + (int64_t)(next_u64() % (uint64_t)G);
+        int64_t max_load;
+        double need;
+        moe_capacity_needed(&max_load, &need, &L, &G, 1, 1, k, E);
+        EXPECT_MSG(moe_capacity(need, G, k, E) == L, "G %lld L %lld k %d E %d: C %lld at %.17g",
+                   (long long)G, (long long)L, k, E, (long long)moe_capacity(need, G, k, E), need);
+    }
+}
+END_TEST
+
+START_TEST(test_predict_caps_match)
+{
+    /* The prediction over given capacities equals the cf form without a floor, and counts the
+     * floor with one: loads 5 1 / 0 2 in two groups of 3 tokens, k 1, E 2, cf 1.0: C = 2 each;
+     * M 4: C = 4 each. */
+    const int64_t loads[] = {5, 1, 0, 2}, groups[] = {3, 3};
+    int64_t cap[2], d1, m1, d2, m2;
+    moe_group_capacities(cap, 1.0, groups, 2, 1, 2, 0);
+    moe_predict_exact_caps(&d1, &m1, loads, 2, cap, 2);
+    moe_predict_exact(&d2, &m2, loads, 2, 1, 1.0, groups, 2);
+    ck_assert(d1 == d2 && m1 == m2 && d1 == 3 && m1 == 1 + 2 + 0);
+    moe_group_capacities(cap, 1.0, groups, 2, 1, 2, 4);
+    moe_predict_exact_caps(&d1, &m1, loads, 2, cap, 2);
+    ck_assert(d1 == 1 && m1 == 3 + 4 + 2);
+    const double q[] = {0.75, 0.25};
+    double cd1, cm1, cd2, cm2;
+    moe_group_capacities(cap, 1.0, groups, 2, 1, 2, 0);
+    moe_predict_closed_form_caps(&cd1, &cm1, q, 2, groups, cap, 2);
+    moe_predict_closed_form(&cd2, &cm2, q, 2, 1, 1.0, groups, 2);
+    ck_assert(cd1 == cd2 && cm1 == cm2);
+    moe_group_capacities(cap, 0.0, groups, 2, 1, 2, 4);
+    moe_predict_closed_form_caps(&cd1, &cm1, q, 2, groups, cap, 2);
+    moe_predict_exact_caps(&d1, &m1, loads, 2, cap, 2);
+    ck_assert(cd1 == 0.0 && cm1 == 0.0 && d1 == 0 && m1 == 0);
+}
+END_TEST
+
 static Suite *capacity_suite(void)
 {
     Suite *s = suite_create("capacity");
@@ -281,6 +528,14 @@ static Suite *capacity_suite(void)
     tcase_add_test(tc, test_mark_accepted_hand);
     tcase_add_test(tc, test_global_scope_rank_count_invariance);
     tcase_add_test(tc, test_local_scope_is_per_block_reference);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("min_capacity_and_needed");
+    tcase_add_test(tc, test_min_capacity_hand);
+    tcase_add_test(tc, test_min_capacity_property);
+    tcase_add_test(tc, test_capacity_groups_and_sum);
+    tcase_add_test(tc, test_capacity_needed_hand);
+    tcase_add_test(tc, test_capacity_needed_property);
+    tcase_add_test(tc, test_predict_caps_match);
     suite_add_tcase(s, tc);
     return s;
 }

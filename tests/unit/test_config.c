@@ -803,9 +803,12 @@ static const struct name_line {
     const char *unwanted[2];
 } bad_name_lines[] = {
     /* an abbreviation of one option: named, with the whole name suggested */
-    {{"--expert", "16"}, {"'--expert'", "--experts", "whole", "did you mean"}, {"several"}},
-    {{"--exp", "4"}, {"'--exp'", "--experts", "did you mean"}, {"several"}}, /* only --experts */
     {{"--hid=16"}, {"'--hid'", "--hidden", "whole"}, {"=16"}},
+    /* --expert and --exp abbreviate --experts and --expert-bias-file: both listed, the nearest
+     * suggested */
+    {{"--expert", "16"}, {"'--expert'", "--expert-bias-file", "whole", "did you mean --experts?"},
+     {NULL}},
+    {{"--exp", "4"}, {"'--exp'", "several", "did you mean --experts?"}, {NULL}},
     {{"--tokens-fil", "t.npy"}, {"--tokens-file", "did you mean"}, {NULL}},
     {{"--ver"}, {"--version", "did you mean"}, {NULL}},
     {{"--max-mem", "8G"}, {"--max-memory", "did you mean"}, {NULL}},
@@ -813,7 +816,7 @@ static const struct name_line {
     {{"--capacity=1"},
      {"'--capacity'", "--capacity-factor", "--capacity-scope", "several"},
      {NULL}},
-    {{"--to", "4"}, {"--tokens", "--top-k", "--tokens-file", "--topology"}, {"did you mean"}},
+    {{"--to", "4"}, {"--tokens", "--top-k", "--tokens-file", "--topology"}, {NULL}},
     {{"--hot", "1"}, {"--hot-experts", "--hot-share", "several"}, {NULL}},
     {{"--d", "x"}, {"--drop-policy", "--dump-routing", "--dump-output"}, {NULL}},
     {{"--r", "x"}, {"--renormalize", "--router-file", "--ranks-per-node"}, {NULL}},
@@ -928,7 +931,8 @@ static const char *const known_options[] = {
     "drop-policy", "renormalize", "pad-to-capacity", "seed", "iters", "warmup", "tokens-file",
     "router-file", "json", "dump-routing", "dump-output", "quiet", "skew", "hot-experts",
     "hot-share", "clusters", "logits-file", "predict-only", "topology", "ranks-per-node", "a2a",
-    "network", "max-memory", "help", "version"};
+    "network", "max-memory", "score", "expert-bias-file", "topk-scale", "min-capacity", "help",
+    "version"};
 
 static int is_name_char(char c)
 {
@@ -1003,6 +1007,141 @@ START_TEST(test_usage_lists_every_table_option)
 }
 END_TEST
 
+/* ---- issue 9: --score, --expert-bias-file, --topk-scale, --min-capacity ---- */
+
+START_TEST(test_router_option_defaults)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.score, MOE_SCORE_SOFTMAX);
+    ck_assert(cfg.topk_scale == 1.0);
+    ck_assert_int_eq(cfg.min_capacity, 0);
+    ck_assert_ptr_null(cfg.expert_bias_file);
+    ck_assert_str_eq(moe_score_name(MOE_SCORE_SOFTMAX), "softmax");
+    ck_assert_str_eq(moe_score_name(MOE_SCORE_SIGMOID), "sigmoid");
+}
+END_TEST
+
+START_TEST(test_router_options_parsed)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--score", "sigmoid", "--expert-bias-file",
+                        "b.npy", "--topk-scale", "2.5", "--min-capacity", "4", NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert_int_eq(cfg.score, MOE_SCORE_SIGMOID);
+    ck_assert_str_eq(cfg.expert_bias_file, "b.npy");
+    ck_assert(cfg.topk_scale == 2.5);
+    ck_assert_int_eq(cfg.min_capacity, 4);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    /* the = form, the other score, the limits inclusive, the last one given wins */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--score=sigmoid", "--score=softmax",
+                        "--topk-scale=1e6", "--min-capacity=1099511627776", NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert_int_eq(cfg.score, MOE_SCORE_SOFTMAX);
+    ck_assert(cfg.topk_scale == 1e6);
+    ck_assert_int_eq(cfg.min_capacity, INT64_C(1) << 40);
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--topk-scale", "1e-30", "--min-capacity", "0",
+                        NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert(cfg.topk_scale == 1e-30);
+    ck_assert_int_eq(cfg.min_capacity, 0);
+    /* the bias file is a file name, whatever it looks like */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--expert-bias-file", "--topk-scale", NULL) ==
+                      MOE_OK,
+                  "%s", msg);
+    ck_assert_str_eq(cfg.expert_bias_file, "--topk-scale");
+    ck_assert(cfg.topk_scale == 1.0);
+}
+END_TEST
+
+/* Each new option's bad values: MOE_EUSAGE and a message naming the option. */
+static const struct bad_line bad_router_lines[] = {
+    {{"--score"}, "--score"},
+    {{"--score", "tanh"}, "--score"},
+    {{"--score", "Sigmoid"}, "--score"},
+    {{"--score", ""}, "--score"},
+    {{"--topk-scale"}, "--topk-scale"},
+    {{"--topk-scale", "0"}, "--topk-scale"},
+    {{"--topk-scale", "-0"}, "--topk-scale"},
+    {{"--topk-scale", "-2.5"}, "--topk-scale"},
+    {{"--topk-scale", "nan"}, "--topk-scale"},
+    {{"--topk-scale", "inf"}, "--topk-scale"},
+    {{"--topk-scale", "1e400"}, "--topk-scale"},
+    {{"--topk-scale", "1e7"}, "--topk-scale"},
+    {{"--topk-scale", "2.5x"}, "--topk-scale"},
+    {{"--topk-scale", ""}, "--topk-scale"},
+    {{"--min-capacity"}, "--min-capacity"},
+    {{"--min-capacity", "-1"}, "--min-capacity"},
+    {{"--min-capacity", "1.5"}, "--min-capacity"},
+    {{"--min-capacity", "four"}, "--min-capacity"},
+    {{"--min-capacity", "1099511627777"}, "--min-capacity"},
+    {{"--min-capacity", ""}, "--min-capacity"},
+    {{"--expert-bias-file"}, "--expert-bias-file"},
+    {{"--expert-bias-file", ""}, "--expert-bias-file"},
+    /* whole names only: the nearest name is suggested */
+    {{"--sco", "sigmoid"}, "--score"},
+    {{"--topk", "2"}, "--topk-scale"},
+    {{"--min-cap", "4"}, "--min-capacity"},
+    {{"--expert-bias", "b.npy"}, "--expert-bias-file"},
+};
+
+START_TEST(test_bad_router_lines)
+{
+    const struct bad_line *b = &bad_router_lines[_i];
+    moe_config cfg;
+    char msg[512];
+    int rc = parse(&cfg, msg, sizeof msg, b->args[0], b->args[1], b->args[2], b->args[3], NULL);
+    ck_assert_msg(rc == MOE_EUSAGE, "'%s %s' gave %d (%s), expected MOE_EUSAGE", b->args[0],
+                  b->args[1] ? b->args[1] : "", rc, msg);
+    ck_assert_msg(strstr(msg, b->names) != NULL, "'%s %s': message '%s' does not name '%s'",
+                  b->args[0], b->args[1] ? b->args[1] : "", msg, b->names);
+}
+END_TEST
+
+START_TEST(test_resolve_min_capacity)
+{
+    moe_config cfg;
+    char msg[512];
+    /* a floor needs a capacity: refused when every cf is 0, named with the reason */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--min-capacity", "4", "--capacity-factor", "0",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--min-capacity") && strstr(msg, "dropless"), "message: %s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--min-capacity", "4", "--capacity-factor",
+                           "0,0", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    /* a list with one capacity is fine (the floor applies to that value), and 0 is no floor */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--min-capacity", "4", "--capacity-factor",
+                           "0,1.0", NULL),
+                     MOE_OK);
+    ck_assert_msg(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg) == MOE_OK, "%s",
+                  msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--min-capacity", "0", "--capacity-factor", "0",
+                           NULL),
+                     MOE_OK);
+    ck_assert_msg(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg) == MOE_OK, "%s",
+                  msg);
+    /* with the default cf 1.25 */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--min-capacity", "1000000", NULL), MOE_OK);
+    ck_assert_msg(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg) == MOE_OK, "%s",
+                  msg);
+}
+END_TEST
+
+START_TEST(test_usage_lists_router_options)
+{
+    static const char *const opts[] = {"--score", "softmax", "sigmoid", "--expert-bias-file",
+                                       "--topk-scale", "--min-capacity", "min_capacity", "2.5"};
+    const char *u = moe_config_usage();
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
+        ck_assert_msg(strstr(u, opts[i]) != NULL, "usage lacks %s", opts[i]);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -1048,6 +1187,14 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_whole_names_accepted);
     tcase_add_test(tc, test_max_memory_option);
     tcase_add_test(tc, test_usage_lists_every_table_option);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("issue9_router_options");
+    tcase_add_test(tc, test_router_option_defaults);
+    tcase_add_test(tc, test_router_options_parsed);
+    tcase_add_loop_test(tc, test_bad_router_lines, 0,
+                        (int)(sizeof bad_router_lines / sizeof *bad_router_lines));
+    tcase_add_test(tc, test_resolve_min_capacity);
+    tcase_add_test(tc, test_usage_lists_router_options);
     suite_add_tcase(s, tc);
     return s;
 }

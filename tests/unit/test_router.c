@@ -1,4 +1,5 @@
-/* Unit tests of router: logits, softmax, top-k, statistics; and the uniform-router aux loss. */
+/* Unit tests of router: logits, softmax, sigmoid, top-k (plain, and with a selection bias and a
+ * route scale), statistics; and the uniform-router aux loss. */
 #include "moesim/router.h"
 #include "moesim/stats.h"
 
@@ -344,6 +345,294 @@ START_TEST(test_topk_renormalize_is_softmax_of_chosen)
 }
 END_TEST
 
+/* ---- sigmoid scores, selection bias, route scale (issue 9) ---- */
+
+START_TEST(test_sigmoid_hand_and_extremes)
+{
+    float s[6];
+    /* sigmoid(0) = 1/2 exactly; sigmoid(ln 3) = 3/4 (ln 3 in float moves it by ~1e-8); far out,
+     * exactly 0 and 1 (exp(1000) is inf in double, 1/inf = 0), never NaN. */
+    const float z[] = {0.0f, (float)log(3.0), -(float)log(3.0), 1000.0f, -1000.0f, -FLT_MAX};
+    moe_sigmoid_rows(s, z, 1, 6);
+    ck_assert(s[0] == 0.5f);
+    ck_assert_float_eq_tol(s[1], 0.75f, 1e-7f);
+    ck_assert_float_eq_tol(s[2], 0.25f, 1e-7f);
+    ck_assert(s[3] == 1.0f && s[4] == 0.0f && s[5] == 0.0f);
+    /* Against 1 / (1 + e^-z) in long double, rounded once: equal (the double computation errs by
+     * far less than half a float ulp), and in [0, 1]; in place gives the same bits. */
+    enum { N = 64, E = 9 };
+    float zz[N * E], ss[N * E];
+    g_state = 31;
+    for (int i = 0; i < N * E; i++)
+        zz[i] = (float)(8.0 * next_gauss());
+    moe_sigmoid_rows(ss, zz, N, E);
+    int mismatches = 0;
+    for (int i = 0; i < N * E; i++) {
+        long double ref = 1.0L / (1.0L + expl(-(long double)zz[i]));
+        EXPECT(ss[i] >= 0.0f && ss[i] <= 1.0f);
+        EXPECT_MSG(fabsl((long double)ss[i] - ref) <= 0.5000001L * FLT_EPSILON * ref + FLT_MIN,
+                   "sigmoid(%.9g) = %.9g, long double %.12Lg", zz[i], ss[i], ref);
+        mismatches += ss[i] != (float)ref;
+    }
+    ck_assert_int_le(mismatches, 2); /* a double rounding can differ only at a float midpoint */
+    memcpy(s, z, sizeof s);
+    moe_sigmoid_rows(s, s, 1, 6);
+    float t[6];
+    moe_sigmoid_rows(t, z, 1, 6);
+    ck_assert_mem_eq(s, t, sizeof t);
+}
+END_TEST
+
+START_TEST(test_router_scores_dispatch)
+{
+    /* moe_router_scores is the softmax or the sigmoid, bit for bit. */
+    enum { N = 40, E = 7 };
+    float z[N * E], a[N * E], b[N * E];
+    g_state = 32;
+    for (int i = 0; i < N * E; i++)
+        z[i] = (float)(3.0 * next_gauss());
+    moe_router_scores(a, z, N, E, MOE_SCORE_SOFTMAX);
+    moe_softmax_rows(b, z, N, E);
+    ck_assert_mem_eq(a, b, sizeof a);
+    moe_router_scores(a, z, N, E, MOE_SCORE_SIGMOID);
+    moe_sigmoid_rows(b, z, N, E);
+    ck_assert_mem_eq(a, b, sizeof a);
+    ck_assert_str_eq(moe_score_name(MOE_SCORE_SOFTMAX), "softmax");
+    ck_assert_str_eq(moe_score_name(MOE_SCORE_SIGMOID), "sigmoid");
+}
+END_TEST
+
+START_TEST(test_probs_row)
+{
+    /* softmax scores are copied; sigmoid scores are divided by their sum (Megatron-Core's aux-loss
+     * scores): dyadic values, so exact. */
+    const float p[] = {0.5f, 0.25f, 0.125f, 0.125f};
+    float q[4];
+    moe_router_probs_row(q, p, 4, MOE_SCORE_SOFTMAX);
+    ck_assert_mem_eq(q, p, sizeof p);
+    const float s[] = {0.75f, 0.5f, 0.5f, 0.25f}; /* sum 2 */
+    moe_router_probs_row(q, s, 4, MOE_SCORE_SIGMOID);
+    ck_assert(q[0] == 0.375f && q[1] == 0.25f && q[2] == 0.25f && q[3] == 0.125f);
+    const float zero[] = {0.0f, 0.0f, 0.0f};
+    moe_router_probs_row(q, zero, 3, MOE_SCORE_SIGMOID);
+    ck_assert(q[0] == 0.0f && q[1] == 0.0f && q[2] == 0.0f);
+    /* random sigmoid rows sum to 1 within E rounding of 2^-24 */
+    g_state = 33;
+    for (int trial = 0; trial < 200; trial++) {
+        enum { EE = 16 };
+        float z[EE], sg[EE], pr[EE];
+        for (int e = 0; e < EE; e++)
+            z[e] = (float)(4.0 * next_gauss());
+        moe_sigmoid_rows(sg, z, 1, EE);
+        moe_router_probs_row(pr, sg, EE, MOE_SCORE_SIGMOID);
+        double sum = 0.0;
+        for (int e = 0; e < EE; e++)
+            sum += pr[e];
+        EXPECT_MSG(fabs(sum - 1.0) <= EE * 0x1.0p-24, "sum %.9g", sum);
+    }
+}
+END_TEST
+
+START_TEST(test_topk_select_hand)
+{
+    /* Scores (dyadic, so every sum and ratio below is exact) and a bias that changes the choice:
+     *   s    = 0.75  0.625  0.25  0.5
+     *   b    = 0    -0.5    0.5   0
+     *   s+b  = 0.75  0.125  0.75  0.5   -> top-2 {0, 2} (a tie at 0.75: the lower id first)
+     * Without the bias the top-2 is {0, 1}. The gate is s, never s + b: normalized, 0.75 / 1.0 and
+     * 0.25 / 1.0; times 2.5, 1.875 and 0.625. */
+    const float sc[] = {0.75f, 0.625f, 0.25f, 0.5f};
+    const float b[] = {0.0f, -0.5f, 0.5f, 0.0f};
+    int32_t ex[4];
+    float g[4];
+    moe_topk_select(ex, g, sc, NULL, 1, 4, 2, false, 1.0);
+    ck_assert(ex[0] == 0 && ex[1] == 1 && g[0] == 0.75f && g[1] == 0.625f);
+    moe_topk_select(ex, g, sc, b, 1, 4, 2, false, 1.0);
+    ck_assert(ex[0] == 0 && ex[1] == 2);
+    ck_assert(g[0] == 0.75f && g[1] == 0.25f); /* the scores, not s + b (0.75, 0.75) */
+    moe_topk_select(ex, g, sc, b, 1, 4, 2, true, 1.0);
+    ck_assert(ex[0] == 0 && ex[1] == 2 && g[0] == 0.75f && g[1] == 0.25f); /* sum 1 already */
+    moe_topk_select(ex, g, sc, b, 1, 4, 2, true, 2.5);
+    ck_assert(g[0] == 1.875f && g[1] == 0.625f); /* they sum to the scale */
+    moe_topk_select(ex, g, sc, NULL, 1, 4, 2, true, 2.5);
+    ck_assert(ex[0] == 0 && ex[1] == 1);
+    /* 0.75 / 1.375 = 6/11, 0.625 / 1.375 = 5/11, each rounded to float, then times 2.5 */
+    ck_assert(g[0] == (float)((double)(float)(0.75 / 1.375) * 2.5));
+    ck_assert(g[1] == (float)((double)(float)(0.625 / 1.375) * 2.5));
+    /* k = 3 with the bias: keys 0.75, 0.75, 0.5 (0.125 last); unnormalized and scaled by 2 */
+    moe_topk_select(ex, g, sc, b, 1, 4, 3, false, 2.0);
+    ck_assert(ex[0] == 0 && ex[1] == 2 && ex[2] == 3);
+    ck_assert(g[0] == 1.5f && g[1] == 0.5f && g[2] == 1.0f);
+    /* a bias large enough to pick the lowest score alone, k = 1 */
+    const float big[] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const float b2[] = {-1.0f, -1.0f, -1.0f, 0.0f};
+    moe_topk_select(ex, g, sc, b2, 1, 4, 1, false, 1.0);
+    ck_assert(ex[0] == 3 && g[0] == 0.5f);
+    moe_topk_select(ex, g, sc, b2, 1, 4, 1, true, 1.0);
+    ck_assert(ex[0] == 3 && g[0] == 1.0f);
+    /* every chosen score 0: normalized gates are 0, not NaN */
+    moe_topk_select(ex, g, big, NULL, 1, 4, 2, true, 2.5);
+    ck_assert(ex[0] == 0 && ex[1] == 1 && g[0] == 0.0f && g[1] == 0.0f);
+    /* two tokens: rows are independent, the bias is the same for both */
+    const float sc2[] = {0.75f, 0.625f, 0.25f, 0.5f, 0.25f, 0.5f, 0.0625f, 0.75f};
+    int32_t ex2[4];
+    float g2[4];
+    moe_topk_select(ex2, g2, sc2, b, 2, 4, 2, false, 1.0);
+    const int32_t want2[] = {0, 2, 3, 2}; /* row 2 keys 0.25, 0, 0.5625, 0.75 */
+    ck_assert_mem_eq(ex2, want2, sizeof want2);
+}
+END_TEST
+
+/* The top-k as it was before the selection bias existed (copied from the commit before issue 9),
+ * so the plain path can be checked bit for bit against the code that produced every earlier
+ * result. */
+static void topk_before_issue9(int32_t *expert, float *gate, const float *p, int64_t n, int E, int k,
+                               bool renormalize)
+{
+    for (int64_t t = 0; t < n; t++) {
+        const float *pr = p + t * E;
+        int32_t *er = expert + t * k;
+        float *gr = gate + t * k;
+        int filled = 0;
+        for (int e = 0; e < E; e++) {
+            float v = pr[e];
+            if (filled == k && !(v > gr[k - 1]))
+                continue;
+            int pos = filled < k ? filled++ : k - 1;
+            while (pos > 0 && v > gr[pos - 1]) {
+                er[pos] = er[pos - 1];
+                gr[pos] = gr[pos - 1];
+                pos--;
+            }
+            er[pos] = e;
+            gr[pos] = v;
+        }
+        if (renormalize) {
+            double sum = 0.0;
+            for (int c = 0; c < k; c++)
+                sum += gr[c];
+            for (int c = 0; c < k; c++)
+                gr[c] = (float)(gr[c] / sum);
+        }
+    }
+}
+
+START_TEST(test_topk_softmax_path_unchanged)
+{
+    /* moe_topk, and moe_topk_select without a bias at scale 1, give the old top-k's experts and
+     * gates bit for bit, with and without renormalization, on softmax rows with many ties. */
+    enum { N = 300 };
+    static const int Es[] = {1, 2, 5, 8, 33};
+    g_state = 34;
+    for (size_t a = 0; a < sizeof Es / sizeof *Es; a++) {
+        int E = Es[a];
+        float *z = malloc((size_t)N * E * sizeof *z), *p = malloc((size_t)N * E * sizeof *p);
+        int32_t *e1 = malloc((size_t)N * E * sizeof *e1), *e2 = malloc((size_t)N * E * sizeof *e2);
+        int32_t *e3 = malloc((size_t)N * E * sizeof *e3);
+        float *g1 = malloc((size_t)N * E * sizeof *g1), *g2 = malloc((size_t)N * E * sizeof *g2);
+        float *g3 = malloc((size_t)N * E * sizeof *g3);
+        for (int i = 0; i < N * E; i++)
+            z[i] = i % 3 ? (float)(2.0 * next_gauss()) : (float)next_int(3); /* ties */
+        moe_softmax_rows(p, z, N, E);
+        for (int k = 1; k <= E; k++)
+            for (int renorm = 0; renorm <= 1; renorm++) {
+                topk_before_issue9(e1, g1, p, N, E, k, renorm);
+                moe_topk(e2, g2, p, N, E, k, renorm);
+                moe_topk_select(e3, g3, p, NULL, N, E, k, renorm, 1.0);
+                size_t nk = (size_t)N * (size_t)k;
+                EXPECT_MSG(memcmp(e1, e2, nk * sizeof *e1) == 0 && memcmp(g1, g2, nk * sizeof *g1) == 0,
+                           "E=%d k=%d renorm=%d: moe_topk differs from the old top-k", E, k, renorm);
+                EXPECT_MSG(memcmp(e1, e3, nk * sizeof *e1) == 0 && memcmp(g1, g3, nk * sizeof *g1) == 0,
+                           "E=%d k=%d renorm=%d: moe_topk_select differs", E, k, renorm);
+            }
+        free(z), free(p), free(e1), free(e2), free(e3), free(g1), free(g2), free(g3);
+    }
+}
+END_TEST
+
+START_TEST(test_topk_select_property)
+{
+    /* Random sigmoid scores, random biases (half the rows quantized so keys tie), every k, with and
+     * without normalization, scale 1 and 2.5:
+     *  - the chosen experts are the top-k of the float32 keys s + b under (key descending, id
+     *    ascending), distinct;
+     *  - the bias never reaches the gate: unnormalized, gate = s of the chosen expert exactly;
+     *    normalized, gate = (float)(s / sum of the chosen s) exactly, times the scale;
+     *  - normalized gates sum to 1 within k * 2^-24 before the scale and to S within S k 2^-23
+     *    after it;
+     *  - a bias of zeros chooses exactly what no bias chooses (s + 0 = s);
+     *  - the bias changes the choice on a good share of the tokens (it is not ignored). */
+    enum { N = 400 };
+    static const int Es[] = {2, 3, 8, 16};
+    g_state = 35;
+    for (size_t a = 0; a < sizeof Es / sizeof *Es; a++) {
+        int E = Es[a];
+        float *z = malloc((size_t)N * E * sizeof *z), *s = malloc((size_t)N * E * sizeof *s);
+        float *key = malloc((size_t)N * E * sizeof *key), *b = malloc((size_t)E * sizeof *b);
+        float *zero = calloc((size_t)E, sizeof *zero);
+        int32_t *ex = malloc((size_t)N * E * sizeof *ex), *ex0 = malloc((size_t)N * E * sizeof *ex0);
+        float *g = malloc((size_t)N * E * sizeof *g), *g0 = malloc((size_t)N * E * sizeof *g0);
+        for (int i = 0; i < N * E; i++)
+            z[i] = (i / E) % 2 ? (float)(2.0 * next_gauss()) : (float)(next_int(3) - 1);
+        moe_sigmoid_rows(s, z, N, E);
+        for (int e = 0; e < E; e++)
+            b[e] = (float)(0.25 * (next_int(5) - 2)); /* -0.5 ... 0.5 in quarters */
+        for (int i = 0; i < N * E; i++)
+            key[i] = s[i] + b[i % E];
+        int64_t changed = 0, rows = 0;
+        for (int k = 1; k <= E; k++)
+            for (int norm = 0; norm <= 1; norm++)
+                for (int sc = 0; sc <= 1; sc++) {
+                    double S = sc ? 2.5 : 1.0;
+                    moe_topk_select(ex, g, s, b, N, E, k, norm, S);
+                    moe_topk_select(ex0, g0, s, NULL, N, E, k, norm, S);
+                    for (int t = 0; t < N; t++) {
+                        const int32_t *er = ex + t * k;
+                        const float *sr = s + t * E, *kr = key + t * E;
+                        char chosen[64] = {0};
+                        double sum = 0.0, gsum = 0.0;
+                        for (int c = 0; c < k; c++) {
+                            EXPECT(er[c] >= 0 && er[c] < E && !chosen[er[c]]);
+                            chosen[er[c]] = 1;
+                            sum += sr[er[c]];
+                            if (c > 0)
+                                EXPECT(kr[er[c - 1]] > kr[er[c]] ||
+                                       (kr[er[c - 1]] == kr[er[c]] && er[c - 1] < er[c]));
+                        }
+                        int last = er[k - 1];
+                        for (int e = 0; e < E; e++)
+                            if (!chosen[e])
+                                EXPECT_MSG(kr[e] < kr[last] || (kr[e] == kr[last] && e > last),
+                                           "E=%d k=%d token %d: expert %d left out", E, k, t, e);
+                        for (int c = 0; c < k; c++) {
+                            float want = norm ? (sum > 0 ? (float)(sr[er[c]] / sum) : 0.0f) : sr[er[c]];
+                            if (S != 1.0)
+                                want = (float)((double)want * S);
+                            EXPECT_MSG(g[t * k + c] == want, "E=%d k=%d token %d choice %d: gate %.9g, "
+                                       "want %.9g", E, k, t, c, g[t * k + c], want);
+                            gsum += g[t * k + c];
+                        }
+                        if (norm && sum > 0)
+                            EXPECT_MSG(fabs(gsum - S) <= S * k * 0x1.0p-23, "E=%d k=%d: gates sum "
+                                       "to %.9g, not %g", E, k, gsum, S);
+                        if (k < E) {
+                            rows++;
+                            changed += memcmp(er, ex0 + t * k, (size_t)k * sizeof *er) != 0;
+                        }
+                    }
+                    moe_topk_select(ex0, g0, s, zero, N, E, k, norm, S);
+                    moe_topk_select(ex, g, s, NULL, N, E, k, norm, S);
+                    EXPECT(memcmp(ex, ex0, (size_t)N * k * sizeof *ex) == 0);
+                    EXPECT(memcmp(g, g0, (size_t)N * k * sizeof *g) == 0);
+                }
+        /* quarters of bias against scores in (0, 1): the choice moves on many tokens */
+        EXPECT_MSG(rows == 0 || changed * 10 > rows, "E=%d: the bias changed %lld of %lld choices",
+                   E, (long long)changed, (long long)rows);
+        free(z), free(s), free(key), free(b), free(zero), free(ex), free(ex0), free(g), free(g0);
+    }
+}
+END_TEST
+
 /* ---- statistics ---- */
 
 START_TEST(test_accumulate_hand)
@@ -420,6 +709,14 @@ static Suite *router_suite(void)
     tcase_add_test(tc, test_topk_ties_lower_id);
     tcase_add_test(tc, test_topk_property);
     tcase_add_test(tc, test_topk_renormalize_is_softmax_of_chosen);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("sigmoid_bias_scale");
+    tcase_add_test(tc, test_sigmoid_hand_and_extremes);
+    tcase_add_test(tc, test_router_scores_dispatch);
+    tcase_add_test(tc, test_probs_row);
+    tcase_add_test(tc, test_topk_select_hand);
+    tcase_add_test(tc, test_topk_softmax_path_unchanged);
+    tcase_add_test(tc, test_topk_select_property);
     suite_add_tcase(s, tc);
     tc = tcase_create("statistics");
     tcase_add_test(tc, test_accumulate_hand);
