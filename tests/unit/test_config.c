@@ -186,9 +186,9 @@ static const struct bad_line {
     {{"stray", "--tokens", "5"}, "stray"},
 };
 
-START_TEST(test_bad_lines)
+/* One refused command line: MOE_EUSAGE, and the message names b->names. */
+static void expect_refused(const struct bad_line *b)
 {
-    const struct bad_line *b = &bad_lines[_i];
     moe_config cfg;
     char msg[512];
     int rc = parse(&cfg, msg, sizeof msg, b->args[0], b->args[1], b->args[2], b->args[3], NULL);
@@ -196,6 +196,11 @@ START_TEST(test_bad_lines)
                   b->args[0], b->args[1] ? b->args[1] : "", b->args[2] ? b->args[2] : "", rc, msg);
     ck_assert_msg(strstr(msg, b->names) != NULL, "'%s %s': message '%s' does not name '%s'",
                   b->args[0], b->args[1] ? b->args[1] : "", msg, b->names);
+}
+
+START_TEST(test_bad_lines)
+{
+    expect_refused(&bad_lines[_i]);
 }
 END_TEST
 
@@ -461,14 +466,7 @@ static const struct bad_line bad_new_lines[] = {
 
 START_TEST(test_bad_new_lines)
 {
-    const struct bad_line *b = &bad_new_lines[_i];
-    moe_config cfg;
-    char msg[512];
-    int rc = parse(&cfg, msg, sizeof msg, b->args[0], b->args[1], b->args[2], b->args[3], NULL);
-    ck_assert_msg(rc == MOE_EUSAGE, "'%s %s' gave %d (%s), expected MOE_EUSAGE", b->args[0],
-                  b->args[1] ? b->args[1] : "", rc, msg);
-    ck_assert_msg(strstr(msg, b->names) != NULL, "'%s %s': message '%s' does not name '%s'",
-                  b->args[0], b->args[1] ? b->args[1] : "", msg, b->names);
+    expect_refused(&bad_new_lines[_i]);
 }
 END_TEST
 
@@ -773,14 +771,7 @@ static const struct bad_line bad_topology_lines[] = {
 
 START_TEST(test_bad_topology_lines)
 {
-    const struct bad_line *b = &bad_topology_lines[_i];
-    moe_config cfg;
-    char msg[512];
-    int rc = parse(&cfg, msg, sizeof msg, b->args[0], b->args[1], b->args[2], b->args[3], NULL);
-    ck_assert_msg(rc == MOE_EUSAGE, "'%s %s' gave %d (%s), expected MOE_EUSAGE", b->args[0],
-                  b->args[1] ? b->args[1] : "", rc, msg);
-    ck_assert_msg(strstr(msg, b->names) != NULL, "'%s %s': message '%s' does not name '%s'",
-                  b->args[0], b->args[1] ? b->args[1] : "", msg, b->names);
+    expect_refused(&bad_topology_lines[_i]);
 }
 END_TEST
 
@@ -1089,14 +1080,7 @@ static const struct bad_line bad_router_lines[] = {
 
 START_TEST(test_bad_router_lines)
 {
-    const struct bad_line *b = &bad_router_lines[_i];
-    moe_config cfg;
-    char msg[512];
-    int rc = parse(&cfg, msg, sizeof msg, b->args[0], b->args[1], b->args[2], b->args[3], NULL);
-    ck_assert_msg(rc == MOE_EUSAGE, "'%s %s' gave %d (%s), expected MOE_EUSAGE", b->args[0],
-                  b->args[1] ? b->args[1] : "", rc, msg);
-    ck_assert_msg(strstr(msg, b->names) != NULL, "'%s %s': message '%s' does not name '%s'",
-                  b->args[0], b->args[1] ? b->args[1] : "", msg, b->names);
+    expect_refused(&bad_router_lines[_i]);
 }
 END_TEST
 

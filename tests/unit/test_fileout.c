@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "expect.h"
+#include "scratch.h"
 
 static char g_dir[] = "/tmp/moesim-fileout-XXXXXX";
 
@@ -1306,27 +1307,16 @@ static Suite *fileout_suite(void)
     return s;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+/* a test that failed midway may leave a directory read-only */
+static void make_writable(const char *dir)
 {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
+    chmod(dir, 0700);
+    char ro[PATH_LEN];
+    snprintf(ro, sizeof ro, "%s/readonly", dir);
+    chmod(ro, 0700);
 }
 
 int main(void)
 {
-    if (mkdtemp(g_dir) == NULL) {
-        perror("mkdtemp");
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(fileout_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    /* a test that failed midway may leave a directory read-only */
-    chmod(g_dir, 0700);
-    char ro[PATH_LEN];
-    snprintf(ro, sizeof ro, "%s/readonly", g_dir);
-    chmod(ro, 0700);
-    nftw(g_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return run_in_scratch(g_dir, fileout_suite(), make_writable);
 }

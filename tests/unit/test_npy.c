@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "scratch.h"
+
 /* Scratch directory made by main (mkdtemp) and removed by main after the run, so it is cleaned up
  * even when a forked test fails. */
 static char g_dir[] = "/tmp/moesim-npy-XXXXXX";
@@ -525,22 +527,7 @@ static Suite *npy_suite(void)
     return s;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 int main(void)
 {
-    if (mkdtemp(g_dir) == NULL) {
-        perror("mkdtemp");
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(npy_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    nftw(g_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return run_in_scratch(g_dir, npy_suite(), NULL);
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "expect.h"
+#include "scratch.h"
 
 /* Scratch directory made by main and removed by main after the run (even if a forked test fails);
  * each test works in its own subdirectory. */
@@ -538,22 +539,7 @@ static Suite *report_suite(void)
     return s;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
 int main(void)
 {
-    if (mkdtemp(g_dir) == NULL) {
-        perror("mkdtemp");
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(report_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    nftw(g_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return run_in_scratch(g_dir, report_suite(), NULL);
 }
