@@ -4,9 +4,23 @@
 #define MOESIM_TEST_SCRATCH_H
 
 #include <check.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* Entries of dir but "." and "..": what a test left there. */
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
 
 static int scratch_remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {

@@ -65,17 +65,6 @@ static const char *slurp(const char *path)
     return buf;
 }
 
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
-    closedir(d);
-    return n;
-}
-
 /* Entries of dir whose name holds the temporary marker. */
 static int count_temps(const char *dir)
 {

@@ -60,17 +60,6 @@ static void write_bytes(const char *path, const void *data, size_t len, const ch
     ck_assert_int_eq(fclose(f), 0);
 }
 
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
-    closedir(d);
-    return n;
-}
-
 static int exists(const char *path)
 {
     struct stat st;

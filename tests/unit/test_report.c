@@ -34,17 +34,6 @@ static void join(char *buf, size_t len, const char *dir, const char *name)
     ck_assert_int_lt(snprintf(buf, len, "%s/%s", dir, name), (int)len);
 }
 
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
-    closedir(d);
-    return n;
-}
-
 /* Display cells of a UTF-8 string: bytes that do not continue a character. */
 static int cells(const char *s)
 {
