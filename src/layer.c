@@ -486,6 +486,18 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
                             : moe_mpi_fail(mrc, "MPI_Comm_split_type", __FILE__, __LINE__, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
+    /* What this rank will allocate whatever the routing, from the configuration alone and
+     * before the first allocation that grows with the run (and before the topology is
+     * discovered, which takes a while): tokens, router, assignments, experts, results, dumps. A
+     * run whose fixed part cannot fit is refused here, in well under a second. The exchange and
+     * expert buffers depend on what capacity accepts; they are added exactly once routing is
+     * known, and checked then (moe_layer_set_capacity_factor), before they are allocated. The
+     * fixed part is a lower bound of the final estimate, so the figure that refuses a run is
+     * never below the one a successful run reports. */
+    L->budget = node_budget(cfg);
+    moe_memory_fixed(&L->mem, cfg, L->R, L->rank, L->n, L->n_le);
+    if ((rc = check_memory(L, L->mem.total, "this run", msg, msglen)) != MOE_OK)
+        return rc;
     rc = moe_exchange_init(&L->ex, comm, L->d, L->E, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
@@ -507,17 +519,6 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
             return rc;
     }
 
-    /* What this rank will allocate whatever the routing, from the configuration alone and
-     * before the first large allocation: tokens, router, assignments, experts, results, dumps. A
-     * run whose fixed part cannot fit is refused here, in well under a second. The exchange and
-     * expert buffers depend on what capacity accepts; they are added exactly once routing is
-     * known, and checked then (moe_layer_set_capacity_factor), before they are allocated. The
-     * fixed part is a lower bound of the final estimate, so the figure that refuses a run is
-     * never below the one a successful run reports. */
-    L->budget = node_budget(cfg);
-    moe_memory_fixed(&L->mem, cfg, L->R, L->rank, L->n, L->n_le);
-    if ((rc = check_memory(L, L->mem.total, "this run", msg, msglen)) != MOE_OK)
-        return rc;
     double need = (double)L->mem.total;
 
     size_t R = (size_t)L->R, En = (size_t)L->E, nk = (size_t)(L->n * L->k), le = (size_t)L->n_le;
