@@ -247,10 +247,14 @@ static void sleep_ms(long ms)
 
 /* Open a FIFO for writing without blocking forever: retry a non-blocking open while no reader has
  * it open (ENXIO), up to wait_s seconds. */
-static int open_fifo(const char *path, double wait_s)
+static int open_fifo(const char *path, double wait_s, const volatile sig_atomic_t *cancel)
 {
     double waited = 0.0;
     for (;;) {
+        if (cancel != NULL && *cancel != 0) {
+            errno = EINTR;
+            return -1;
+        }
         int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
         if (fd >= 0) {
             int fl = fcntl(fd, F_GETFL);
@@ -288,6 +292,14 @@ static int open_socket(const char *path)
 int moe_outfile_open(moe_outfile *o, const char *path, const char *option, bool binary,
                      bool stdout_is_terminal, double fifo_wait_s, char *msg, size_t msglen)
 {
+    return moe_outfile_open_cancellable(o, path, option, binary, stdout_is_terminal, fifo_wait_s,
+                                        NULL, msg, msglen);
+}
+
+int moe_outfile_open_cancellable(moe_outfile *o, const char *path, const char *option, bool binary,
+                                 bool stdout_is_terminal, double fifo_wait_s,
+                                 const volatile sig_atomic_t *cancel, char *msg, size_t msglen)
+{
     memset(o, 0, sizeof *o);
     o->option = option;
     int rc = moe_out_classify(&o->target, path, option, binary, stdout_is_terminal, msg, msglen);
@@ -304,7 +316,7 @@ int moe_outfile_open(moe_outfile *o, const char *path, const char *option, bool 
     case MOE_OUT_INPLACE: {
         struct stat st;
         if (stat(o->target.path, &st) == 0 && S_ISFIFO(st.st_mode))
-            fd = open_fifo(o->target.path, fifo_wait_s);
+            fd = open_fifo(o->target.path, fifo_wait_s, cancel);
         else
             fd = open(o->target.path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
         break;
@@ -330,6 +342,9 @@ int moe_outfile_open(moe_outfile *o, const char *path, const char *option, bool 
         break;
     }
     }
+    if (fd < 0 && errno == EINTR && cancel != NULL && *cancel != 0)
+        return moe_fail(MOE_EINTR, msg, msglen,
+                        "stopped waiting for a reader of the FIFO %s '%s'", option, path);
     if (fd < 0) {
         int err = errno;
         return moe_fail(MOE_EIO, msg, msglen, "cannot write %s '%s': %s%s", option, path,

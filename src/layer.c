@@ -131,11 +131,12 @@ static int check_memory(moe_layer *L, int64_t need, const char *what, char *msg,
         moe_memory_format(c, sizeof c, avail);
         rc = moe_fail(MOE_ENOMEM, msg, msglen,
                       "%s would need %s on this node (%s on this rank) but the budget is %s (%s): "
-                      "reduce --tokens, --hidden, --ffn or --experts, use more nodes, or set "
+                      "reduce --tokens, --hidden, --ffn or --experts, use more nodes, or %s "
                       "--max-memory",
                       what, a, b, c,
                       L->cfg.max_memory > 0 || L->cfg.max_memory_percent > 0 ? "--max-memory"
-                                                                            : "MemAvailable");
+                                                                            : "MemAvailable",
+                      L->cfg.max_memory > 0 || L->cfg.max_memory_percent > 0 ? "raise" : "set");
     }
     return moe_agree(L->comm, rc, msg, msglen);
 }

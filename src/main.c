@@ -217,9 +217,16 @@ static int write_outputs(const moe_config *cfg, const moe_results *res, const du
         if (paths[i] == NULL || (cfg->predict_only && i != OUT_JSON))
             continue;
         /* a FIFO gets a minute to find its reader */
-        if ((rc = moe_outfile_open(&files[i], paths[i], OUT_OPTION[i], binary[i], tty, 60.0, msg,
-                                   MSG_LEN)) != MOE_OK)
+        if ((rc = moe_outfile_open_cancellable(&files[i], paths[i], OUT_OPTION[i], binary[i], tty,
+                                               60.0, &g_signal, msg, MSG_LEN)) != MOE_OK) {
+            if (rc == MOE_EINTR) { /* a signal while waiting for a FIFO's reader: give up */
+                g_agreed_signal = g_signal;
+                snprintf(msg + strlen(msg), MSG_LEN - strlen(msg),
+                         ": interrupted by %s, no output was written (exit status %d)",
+                         g_signal == SIGINT ? "SIGINT" : "SIGTERM", EXIT_SIGNAL_BASE + g_signal);
+            }
             break;
+        }
         open_files[i] = &files[i];
         FILE *f = files[i].f;
         int wrc = MOE_OK;
@@ -546,6 +553,10 @@ int main(int argc, char **argv)
                             "complete\n", g_signal == SIGINT ? "SIGINT" : "SIGTERM");
     }
     rc = moe_agree(comm, rc, msg, MSG_LEN);
+    if (rc == MOE_EINTR) { /* stopped on rank 0 while writing: every rank exits with its status */
+        int sig = g_agreed_signal;
+        MPI_Allreduce(&sig, &g_agreed_signal, 1, MPI_INT, MPI_MAX, comm);
+    }
     dumps_free(&dump);
 out:
     moe_results_free(&res);

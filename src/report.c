@@ -150,12 +150,13 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     const moe_balance *b = &res->balance;
     fprintf(out, "  z-loss %.4f (mean logsumexp(z)^2, ST-MoE) | importance CV^2 %.4f (Shazeer)\n",
             b->z_loss, b->importance_cv2);
-    fprintf(out, "  routed per expert: min %.0f, max %.0f, mean %.1f, std %.1f | entropy %.4f of "
-                 "ln E = %.4f nats | Gini %.4f\n",
-            b->tpe_min, b->tpe_max, b->tpe_mean, b->tpe_std, b->entropy, log((double)E), b->gini);
+    fprintf(out, "  routed per expert: min %.0f, max %.0f, mean %.1f, std %.1f\n", b->tpe_min,
+            b->tpe_max, b->tpe_mean, b->tpe_std);
+    fprintf(out, "  entropy %.4f nats (ln E = %.4f when uniform) | Gini %.4f (0 when uniform)\n",
+            b->entropy, log((double)E), b->gini);
     if (b->rank_overload > 0)
-        fprintf(out, "  hottest expert %.2fx the mean | rank overload %.2fx (busiest rank's computed "
-                     "rows over the mean)\n", b->max_over_mean, b->rank_overload);
+        fprintf(out, "  hottest expert %.2fx the mean | rank overload %.2fx (busiest rank's rows over "
+                     "the mean)\n", b->max_over_mean, b->rank_overload);
 
     fprintf(out, "\n%sDrops and waste%s\n", bold, off);
     fprintf(out, "  assignments           %12lld\n", (long long)res->assignments);
@@ -171,8 +172,7 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     fprintf(out, "  useful expert work    %12.3g GFLOP\n", res->flops_useful / 1e9);
     char need[32];
     format_cf_up(need, sizeof need, res->cf_needed);
-    fprintf(out, "  largest expert load   %12lld  of one expert in one group, before capacity: cf %s "
-                 "drops nothing\n",
+    fprintf(out, "  largest expert load   %12lld  one expert, one group; cf %s would drop nothing\n",
             (long long)res->max_expert_load, need);
 
     int64_t total = 0, off_rank = 0;
@@ -312,12 +312,12 @@ void moe_report_memory(FILE *out, const moe_results *res, bool color)
     moe_memory_format(e, sizeof e, base_max);
     fprintf(out, "\n%sMemory%s (estimate: moesim's buffers, from the configuration and the exchanged "
                  "counts; RSS: getrusage)\n", bold, off);
-    fprintf(out, "  per rank: estimate %s max, %s mean; peak RSS %s max (%s before moesim's buffers)\n",
-            a, b, c, e);
+    fprintf(out, "  per rank: estimate %s max (%s mean); peak RSS %s max, %s of it at start\n", a,
+            b, c, e);
     if (res->mem_full_run > 0) {
         moe_memory_format(a, sizeof a, res->mem_full_run);
-        fprintf(out, "  a real run (not --predict-only) would need about %s on its largest rank, the "
-                     "exchange at a balanced router's load\n", a);
+        fprintf(out, "  a real run would need about %s on its largest rank (exchange at a balanced "
+                     "load)\n", a);
     }
     int *node_of = malloc((size_t)R * sizeof *node_of), *first = malloc((size_t)R * sizeof *first);
     if (node_of == NULL || first == NULL) {
@@ -455,8 +455,7 @@ void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *
     if (res->n_ablation > 0) {
         char need[32];
         format_cf_up(need, sizeof need, res->ablation[0].cf_needed);
-        fprintf(out, "  largest expert load %lld (one expert, one group): cf %s drops nothing, "
-                     "C = ceil(cf G k / E) >= every load\n",
+        fprintf(out, "  largest expert load %lld (one expert, one group): cf %s would drop nothing\n",
                 (long long)res->ablation[0].max_expert_load, need);
     }
     fprintf(out, "\n");

@@ -15,6 +15,7 @@
 #ifndef MOESIM_FILEOUT_H
 #define MOESIM_FILEOUT_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -67,6 +68,12 @@ typedef struct moe_outfile {
  * case waits up to fifo_wait_s seconds for a reader (non-blocking open, retried), then fails. */
 int moe_outfile_open(moe_outfile *o, const char *path, const char *option, bool binary,
                      bool stdout_is_terminal, double fifo_wait_s, char *msg, size_t msglen);
+
+/* The same, giving up the wait for a FIFO's reader as soon as *cancel becomes non-zero (a flag a
+ * signal handler sets): MOE_EINTR, nothing left behind. cancel may be NULL. */
+int moe_outfile_open_cancellable(moe_outfile *o, const char *path, const char *option, bool binary,
+                                 bool stdout_is_terminal, double fifo_wait_s,
+                                 const volatile sig_atomic_t *cancel, char *msg, size_t msglen);
 
 /* Flush and close (fsync for a temporary); the temporary stays unpublished. On failure the
  * temporary is removed. */

@@ -16,13 +16,16 @@ OMPI_COMM_WORLD_RANK in its environment), and mpirun then returns their status. 
     no process of the job survives it;
   - SIGTERM to mpirun itself (its own exit status is 1 by Open MPI's design): the job still ends
     promptly, non-zero, and publishes nothing;
-  - "complete outputs, exit 0": --json names a FIFO in the directory with no reader yet, so rank 0
-    blocks in the final write (moesim waits up to 60 s for a reader). Once rank 0 is seen waiting
-    (sleeping in clock_nanosleep, /proc/PID/syscall, after the job has run well past its normal
-    length) the ranks get SIGTERM (and, in a second case, SIGINT); then the FIFO is opened and read
-    to EOF. The JSON must be whole (json.loads), the status 0, the two other outputs published and
-    whole, and stderr must hold a line saying the signal arrived while the outputs were being
-    written and that they are complete.
+  - waiting for a FIFO's reader: --json names a FIFO with no reader, so rank 0 waits (up to 60 s)
+    for one. Once it is seen waiting (sleeping in clock_nanosleep, /proc/PID/syscall, after the
+    job has run well past its normal length) the ranks get SIGTERM (SIGINT at R = 3): rank 0 gives
+    up the wait, nothing is published, every rank exits 128 + the signal with one line;
+  - "complete outputs, exit 0": --dump-routing names a FIFO whose reader has opened it but does not
+    read yet, so rank 0 blocks writing the 1 MB CSV once the 64 KiB pipe is full. Then the ranks get
+    SIGTERM (SIGINT in a second case); after 0.5 s the run must still be going; the reader reads to
+    EOF. Every CSV row must arrive, the JSON and y be published whole, the status be 0, and stderr
+    hold a line saying the signal arrived while the outputs were being written and that they are
+    complete.
 """
 
 import json
@@ -226,13 +229,27 @@ def main_thread_syscall(pid):
 SLEEP_SYSCALLS = {35, 230}  # x86_64 nanosleep, clock_nanosleep
 
 
-def during_write(ck, exe, root, name, ranks, sig):
+def wait_syscall(pid, calls, job, min_wait=0.0):
+    """True once pid's main thread is seen in one of `calls` three looks in a row (0.1 s apart),
+    at least min_wait seconds from now; False if mpirun ends first or 20 s pass."""
+    t0, seen = time.monotonic(), 0
+    while time.monotonic() - t0 < 20 and job.proc.poll() is None:
+        seen = seen + 1 if main_thread_syscall(pid) in calls else 0
+        if time.monotonic() - t0 >= min_wait and seen >= 3:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def waiting_for_reader(ck, exe, root, name, ranks, sig):
+    """A signal while rank 0 waits for the --json FIFO's reader: it gives up the wait, publishes
+    nothing and every rank exits 128 + the signal."""
     d = os.path.join(root, name)
     os.makedirs(d)
     fifo = os.path.join(d, "a.fifo")
     os.mkfifo(fifo)
     signame = signal.Signals(sig).name
-    tag = "%s while rank 0 waits on the --json FIFO (R=%d)" % (signame, ranks)
+    tag = "%s while rank 0 waits for the --json FIFO's reader (R=%d)" % (signame, ranks)
     args = SMALL + ["--quiet", "--json", fifo, "--dump-routing", os.path.join(d, "r.csv"),
                     "--dump-output", os.path.join(d, "y.npy")]
     job = Job(exe, ranks, args, d)
@@ -240,66 +257,101 @@ def during_write(ck, exe, root, name, ranks, sig):
     if not ck.check(pids is not None, tag + ": every rank process appears", job.stderr()[-2000:]):
         job.kill()
         return
-    # the run itself takes well under a second; after 2 s rank 0 can only be waiting for a reader
-    # (three looks in a row, 0.1 s apart, all in the sleep between its attempts to open the FIFO)
-    t_seen = time.monotonic()
-    waiting, seen = False, 0
-    while time.monotonic() - t_seen < 20 and job.proc.poll() is None:
-        asleep = main_thread_syscall(pids[0]) in SLEEP_SYSCALLS
-        seen = seen + 1 if asleep else 0
-        if time.monotonic() - t_seen >= 2.0 and seen >= 3:
-            waiting = True
-            break
-        time.sleep(0.1)
-    if not ck.check(waiting, tag + ": rank 0 is seen waiting for the FIFO's reader",
-                    "exit %s; syscall %s\n%s" % (job.proc.poll(), main_thread_syscall(pids[0]),
-                                                 job.stderr()[-2000:])):
+    # the run itself takes well under a second; after 2 s rank 0 can only be waiting for a reader,
+    # sleeping between its attempts to open the FIFO
+    if not ck.check(wait_syscall(pids[0], SLEEP_SYSCALLS, job, 2.0),
+                    tag + ": rank 0 is seen waiting for the FIFO's reader",
+                    "exit %s\n%s" % (job.proc.poll(), job.stderr()[-2000:])):
         job.kill()
         return
-    ck.equal(sorted(os.listdir(d)), ["a.fifo"], tag + ": nothing published before the write")
+    for pid in pids.values():
+        os.kill(pid, sig)
+    ended = job.wait(END_WITHIN)
+    if not ck.check(ended, tag + ": mpirun exits within %g s" % END_WITHIN, job.stderr()[-2000:]):
+        job.kill()
+        return
+    lines = mt.own_stderr_lines(job.stderr())
+    ck.equal(job.proc.returncode, 128 + sig, tag + ": exit status 128 + %d" % sig)
+    ck.check(len(lines) == 1 and signame in lines[0] and "no output was written" in lines[0],
+             tag + ": one line naming the signal and saying nothing was written", repr(lines))
+    ck.equal(sorted(os.listdir(d)), ["a.fifo"], tag + ": nothing published, no temporary")
+    check_gone(ck, tag, job, pids.values())
+    print("%-34s exit %s: %s" % (tag, job.proc.returncode, lines))
+
+
+WRITE_SYSCALLS = {1}  # x86_64 write
+
+
+def during_write(ck, exe, root, name, ranks, sig):
+    """A signal while rank 0 is writing: the CSV of --dump-routing goes to a FIFO whose reader has
+    opened it but does not read yet, so the write blocks once the pipe is full (the CSV is about
+    1 MB, a pipe holds 64 KiB). The signal must not stop the write: once the reader reads, every
+    output is complete, published, and the status is 0."""
+    d = os.path.join(root, name)
+    os.makedirs(d)
+    fifo = os.path.join(d, "r.fifo")
+    os.mkfifo(fifo)
+    signame = signal.Signals(sig).name
+    tag = "%s while rank 0 writes to a full FIFO (R=%d)" % (signame, ranks)
+    n = 20000
+    args = ["--tokens", n, "--hidden", 8, "--experts", 4, "--iters", 1, "--warmup", 0, "--quiet",
+            "--json", os.path.join(d, "a.json"), "--dump-routing", fifo,
+            "--dump-output", os.path.join(d, "y.npy")]
+    job = Job(exe, ranks, args, d)
+    got, go = [], threading.Event()
+
+    def read():
+        with open(fifo, "rb") as fh:  # blocks until rank 0 opens the FIFO for writing
+            go.wait(60)
+            got.append(fh.read())
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    pids = job.wait_ranks()
+    if not ck.check(pids is not None, tag + ": every rank process appears", job.stderr()[-2000:]):
+        job.kill()
+        go.set()
+        return
+    if not ck.check(wait_syscall(pids[0], WRITE_SYSCALLS, job),
+                    tag + ": rank 0 is seen blocked writing to the FIFO",
+                    "exit %s\n%s" % (job.proc.poll(), job.stderr()[-2000:])):
+        job.kill()
+        go.set()
+        return
+    names = sorted(os.listdir(d))
+    ck.equal([f for f in names if ".moesim-tmp." not in f], ["r.fifo"],
+             tag + ": nothing published before the write ends")
+    ck.check(any(f.startswith("a.json.moesim-tmp.") for f in names),
+             tag + ": the JSON waits in its temporary", repr(names))
     for pid in pids.values():
         os.kill(pid, sig)
     time.sleep(0.5)
     ck.check(job.proc.poll() is None, tag + ": the signal does not stop the write")
-    got = []
-
-    def read():
-        with open(fifo, "rb") as fh:
-            got.append(fh.read())
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
+    go.set()
     t.join(30)
     ended = job.wait(END_WITHIN)
     if not ck.check(ended and got, tag + ": the FIFO is read to EOF and mpirun exits",
                     job.stderr()[-2000:]):
         job.kill()
-        if t.is_alive():
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                pass
         return
     err = job.stderr()
     ck.equal(job.proc.returncode, 0, tag + ": exit status 0 (the outputs are complete)")
     try:
-        doc = json.loads(got[0].decode())
-        ck.equal(doc["config"]["ranks"], ranks, tag + ": the JSON read from the FIFO is whole")
-    except (ValueError, KeyError) as e:
-        ck.check(False, tag + ": the JSON read from the FIFO is whole (%s)" % e, repr(got[0][-300:]))
-    try:
-        ck.equal(np.load(os.path.join(d, "y.npy")).shape, (200, 16),
+        rows = got[0].decode().splitlines()
+        ck.equal(rows[0], "token,choice,expert,gate,accepted", tag + ": the CSV header")
+        ck.equal(len(rows) - 1, n * 2, tag + ": every CSV row read from the FIFO")
+        with open(os.path.join(d, "a.json")) as fh:
+            ck.equal(json.load(fh)["config"]["ranks"], ranks, tag + ": --json published whole")
+        ck.equal(np.load(os.path.join(d, "y.npy")).shape, (n, 8),
                  tag + ": --dump-output published whole")
-        rt = mt.read_routing(os.path.join(d, "r.csv"))
-        ck.equal(len(rt["token"]), 200 * 2, tag + ": --dump-routing published whole")
-    except (OSError, ValueError) as e:
-        ck.check(False, tag + ": the other outputs are published whole (%s)" % e)
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        ck.check(False, tag + ": the outputs are whole (%s)" % e)
     lines = mt.own_stderr_lines(err)
     ck.check(any(signame in l and "arrived while the outputs were being written" in l and
                  "complete" in l for l in lines),
              tag + ": stderr says the signal arrived during the write and the outputs are complete",
              err[-2000:])
     ck.check(not [l for l in lines if "error" in l], tag + ": no error line", err[-2000:])
-    ck.equal(sorted(f for f in os.listdir(d)), ["a.fifo", "r.csv", "y.npy"],
+    ck.equal(sorted(os.listdir(d)), ["a.json", "r.fifo", "y.npy"],
              tag + ": the FIFO and the two files, no temporary")
     check_gone(ck, tag, job, pids.values())
     print("%-34s exit %s: %s" % (tag, job.proc.returncode, [l for l in lines if signame in l]))
@@ -322,6 +374,10 @@ def main():
     for name, ranks, sig, targets in cases:
         ck.guard(name, stop_mid_run, ck, exe, root, name, ranks, sig, targets)
     ck.guard("mpirun", signal_mpirun, ck, exe, root)
+    ck.guard("reader_term", waiting_for_reader, ck, exe, root, "reader_term_R2", 2,
+             signal.SIGTERM)
+    ck.guard("reader_int_R3", waiting_for_reader, ck, exe, root, "reader_int_R3", 3,
+             signal.SIGINT)
     ck.guard("write_term", during_write, ck, exe, root, "write_term_R2", 2, signal.SIGTERM)
     ck.guard("write_int", during_write, ck, exe, root, "write_int_R2", 2, signal.SIGINT)
     ck.guard("write_term_R3", during_write, ck, exe, root, "write_term_R3", 3, signal.SIGTERM)
