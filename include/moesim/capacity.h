@@ -19,7 +19,12 @@ typedef enum moe_scope {
 
 /* Which assignments overflow when an expert is over capacity. */
 typedef enum moe_policy {
-    MOE_POLICY_POSITION = 0 /* earlier token ids are served first (Switch; Megatron "position") */
+    MOE_POLICY_POSITION = 0, /* earlier token ids first (Switch; Megatron "position")            */
+    MOE_POLICY_PROBS = 1,    /* higher gate first (Megatron "probs"; V-MoE batch priority)        */
+    MOE_POLICY_CHOICE = 2,   /* all first choices before any second (GShard, DeepSpeed, Tutel)    */
+    MOE_POLICY_RANDOM = 3,   /* a random order (DeepSpeed random token selection)                 */
+    MOE_POLICY_REROUTE = 4   /* position, then an overflowing assignment moves to the token's
+                              * next-best expert with room, in rounds (overflow.h)               */
 } moe_policy;
 
 const char *moe_scope_name(moe_scope s);

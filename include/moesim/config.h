@@ -40,6 +40,17 @@ typedef struct moe_config {
     const char *expert_bias_file; /* (E) bias added to the scores for selection only, .npy
                                       * of shape (1, E) or (E, 1)  --expert-bias-file */
     bool pad_to_capacity;   /* compute the empty slots too              --pad-to-capacity */
+    moe_routing routing;    /* who chooses: tokens (top-k) or experts   --routing token-choice */
+    int expert_groups;      /* G contiguous expert groups, 0 = none      --expert-groups 0
+                             * (with only --group-top-k: one group per node, set by the layer) */
+    int group_top_k;        /* M groups each token keeps, 0 = no limit   --group-top-k 0 */
+    int shared_experts;     /* S always-on experts on every token's rank --shared-experts 0 */
+    int64_t shared_ffn;     /* their inner size (0: --ffn)               --shared-ffn */
+    bool noisy_top_k;       /* Shazeer's noisy top-k                     --noisy-top-k */
+    double input_jitter;    /* h times U(1-eps, 1+eps) for routing only  --input-jitter 0 */
+    const char *preset;     /* the family whose layer was preset, NULL   --preset */
+    char preset_set[320];   /* what the preset set, as "experts 64, top-k 6, ..." (explicit
+                             * options removed), for --help-free reporting; "" without a preset */
     uint64_t seed;          /*                                          --seed       1    */
     int iters, warmup;      /*                                          --iters 5, --warmup 1 */
     bool quiet;             /* no progress line, no text report         --quiet */

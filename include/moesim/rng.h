@@ -20,6 +20,10 @@ enum {
     MOE_STREAM_TOKENS = 1,     /* h: element (g, j) is counter g*d + j          */
     MOE_STREAM_ROUTER = 2,     /* W: element (e, j) is counter e*d + j          */
     MOE_STREAM_CENTRES = 3,    /* reserved for clustered workloads              */
+    MOE_STREAM_ROUTER_NOISE = 4, /* W_noise of --noisy-top-k: as W               */
+    MOE_STREAM_GATE_NOISE = 5, /* eps of --noisy-top-k: counter t*E + e         */
+    MOE_STREAM_JITTER = 6,     /* --input-jitter: counter t*d + j               */
+    MOE_STREAM_DROP = 7,       /* --drop-policy random: counter t*k + c         */
     MOE_STREAM_EXPERT = 0x100  /* expert e: W1 is stream 0x100+2e, W2 0x101+2e  */
 };
 

@@ -31,6 +31,14 @@ typedef enum moe_score {
 
 const char *moe_score_name(moe_score s);
 
+/* Who chooses. */
+typedef enum moe_routing {
+    MOE_ROUTING_TOKEN_CHOICE = 0, /* each token takes its top-k experts (everything before 2022) */
+    MOE_ROUTING_EXPERT_CHOICE = 1 /* each expert takes its top C tokens (Zhou et al. 2022)       */
+} moe_routing;
+
+const char *moe_routing_name(moe_routing r);
+
 /* p[t] = softmax(z[t]) row by row, stable (max subtracted). p may alias z. */
 void moe_softmax_rows(float *p, const float *z, int64_t n, int E);
 
@@ -61,6 +69,38 @@ void moe_topk(int32_t *expert, float *gate, const float *p, int64_t n, int E, in
  * With bias NULL, normalize = renormalize and scale 1 this is moe_topk, bit for bit. */
 void moe_topk_select(int32_t *expert, float *gate, const float *p, const float *bias, int64_t n,
                      int E, int k, bool normalize, double scale);
+
+/* Group-limited top-k (DeepSeek-V2/V3; Megatron-Core group_limited_topk). The E experts form G
+ * contiguous groups of E/G (G divides E). With key v = p + bias (p without a bias), a group's
+ * score is the sum of its k/M highest keys (float32 values summed in double); each token keeps its
+ * M best groups (equal scores: the lower group id) and takes its top-k inside them, exactly as
+ * moe_topk_select does over the kept experts (gate = p, normalize, scale). Requires 1 <= M <= G,
+ * M <= k and k <= M * E / G. mask is scratch of E bytes, gscore of G doubles. */
+void moe_topk_grouped(int32_t *expert, float *gate, const float *p, const float *bias, int64_t n,
+                      int E, int k, int G, int M, bool normalize, double scale, uint8_t *mask,
+                      double *gscore);
+
+/* Noisy top-k logits (Shazeer et al. 2017, eq. 3-5): z[t][e] += eps * softplus(zn[t][e]) with
+ * eps = normal(seed, MOE_STREAM_GATE_NOISE, (first + t) * E + e) and zn = h W_noise^T the noise
+ * logits (n, E) (W_noise from stream MOE_STREAM_ROUTER_NOISE like W). softplus(x) =
+ * log1p(exp(x)), computed stably in double. */
+void moe_router_add_noise(float *z, const float *zn, int64_t first, int64_t n, int E,
+                          uint64_t seed);
+
+/* Input jitter (Switch Transformers; Megatron --moe-input-jitter-eps): hj[t][j] = h[t][j] * u,
+ * u = 1 - eps + 2 eps * uniform(seed, MOE_STREAM_JITTER, (first + t) * d + j), for routing only.
+ * hj may alias h. */
+void moe_router_jitter(float *hj, const float *h, int64_t first, int64_t n, int64_t d, double eps,
+                       uint64_t seed);
+
+/* How far tokens reach: for each token, the distinct ranks and nodes among the experts of its
+ * slots with flag != 0 (flag NULL: every slot; expert < 0 slots are skipped). rank_of_expert (E),
+ * node_of_rank (R). hist_ranks[j] / hist_nodes[j] += tokens reaching exactly j (room for
+ * max_reach + 1 entries; more is counted in the last). seen is scratch of max(R, nodes) ints,
+ * all -1 on entry and on return. */
+void moe_router_reach(int64_t *hist_ranks, int64_t *hist_nodes, const int32_t *expert,
+                      const uint8_t *flag, int64_t n, int slots, const int *rank_of_expert,
+                      const int *node_of_rank, int max_reach, int *seen_ranks, int *seen_nodes);
 
 /* Accumulate the router statistics of n tokens: routed[e] += number of (token, choice) pairs that
  * chose e; psum[e] += sum over tokens of p[t][e] (double, for the aux loss's P_i). */
