@@ -12,8 +12,19 @@ const char *moe_scope_name(moe_scope s)
 
 const char *moe_policy_name(moe_policy p)
 {
-    (void)p;
-    return "position";
+    switch (p) {
+    case MOE_POLICY_PROBS:
+        return "probs";
+    case MOE_POLICY_CHOICE:
+        return "choice";
+    case MOE_POLICY_RANDOM:
+        return "random";
+    case MOE_POLICY_REROUTE:
+        return "reroute";
+    case MOE_POLICY_POSITION:
+    default:
+        return "position";
+    }
 }
 
 int64_t moe_group_capacity(double cf, int64_t group_tokens, int k, int E, int64_t min_capacity)

@@ -1,7 +1,10 @@
 #include "moesim/router.h"
 
+#include "moesim/rng.h"
+
 #include <cblas.h>
 #include <math.h>
+#include <string.h>
 
 void moe_router_logits(float *z, const float *h, const float *w, int64_t n, int64_t d, int E)
 {
@@ -47,6 +50,11 @@ const char *moe_score_name(moe_score s)
     return s == MOE_SCORE_SIGMOID ? "sigmoid" : "softmax";
 }
 
+const char *moe_routing_name(moe_routing r)
+{
+    return r == MOE_ROUTING_EXPERT_CHOICE ? "expert-choice" : "token-choice";
+}
+
 void moe_sigmoid_rows(float *s, const float *z, int64_t n, int E)
 {
     for (int64_t i = 0; i < n * E; i++)
@@ -75,43 +83,90 @@ void moe_router_probs_row(float *prob, const float *score, int E, moe_score kind
         prob[e] = sum > 0.0 ? (float)(score[e] / sum) : 0.0f;
 }
 
+/* One token's top-k over the experts with mask[e] != 0 (mask NULL: all E), the selection and gate
+ * arithmetic of moe_topk_select; shared with moe_topk_grouped so the two agree bit for bit. */
+static void topk_row(int32_t *er, float *gr, const float *pr, const float *bias, const uint8_t *mask,
+                     int E, int k, bool normalize, double scale)
+{
+    int filled = 0;
+    /* Insertion of the keys into a sorted list of at most k, kept in gr: strict '>' keeps the
+     * lower id first on ties, because experts are visited in increasing id order. */
+    for (int e = 0; e < E; e++) {
+        if (mask != NULL && !mask[e])
+            continue;
+        float v = bias != NULL ? pr[e] + bias[e] : pr[e];
+        if (filled == k && !(v > gr[k - 1]))
+            continue;
+        int pos = filled < k ? filled++ : k - 1;
+        while (pos > 0 && v > gr[pos - 1]) {
+            er[pos] = er[pos - 1];
+            gr[pos] = gr[pos - 1];
+            pos--;
+        }
+        er[pos] = e;
+        gr[pos] = v;
+    }
+    /* the bias chose; the gate is the score alone (DeepSeek-V3) */
+    if (bias != NULL)
+        for (int c = 0; c < k; c++)
+            gr[c] = pr[er[c]];
+    if (normalize) {
+        double sum = 0.0;
+        for (int c = 0; c < k; c++)
+            sum += gr[c];
+        for (int c = 0; c < k; c++)
+            gr[c] = sum > 0.0 ? (float)(gr[c] / sum) : 0.0f;
+    }
+    if (scale != 1.0)
+        for (int c = 0; c < k; c++)
+            gr[c] = (float)((double)gr[c] * scale);
+}
+
 void moe_topk_select(int32_t *expert, float *gate, const float *p, const float *bias, int64_t n,
                      int E, int k, bool normalize, double scale)
 {
+    for (int64_t t = 0; t < n; t++)
+        topk_row(expert + t * k, gate + t * k, p + t * E, bias, NULL, E, k, normalize, scale);
+}
+
+void moe_topk_grouped(int32_t *expert, float *gate, const float *p, const float *bias, int64_t n,
+                      int E, int k, int G, int M, bool normalize, double scale, uint8_t *mask,
+                      double *gscore)
+{
+    const int per_group = E / G, top_in_group = k / M; /* Megatron: topk // group_topk */
     for (int64_t t = 0; t < n; t++) {
         const float *pr = p + t * E;
-        int32_t *er = expert + t * k;
-        float *gr = gate + t * k;
-        int filled = 0;
-        /* Insertion of the keys into a sorted list of at most k, kept in gr: strict '>' keeps the
-         * lower id first on ties, because experts are visited in increasing id order. */
-        for (int e = 0; e < E; e++) {
-            float v = bias != NULL ? pr[e] + bias[e] : pr[e];
-            if (filled == k && !(v > gr[k - 1]))
-                continue;
-            int pos = filled < k ? filled++ : k - 1;
-            while (pos > 0 && v > gr[pos - 1]) {
-                er[pos] = er[pos - 1];
-                gr[pos] = gr[pos - 1];
-                pos--;
-            }
-            er[pos] = e;
-            gr[pos] = v;
-        }
-        /* the bias chose; the gate is the score alone (DeepSeek-V3) */
-        if (bias != NULL)
-            for (int c = 0; c < k; c++)
-                gr[c] = pr[er[c]];
-        if (normalize) {
+        /* group score: the sum in double of the group's top_in_group largest keys, largest first;
+         * mask marks the ones taken and is cleared again */
+        memset(mask, 0, (size_t)E);
+        for (int g = 0; g < G; g++) {
+            const int e0 = g * per_group;
             double sum = 0.0;
-            for (int c = 0; c < k; c++)
-                sum += gr[c];
-            for (int c = 0; c < k; c++)
-                gr[c] = sum > 0.0 ? (float)(gr[c] / sum) : 0.0f;
+            for (int j = 0; j < top_in_group; j++) {
+                int best = -1;
+                float best_v = 0.0f;
+                for (int e = e0; e < e0 + per_group; e++) {
+                    if (mask[e])
+                        continue;
+                    float v = bias != NULL ? pr[e] + bias[e] : pr[e];
+                    if (best < 0 || v > best_v)
+                        best = e, best_v = v;
+                }
+                mask[best] = 1;
+                sum += best_v;
+            }
+            gscore[g] = sum;
+            memset(mask + e0, 0, (size_t)per_group);
         }
-        if (scale != 1.0)
-            for (int c = 0; c < k; c++)
-                gr[c] = (float)((double)gr[c] * scale);
+        /* keep the M best groups, equal scores to the lower group id */
+        for (int m = 0; m < M; m++) {
+            int best = -1;
+            for (int g = 0; g < G; g++)
+                if (!mask[g * per_group] && (best < 0 || gscore[g] > gscore[best]))
+                    best = g;
+            memset(mask + best * per_group, 1, (size_t)per_group);
+        }
+        topk_row(expert + t * k, gate + t * k, pr, bias, mask, E, k, normalize, scale);
     }
 }
 
@@ -129,5 +184,66 @@ void moe_router_accumulate(int64_t *routed, double *psum, const int32_t *expert,
             routed[expert[t * k + c]]++;
         for (int e = 0; e < E; e++)
             psum[e] += p[t * E + e];
+    }
+}
+
+/* softplus(x) = log(1 + e^x) without overflow: x + log1p(e^-x) for x > 0 */
+static double softplus(double x)
+{
+    return x > 0.0 ? x + log1p(exp(-x)) : log1p(exp(x));
+}
+
+void moe_router_add_noise(float *z, const float *zn, int64_t first, int64_t n, int E,
+                          uint64_t seed)
+{
+    /* Shazeer et al. 2017, eq. 4: H(x) = x W_g + StandardNormal() * Softplus(x W_noise); eps is
+     * the generator's normal, a float32 (docs/generator.md), so NumPy can regenerate it */
+    for (int64_t t = 0; t < n; t++)
+        for (int e = 0; e < E; e++) {
+            int64_t i = t * E + e;
+            double eps = (float)moe_rng_normal(seed, MOE_STREAM_GATE_NOISE,
+                                               (uint64_t)((first + t) * E + e));
+            z[i] = (float)((double)z[i] + eps * softplus((double)zn[i]));
+        }
+}
+
+void moe_router_jitter(float *hj, const float *h, int64_t first, int64_t n, int64_t d, double eps,
+                       uint64_t seed)
+{
+    /* Switch Transformers, section 2.4 (multiplicative jitter U(1-eps, 1+eps) on the router input) */
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < d; j++) {
+            double u = moe_rng_uniform(seed, MOE_STREAM_JITTER, (uint64_t)((first + t) * d + j));
+            hj[t * d + j] = (float)((double)h[t * d + j] * (1.0 - eps + 2.0 * eps * u));
+        }
+}
+
+void moe_router_reach(int64_t *hist_ranks, int64_t *hist_nodes, const int32_t *expert,
+                      const uint8_t *flag, int64_t n, int slots, const int *rank_of_expert,
+                      const int *node_of_rank, int max_reach, int *seen_ranks, int *seen_nodes)
+{
+    for (int64_t t = 0; t < n; t++) {
+        const int32_t *er = expert + t * slots;
+        const uint8_t *fr = flag != NULL ? flag + t * slots : NULL;
+        int ranks = 0, nodes = 0;
+        for (int c = 0; c < slots; c++) {
+            if (er[c] < 0 || (fr != NULL && !fr[c]))
+                continue;
+            int r = rank_of_expert[er[c]], nd = node_of_rank[r];
+            if (seen_ranks[r] < 0)
+                seen_ranks[r] = 0, ranks++;
+            if (seen_nodes[nd] < 0)
+                seen_nodes[nd] = 0, nodes++;
+        }
+        /* back to all -1: only the entries this token set */
+        for (int c = 0; c < slots; c++) {
+            if (er[c] < 0)
+                continue;
+            int r = rank_of_expert[er[c]];
+            seen_ranks[r] = -1;
+            seen_nodes[node_of_rank[r]] = -1;
+        }
+        hist_ranks[ranks < max_reach ? ranks : max_reach]++;
+        hist_nodes[nodes < max_reach ? nodes : max_reach]++;
     }
 }
