@@ -2,6 +2,7 @@
 
 #include "moesim/capacity.h"
 #include "moesim/combine.h"
+#include "moesim/decide.h"
 #include "moesim/dispatch.h"
 #include "moesim/driver.h"
 #include "moesim/error.h"
@@ -11,6 +12,7 @@
 #include "moesim/loss.h"
 #include "moesim/memory.h"
 #include "moesim/npy.h"
+#include "moesim/overflow.h"
 #include "moesim/rng.h"
 #include "moesim/router.h"
 #include "moesim/tokens.h"
@@ -30,7 +32,7 @@ struct moe_layer {
     MPI_Comm comm, node;
     int rank, R;
     moe_exchange ex;
-    int E, k;
+    int E, k, A;           /* A: slots per token, k (token choice) or E (expert choice) */
     int64_t d, f;
     int64_t n, first;      /* this rank's tokens: global ids [first, first + n) */
     int64_t n_le, first_e; /* this rank's experts */
@@ -54,10 +56,26 @@ struct moe_layer {
     int has_bias;
     double hot_bias, hot_share; /* the hot experts' extra bias, and the share it achieved */
     float *probs;      /* (n, E) logits, then the scores in place (softmax or sigmoid) */
-    int32_t *expert;   /* (n, k) chosen experts, best first                       */
-    float *gate;       /* (n, k)                                                  */
-    uint8_t *flag;     /* (n, k) 1 = accepted                                     */
-    int64_t *slot;     /* (n*k) send order: t*k + c                               */
+    float *sel;        /* (n, E) selection scores p + b (== probs without a bias)  */
+    float *w_noise;    /* (E, d) W_noise of --noisy-top-k, else NULL              */
+    float *z_noise;    /* (n, E) h W_noise^T, else NULL                           */
+    float *h_route;    /* (n, d) h jittered for routing (--input-jitter), else NULL */
+    uint8_t *mask;     /* (E) scratch of the grouped top-k                        */
+    double *gscore;    /* (G) scratch of the grouped top-k                        */
+    int32_t *expert;   /* (n, A) chosen experts, best first (expert choice: e)    */
+    float *gate;       /* (n, A)                                                  */
+    uint8_t *flag;     /* (n, A) 1 = accepted                                     */
+    uint8_t *rerouted; /* (n, A) 1 = served after a reroute                       */
+    int32_t *orig;     /* (n, k) --drop-policy reroute: the router's choices      */
+    float *orig_gate;  /* (n, k) and their gates                                  */
+    int64_t *slot;     /* (n*A) send order: t*A + c                               */
+    moe_decider *decider; /* the capacity protocol (decide.c)                     */
+    int rounds;        /* reroute rounds of the last decision                     */
+    /* shared experts (DeepSeekMoE): S experts of inner size fs on every token, here */
+    int S;
+    int64_t fs;
+    float *ws1, *ws2;  /* (S, fs, d), (S, d, fs) */
+    float *s_act, *s_out; /* (n, fs), (n, d) */
     int64_t *routed;   /* (E) my assignments per expert, before capacity          */
     int64_t *accepted; /* (E) how many of them each owner accepted                */
     int64_t *per_expert, *scratch; /* (E)                                         */
@@ -147,20 +165,54 @@ static void logits(moe_layer *L, float *z)
     if (L->z_file != NULL)
         memcpy(z, L->z_file, (size_t)(L->n * L->E) * sizeof *z);
     else
-        moe_router_logits(z, L->h, L->w_router, L->n, L->d, L->E);
+        moe_router_logits(z, L->h_route ? L->h_route : L->h, L->w_router, L->n, L->d, L->E);
     if (L->has_bias)
         moe_workload_add_bias(z, L->bias, L->n, L->E);
+    if (L->z_noise != NULL) /* Shazeer 2017: H = z + N(0,1) softplus(h W_noise^T) */
+        moe_router_add_noise(z, L->z_noise, L->first, L->n, L->E, L->cfg.seed);
 }
 
 /* Scores in place of the logits z (n, E), then top-k into L->expert and L->gate: chosen by score +
  * selection bias, gate = the score, normalized over the chosen with --renormalize and always for
  * sigmoid scores (DeepSeek-V3's Gate), times --topk-scale. */
+static bool gates_normalized(const moe_config *c)
+{
+    return c->renormalize || c->score == MOE_SCORE_SIGMOID;
+}
+
+/* Token choice into L->expert and L->gate as (n, k): plain or group-limited top-k. */
+static void select_top_k(moe_layer *L, const float *p)
+{
+    const moe_config *c = &L->cfg;
+    if (c->group_top_k > 0)
+        moe_topk_grouped(L->expert, L->gate, p, L->sel_bias, L->n, L->E, L->k, c->expert_groups,
+                         c->group_top_k, gates_normalized(c), c->topk_scale, L->mask, L->gscore);
+    else
+        moe_topk_select(L->expert, L->gate, p, L->sel_bias, L->n, L->E, L->k, gates_normalized(c),
+                        c->topk_scale);
+}
+
 static void select_experts(moe_layer *L, float *z)
 {
     const moe_config *c = &L->cfg;
-    moe_router_scores(z, z, L->n, L->E, c->score);
-    bool normalize = c->renormalize || c->score == MOE_SCORE_SIGMOID;
-    moe_topk_select(L->expert, L->gate, z, L->sel_bias, L->n, L->E, L->k, normalize, c->topk_scale);
+    int E = L->E;
+    moe_router_scores(z, z, L->n, E, c->score);
+    if (L->sel_bias != NULL && L->sel != NULL && z == L->probs)
+        for (int64_t t = 0; t < L->n; t++)
+            for (int e = 0; e < E; e++)
+                L->sel[t * E + e] = z[t * E + e] + L->sel_bias[e];
+    if (c->routing != MOE_ROUTING_EXPERT_CHOICE) {
+        select_top_k(L, z);
+        return;
+    }
+    /* expert choice: every pair (t, e) is a slot; the experts choose in decide() (Zhou et al.
+     * 2022: the gate is the token's softmax score for the expert) */
+    for (int64_t t = 0; t < L->n; t++)
+        for (int e = 0; e < E; e++) {
+            L->expert[t * E + e] = e;
+            float g = z[t * E + e];
+            L->gate[t * E + e] = c->topk_scale != 1.0 ? (float)((double)g * c->topk_scale) : g;
+        }
 }
 
 /* Phase 1 of a step: logits, scores, top-k. */
@@ -173,23 +225,25 @@ static void route(moe_layer *L)
 /* Phase 2: counts to owners, owners decide acceptance under capacity, verdicts back, send plan. */
 static int decide(moe_layer *L, char *msg, size_t msglen)
 {
-    int rc;
-    for (int e = 0; e < L->E; e++)
-        L->routed[e] = 0;
-    for (int64_t i = 0; i < L->n * L->k; i++)
-        L->routed[L->expert[i]]++;
-    if ((rc = moe_exchange_counts(&L->ex, L->routed, L->cnt_owner, false, msg, msglen)) != MOE_OK)
+    moe_decide_io io = {.sel = L->sel_bias ? L->sel : L->probs,
+                        .p = L->probs,
+                        .group_cap = L->group_cap,
+                        .expert = L->expert,
+                        .gate = L->gate,
+                        .orig = L->orig,
+                        .flag = L->flag,
+                        .rerouted = L->rerouted,
+                        .routed = L->routed,
+                        .cnt_owner = L->cnt_owner,
+                        .acc_owner = L->acc_owner,
+                        .accepted = L->accepted};
+    if (L->orig_gate != NULL) /* the router's gates, for the balance figures */
+        memcpy(L->orig_gate, L->gate, (size_t)(L->n * L->k) * sizeof *L->gate);
+    int rc = moe_decide(L->decider, &io, msg, msglen);
+    if (rc != MOE_OK)
         return rc;
-    if (L->cfg.scope == MOE_SCOPE_GLOBAL)
-        moe_overflow_position(L->acc_owner, L->cnt_owner, L->R, (int)L->n_le, L->group_cap[0]);
-    else
-        for (int s = 0; s < L->R; s++)
-            moe_overflow_position(L->acc_owner + s * L->n_le, L->cnt_owner + s * L->n_le, 1,
-                                  (int)L->n_le, L->group_cap[s]);
-    if ((rc = moe_exchange_counts(&L->ex, L->acc_owner, L->accepted, true, msg, msglen)) != MOE_OK)
-        return rc;
-    moe_mark_accepted(L->flag, L->expert, L->n, L->k, L->E, L->accepted, L->scratch);
-    L->n_send = moe_dispatch_plan(L->slot, L->per_expert, L->expert, L->flag, L->n, L->k, L->E,
+    L->rounds = io.rounds;
+    L->n_send = moe_dispatch_plan(L->slot, L->per_expert, L->expert, L->flag, L->n, L->A, L->E,
                                   L->scratch);
     L->n_recv = 0;
     for (int r = 0; r < L->R; r++) {
@@ -269,7 +323,8 @@ static int calibrate_hot(moe_layer *L, char *msg, size_t msglen)
         moe_workload_add_bias(biased, L->bias, L->n, L->E);
         /* rank the float32 scores (and selection bias) as routing does: logits one ulp apart
          * can tie there */
-        select_experts(L, biased);
+        moe_router_scores(biased, biased, L->n, L->E, c->score);
+        select_top_k(L, biased);
         int64_t hot = moe_workload_hot_tokens(L->expert, L->n, L->k, c->hot_experts);
         int mrc = MPI_Allreduce(&hot, &hot_all, 1, MPI_INT64_T, MPI_SUM, L->comm);
         if (mrc != MPI_SUCCESS) {
@@ -364,6 +419,13 @@ static int load_inputs(moe_layer *L, char *msg, size_t msglen)
     for (int64_t le = 0; rc == MOE_OK && !c->predict_only && le < L->n_le; le++)
         moe_expert_init(L->w1 + le * L->f * L->d, L->w2 + le * L->d * L->f, c->seed,
                         (int)(L->first_e + le), L->d, L->f);
+    /* shared expert s has the weights a routed expert of id MOE_MAX_EXPERTS + s would have */
+    for (int s = 0; rc == MOE_OK && L->ws1 != NULL && s < L->S; s++)
+        moe_expert_init(L->ws1 + (int64_t)s * L->fs * L->d, L->ws2 + (int64_t)s * L->d * L->fs,
+                        c->seed, MOE_MAX_EXPERTS + s, L->d, L->fs);
+    if (rc == MOE_OK && L->w_noise != NULL) /* W_noise ~ N(0, 1/d), as W */
+        moe_rng_fill_normal(L->w_noise, (size_t)(L->E * L->d), c->seed, MOE_STREAM_ROUTER_NOISE, 0,
+                            1.0 / sqrt((double)L->d));
     return rc;
 }
 
@@ -415,6 +477,62 @@ static int discover_placement(moe_layer *L, char *msg, size_t msglen)
 }
 
 static void plan_raw_rows(moe_layer *L);
+
+/* What routing needs once the inputs are there: the jittered copy of h and the noise logits,
+ * both fixed for the life of the layer (the counter generator gives the same values each step). */
+static void prepare_router(moe_layer *L)
+{
+    const moe_config *c = &L->cfg;
+    if (L->h_route != NULL)
+        moe_router_jitter(L->h_route, L->h, L->first, L->n, L->d, c->input_jitter, c->seed);
+    if (L->z_noise != NULL)
+        moe_router_logits(L->z_noise, L->h_route ? L->h_route : L->h, L->w_noise, L->n, L->d, L->E);
+}
+
+/* Group-limited routing with only --group-top-k: one group per node (node-limited routing,
+ * DeepSeek-V2/V3), checked as the option parser checks explicit groups. Every rank sees the same
+ * placement, so every rank decides the same. */
+static int resolve_groups(moe_layer *L, char *msg, size_t msglen)
+{
+    moe_config *c = &L->cfg;
+    if (c->hot_experts > 0 && c->routing == MOE_ROUTING_EXPERT_CHOICE)
+        return moe_agree(L->comm,
+                         moe_fail(MOE_EUSAGE, msg, msglen,
+                                  "--hot-experts calibrates a top-k router: with --routing "
+                                  "expert-choice shape the load with --skew instead"),
+                         msg, msglen);
+    if (c->group_top_k == 0)
+        return MOE_OK;
+    int G = c->expert_groups;
+    if (G == 0) {
+        for (int r = 0; r < L->R; r++)
+            G = L->node_of_rank[r] + 1 > G ? L->node_of_rank[r] + 1 : G;
+        c->expert_groups = G;
+    }
+    int M = c->group_top_k, rc = MOE_OK;
+    if (L->E % G != 0)
+        rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                      "group-limited routing: %d experts do not split into %d groups of equal size "
+                      "(one per node); give --expert-groups G with G dividing %d",
+                      L->E, G, L->E);
+    else if (M > G)
+        rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                      "--group-top-k %d is more than the %d expert groups (one per node here)", M, G);
+    else if ((int64_t)M * (L->E / G) < L->k)
+        rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                      "--group-top-k %d keeps %d groups of %d experts: fewer than --top-k %d", M, M,
+                      L->E / G, L->k);
+    else if (M > L->k)
+        rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                      "--group-top-k %d is more than --top-k %d: a group's score is the sum of its "
+                      "top k/M experts",
+                      M, L->k);
+    if (rc == MOE_OK && c->routing == MOE_ROUTING_EXPERT_CHOICE)
+        rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                      "group-limited routing limits the experts a token chooses: it has no meaning "
+                      "with --routing expert-choice");
+    return moe_agree(L->comm, rc, msg, msglen);
+}
 
 /* Raw baseline counts: the same rows as bytes (MPI_BYTE) when every count and displacement fits an
  * int, else in rows of the row type. Not collective; the choice is the same on every rank only if
@@ -477,6 +595,9 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     MPI_Comm_size(comm, &L->R);
     L->E = cfg->experts;
     L->k = cfg->top_k;
+    L->A = cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? L->E : L->k;
+    L->S = cfg->shared_experts;
+    L->fs = cfg->shared_ffn > 0 ? cfg->shared_ffn : cfg->ffn;
     L->d = cfg->hidden;
     L->f = cfg->ffn;
     moe_partition(cfg->tokens, L->R, L->rank, &L->first, &L->n);
@@ -514,6 +635,8 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         return rc;
     if ((rc = discover_placement(L, msg, msglen)) != MOE_OK)
         return rc;
+    if ((rc = resolve_groups(L, msg, msglen)) != MOE_OK)
+        return rc;
     if (cfg->hierarchical) {
         rc = moe_hier_create(&L->hier, comm, L->node_of_rank, L->ex.row, L->ex.row_bytes, msg, msglen);
         if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
@@ -522,7 +645,7 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
 
     double need = (double)L->mem.total;
 
-    size_t R = (size_t)L->R, En = (size_t)L->E, nk = (size_t)(L->n * L->k), le = (size_t)L->n_le;
+    size_t R = (size_t)L->R, En = (size_t)L->E, nk = (size_t)(L->n * L->A), le = (size_t)L->n_le;
     size_t nd = (size_t)(L->n * L->d);
     rc = MOE_OK;
     L->h = alloc_bytes(L, nd, sizeof(float), &rc);
@@ -534,9 +657,34 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     if (cfg->logits_file != NULL)
         L->z_file = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     L->probs = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
+    if (cfg->expert_bias_file != NULL)
+        L->sel = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
+    if (cfg->noisy_top_k) {
+        L->w_noise = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
+        L->z_noise = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
+    }
+    if (cfg->input_jitter > 0.0)
+        L->h_route = alloc_bytes(L, nd, sizeof(float), &rc);
+    if (cfg->group_top_k > 0) {
+        L->mask = alloc_bytes(L, En, sizeof(uint8_t), &rc);
+        L->gscore = alloc_bytes(L, (size_t)L->cfg.expert_groups,
+                                sizeof(double), &rc);
+    }
     L->expert = alloc_bytes(L, nk, sizeof(int32_t), &rc);
     L->gate = alloc_bytes(L, nk, sizeof(float), &rc);
     L->flag = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
+    L->rerouted = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
+    if (cfg->policy == MOE_POLICY_REROUTE && cfg->routing == MOE_ROUTING_TOKEN_CHOICE) {
+        L->orig = alloc_bytes(L, (size_t)(L->n * L->k), sizeof(int32_t), &rc);
+        L->orig_gate = alloc_bytes(L, (size_t)(L->n * L->k), sizeof(float), &rc);
+    }
+    if (L->S > 0 && !cfg->predict_only) {
+        size_t ws = (size_t)L->S * (size_t)(L->fs * L->d);
+        L->ws1 = alloc_bytes(L, ws, sizeof(float), &rc);
+        L->ws2 = alloc_bytes(L, ws, sizeof(float), &rc);
+        L->s_act = alloc_bytes(L, (size_t)(L->n * L->fs), sizeof(float), &rc);
+        L->s_out = alloc_bytes(L, nd, sizeof(float), &rc);
+    }
     L->slot = alloc_bytes(L, nk, sizeof(int64_t), &rc);
     L->routed = alloc_bytes(L, En, sizeof(int64_t), &rc);
     L->accepted = alloc_bytes(L, En, sizeof(int64_t), &rc);
@@ -561,8 +709,14 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         return rc;
 
     rc = load_inputs(L, msg, msglen);
+    if (rc == MOE_OK)
+        rc = moe_decider_create(&L->decider, &L->ex, cfg->policy, cfg->scope, cfg->routing, L->n,
+                                L->first, L->E, L->k, gates_normalized(cfg), cfg->topk_scale,
+                                cfg->seed, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
+    L->bytes += moe_decider_bytes(L->decider);
+    prepare_router(L);
     if ((rc = calibrate_hot(L, msg, msglen)) != MOE_OK)
         return rc;
 
@@ -633,6 +787,7 @@ void moe_layer_destroy(moe_layer *L)
     if (L == NULL)
         return;
     moe_hier_destroy(L->hier);
+    moe_decider_destroy(L->decider);
     moe_exchange_free(&L->ex);
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
@@ -641,7 +796,8 @@ void moe_layer_destroy(moe_layer *L)
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act,
-                     L->yexp};
+                     L->yexp, L->sel, L->w_noise, L->z_noise, L->h_route, L->mask, L->gscore,
+                     L->rerouted, L->orig, L->orig_gate, L->ws1, L->ws2, L->s_act, L->s_out};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
         free(owned[i]);
     free(L);
@@ -731,7 +887,7 @@ static int exchange_timed(moe_layer *L, const float *send, float *recv, bool rev
 
 int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
 {
-    double t[10];
+    double t[11];
     int64_t planned_send = L->n_send, planned_recv = L->n_recv;
     int rc;
 
@@ -747,7 +903,7 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
                         (long long)L->n_send, (long long)L->n_recv, (long long)planned_send,
                         (long long)planned_recv);
     t[2] = MPI_Wtime();
-    moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->k, L->d);
+    moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->A, L->d);
     t[3] = MPI_Wtime();
     double dispatch[3], combine[3]; /* wait, exchange, raw baseline */
     if ((rc = exchange_timed(L, L->sendbuf, L->recvbuf, false, dispatch, msg, msglen)) != MOE_OK)
@@ -767,8 +923,16 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     if ((rc = exchange_timed(L, L->recvbuf, L->sendbuf, true, combine, msg, msglen)) != MOE_OK)
         return rc;
     t[8] = MPI_Wtime();
-    moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->k, L->d);
+    moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
     t[9] = MPI_Wtime();
+    /* shared experts (DeepSeekMoE): every token, on its own rank, gate 1, after the routed sum */
+    for (int s = 0; s < L->S; s++) {
+        moe_expert_forward(L->s_out, L->s_act, L->h, L->ws1 + (int64_t)s * L->fs * L->d,
+                           L->ws2 + (int64_t)s * L->d * L->fs, L->n, L->d, L->fs);
+        for (int64_t i = 0; i < L->n * L->d; i++)
+            L->y[i] += L->s_out[i];
+    }
+    t[10] = MPI_Wtime();
 
     if (seconds != NULL) {
         seconds[MOE_PHASE_ROUTER] = t[1] - t[0];
@@ -783,6 +947,7 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
         seconds[MOE_PHASE_COMBINE] = combine[1];
         seconds[MOE_PHASE_COMBINE_RAW] = combine[2];
         seconds[MOE_PHASE_UNPACK] = t[9] - t[8];
+        seconds[MOE_PHASE_SHARED] = t[10] - t[9];
     }
     return MOE_OK;
 }
@@ -893,6 +1058,67 @@ done:
     return rc;
 }
 
+/* Collective: the routing figures to rank 0 (res NULL elsewhere): rows rerouted to each expert,
+ * the histogram of served slots per token, and how many ranks and nodes each token's routed
+ * experts sit on, with and without the group limit. */
+static int routing_figures(moe_layer *L, moe_results *res, char *msg, size_t msglen)
+{
+    int E = L->E, R = L->R, A = L->A, k = L->k;
+    size_t hist = (size_t)R + 1;
+    int64_t *buf = calloc((size_t)E + (size_t)E + 1 + 4 * hist, sizeof *buf);
+    int64_t *sum = calloc((size_t)E + (size_t)E + 1 + 4 * hist, sizeof *sum);
+    int *owner = malloc((size_t)E * sizeof *owner);
+    int *seen = malloc(2 * hist * sizeof *seen);
+    bool limited = L->cfg.group_top_k > 0;
+    int32_t *plain = limited ? malloc((size_t)(L->n * k + 1) * sizeof *plain) : NULL;
+    float *plain_gate = limited ? malloc((size_t)(L->n * k + 1) * sizeof *plain_gate) : NULL;
+    int rc = buf && sum && owner && seen && (!limited || (plain && plain_gate))
+                 ? MOE_OK
+                 : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the routing figures");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    int64_t *rerouted_in = buf, *per_token = buf + E, *reach = buf + 2 * E + 1;
+    for (int64_t i = 0; i < L->n * A; i++)
+        if (L->flag[i] && L->rerouted[i])
+            rerouted_in[L->expert[i]]++;
+    for (int64_t t = 0; t < L->n; t++) {
+        int served = 0;
+        for (int c = 0; c < A; c++)
+            served += L->flag[t * A + c];
+        per_token[served]++;
+    }
+    for (int e = 0; e < E; e++)
+        owner[e] = moe_partition_owner(E, R, e);
+    for (size_t i = 0; i < 2 * hist; i++)
+        seen[i] = -1;
+    /* reach of what the router chose: the top-k (before capacity; the router's own choices when
+     * rerouting moved some), or under expert choice the pairs the experts took */
+    const int32_t *routed = L->orig != NULL ? L->orig : L->expert;
+    moe_router_reach(reach, reach + hist, routed, A == k ? NULL : L->flag, L->n, A, owner,
+                     L->node_of_rank, R, seen, seen + hist);
+    if (limited) {
+        moe_topk_select(plain, plain_gate, L->probs, L->sel_bias, L->n, E, k, false, 1.0);
+        moe_router_reach(reach + 2 * hist, reach + 3 * hist, plain, NULL, L->n, k, owner,
+                         L->node_of_rank, R, seen, seen + hist);
+    }
+    int count = (int)(2 * E + 1 + 4 * (int)hist);
+    MOE_MPI_CHECK(MPI_Reduce(buf, sum, count, MPI_INT64_T, MPI_SUM, 0, L->comm), msg, msglen);
+    if (res != NULL) {
+        memcpy(res->rerouted_in, sum, (size_t)E * sizeof *sum);
+        memcpy(res->experts_per_token, sum + E, ((size_t)E + 1) * sizeof *sum);
+        memcpy(res->reach_ranks, sum + 2 * E + 1, 4 * hist * sizeof *sum);
+        res->group_limited = limited;
+    }
+done:
+    free(buf);
+    free(sum);
+    free(owner);
+    free(seen);
+    free(plain);
+    free(plain_gate);
+    return rc;
+}
+
 static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msglen)
 {
     int E = L->E, R = L->R, rc;
@@ -925,11 +1151,13 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
     int64_t dropped_tokens = 0, dropped_all = 0;
     for (int64_t t = 0; t < L->n; t++) {
         int any = 0;
-        for (int c = 0; c < L->k; c++)
-            any |= L->flag[t * L->k + c];
+        for (int c = 0; c < L->A; c++)
+            any |= L->flag[t * L->A + c];
         dropped_tokens += !any;
     }
     if ((rc = reduce_i64(L, &dropped_tokens, &dropped_all, 1, msg, msglen)) != MOE_OK)
+        goto done;
+    if ((rc = routing_figures(L, res, msg, msglen)) != MOE_OK)
         goto done;
 
     /* an exact sum: the same y gives the same checksum at any R */
@@ -954,6 +1182,11 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
         res->ffn = L->f;
         res->top_k = L->k;
         res->dropped_tokens = dropped_all;
+        res->slots_per_token = L->A;
+        res->reroute_rounds = L->rounds;
+        res->shared_experts = L->S;
+        res->shared_ffn = L->S > 0 ? L->fs : 0;
+        res->flops_shared = (double)L->cfg.tokens * L->S * moe_expert_flops_per_row(L->d, L->fs);
         res->output_checksum = checksum_all;
         res->padded = L->cfg.pad_to_capacity;
         for (int e = 0; e < E; e++)
@@ -1074,34 +1307,72 @@ done:
     return rc;
 }
 
-int moe_layer_gather_routing(moe_layer *L, moe_route_record **records, char *msg, size_t msglen)
+int moe_layer_gather_routing(moe_layer *L, moe_route_record **records, int64_t *count, char *msg,
+                             size_t msglen)
 {
-    int64_t nk = L->n * L->k;
-    moe_route_record *mine = malloc((size_t)(nk ? nk : 1) * sizeof *mine);
+    int64_t slots = L->n * L->A, n_mine = 0;
+    bool chosen_only = L->A != L->k || L->cfg.routing == MOE_ROUTING_EXPERT_CHOICE;
+    moe_route_record *mine = malloc((size_t)(slots ? slots : 1) * sizeof *mine);
     MPI_Datatype rec = MPI_DATATYPE_NULL;
+    *count = 0;
     int rc = mine ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for routing records");
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         goto done;
-    for (int64_t i = 0; i < nk; i++) {
-        mine[i] = (moe_route_record){.token = L->first + i / L->k,
-                                     .choice = (int32_t)(i % L->k),
-                                     .expert = L->expert[i],
-                                     .gate = L->gate[i],
-                                     .accepted = L->flag[i]};
-    }
+    const float *sel = L->sel_bias ? L->sel : L->probs;
+    for (int64_t t = 0; t < L->n; t++)
+        for (int c = 0, j = 0; c < L->A; c++) {
+            int64_t i = t * L->A + c;
+            if (chosen_only && !L->flag[i])
+                continue;
+            int e = L->expert[i];
+            /* expert choice: choice = the index among the token's chosen experts */
+            mine[n_mine++] = (moe_route_record){.token = L->first + t,
+                                                .choice = chosen_only ? j++ : c,
+                                                .expert = e,
+                                                .gate = L->gate[i],
+                                                .accepted = L->flag[i],
+                                                .score = sel[t * L->E + e],
+                                                .rerouted = L->rerouted[i]};
+        }
+    int64_t n_all = 0;
+    int mrc = MPI_Allreduce(&n_mine, &n_all, 1, MPI_INT64_T, MPI_SUM, L->comm);
+    if (mrc == MPI_SUCCESS && n_all > INT_MAX)
+        rc = moe_fail(MOE_ERANGE, msg, msglen,
+                      "--dump-routing is for small runs: %lld records are more than one gather "
+                      "can hold", (long long)n_all);
     /* a datatype that failed on one rank must not leave the others in the gather */
-    int mrc = MPI_Type_contiguous((int)sizeof *mine, MPI_BYTE, &rec);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Type_contiguous((int)sizeof *mine, MPI_BYTE, &rec);
     if (mrc == MPI_SUCCESS)
         mrc = MPI_Type_commit(&rec);
-    rc = mrc == MPI_SUCCESS ? MOE_OK : moe_mpi_fail(mrc, "MPI_Type_commit", __FILE__, __LINE__, msg, msglen);
+    if (mrc != MPI_SUCCESS)
+        rc = moe_mpi_fail(mrc, "MPI_Type_commit", __FILE__, __LINE__, msg, msglen);
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
-        rc = gather_items(L, mine, nk, L->cfg.tokens * L->k, rec, sizeof *mine, (void **)records, msg,
-                      msglen);
+        rc = gather_items(L, mine, n_mine, n_all, rec, sizeof *mine, (void **)records, msg, msglen);
+    if (rc == MOE_OK)
+        *count = n_all;
     if (rec != MPI_DATATYPE_NULL)
         MPI_Type_free(&rec);
 done:
     free(mine);
     return rc;
+}
+
+/* What the router chose, before capacity: routed[e] += assignments to e, and, if importance is
+ * not NULL, importance[e] += their gates (exactly). The top-k (the router's own choices and gates
+ * when rerouting moved some), or under expert choice the pairs the experts took. */
+static void router_counts(const moe_layer *L, int64_t *routed, moe_xsum *importance)
+{
+    bool chosen_only = L->cfg.routing == MOE_ROUTING_EXPERT_CHOICE;
+    const int32_t *expert = L->orig ? L->orig : L->expert;
+    const float *gate = L->orig ? L->orig_gate : L->gate;
+    for (int64_t i = 0; i < L->n * L->A; i++) {
+        if (chosen_only && !L->flag[i])
+            continue;
+        routed[expert[i]]++;
+        if (importance != NULL)
+            moe_xsum_add(&importance[expert[i]], gate[i]);
+    }
 }
 
 int moe_layer_router_stats(moe_layer *L, double *P, int64_t *loads, char *msg, size_t msglen)
@@ -1113,8 +1384,7 @@ int moe_layer_router_stats(moe_layer *L, double *P, int64_t *loads, char *msg, s
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
         rc = prob_sums(L, psum, msg, msglen);
     if (rc == MOE_OK) {
-        for (int64_t i = 0; i < L->n * L->k; i++)
-            routed[L->expert[i]]++;
+        router_counts(L, routed, NULL);
         int mrc = MPI_Gather(routed, E, MPI_INT64_T, loads, E, MPI_INT64_T, 0, L->comm);
         if (mrc != MPI_SUCCESS)
             rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, msglen);
@@ -1142,10 +1412,7 @@ int moe_layer_balance(moe_layer *L, moe_balance *b, char *msg, size_t msglen)
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         goto done;
     /* Shazeer's importance: the gates of every routed assignment, before capacity */
-    for (int64_t i = 0; i < L->n * L->k; i++) {
-        moe_xsum_add(&sums[L->expert[i]], L->gate[i]);
-        routed[L->expert[i]]++;
-    }
+    router_counts(L, routed, sums);
     /* z-loss terms lse^2 in double, each split into two floats (48 of its 53 bits) so that the
      * exact sum keeps them. Replayed logits can reach 3.4e38, whose square no float holds: terms
      * from 2^100 up are summed apart, scaled by 2^-160 (exactly), and scaled back at the end. */

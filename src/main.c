@@ -166,7 +166,8 @@ static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double 
  * the JSON at the very end, so that a run stopped early publishes nothing. */
 typedef struct dumps {
     float *logits;              /* (N, E), --dump-routing X.npy */
-    moe_route_record *records;  /* (N k), --dump-routing X.csv  */
+    moe_route_record *records;  /* (n_records), --dump-routing X.csv  */
+    int64_t n_records;
     float *y;                   /* (N, d), --dump-output        */
 } dumps;
 
@@ -186,7 +187,7 @@ static int gather_dumps(moe_layer *layer, const moe_config *cfg, dumps *out, MPI
     if (cfg->dump_routing != NULL && moe_config_dump_is_npy(cfg->dump_routing))
         rc = moe_layer_gather_logits(layer, &out->logits, msg, MSG_LEN);
     else if (cfg->dump_routing != NULL)
-        rc = moe_layer_gather_routing(layer, &out->records, msg, MSG_LEN);
+        rc = moe_layer_gather_routing(layer, &out->records, &out->n_records, msg, MSG_LEN);
     if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
         return rc;
     if (cfg->dump_output != NULL)
@@ -235,7 +236,7 @@ static int write_outputs(const moe_config *cfg, const moe_results *res, const du
         else if (i == OUT_ROUTING && d->logits != NULL)
             wrc = moe_npy_write_f32_file(f, d->logits, cfg->tokens, cfg->experts);
         else if (i == OUT_ROUTING)
-            wrc = moe_report_routing_csv_file(f, d->records, cfg->tokens * cfg->top_k);
+            wrc = moe_report_routing_csv_file(f, d->records, d->n_records);
         else
             wrc = moe_npy_write_f32_file(f, d->y, cfg->tokens, cfg->hidden);
         if (wrc == MOE_OK && i == last && moe_driver_fault("write_outputs", 0)) {
@@ -465,6 +466,9 @@ int main(int argc, char **argv)
         moe_layer_destroy(layer);
         return finish(rank, rc, msg, rc == MOE_EMPI ? EXIT_FAILED : EXIT_REFUSED);
     }
+
+    /* what the layer settled from the placement (one expert group per node by default) */
+    cfg.expert_groups = moe_layer_config(layer)->expert_groups;
 
     /* Phase 4: predict, before any token row moves. */
     moe_results res = {0}, more = {0};

@@ -49,6 +49,9 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     memset(m, 0, sizeof *m);
     int64_t d = cfg->hidden, f = cfg->ffn > 0 ? cfg->ffn : moe_bytes_mul(2, cfg->hidden);
     int64_t E = cfg->experts, k = cfg->top_k, F = (int64_t)sizeof(float);
+    /* slots per token: k, or every expert under expert choice */
+    int64_t A = cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? E : k;
+    int64_t fs = cfg->shared_ffn > 0 ? cfg->shared_ffn : f, S = cfg->shared_experts;
     /* h, and y unless --predict-only (which never runs a step) */
     m->tokens = mul3(cfg->predict_only ? 1 : 2, moe_bytes_mul(n, d), F);
     int64_t nE = moe_bytes_mul(n, E);
@@ -56,9 +59,30 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     m->router = moe_bytes_add(mul3(E, d, F),
                               moe_bytes_add(mul3(cfg->expert_bias_file ? 2 : 1, E, F),
                                             mul3(cfg->logits_file ? 2 : 1, nE, F)));
-    /* expert (int32), gate (float), flag (uint8), slot (int64) per assignment */
-    m->assignments = moe_bytes_mul(moe_bytes_mul(n, k), 4 + 4 + 1 + 8);
+    /* the selection scores with a bias; W_noise and the noise logits; the jittered h */
+    if (cfg->expert_bias_file != NULL)
+        m->router = moe_bytes_add(m->router, mul3(1, nE, F));
+    if (cfg->noisy_top_k)
+        m->router = moe_bytes_add(m->router, moe_bytes_add(mul3(E, d, F), mul3(1, nE, F)));
+    if (cfg->input_jitter > 0.0)
+        m->router = moe_bytes_add(m->router, mul3(n, d, F));
+    /* expert (int32), gate (float), flag and rerouted (uint8), slot (int64) per slot; with a
+     * keyed policy or expert choice two capacity keys (24 bytes) per slot; with reroute the
+     * router's choices and gates and two flags per assignment */
+    int64_t nA = moe_bytes_mul(n, A);
+    m->assignments = moe_bytes_mul(nA, 4 + 4 + 1 + 1 + 8);
+    bool keyed = cfg->routing == MOE_ROUTING_EXPERT_CHOICE || cfg->policy == MOE_POLICY_PROBS ||
+                 cfg->policy == MOE_POLICY_CHOICE || cfg->policy == MOE_POLICY_RANDOM;
+    if (keyed)
+        m->assignments = moe_bytes_add(m->assignments, moe_bytes_mul(nA, 2 * 24));
+    if (cfg->policy == MOE_POLICY_REROUTE)
+        m->assignments = moe_bytes_add(m->assignments, moe_bytes_mul(moe_bytes_mul(n, k), 4 + 4 + 2));
     m->experts = cfg->predict_only ? 0 : mul3(2, moe_bytes_mul(n_le, f), moe_bytes_mul(d, F));
+    /* shared experts: weights, and their activation and output for every local token */
+    if (S > 0 && !cfg->predict_only)
+        m->experts = moe_bytes_add(
+            m->experts, moe_bytes_add(mul3(2 * S, fs, moe_bytes_mul(d, F)),
+                                      mul3(n, moe_bytes_add(fs, d), F)));
     /* per expert: routed, accepted, per_expert, scratch; per rank: send/recv rows, group
      * capacities, the owner's counts (R, n_le) twice, and the (R, R) count matrix */
     int64_t RR = moe_bytes_mul(R, R);
@@ -80,7 +104,7 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
             m->dumps = moe_bytes_add(
                 m->dumps, moe_config_dump_is_npy(cfg->dump_routing)
                               ? mul3(cfg->tokens, E, F)
-                              : mul3(cfg->tokens, k, (int64_t)sizeof(moe_route_record)));
+                              : mul3(cfg->tokens, A, (int64_t)sizeof(moe_route_record)));
     }
     sum_parts(m);
 }

@@ -65,6 +65,99 @@ static double pct(int64_t part, int64_t whole)
     return whole > 0 ? 100.0 * (double)part / (double)whole : 0.0;
 }
 
+/* "  title 0: n0, 1: n1, ..." up to the last nonzero entry of hist (len + 1 entries). */
+static void histogram_line(FILE *out, const char *title, const int64_t *hist, int len)
+{
+    int last = 0;
+    for (int j = 0; j <= len; j++)
+        if (hist[j] > 0)
+            last = j;
+    fprintf(out, "%s", title);
+    int col = (int)strlen(title);
+    for (int j = 0; j <= last; j++) {
+        char item[48];
+        int w = snprintf(item, sizeof item, "%s %d: %lld", j ? "," : "", j, (long long)hist[j]);
+        if (col + w > 98) {
+            fprintf(out, "\n   ");
+            col = 3;
+        }
+        fputs(item, out);
+        col += w;
+    }
+    fputc('\n', out);
+}
+
+/* The router's lines of the header, for whatever differs from softmax top-k alone. */
+static void routing_lines(FILE *out, const moe_config *cfg, const moe_results *res)
+{
+    if (cfg->preset != NULL) {
+        /* "preset NAME set: a, b, c", wrapped at 100 columns after a comma */
+        const char *text = cfg->preset_set[0] ? cfg->preset_set : "nothing (every field was given)";
+        int col = fprintf(out, "  preset %s set:", cfg->preset);
+        while (*text != '\0') {
+            const char *comma = strstr(text, ", ");
+            size_t len = comma ? (size_t)(comma - text) + 1 : strlen(text);
+            if (col + 1 + (int)len > 100) {
+                fprintf(out, "\n   ");
+                col = 3;
+            }
+            col += fprintf(out, " %.*s", (int)len, text);
+            text += comma ? len + 1 : len;
+        }
+        fputc('\n', out);
+    }
+    if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
+        fprintf(out, "  routing expert choice (Zhou et al. 2022): each expert takes its top C tokens "
+                     "of a group\n");
+    if (cfg->group_top_k > 0)
+        fprintf(out, "  group-limited: %d groups of %d experts, each token keeps its best %d "
+                     "(DeepSeek-V3)\n",
+                cfg->expert_groups, cfg->expert_groups > 0 ? res->experts / cfg->expert_groups : 0,
+                cfg->group_top_k);
+    if (cfg->noisy_top_k || cfg->input_jitter > 0.0) {
+        char what[160] = "";
+        if (cfg->noisy_top_k)
+            snprintf(what, sizeof what, "noisy top-k (Shazeer 2017)");
+        if (cfg->input_jitter > 0.0)
+            snprintf(what + strlen(what), sizeof what - strlen(what), "%sinput jitter %g (Switch)",
+                     cfg->noisy_top_k ? ", " : "", cfg->input_jitter);
+        fprintf(out, "  router noise: %s\n", what);
+    }
+    if (res->shared_experts > 0)
+        fprintf(out, "  shared experts %d x ffn %lld on every token's own rank (DeepSeekMoE): "
+                     "%.3g GFLOP, no traffic\n",
+                res->shared_experts, (long long)res->shared_ffn, res->flops_shared / 1e9);
+}
+
+/* Distinct ranks and nodes the tokens' routed experts sit on, with and without the limit. */
+static void reach_lines(FILE *out, const moe_results *res)
+{
+    int R = res->ranks;
+    const int64_t *h[4] = {res->reach_ranks, res->reach_nodes, res->reach_ranks_unlimited,
+                           res->reach_nodes_unlimited};
+    double mean[4];
+    int most[4];
+    for (int i = 0; i < 4; i++) {
+        int64_t tok = 0, sum = 0;
+        most[i] = 0;
+        for (int j = 0; j <= R; j++) {
+            tok += h[i][j];
+            sum += (int64_t)j * h[i][j];
+            most[i] = h[i][j] > 0 ? j : most[i];
+        }
+        mean[i] = tok > 0 ? (double)sum / (double)tok : 0.0;
+    }
+    fprintf(out, "\nReach per token (what the group limit is for): distinct ranks and nodes of its "
+                 "experts\n");
+    fprintf(out, "  %-18s %10s %6s %10s %6s\n", "", "ranks mean", "max", "nodes mean", "max");
+    fprintf(out, "  %-18s %10.3f %6d %10.3f %6d\n", "group-limited", mean[0], most[0], mean[1],
+            most[1]);
+    fprintf(out, "  %-18s %10.3f %6d %10.3f %6d\n", "without the limit", mean[2], most[2], mean[3],
+            most[3]);
+    histogram_line(out, "  tokens by nodes reached, limited:", res->reach_nodes, R);
+    histogram_line(out, "  tokens by nodes reached, unlimited:", res->reach_nodes_unlimited, R);
+}
+
 void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color)
 {
     const char *bold = color ? "\033[1m" : "", *hot = color ? "\033[31m" : "",
@@ -108,6 +201,7 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     fprintf(out, "  gates %s | padded to capacity %s | seed %llu | %d timed iterations after %d warm-up\n",
             gates, cfg->pad_to_capacity ? "yes" : "no", (unsigned long long)cfg->seed, cfg->iters,
             cfg->warmup);
+    routing_lines(out, cfg, res);
     if (cfg->tokens_file || cfg->router_file)
         fprintf(out, "  inputs: tokens %s, router %s\n",
                 cfg->tokens_file ? cfg->tokens_file : "generated",
@@ -138,7 +232,8 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             cells += ((unsigned char)*c & 0xC0) != 0x80;
         fprintf(out, "  %6d %5d %9lld %9lld %9lld %9s %6s  %s%s%*s%s %5.2f%s\n", e, res->owner[e],
                 (long long)res->routed[e], (long long)res->accepted[e],
-                (long long)(res->routed[e] - res->accepted[e]), cap, util, is_hot ? hot : "", bar,
+                (long long)(res->routed[e] - (res->accepted[e] - res->rerouted_in[e])), cap, util,
+                is_hot ? hot : "", bar,
                 20 - cells, "", off, ratio, is_hot ? "  hot" : "");
     }
     fprintf(out, "  mean load N*k/E = %.1f assignments; hottest expert %d at %.2fx the mean\n",
@@ -162,8 +257,22 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     fprintf(out, "  assignments           %12lld\n", (long long)res->assignments);
     fprintf(out, "  dropped assignments   %12lld  %6.2f%%\n", (long long)res->dropped_assignments,
             pct(res->dropped_assignments, res->assignments));
-    fprintf(out, "  dropped tokens        %12lld  %6.2f%%  (all k assignments dropped: output = residual)\n",
-            (long long)res->dropped_tokens, pct(res->dropped_tokens, res->tokens));
+    const char *leaves = res->shared_experts > 0 ? "residual + shared experts" : "residual";
+    if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
+        fprintf(out, "  unchosen tokens       %12lld  %6.2f%%  (no expert chose them: output = %s)\n",
+                (long long)res->dropped_tokens, pct(res->dropped_tokens, res->tokens), leaves);
+    else
+        fprintf(out, "  dropped tokens        %12lld  %6.2f%%  (all k assignments dropped: output = %s)\n",
+                (long long)res->dropped_tokens, pct(res->dropped_tokens, res->tokens), leaves);
+    if (cfg->policy == MOE_POLICY_REROUTE && cfg->routing == MOE_ROUTING_TOKEN_CHOICE)
+        fprintf(out, "  rerouted assignments  %12lld  %6.2f%%  served by a next-best expert with room "
+                     "(%d round%s); %lld still dropped\n",
+                (long long)res->rerouted, pct(res->rerouted, res->assignments), res->reroute_rounds,
+                res->reroute_rounds == 1 ? "" : "s",
+                (long long)(res->dropped_assignments - res->rerouted));
+    if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE || cfg->policy == MOE_POLICY_REROUTE)
+        histogram_line(out, "  experts per token:", res->experts_per_token,
+                       res->slots_per_token);
     fprintf(out, "  expert slots          %12lld\n", (long long)res->slots);
     fprintf(out, "  empty slots           %12lld  %6.2f%%  %.3g GFLOP %s\n", (long long)res->empty_slots,
             pct(res->empty_slots, res->slots), res->flops_wasted / 1e9,
@@ -205,8 +314,10 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             bold, off, cfg->iters);
     fprintf(out, "  %-15s %9s %9s %9s  %s\n", "phase", "min", "mean", "max", "");
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
-        fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", moe_phase_name(p), res->phase[p].min * 1e3,
-                res->phase[p].mean * 1e3, res->phase[p].max * 1e3, moe_phase_what(p));
+        if (p != MOE_PHASE_SHARED || res->shared_experts > 0)
+            fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", moe_phase_name(p),
+                    res->phase[p].min * 1e3, res->phase[p].mean * 1e3, res->phase[p].max * 1e3,
+                    moe_phase_what(p));
     fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", "step", res->step.min * 1e3,
             res->step.mean * 1e3, res->step.max * 1e3, "sum of the phases; the slowest rank sets the pace");
     fprintf(out, "  all-to-all: dispatch %.2f GB/s, combine %.2f GB/s (matrix bytes / slowest rank's time)\n",
@@ -256,6 +367,8 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                 res->hierarchical ? "two-level" : "flat", res->phase[MOE_PHASE_DISPATCH].max * 1e3,
                 res->phase[MOE_PHASE_COMBINE].max * 1e3);
     }
+    if (res->group_limited)
+        reach_lines(out, res);
     moe_report_memory(out, res, color);
 }
 
@@ -538,6 +651,45 @@ static json_t *doubles_json(const double *v, int n)
     return a;
 }
 
+/* {mean, max, histogram} of a reach histogram (R + 1 entries, trailing zeros cut). */
+static json_t *reach_json(const int64_t *hist, int R)
+{
+    int64_t tokens = 0, sum = 0, most = 0;
+    int last = 0;
+    for (int j = 0; j <= R; j++) {
+        tokens += hist[j];
+        sum += (int64_t)j * hist[j];
+        if (hist[j] > 0) {
+            most = j;
+            last = j;
+        }
+    }
+    json_t *h = json_array();
+    for (int j = 0; j <= last; j++)
+        json_array_append_new(h, json_integer(hist[j]));
+    return json_pack("{s:o, s:I, s:o}", "mean", num(tokens > 0 ? (double)sum / (double)tokens : 0.0),
+                     "max", (json_int_t)most, "histogram", h);
+}
+
+static json_t *routing_json(const moe_config *cfg, const moe_results *res)
+{
+    int R = res->ranks, A = res->slots_per_token > 0 ? res->slots_per_token : res->top_k;
+    json_t *per_token = json_array();
+    for (int j = 0; j <= A && res->experts_per_token; j++)
+        json_array_append_new(per_token, json_integer(res->experts_per_token[j]));
+    json_t *reach = json_pack("{s:o, s:o}", "ranks", reach_json(res->reach_ranks, R), "nodes",
+                              reach_json(res->reach_nodes, R));
+    json_t *unlimited = res->group_limited
+                            ? json_pack("{s:o, s:o}", "ranks",
+                                        reach_json(res->reach_ranks_unlimited, R), "nodes",
+                                        reach_json(res->reach_nodes_unlimited, R))
+                            : json_null();
+    return json_pack("{s:s, s:o, s:I, s:o, s:o}", "mode", moe_routing_name(cfg->routing),
+                     "experts_per_token", per_token, "unchosen_tokens",
+                     (json_int_t)(res->experts_per_token ? res->experts_per_token[0] : 0), "reach",
+                     reach, "reach_unlimited", unlimited);
+}
+
 static json_t *json_document(const moe_config *cfg, const moe_results *res)
 {
     int E = res->experts, R = res->ranks;
@@ -554,9 +706,12 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
 
     json_t *experts = json_array();
     for (int e = 0; e < E; e++) {
-        json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I}", "id", e, "rank", res->owner[e], "routed",
-                              (json_int_t)res->routed[e], "accepted", (json_int_t)res->accepted[e],
-                              "dropped", (json_int_t)(res->routed[e] - res->accepted[e]));
+        int64_t rerouted_in = res->rerouted_in ? res->rerouted_in[e] : 0;
+        json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I, s:I}", "id", e, "rank", res->owner[e],
+                              "routed", (json_int_t)res->routed[e], "accepted",
+                              (json_int_t)res->accepted[e], "rerouted_in", (json_int_t)rerouted_in,
+                              "dropped",
+                              (json_int_t)(res->routed[e] - (res->accepted[e] - rerouted_in)));
         if (res->capacity[e] < 0) {
             json_object_set_new(o, "capacity", json_null());
             json_object_set_new(o, "utilization", json_null());
@@ -588,6 +743,19 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "expert_bias_file",
                         cfg->expert_bias_file ? json_string(cfg->expert_bias_file)
                                                  : json_null());
+    json_object_set_new(config, "routing", json_string(moe_routing_name(cfg->routing)));
+    json_object_set_new(config, "expert_groups",
+                        cfg->expert_groups > 0 ? json_integer(cfg->expert_groups) : json_null());
+    json_object_set_new(config, "group_top_k",
+                        cfg->group_top_k > 0 ? json_integer(cfg->group_top_k) : json_null());
+    json_object_set_new(config, "shared_experts", json_integer(cfg->shared_experts));
+    json_object_set_new(config, "shared_ffn",
+                        cfg->shared_experts > 0 ? json_integer(res->shared_ffn) : json_null());
+    json_object_set_new(config, "noisy_top_k", json_boolean(cfg->noisy_top_k));
+    json_object_set_new(config, "input_jitter", json_real(cfg->input_jitter));
+    json_object_set_new(config, "preset", cfg->preset ? json_string(cfg->preset) : json_null());
+    json_object_set_new(config, "preset_set",
+                        cfg->preset ? json_string(cfg->preset_set) : json_null());
 
     json_t *bias = json_array();
     for (int e = 0; e < E; e++)
@@ -653,17 +821,22 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                   "tokens_per_expert", "min", num(bal->tpe_min), "max", num(bal->tpe_max), "mean",
                   num(bal->tpe_mean), "std", num(bal->tpe_std)));
     json_object_set_new(root, "drops",
-                        json_pack("{s:I, s:I, s:I, s:I, s:o}", "assignments",
+                        json_pack("{s:I, s:I, s:I, s:I, s:o, s:I, s:i}", "assignments",
                                   (json_int_t)res->assignments, "dropped_assignments",
                                   (json_int_t)res->dropped_assignments, "dropped_tokens",
                                   (json_int_t)res->dropped_tokens, "max_expert_load",
                                   (json_int_t)res->max_expert_load, "cf_needed",
-                                  cf_needed_json(res->cf_needed)));
+                                  cf_needed_json(res->cf_needed), "rerouted",
+                                  (json_int_t)res->rerouted, "reroute_rounds",
+                                  res->reroute_rounds));
+    json_object_set_new(json_object_get(root, "drops"), "still_dropped",
+                        json_integer(res->dropped_assignments - res->rerouted));
+    json_object_set_new(root, "routing", routing_json(cfg, res));
     json_object_set_new(root, "waste",
-                        json_pack("{s:I, s:I, s:o, s:o, s:b}", "slots", (json_int_t)res->slots,
+                        json_pack("{s:I, s:I, s:o, s:o, s:b, s:o}", "slots", (json_int_t)res->slots,
                                   "empty_slots", (json_int_t)res->empty_slots, "flops_useful",
                                   num(res->flops_useful), "flops_wasted", num(res->flops_wasted), "padded",
-                                  res->padded));
+                                  res->padded, "flops_shared", num(res->flops_shared)));
     json_object_set_new(root, "traffic",
                         json_pack("{s:o, s:o}", "dispatch_bytes", matrix_json(res->dispatch_bytes, R),
                                   "combine_bytes", matrix_json(res->combine_bytes, R)));
@@ -728,7 +901,8 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
         json_object_set_new(root, "memory", memory);
     if (cfg->predict_only) {
         /* nothing moved: only the routing-side figures are meaningful */
-        const char *keys[] = {"drops", "waste", "traffic", "timing", "bandwidth", "output"};
+        const char *keys[] = {"drops", "waste", "traffic", "timing", "bandwidth", "output",
+                              "routing"};
         for (size_t j = 0; j < sizeof keys / sizeof keys[0]; j++)
             json_object_set_new(root, keys[j], json_null());
         json_t *ex;
@@ -799,10 +973,11 @@ int moe_report_json(const char *path, const moe_config *cfg, const moe_results *
 
 int moe_report_routing_csv_file(FILE *f, const moe_route_record *records, int64_t n)
 {
-    int ok = fprintf(f, "token,choice,expert,gate,accepted\n") > 0;
+    int ok = fprintf(f, "token,choice,expert,gate,accepted,score,rerouted\n") > 0;
     for (int64_t i = 0; ok && i < n; i++)
-        ok = fprintf(f, "%lld,%d,%d,%.9g,%d\n", (long long)records[i].token, records[i].choice,
-                     records[i].expert, records[i].gate, records[i].accepted) > 0;
+        ok = fprintf(f, "%lld,%d,%d,%.9g,%d,%.9g,%d\n", (long long)records[i].token,
+                     records[i].choice, records[i].expert, records[i].gate, records[i].accepted,
+                     records[i].score, records[i].rerouted) > 0;
     return ok ? MOE_OK : MOE_EIO;
 }
 

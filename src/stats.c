@@ -90,6 +90,13 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->placement = calloc((size_t)R, sizeof *r->placement);
     r->by_class_per_rank = calloc((size_t)R * MOE_LOC_COUNT, sizeof *r->by_class_per_rank);
     r->ablation = calloc((size_t)(n_cf > 0 ? n_cf : 1), sizeof *r->ablation);
+    r->rerouted_in = calloc((size_t)E, sizeof *r->rerouted_in);
+    r->experts_per_token = calloc((size_t)E + 1, sizeof *r->experts_per_token);
+    int64_t *reach = calloc(4 * ((size_t)R + 1), sizeof *reach);
+    r->reach_ranks = reach;
+    r->reach_nodes = reach ? reach + (R + 1) : NULL;
+    r->reach_ranks_unlimited = reach ? reach + 2 * (R + 1) : NULL;
+    r->reach_nodes_unlimited = reach ? reach + 3 * (R + 1) : NULL;
     r->n_ablation = n_cf;
     int64_t *mem = calloc((size_t)R * 4, sizeof *mem);
     r->mem_estimate = mem;
@@ -97,7 +104,7 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->mem_baseline_rss = mem ? mem + 2 * R : NULL;
     r->mem_budget = mem ? mem + 3 * R : NULL;
     r->mem_full_run = -1;
-    if (!mem || !r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
+    if (!mem || !reach || !r->rerouted_in || !r->experts_per_token || !r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
         !r->dispatch_bytes || !r->combine_bytes) {
         moe_results_free(r);
         return MOE_ENOMEM;
@@ -121,6 +128,11 @@ void moe_results_free(moe_results *r)
     free(r->placement);
     free(r->by_class_per_rank);
     free(r->mem_estimate);
+    free(r->rerouted_in);
+    free(r->experts_per_token);
+    free(r->reach_ranks);
+    r->rerouted_in = r->experts_per_token = NULL;
+    r->reach_ranks = r->reach_nodes = r->reach_ranks_unlimited = r->reach_nodes_unlimited = NULL;
     r->mem_estimate = r->mem_peak_rss = r->mem_baseline_rss = r->mem_budget = NULL;
     r->placement = NULL;
     r->by_class_per_rank = NULL;
@@ -135,15 +147,17 @@ void moe_results_free(moe_results *r)
 
 void moe_results_totals(moe_results *r, double flops_per_row)
 {
-    int64_t accepted = 0;
+    int64_t accepted = 0, rerouted = 0;
     r->assignments = 0;
     r->slots = 0;
     for (int e = 0; e < r->experts; e++) {
         r->assignments += r->routed[e];
         accepted += r->accepted[e];
+        rerouted += r->rerouted_in ? r->rerouted_in[e] : 0;
         r->slots += r->capacity[e] < 0 ? r->accepted[e] : r->capacity[e];
     }
-    r->dropped_assignments = r->assignments - accepted;
+    r->rerouted = rerouted;
+    r->dropped_assignments = r->assignments - (accepted - rerouted);
     r->empty_slots = r->slots - accepted;
     r->flops_useful = (double)accepted * flops_per_row;
     r->flops_wasted = (double)r->empty_slots * flops_per_row;

@@ -57,9 +57,11 @@ int moe_layer_step(moe_layer *layer, double *seconds, char *msg, size_t msglen);
 int moe_layer_results(moe_layer *layer, moe_results *res, const double *phase_seconds, int iters,
                       char *msg, size_t msglen);
 
-/* Gather the routing of the last step (N*k records, token-major) on rank 0 into *records (malloc'd,
- * caller frees; NULL elsewhere). */
-int moe_layer_gather_routing(moe_layer *layer, moe_route_record **records, char *msg, size_t msglen);
+/* Gather the routing of the last step on rank 0 into *records (malloc'd, caller frees; NULL
+ * elsewhere) and their number into *count: token-major, N*k records under token choice (one per
+ * choice), one per chosen (token, expert) pair under expert choice. */
+int moe_layer_gather_routing(moe_layer *layer, moe_route_record **records, int64_t *count,
+                             char *msg, size_t msglen);
 
 /* Gather y (N, d) on rank 0 into *y (malloc'd, caller frees; NULL elsewhere). */
 int moe_layer_gather_output(moe_layer *layer, float **y, char *msg, size_t msglen);

@@ -16,6 +16,8 @@ typedef struct moe_route_record {
     int32_t choice, expert;
     float gate;
     int32_t accepted;
+    float score;      /* the selection score of (token, expert): p + b        */
+    int32_t rerouted; /* 1: served by expert after a reroute (--drop-policy reroute) */
 } moe_route_record;
 
 /* z = h W^T with cblas_sgemm. n may be 0. */

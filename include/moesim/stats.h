@@ -26,7 +26,8 @@
     X(MOE_PHASE_COMBINE_WAIT, "combine_wait", "barrier: waiting for the slowest expert rank", 1) \
     X(MOE_PHASE_COMBINE, "combine", "expert outputs back to sources", 1)                      \
     X(MOE_PHASE_COMBINE_RAW, "combine_raw", "baseline: raw MPI_Alltoallv, same bytes", 0)     \
-    X(MOE_PHASE_UNPACK, "unpack", "residual plus gate-weighted outputs", 1)
+    X(MOE_PHASE_UNPACK, "unpack", "residual plus gate-weighted outputs", 1)                   \
+    X(MOE_PHASE_SHARED, "shared", "shared experts on the token's own rank (DeepSeekMoE)", 1)
 
 enum moe_phase {
 #define MOE_PHASE_ENUM(id, name, what, in_step) id,
@@ -81,6 +82,20 @@ typedef struct moe_results {
     /* per expert (E) */
     int *owner;
     int64_t *routed, *accepted, *capacity; /* capacity: summed over groups; -1 when dropless */
+    int64_t *rerouted_in;                  /* rows served at e after a reroute (accepted has them) */
+    int64_t rerouted;                      /* all of them                                   */
+    int reroute_rounds;                    /* rounds after round 0 (most over the groups)    */
+    /* routing: slots per token (k, or E under expert choice); histogram of served slots per
+     * token (E + 1 entries, the first slots + 1 used); how far tokens reach (R + 1 entries each:
+     * tokens whose routed experts sit on exactly j ranks / nodes), with and without the group
+     * limit (the latter only when group_limited) */
+    int slots_per_token;
+    int64_t *experts_per_token;
+    int64_t *reach_ranks, *reach_nodes, *reach_ranks_unlimited, *reach_nodes_unlimited;
+    bool group_limited;
+    int shared_experts;                    /* S always-on experts of inner size shared_ffn    */
+    int64_t shared_ffn;
+    double flops_shared;                   /* their FLOPs over the batch                      */
     double *f, *P;
     double aux_loss;
     moe_balance balance;                   /* z-loss, importance CV^2, count figures, overload */
@@ -126,7 +141,8 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf);
 /* Free the arrays; accepts a zeroed or NULL struct. */
 void moe_results_free(moe_results *r);
 
-/* Fill the derived totals from the per-expert arrays: dropped assignments, slots, empty slots and
+/* Fill the derived totals from the per-expert arrays: dropped assignments (routed - (accepted -
+ * rerouted_in) per expert: a rerouted row counts where it was routed), slots, empty slots and
  * the FLOPs (flops_per_row from moe_expert_flops_per_row). */
 void moe_results_totals(moe_results *r, double flops_per_row);
 

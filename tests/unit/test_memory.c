@@ -141,7 +141,7 @@ START_TEST(test_fixed_hand)
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
     ck_assert_int_eq(m.tokens, 128);      /* h and y: 2 n d F = 2 * 4 * 4 * 4 */
     ck_assert_int_eq(m.router, 144);      /* W: E d F = 64; bias: E F = 16; p: n E F = 64 */
-    ck_assert_int_eq(m.assignments, 136); /* n k 17 = 8 * 17 */
+    ck_assert_int_eq(m.assignments, 144); /* n k 18 = 8 * 18 */
     ck_assert_int_eq(m.experts, 512);     /* 2 n_le f d F = 2 * 2 * 8 * 4 * 4 */
     /* 8 (4E + (3 + 4) R + 2 R n_le + R^2) = 8 (16 + 14 + 8 + 4) */
     ck_assert_int_eq(m.counts, 336);
@@ -153,14 +153,14 @@ START_TEST(test_fixed_hand)
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.exchange, 0);
     ck_assert_int_eq(m.staging, 0);
-    ck_assert_int_eq(m.total, 128 + 144 + 136 + 512 + 336 + m.results);
+    ck_assert_int_eq(m.total, 128 + 144 + 144 + 512 + 336 + m.results);
 
     /* rank 1: no results, no dumps; everything else the same */
     moe_mem_estimate m1;
     moe_memory_fixed(&m1, &cfg, 2, 1, 4, 2);
     ck_assert_int_eq(m1.results, 0);
     ck_assert_int_eq(m1.dumps, 0);
-    ck_assert_int_eq(m1.total, 128 + 144 + 136 + 512 + 336);
+    ck_assert_int_eq(m1.total, 128 + 144 + 144 + 512 + 336);
 }
 END_TEST
 
@@ -186,18 +186,18 @@ START_TEST(test_fixed_options_hand)
     cfg.ffn = 8;
 
     /* dumps on rank 0 only: y is N d F = 8 * 4 * 4 = 128; the routing CSV N k records of
-     * sizeof(moe_route_record) = 24 bytes = 384; the routing .npy N E F = 128 */
-    ck_assert_int_eq((int)sizeof(moe_route_record), 24);
+     * sizeof(moe_route_record) = 32 bytes = 512; the routing .npy N E F = 128 */
+    ck_assert_int_eq((int)sizeof(moe_route_record), 32);
     cfg.dump_output = "y.npy";
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
     ck_assert_int_eq(m.dumps, 128);
     cfg.dump_routing = "r.csv";
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
-    ck_assert_int_eq(m.dumps, 128 + 384);
+    ck_assert_int_eq(m.dumps, 128 + 512);
     cfg.dump_routing = "r.npy";
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
     ck_assert_int_eq(m.dumps, 128 + 128);
-    ck_assert_int_eq(m.total, 128 + 144 + 136 + 512 + 336 + results_bytes(2, 4) + 256);
+    ck_assert_int_eq(m.total, 128 + 144 + 144 + 512 + 336 + results_bytes(2, 4) + 256);
     moe_memory_fixed(&m, &cfg, 2, 1, 4, 2);
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.results, 0);
@@ -208,7 +208,7 @@ START_TEST(test_fixed_options_hand)
     ck_assert_int_eq(m.experts, 0);
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.tokens, 64);
-    ck_assert_int_eq(m.total, 64 + 144 + 136 + 336 + results_bytes(2, 4));
+    ck_assert_int_eq(m.total, 64 + 144 + 144 + 336 + results_bytes(2, 4));
 }
 END_TEST
 
@@ -216,7 +216,7 @@ START_TEST(test_fixed_one_rank_hand)
 {
     /* R = 1, n = 8, n_le = 4, k = 1, E = 4, d = 2, f = 3:
      * tokens 2 * 8 * 2 * 4 = 128; router 4*2*4 + 16 + 8*4*4 = 32 + 16 + 128 = 176;
-     * assignments 8 * 1 * 17 = 136; experts 2 * 4 * 3 * 2 * 4 = 192;
+     * assignments 8 * 1 * 18 = 144; experts 2 * 4 * 3 * 2 * 4 = 192;
      * counts 8 (16 + 7 + 2 * 4 + 1) = 256 */
     moe_config cfg;
     moe_config_defaults(&cfg);
@@ -229,11 +229,11 @@ START_TEST(test_fixed_one_rank_hand)
     moe_memory_fixed(&m, &cfg, 1, 0, 8, 4);
     ck_assert_int_eq(m.tokens, 128);
     ck_assert_int_eq(m.router, 176);
-    ck_assert_int_eq(m.assignments, 136);
+    ck_assert_int_eq(m.assignments, 144);
     ck_assert_int_eq(m.experts, 192);
     ck_assert_int_eq(m.counts, 256);
     ck_assert_int_eq(m.results, results_bytes(1, 4));
-    ck_assert_int_eq(m.total, 128 + 176 + 136 + 192 + 256 + results_bytes(1, 4));
+    ck_assert_int_eq(m.total, 128 + 176 + 144 + 192 + 256 + results_bytes(1, 4));
 }
 END_TEST
 

@@ -389,7 +389,10 @@ END_TEST
 START_TEST(test_routing_csv)
 {
     const moe_route_record rec[] = {
-        {0, 0, 3, 0.5f, 1}, {0, 1, 1, 0.25f, 0}, {1, 0, 2, 0.125f, 1}, {12345678901LL, 1, 7, 1.0f, 1}};
+        {0, 0, 3, 0.5f, 1, 0.75f, 0},
+        {0, 1, 1, 0.25f, 0, 0.5f, 0},
+        {1, 0, 2, 0.125f, 1, 0.375f, 1},
+        {12345678901LL, 1, 7, 1.0f, 1, -2.5f, 0}};
     char dir[400], path[512], msg[512] = "";
     fresh_dir(dir, sizeof dir, "csv");
     join(path, sizeof path, dir, "routing.csv");
@@ -400,23 +403,23 @@ START_TEST(test_routing_csv)
     size_t n = fread(text, 1, sizeof text - 1, f);
     fclose(f);
     text[n] = '\0';
-    ck_assert_str_eq(text, "token,choice,expert,gate,accepted\n"
-                           "0,0,3,0.5,1\n"
-                           "0,1,1,0.25,0\n"
-                           "1,0,2,0.125,1\n"
-                           "12345678901,1,7,1,1\n");
+    ck_assert_str_eq(text, "token,choice,expert,gate,accepted,score,rerouted\n"
+                           "0,0,3,0.5,1,0.75,0\n"
+                           "0,1,1,0.25,0,0.5,0\n"
+                           "1,0,2,0.125,1,0.375,1\n"
+                           "12345678901,1,7,1,1,-2.5,0\n");
     ck_assert_int_eq(count_entries(dir), 1);
     /* A gate that is not a short decimal is printed with 9 significant digits: reads back to the
      * same float. */
-    const moe_route_record one[] = {{5, 0, 0, 1.0f / 3.0f, 1}};
+    const moe_route_record one[] = {{5, 0, 0, 1.0f / 3.0f, 1, 1.0f / 3.0f, 0}};
     ck_assert_int_eq(moe_report_routing_csv(path, one, 1, msg, sizeof msg), MOE_OK);
     f = fopen(path, "r");
     ck_assert_ptr_nonnull(f);
     long long tok;
     int choice, expert, acc;
     float gate;
-    ck_assert_int_eq(fscanf(f, "token,choice,expert,gate,accepted\n%lld,%d,%d,%f,%d", &tok, &choice,
-                            &expert, &gate, &acc),
+    ck_assert_int_eq(fscanf(f, "token,choice,expert,gate,accepted,score,rerouted\n%lld,%d,%d,%f,%d",
+                            &tok, &choice, &expert, &gate, &acc),
                      5);
     fclose(f);
     ck_assert(gate == 1.0f / 3.0f && tok == 5);
@@ -426,13 +429,13 @@ START_TEST(test_routing_csv)
     n = fread(text, 1, sizeof text - 1, f);
     fclose(f);
     text[n] = '\0';
-    ck_assert_str_eq(text, "token,choice,expert,gate,accepted\n");
+    ck_assert_str_eq(text, "token,choice,expert,gate,accepted,score,rerouted\n");
 }
 END_TEST
 
 START_TEST(test_routing_csv_unwritable)
 {
-    const moe_route_record rec[] = {{0, 0, 3, 0.5f, 1}};
+    const moe_route_record rec[] = {{0, 0, 3, 0.5f, 1, 0.5f, 0}};
     char dir[400], path[512], msg[512] = "";
     fresh_dir(dir, sizeof dir, "csv_fail");
     join(path, sizeof path, dir, "missing/routing.csv");
@@ -496,8 +499,23 @@ START_TEST(test_text_report_smoke)
     ck_assert_ptr_nonnull(strstr(buf, "aux loss"));
     ck_assert_ptr_nonnull(strstr(buf, "1.0000"));
     ck_assert_ptr_nonnull(strstr(buf, "dropped assignments"));
+    /* every phase has its row, but the shared experts' only when there are some */
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
-        ck_assert_ptr_nonnull(strstr(buf, moe_phase_name(p)));
+        if (p != MOE_PHASE_SHARED)
+            ck_assert_ptr_nonnull(strstr(buf, moe_phase_name(p)));
+    ck_assert_ptr_null(strstr(buf, "shared"));
+    free(buf);
+    buf = NULL;
+    f = open_memstream(&buf, &len);
+    r.shared_experts = 2;
+    r.shared_ffn = 16;
+    r.flops_shared = 3e9;
+    moe_report_text(f, &cfg, &r, false);
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(buf, "  shared  "));
+    ck_assert_ptr_nonnull(strstr(buf, "shared experts 2 x ffn 16"));
+    ck_assert_ptr_nonnull(strstr(buf, "output = residual + shared experts"));
+    r.shared_experts = 0;
     free(buf);
     buf = NULL;
     f = open_memstream(&buf, &len);

@@ -139,10 +139,11 @@ START_TEST(test_phase_names)
 {
     static const char *const want[] = {"router", "count_exchange", "pack", "dispatch_wait",
                                        "dispatch", "dispatch_raw", "regroup", "expert",
-                                       "combine_wait", "combine", "combine_raw", "unpack"};
+                                       "combine_wait", "combine", "combine_raw", "unpack",
+                                       "shared"};
     /* the raw baselines are timed but are not part of the step; the waits are */
-    static const int in_step[] = {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1};
-    ck_assert_int_eq(MOE_PHASE_COUNT, 12);
+    static const int in_step[] = {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1};
+    ck_assert_int_eq(MOE_PHASE_COUNT, 13);
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
         ck_assert_int_eq(moe_phase_in_step(p), in_step[p]);
     ck_assert_int_eq(moe_phase_in_step(-1), 0);
