@@ -1,0 +1,550 @@
+/* Reductions and gathers of the layer's results to rank 0: counts, balance figures, routing
+ * figures, timings, and the dumps (--dump-routing, --dump-output). Collective over the layer's
+ * communicator; moved out of layer.c, which keeps creation, buffers and the step. */
+#include "layer_internal.h"
+
+#include "moesim/capacity.h"
+#include "moesim/error.h"
+#include "moesim/expert.h"
+#include "moesim/loss.h"
+#include "moesim/router.h"
+#include "moesim/stats.h"
+#include "moesim/tokens.h"
+#include "moesim/xsum.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Reduce int64 arrays to rank 0 (sum). */
+static int reduce_i64(const moe_layer *L, const int64_t *in, int64_t *out, int n, char *msg,
+                      size_t msglen)
+{
+    MOE_MPI_CHECK(MPI_Reduce(in, out, n, MPI_INT64_T, MPI_SUM, 0, L->comm), msg, msglen);
+    return MOE_OK;
+}
+
+/* Collective: count exact sums (one per entry of sums), rounded to double on rank 0 into out (may
+ * be NULL elsewhere). Exact: the result does not depend on R or on how the terms were split. */
+static int reduce_xsums(const moe_layer *L, moe_xsum *sums, int count, double *out, char *msg,
+                        size_t msglen)
+{
+    size_t n = (size_t)count * MOE_XSUM_LIMBS;
+    int64_t *limbs = malloc(n * sizeof *limbs), *all = L->rank == 0 ? malloc(n * sizeof *all) : NULL;
+    int rc = limbs && (L->rank != 0 || all) ? MOE_OK
+                                            : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    for (int i = 0; i < count; i++) {
+        moe_xsum_normalize(&sums[i]);
+        memcpy(limbs + (size_t)i * MOE_XSUM_LIMBS, sums[i].limb, sizeof sums[i].limb);
+    }
+    int mrc = MPI_Reduce(limbs, all, (int)n, MPI_INT64_T, MPI_SUM, 0, L->comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Reduce", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
+    for (int i = 0; L->rank == 0 && i < count; i++) {
+        moe_xsum t;
+        moe_xsum_init(&t);
+        memcpy(t.limb, all + (size_t)i * MOE_XSUM_LIMBS, sizeof t.limb);
+        out[i] = moe_xsum_value(&t);
+    }
+done:
+    free(limbs);
+    free(all);
+    return rc;
+}
+
+/* Collective: psum[e] = the sum over the batch of p_e, exactly (see reduce_xsums), on rank 0. p is
+ * the softmax probability, or the sigmoid scores divided by their sum over the experts
+ * (moe_router_probs_row), so that it is a distribution either way. */
+static int prob_sums(const moe_layer *L, double *psum, char *msg, size_t msglen)
+{
+    moe_xsum *sums = calloc((size_t)L->E, sizeof *sums);
+    float *row = malloc((size_t)L->E * sizeof *row);
+    int rc = sums && row ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK) {
+        free(sums);
+        free(row);
+        return rc;
+    }
+    for (int64_t t = 0; t < L->n; t++) {
+        moe_router_probs_row(row, L->probs + t * L->E, L->E, L->cfg.score);
+        for (int e = 0; e < L->E; e++)
+            moe_xsum_add(&sums[e], row[e]);
+    }
+    rc = reduce_xsums(L, sums, L->E, psum, msg, msglen);
+    free(sums);
+    free(row);
+    return rc;
+}
+
+/* Collective: the largest expert load of one group and the capacity factor that would drop
+ * nothing (moe_capacity_needed), over the experts this rank owns from the counts it received, then
+ * the largest over ranks on rank 0 (out may be NULL elsewhere). */
+static int capacity_needed(const moe_layer *L, int64_t *max_load, double *cf_needed, char *msg,
+                           size_t msglen)
+{
+    int R = L->R;
+    int64_t n_le = L->n_le;
+    bool global = L->cfg.scope == MOE_SCOPE_GLOBAL;
+    int64_t *groups = malloc((size_t)R * sizeof *groups);
+    int64_t *loads = global ? calloc((size_t)(n_le ? n_le : 1), sizeof *loads) : NULL;
+    int rc = groups && (!global || loads) ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    int n_groups = moe_capacity_groups(groups, L->cfg.scope, L->cfg.tokens, R);
+    /* global: one group, each expert's load summed over the sources; local: a group per source */
+    for (int s = 0; global && s < R; s++)
+        for (int64_t le = 0; le < n_le; le++)
+            loads[le] += L->cnt_owner[s * n_le + le];
+    int64_t mine_load;
+    double mine_cf;
+    moe_capacity_needed(&mine_load, &mine_cf, global ? loads : L->cnt_owner, groups, n_groups,
+                        (int)n_le, L->k, L->E);
+    int64_t all_load = 0;
+    double all_cf = 0.0;
+    int mrc = MPI_Reduce(&mine_load, &all_load, 1, MPI_INT64_T, MPI_MAX, 0, L->comm);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Reduce(&mine_cf, &all_cf, 1, MPI_DOUBLE, MPI_MAX, 0, L->comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Reduce", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
+    if (max_load != NULL) {
+        *max_load = all_load;
+        *cf_needed = all_cf;
+    }
+done:
+    free(groups);
+    free(loads);
+    return rc;
+}
+
+/* Collective: the routing figures to rank 0 (res NULL elsewhere): rows rerouted to each expert,
+ * the histogram of served slots per token, and how many ranks and nodes each token's routed
+ * experts sit on, with and without the group limit. */
+static int routing_figures(moe_layer *L, moe_results *res, char *msg, size_t msglen)
+{
+    int E = L->E, R = L->R, A = L->A, k = L->k;
+    size_t hist = (size_t)R + 1;
+    int64_t *buf = calloc((size_t)E + (size_t)E + 1 + 4 * hist, sizeof *buf);
+    int64_t *sum = calloc((size_t)E + (size_t)E + 1 + 4 * hist, sizeof *sum);
+    int *owner = malloc((size_t)E * sizeof *owner);
+    int *seen = malloc(2 * hist * sizeof *seen);
+    bool limited = L->cfg.group_top_k > 0;
+    int32_t *plain = limited ? malloc((size_t)(L->n * k + 1) * sizeof *plain) : NULL;
+    float *plain_gate = limited ? malloc((size_t)(L->n * k + 1) * sizeof *plain_gate) : NULL;
+    int rc = buf && sum && owner && seen && (!limited || (plain && plain_gate))
+                 ? MOE_OK
+                 : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the routing figures");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    int64_t *rerouted_in = buf, *per_token = buf + E, *reach = buf + 2 * E + 1;
+    for (int64_t i = 0; i < L->n * A; i++)
+        if (L->flag[i] && L->rerouted[i])
+            rerouted_in[L->expert[i]]++;
+    for (int64_t t = 0; t < L->n; t++) {
+        int served = 0;
+        for (int c = 0; c < A; c++)
+            served += L->flag[t * A + c];
+        per_token[served]++;
+    }
+    for (int e = 0; e < E; e++)
+        owner[e] = moe_partition_owner(E, R, e);
+    for (size_t i = 0; i < 2 * hist; i++)
+        seen[i] = -1;
+    /* reach of what the router chose: the top-k (before capacity; the router's own choices when
+     * rerouting moved some), or under expert choice the pairs the experts took */
+    const int32_t *routed = L->orig != NULL ? L->orig : L->expert;
+    moe_router_reach(reach, reach + hist, routed, A == k ? NULL : L->flag, L->n, A, owner,
+                     L->node_of_rank, R, seen, seen + hist);
+    if (limited) {
+        moe_topk_select(plain, plain_gate, L->probs, L->sel_bias, L->n, E, k, false, 1.0);
+        moe_router_reach(reach + 2 * hist, reach + 3 * hist, plain, NULL, L->n, k, owner,
+                         L->node_of_rank, R, seen, seen + hist);
+    }
+    int count = (int)(2 * E + 1 + 4 * (int)hist);
+    MOE_MPI_CHECK(MPI_Reduce(buf, sum, count, MPI_INT64_T, MPI_SUM, 0, L->comm), msg, msglen);
+    if (res != NULL) {
+        memcpy(res->rerouted_in, sum, (size_t)E * sizeof *sum);
+        memcpy(res->experts_per_token, sum + E, ((size_t)E + 1) * sizeof *sum);
+        memcpy(res->reach_ranks, sum + 2 * E + 1, 4 * hist * sizeof *sum);
+        res->group_limited = limited;
+    }
+done:
+    free(buf);
+    free(sum);
+    free(owner);
+    free(seen);
+    free(plain);
+    free(plain_gate);
+    return rc;
+}
+
+static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msglen)
+{
+    int E = L->E, R = L->R, rc;
+    int64_t *mine = calloc((size_t)(2 * E + R), sizeof *mine);
+    double *psum_all = calloc((size_t)E, sizeof *psum_all);
+    rc = mine && psum_all ? MOE_OK : MOE_ENOMEM;
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+
+    /* accepted and capacity of the experts I own; zero elsewhere so a sum gathers them */
+    int64_t cap = moe_layer_expert_capacity(L);
+    for (int64_t le = 0; le < L->n_le; le++) {
+        int64_t a = 0;
+        for (int s = 0; s < R; s++)
+            a += L->acc_owner[s * L->n_le + le];
+        mine[L->first_e + le] = a;
+        mine[E + L->first_e + le] = cap;
+    }
+    if ((rc = reduce_i64(L, L->routed, res ? res->routed : NULL, E, msg, msglen)) != MOE_OK ||
+        (rc = reduce_i64(L, mine, res ? res->accepted : NULL, E, msg, msglen)) != MOE_OK ||
+        (rc = reduce_i64(L, mine + E, res ? res->capacity : NULL, E, msg, msglen)) != MOE_OK)
+        goto done;
+
+    if ((rc = prob_sums(L, psum_all, msg, msglen)) != MOE_OK)
+        goto done;
+    if ((rc = capacity_needed(L, res ? &res->max_expert_load : NULL, res ? &res->cf_needed : NULL,
+                              msg, msglen)) != MOE_OK)
+        goto done;
+
+    int64_t dropped_tokens = 0, dropped_all = 0;
+    for (int64_t t = 0; t < L->n; t++) {
+        int any = 0;
+        for (int c = 0; c < L->A; c++)
+            any |= L->flag[t * L->A + c];
+        dropped_tokens += !any;
+    }
+    if ((rc = reduce_i64(L, &dropped_tokens, &dropped_all, 1, msg, msglen)) != MOE_OK)
+        goto done;
+    if ((rc = routing_figures(L, res, msg, msglen)) != MOE_OK)
+        goto done;
+
+    /* an exact sum: the same y gives the same checksum at any R */
+    double checksum_all = 0.0;
+    moe_xsum checksum;
+    moe_xsum_init(&checksum);
+    moe_xsum_add_array(&checksum, L->y, (size_t)(L->n * L->d));
+    if ((rc = reduce_xsums(L, &checksum, 1, &checksum_all, msg, msglen)) != MOE_OK)
+        goto done;
+
+    /* traffic: my row of the dispatch matrix, in bytes */
+    int64_t *row = mine + 2 * E;
+    for (int r = 0; r < R; r++)
+        row[r] = L->send_rows[r] * L->ex.row_bytes;
+    MOE_MPI_CHECK(MPI_Gather(row, R, MPI_INT64_T, res ? res->dispatch_bytes : NULL, R, MPI_INT64_T,
+                             0, L->comm),
+                  msg, msglen);
+
+    if (res != NULL) {
+        res->tokens = L->cfg.tokens;
+        res->hidden = L->d;
+        res->ffn = L->f;
+        res->top_k = L->k;
+        res->dropped_tokens = dropped_all;
+        res->slots_per_token = L->A;
+        res->reroute_rounds = L->rounds;
+        res->shared_experts = L->S;
+        res->shared_ffn = L->S > 0 ? L->fs : 0;
+        res->flops_shared = (double)L->cfg.tokens * L->S * moe_expert_flops_per_row(L->d, L->fs);
+        res->output_checksum = checksum_all;
+        res->padded = L->cfg.pad_to_capacity;
+        for (int e = 0; e < E; e++)
+            res->owner[e] = moe_partition_owner(E, R, e);
+        res->aux_loss = moe_load_balance(res->f, res->P, res->routed, psum_all, E, L->cfg.tokens,
+                                         L->k);
+        /* combine sends each owner's results back: the transpose of dispatch */
+        for (int s = 0; s < R; s++)
+            for (int r = 0; r < R; r++)
+                res->combine_bytes[(int64_t)r * R + s] = res->dispatch_bytes[(int64_t)s * R + r];
+        moe_results_totals(res, moe_expert_flops_per_row(L->d, L->f));
+    }
+done:
+    free(mine);
+    free(psum_all);
+    return rc;
+}
+
+static int results_timing(moe_layer *L, moe_results *res, const double *phase_seconds, int iters,
+                          char *msg, size_t msglen)
+{
+    int R = L->R, P = MOE_PHASE_COUNT + 1; /* phases, then the whole step */
+    double *col = malloc((size_t)iters * sizeof *col);
+    double *med = malloc((size_t)P * sizeof *med);
+    double *all = L->rank == 0 ? malloc((size_t)(P * R) * sizeof *all) : NULL;
+    double *one = malloc((size_t)R * sizeof *one);
+    int rc = col && med && one && (L->rank != 0 || all) ? MOE_OK : MOE_ENOMEM;
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    for (int p = 0; p < P; p++) {
+        for (int i = 0; i < iters; i++) {
+            const double *it = phase_seconds + (int64_t)i * MOE_PHASE_COUNT;
+            if (p < MOE_PHASE_COUNT) {
+                col[i] = it[p];
+            } else {
+                col[i] = 0.0;
+                for (int q = 0; q < MOE_PHASE_COUNT; q++)
+                    col[i] += moe_phase_in_step(q) ? it[q] : 0.0;
+            }
+        }
+        med[p] = moe_median(col, iters);
+    }
+    {
+        int mrc = MPI_Gather(med, P, MPI_DOUBLE, all, P, MPI_DOUBLE, 0, L->comm);
+        if (mrc != MPI_SUCCESS) {
+            rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, msglen);
+            goto done;
+        }
+    }
+    if (res != NULL) {
+        for (int p = 0; p < P; p++) {
+            for (int r = 0; r < R; r++)
+                one[r] = all[(int64_t)r * P + p];
+            moe_summary s = moe_summarize(one, R);
+            if (p < MOE_PHASE_COUNT)
+                res->phase[p] = s;
+            else
+                res->step = s;
+        }
+        int64_t total = 0;
+        for (int64_t i = 0; i < (int64_t)R * R; i++)
+            total += res->dispatch_bytes[i];
+        double td = res->phase[MOE_PHASE_DISPATCH].max, tc = res->phase[MOE_PHASE_COMBINE].max;
+        res->dispatch_bytes_per_second = td > 0 ? (double)total / td : 0.0;
+        res->combine_bytes_per_second = tc > 0 ? (double)total / tc : 0.0;
+    }
+done:
+    free(col);
+    free(med);
+    free(all);
+    free(one);
+    return rc;
+}
+
+int moe_layer_results(moe_layer *L, moe_results *res, const double *phase_seconds, int iters,
+                      char *msg, size_t msglen)
+{
+    if (L->rank != 0)
+        res = NULL;
+    int rc = results_counts(L, res, msg, msglen);
+    if (rc == MOE_OK)
+        rc = results_timing(L, res, phase_seconds, iters, msg, msglen);
+    return rc;
+}
+
+/* Gather n_local items of `item` type from every rank to rank 0. */
+static int gather_items(moe_layer *L, const void *local, int64_t n_local, int64_t n_total,
+                        MPI_Datatype item, size_t item_bytes, void **out, char *msg, size_t msglen)
+{
+    int R = L->R, rc = MOE_OK;
+    *out = NULL;
+    int *counts = calloc((size_t)R, sizeof *counts), *displs = calloc((size_t)R, sizeof *displs);
+    int n = (int)n_local;
+    if (counts == NULL || displs == NULL)
+        rc = MOE_ENOMEM;
+    if (rc == MOE_OK && L->rank == 0 && (*out = malloc((size_t)n_total * item_bytes + 1)) == NULL)
+        rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory gathering %lld items on rank 0",
+                      (long long)n_total);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    {
+        int mrc = MPI_Gather(&n, 1, MPI_INT, counts, 1, MPI_INT, 0, L->comm);
+        if (mrc == MPI_SUCCESS && L->rank == 0)
+            for (int r = 1; r < R; r++)
+                displs[r] = displs[r - 1] + counts[r - 1];
+        if (mrc == MPI_SUCCESS)
+            mrc = MPI_Gatherv(local, n, item, *out, counts, displs, item, 0, L->comm);
+        if (mrc != MPI_SUCCESS)
+            rc = moe_mpi_fail(mrc, "MPI_Gatherv", __FILE__, __LINE__, msg, msglen);
+    }
+done:
+    free(counts);
+    free(displs);
+    if (rc != MOE_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+int moe_layer_gather_routing(moe_layer *L, moe_route_record **records, int64_t *count, char *msg,
+                             size_t msglen)
+{
+    int64_t slots = L->n * L->A, n_mine = 0;
+    bool chosen_only = L->A != L->k || L->cfg.routing == MOE_ROUTING_EXPERT_CHOICE;
+    moe_route_record *mine = malloc((size_t)(slots ? slots : 1) * sizeof *mine);
+    MPI_Datatype rec = MPI_DATATYPE_NULL;
+    *count = 0;
+    int rc = mine ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for routing records");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    const float *sel = L->sel_bias ? L->sel : L->probs;
+    for (int64_t t = 0; t < L->n; t++)
+        for (int c = 0, j = 0; c < L->A; c++) {
+            int64_t i = t * L->A + c;
+            if (chosen_only && !L->flag[i])
+                continue;
+            int e = L->expert[i];
+            /* expert choice: choice = the index among the token's chosen experts */
+            mine[n_mine++] = (moe_route_record){.token = L->first + t,
+                                                .choice = chosen_only ? j++ : c,
+                                                .expert = e,
+                                                .gate = L->gate[i],
+                                                .accepted = L->flag[i],
+                                                .score = sel[t * L->E + e],
+                                                .rerouted = L->rerouted[i]};
+        }
+    int64_t n_all = 0;
+    int mrc = MPI_Allreduce(&n_mine, &n_all, 1, MPI_INT64_T, MPI_SUM, L->comm);
+    if (mrc == MPI_SUCCESS && n_all > INT_MAX)
+        rc = moe_fail(MOE_ERANGE, msg, msglen,
+                      "--dump-routing is for small runs: %lld records are more than one gather "
+                      "can hold", (long long)n_all);
+    /* a datatype that failed on one rank must not leave the others in the gather */
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Type_contiguous((int)sizeof *mine, MPI_BYTE, &rec);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Type_commit(&rec);
+    if (mrc != MPI_SUCCESS)
+        rc = moe_mpi_fail(mrc, "MPI_Type_commit", __FILE__, __LINE__, msg, msglen);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+        rc = gather_items(L, mine, n_mine, n_all, rec, sizeof *mine, (void **)records, msg, msglen);
+    if (rc == MOE_OK)
+        *count = n_all;
+    if (rec != MPI_DATATYPE_NULL)
+        MPI_Type_free(&rec);
+done:
+    free(mine);
+    return rc;
+}
+
+/* What the router chose, before capacity: routed[e] += assignments to e, and, if importance is
+ * not NULL, importance[e] += their gates (exactly). The top-k (the router's own choices and gates
+ * when rerouting moved some), or under expert choice the pairs the experts took. */
+static void router_counts(const moe_layer *L, int64_t *routed, moe_xsum *importance)
+{
+    bool chosen_only = L->cfg.routing == MOE_ROUTING_EXPERT_CHOICE;
+    const int32_t *expert = L->orig ? L->orig : L->expert;
+    const float *gate = L->orig ? L->orig_gate : L->gate;
+    for (int64_t i = 0; i < L->n * L->A; i++) {
+        if (chosen_only && !L->flag[i])
+            continue;
+        routed[expert[i]]++;
+        if (importance != NULL)
+            moe_xsum_add(&importance[expert[i]], gate[i]);
+    }
+}
+
+int moe_layer_router_stats(moe_layer *L, double *P, int64_t *loads, char *msg, size_t msglen)
+{
+    int E = L->E;
+    double *psum = calloc((size_t)E, sizeof *psum);
+    int64_t *routed = calloc((size_t)E, sizeof *routed);
+    int rc = psum && routed ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+        rc = prob_sums(L, psum, msg, msglen);
+    if (rc == MOE_OK) {
+        router_counts(L, routed, NULL);
+        int mrc = MPI_Gather(routed, E, MPI_INT64_T, loads, E, MPI_INT64_T, 0, L->comm);
+        if (mrc != MPI_SUCCESS)
+            rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, msglen);
+        if (rc == MOE_OK && L->rank == 0)
+            for (int e = 0; e < E; e++)
+                P[e] = psum[e] / (double)L->cfg.tokens;
+    }
+    free(psum);
+    free(routed);
+    return rc;
+}
+
+int moe_layer_balance(moe_layer *L, moe_balance *b, char *msg, size_t msglen)
+{
+    int E = L->E, R = L->R;
+    /* per expert: the importance sum (E), then the z-loss sum in two parts, exactly */
+    moe_xsum *sums = calloc((size_t)E + 2, sizeof *sums);
+    float *z = malloc((size_t)(L->n * E + 1) * sizeof *z);
+    double *lse = malloc((size_t)(L->n + 1) * sizeof *lse), *out = calloc((size_t)E + 2, sizeof *out);
+    int64_t *routed = calloc((size_t)E, sizeof *routed), *routed_all = calloc((size_t)E, sizeof *routed);
+    double *rows = L->rank == 0 ? calloc((size_t)R, sizeof *rows) : NULL;
+    int rc = sums && z && lse && out && routed && routed_all && (L->rank != 0 || rows)
+                 ? MOE_OK
+                 : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the balance figures");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    /* Shazeer's importance: the gates of every routed assignment, before capacity */
+    router_counts(L, routed, sums);
+    /* z-loss terms lse^2 in double, each split into two floats (48 of its 53 bits) so that the
+     * exact sum keeps them. Replayed logits can reach 3.4e38, whose square no float holds: terms
+     * from 2^100 up are summed apart, scaled by 2^-160 (exactly), and scaled back at the end. */
+    moe_layer_logits(L, z);
+    moe_logsumexp_rows(lse, z, L->n, E);
+    for (int64_t t = 0; t < L->n; t++) {
+        double v = lse[t] * lse[t];
+        int big = v >= 0x1p100;
+        if (big)
+            v = ldexp(v, -160);
+        float hi = (float)v;
+        moe_xsum_add(&sums[E + big], hi);
+        moe_xsum_add(&sums[E + big], (float)(v - (double)hi));
+    }
+    if ((rc = reduce_xsums(L, sums, E + 2, out, msg, msglen)) != MOE_OK)
+        goto done;
+    /* rows each rank computes (padding included: what its GEMMs run over) */
+    double mine = (double)L->rows_x;
+    int mrc = MPI_Reduce(routed, routed_all, E, MPI_INT64_T, MPI_SUM, 0, L->comm);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Gather(&mine, 1, MPI_DOUBLE, rows, 1, MPI_DOUBLE, 0, L->comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Reduce/MPI_Gather", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
+    if (L->rank == 0) {
+        moe_balance_from_counts(b, routed_all, E);
+        b->importance_cv2 = moe_cv2(out, E);
+        b->z_loss = (out[E] + ldexp(out[E + 1], 160)) / (double)L->cfg.tokens;
+        b->rank_overload = moe_max_over_mean(rows, R);
+    }
+done:
+    free(sums);
+    free(z);
+    free(lse);
+    free(out);
+    free(routed);
+    free(routed_all);
+    free(rows);
+    return rc;
+}
+
+int moe_layer_gather_logits(moe_layer *L, float **z, char *msg, size_t msglen)
+{
+    float *mine = malloc((size_t)(L->n * L->E + 1) * sizeof *mine);
+    MPI_Datatype row = MPI_DATATYPE_NULL;
+    int rc = mine ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for logits");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    moe_layer_logits(L, mine);
+    int mrc = MPI_Type_contiguous(L->E, MPI_FLOAT, &row);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Type_commit(&row);
+    rc = mrc == MPI_SUCCESS ? MOE_OK : moe_mpi_fail(mrc, "MPI_Type_commit", __FILE__, __LINE__, msg, msglen);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+        rc = gather_items(L, mine, L->n, L->cfg.tokens, row, (size_t)L->E * sizeof(float), (void **)z,
+                      msg, msglen);
+    if (row != MPI_DATATYPE_NULL)
+        MPI_Type_free(&row);
+done:
+    free(mine);
+    return rc;
+}
+
+int moe_layer_gather_output(moe_layer *L, float **y, char *msg, size_t msglen)
+{
+    return gather_items(L, L->y, L->n, L->cfg.tokens, L->ex.row, (size_t)L->ex.row_bytes,
+                        (void **)y, msg, msglen);
+}

@@ -1,0 +1,88 @@
+/* The layer's private state, shared by the files that make the layer: layer.c (create, buffers,
+ * the step) and collect.c (reductions and gathers to rank 0). Not a public header. */
+#ifndef MOESIM_LAYER_INTERNAL_H
+#define MOESIM_LAYER_INTERNAL_H
+
+#include "moesim/decide.h"
+#include "moesim/exchange.h"
+#include "moesim/hier.h"
+#include "moesim/layer.h"
+
+struct moe_layer {
+    moe_config cfg;
+    MPI_Comm comm, node;
+    int rank, R;
+    moe_exchange ex;
+    int E, k, A;           /* A: slots per token, k (token choice) or E (expert choice) */
+    int64_t d, f;
+    int64_t n, first;      /* this rank's tokens: global ids [first, first + n) */
+    int64_t n_le, first_e; /* this rank's experts */
+    int64_t bytes;         /* everything allocated below */
+    moe_placement *placement; /* (R) where every rank runs, the same on every rank */
+    int *node_of_rank;        /* (R) */
+    moe_hier *hier;           /* the two-level exchange, with --a2a hierarchical */
+    int64_t *count_matrix;    /* (R, R) dispatch rows [src][dst], for the two-level plan */
+    int *raw_counts;          /* (4, R) raw baseline: scounts, sdispls, rcounts, rdispls */
+    MPI_Datatype raw_type;    /* MPI_BYTE, or the row type when bytes overflow an int */
+    int64_t exch_bytes;    /* the part sized by the capacity factor */
+    moe_mem_estimate mem;  /* what this rank allocates, estimated before allocating it */
+    int64_t budget;        /* the node's memory budget in bytes (-1: unknown) */
+
+    /* source side */
+    float *h;          /* (n, d) token states                                     */
+    float *w_router;   /* (E, d)                                                  */
+    float *z_file;     /* (n, E) replayed logits (--logits-file), else NULL       */
+    float *bias;       /* (E) router bias of the workload (skew, hot experts)     */
+    float *sel_bias;   /* (E) selection bias (--expert-bias-file), else NULL   */
+    int has_bias;
+    double hot_bias, hot_share; /* the hot experts' extra bias, and the share it achieved */
+    float *probs;      /* (n, E) logits, then the scores in place (softmax or sigmoid) */
+    float *sel;        /* (n, E) selection scores p + b (== probs without a bias)  */
+    float *w_noise;    /* (E, d) W_noise of --noisy-top-k, else NULL              */
+    float *z_noise;    /* (n, E) h W_noise^T, else NULL                           */
+    float *h_route;    /* (n, d) h jittered for routing (--input-jitter), else NULL */
+    uint8_t *mask;     /* (E) scratch of the grouped top-k                        */
+    double *gscore;    /* (G) scratch of the grouped top-k                        */
+    int32_t *expert;   /* (n, A) chosen experts, best first (expert choice: e)    */
+    float *gate;       /* (n, A)                                                  */
+    uint8_t *flag;     /* (n, A) 1 = accepted                                     */
+    uint8_t *rerouted; /* (n, A) 1 = served after a reroute                       */
+    int32_t *orig;     /* (n, k) --drop-policy reroute: the router's choices      */
+    float *orig_gate;  /* (n, k) and their gates                                  */
+    int64_t *slot;     /* (n*A) send order: t*A + c                               */
+    moe_decider *decider; /* the capacity protocol (decide.c)                     */
+    int rounds;        /* reroute rounds of the last decision                     */
+    /* shared experts (DeepSeekMoE): S experts of inner size fs on every token, here */
+    int S;
+    int64_t fs;
+    float *ws1, *ws2;  /* (S, fs, d), (S, d, fs) */
+    float *s_act, *s_out; /* (n, fs), (n, d) */
+    int64_t *routed;   /* (E) my assignments per expert, before capacity          */
+    int64_t *accepted; /* (E) how many of them each owner accepted                */
+    int64_t *per_expert, *scratch; /* (E)                                         */
+    int64_t *send_rows, *recv_rows; /* (R)                                        */
+    int64_t n_send, n_recv;
+    float *sendbuf; /* (n_send, d): packed rows, then the combined results         */
+    float *y;       /* (n, d) layer output                                         */
+
+    /* owner side */
+    int64_t *group_cap;     /* (R) capacity of each source's group; [0] only when global */
+    int64_t *cnt_owner;     /* (R, n_le) assignments each source routed to my experts */
+    int64_t *acc_owner;     /* (R, n_le) how many of them I accept                    */
+    int64_t *x_start, *x_rows, *placed; /* (n_le) expert blocks of x: start, rows computed */
+    int64_t rows_x;
+    float *recvbuf; /* (n_recv, d): received rows, then expert outputs in the same order */
+    float *rawbuf;  /* (max(n_send, n_recv), d): where the raw baselines deliver, so that they can
+                     * never stand in for the real exchange's result */
+    float *x, *act, *yexp; /* (rows_x, d), (rows_x, f), (rows_x, d) */
+    float *w1, *w2;        /* (n_le, f, d), (n_le, d, f) */
+};
+
+/* z (n, E) = the router's logits: computed (h W^T, h jittered) or replayed, plus the workload's
+ * bias, plus the noise of --noisy-top-k. Not collective. */
+void moe_layer_logits(moe_layer *L, float *z);
+
+/* Capacity of every local expert summed over groups, or MOE_CAPACITY_UNLIMITED. */
+int64_t moe_layer_expert_capacity(const moe_layer *L);
+
+#endif
