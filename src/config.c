@@ -7,6 +7,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,10 +35,71 @@ void moe_config_defaults(moe_config *cfg)
     cfg->score = MOE_SCORE_SOFTMAX;
     cfg->topk_scale = 1.0;
     cfg->min_capacity = 0;
+    cfg->routing = MOE_ROUTING_TOKEN_CHOICE;
+    cfg->expert_groups = 0;
+    cfg->group_top_k = 0;
+    cfg->shared_experts = 0;
+    cfg->shared_ffn = 0;
+    cfg->noisy_top_k = false;
+    cfg->input_jitter = 0.0;
+    cfg->preset = NULL;
     cfg->seed = 1;
     cfg->iters = 5;
     cfg->warmup = 1;
+    cfg->spelled.experts = "experts";
+    cfg->spelled.top_k = "top-k";
+    cfg->spelled.capacity_factor = "capacity-factor";
+    cfg->spelled.policy = "drop-policy";
+    cfg->spelled.score = "score";
+    cfg->spelled.topk_scale = "topk-scale";
+    cfg->spelled.expert_groups = "expert-groups";
+    cfg->spelled.group_top_k = "group-top-k";
+    cfg->spelled.shared_experts = "shared-experts";
+    cfg->spelled.shared_ffn = "shared-ffn";
+    cfg->spelled.pad_to_capacity = "pad-to-capacity";
+    cfg->spelled.input_jitter = "input-jitter";
 }
+
+/* Names of the enums as the options spell them, indexed by value (capacity.h, router.h). */
+static const char *const policy_names[] = {"position", "probs", "choice", "random", "reroute"};
+static const char *const routing_names[] = {"token-choice", "expert-choice"};
+
+/* The MoE layer of a model family, as --preset sets it. */
+typedef struct moe_preset {
+    const char *name;
+    int64_t hidden, ffn;
+    int experts, top_k;
+    moe_score score;
+    bool renormalize;   /* meaningful with softmax only: sigmoid gates are always normalized */
+    double topk_scale;
+    int expert_groups, group_top_k, shared_experts;
+    int64_t shared_ffn;
+    moe_policy policy;
+    double capacity_factor; /* < 0: moesim's default is left */
+} moe_preset;
+
+static const moe_preset presets[] = {
+    /* Switch-Base (Fedus et al. 2021): top-1, gate = p of the chosen expert */
+    {"switch", 768, 3072, 128, 1, MOE_SCORE_SOFTMAX, false, 1.0, 0, 0, 0, 0, MOE_POLICY_POSITION,
+     -1.0},
+    /* GShard MoE(128E) (Lepikhin et al. 2020, Alg. 1): top-2, the two gates over their sum,
+     * first choices served before second ones */
+    {"gshard", 1024, 8192, 128, 2, MOE_SCORE_SOFTMAX, true, 1.0, 0, 0, 0, 0, MOE_POLICY_CHOICE,
+     -1.0},
+    /* Mixtral 8x7B (Jiang et al. 2024): top-2 renormalized, dropless as released */
+    {"mixtral", 4096, 14336, 8, 2, MOE_SCORE_SOFTMAX, true, 1.0, 0, 0, 0, 0, MOE_POLICY_PROBS, 0.0},
+    /* DeepSeekMoE 16B (Dai et al. 2024): 64 fine-grained experts, top-6, 2 shared */
+    {"deepseek-moe", 2048, 1408, 64, 6, MOE_SCORE_SOFTMAX, false, 1.0, 0, 0, 2, 1408,
+     MOE_POLICY_PROBS, -1.0},
+    /* DeepSeek-V3 (technical report 2024): sigmoid scores, route scale 2.5, 8 groups of which a
+     * token keeps 4, 1 shared expert, no token dropping */
+    {"deepseek-v3", 7168, 2048, 256, 8, MOE_SCORE_SIGMOID, false, 2.5, 8, 4, 1, 2048,
+     MOE_POLICY_PROBS, 0.0},
+    /* Qwen3-235B-A22B (its config.json: norm_topk_prob true, no shared expert) */
+    {"qwen3-moe", 4096, 1536, 128, 8, MOE_SCORE_SOFTMAX, true, 1.0, 0, 0, 0, 0, MOE_POLICY_PROBS,
+     0.0},
+};
+#define N_PRESETS (sizeof presets / sizeof *presets)
 
 const char *moe_config_usage(void)
 {
@@ -75,6 +137,21 @@ const char *moe_config_usage(void)
            "                         (DeepSeek-V3's balancing bias); with either score\n"
            "  --topk-scale S         multiply every gate by S > 0 after normalizing (DeepSeek-V3:\n"
            "                         2.5; Megatron --moe-router-topk-scaling-factor); default 1\n"
+           "  --routing R            token-choice: each token takes its top-k experts (default);\n"
+           "                         expert-choice: each expert takes its top C tokens (Zhou et al.\n"
+           "                         2022), so no expert overflows; needs every CF > 0\n"
+           "  --expert-groups G      G contiguous groups of E/G experts (G divides E); needs\n"
+           "                         --group-top-k\n"
+           "  --group-top-k M        each token keeps its M best groups and takes its k experts in\n"
+           "                         them (DeepSeek-V3); M <= G, M <= k <= M*E/G; alone: one group\n"
+           "                         per node. Token choice only\n"
+           "  --shared-experts S     S always-on experts every token also runs, on its own rank\n"
+           "                         (DeepSeekMoE), 0..1024 (default 0)\n"
+           "  --shared-ffn F         their inner size (default: --ffn); needs --shared-experts\n"
+           "  --noisy-top-k          add noise eps * softplus(h W_noise^T), eps ~ N(0, 1), to the\n"
+           "                         logits before the top-k (Shazeer et al. 2017, eq. 3-5)\n"
+           "  --input-jitter EPS     multiply h by U(1-EPS, 1+EPS) for routing only, 0 <= EPS < 1\n"
+           "                         (Switch); not with --logits-file (default 0)\n"
            "Capacity\n"
            "  --capacity-factor CF   slots per expert C = ceil(CF * G * k / E); 0 = dropless\n"
            "                         (default 1.25). A list (1.0,1.25,1.5,2.0) routes once and runs\n"
@@ -85,10 +162,44 @@ const char *moe_config_usage(void)
            "                         local: each source rank is a group (G = its tokens)\n"
            "  --min-capacity M       at least M slots per expert and group: C = max(ceil(CF G k / E),\n"
            "                         M) (DeepSpeed's min_capacity; default 0); not when dropless\n"
-           "  --drop-policy P        which assignments overflow: position (earlier tokens first;\n"
-           "                         the default and, for now, the only policy)\n"
+           "  --drop-policy P        which assignments overflow: position (earlier tokens first,\n"
+           "                         default), probs (lower gates first), choice (second choices\n"
+           "                         before any first), random, reroute (position, then to the\n"
+           "                         token's next-best expert with room); not with expert choice\n"
            "  --pad-to-capacity      compute all C slots of every expert, empty ones included,\n"
            "                         as a static-shape system does\n"
+           "Presets\n"
+           "  --preset NAME          the MoE layer of a model family: it sets the fields below;\n"
+           "                         any option given explicitly wins, before or after --preset;\n"
+           "                         --hidden H scales its ffn and shared-ffn by H / its hidden\n"
+           "    switch               Switch-Base: experts 128, top-k 1, hidden 768, ffn 3072,\n"
+           "                         score softmax, no renormalize, drop-policy position\n"
+           "    gshard               GShard MoE(128E): experts 128, top-k 2, hidden 1024, ffn 8192,\n"
+           "                         score softmax, renormalize, drop-policy choice\n"
+           "    mixtral              Mixtral 8x7B: experts 8, top-k 2, hidden 4096, ffn 14336,\n"
+           "                         score softmax, renormalize, drop-policy probs, capacity-factor 0\n"
+           "    deepseek-moe         DeepSeekMoE 16B: experts 64, top-k 6, hidden 2048, ffn 1408,\n"
+           "                         score softmax, no renormalize, shared-experts 2 x 1408,\n"
+           "                         drop-policy probs\n"
+           "    deepseek-v3          DeepSeek-V3: experts 256, top-k 8, hidden 7168, ffn 2048,\n"
+           "                         score sigmoid, topk-scale 2.5, expert-groups 8, group-top-k 4,\n"
+           "                         shared-experts 1 x 2048, drop-policy probs, capacity-factor 0\n"
+           "    qwen3-moe            Qwen3-235B-A22B: experts 128, top-k 8, hidden 4096, ffn 1536,\n"
+           "                         score softmax, renormalize, drop-policy probs, capacity-factor 0\n"
+           "Megatron-Core names (the same option; defaults as moesim's, docs/options.md)\n"
+           "  --num-experts                      --experts\n"
+           "  --moe-router-topk                  --top-k\n"
+           "  --moe-expert-capacity-factor       --capacity-factor\n"
+           "  --moe-token-drop-policy            --drop-policy\n"
+           "  --moe-router-score-function        --score\n"
+           "  --moe-router-num-groups            --expert-groups\n"
+           "  --moe-router-group-topk            --group-top-k\n"
+           "  --moe-router-topk-scaling-factor   --topk-scale\n"
+           "  --moe-pad-expert-input-to-capacity --pad-to-capacity\n"
+           "  --moe-input-jitter-eps             --input-jitter\n"
+           "  --moe-shared-expert-intermediate-size N\n"
+           "                         the shared experts' total inner size: one shared expert of\n"
+           "                         N, or with --shared-experts S each of N/S (N a multiple of S)\n"
            "Topology and exchange\n"
            "  --a2a MODE             flat: one MPI_Alltoallv (default); hierarchical: gather to a\n"
            "                         leader per node, leaders exchange, scatter (Tutel, DeepSpeed)\n"
@@ -128,7 +239,9 @@ enum {
     OPT_JSON, OPT_DUMP_ROUTING, OPT_DUMP_OUTPUT, OPT_QUIET, OPT_HELP, OPT_VERSION, OPT_SKEW,
     OPT_HOT, OPT_HOT_SHARE, OPT_CLUSTERS, OPT_LOGITS_FILE, OPT_PREDICT_ONLY, OPT_TOPOLOGY,
     OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK, OPT_MAX_MEMORY, OPT_SCORE, OPT_SELECTION_BIAS,
-    OPT_TOPK_SCALE, OPT_MIN_CAPACITY
+    OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
+    OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
+    OPT_SHARED_TOTAL
 };
 
 static const struct option long_options[] = {
@@ -166,6 +279,27 @@ static const struct option long_options[] = {
     {"expert-bias-file", required_argument, NULL, OPT_SELECTION_BIAS},
     {"topk-scale", required_argument, NULL, OPT_TOPK_SCALE},
     {"min-capacity", required_argument, NULL, OPT_MIN_CAPACITY},
+    {"routing", required_argument, NULL, OPT_ROUTING},
+    {"expert-groups", required_argument, NULL, OPT_EXPERT_GROUPS},
+    {"group-top-k", required_argument, NULL, OPT_GROUP_TOPK},
+    {"shared-experts", required_argument, NULL, OPT_SHARED_EXPERTS},
+    {"shared-ffn", required_argument, NULL, OPT_SHARED_FFN},
+    {"noisy-top-k", no_argument, NULL, OPT_NOISY_TOPK},
+    {"input-jitter", required_argument, NULL, OPT_INPUT_JITTER},
+    {"preset", required_argument, NULL, OPT_PRESET},
+    /* Megatron-Core's names of the same options (megatron/training/arguments.py); messages name
+     * the one typed. Only the shared-expert size differs: a total over the shared experts. */
+    {"num-experts", required_argument, NULL, OPT_EXPERTS},
+    {"moe-router-topk", required_argument, NULL, OPT_TOPK},
+    {"moe-expert-capacity-factor", required_argument, NULL, OPT_CF},
+    {"moe-token-drop-policy", required_argument, NULL, OPT_POLICY},
+    {"moe-router-score-function", required_argument, NULL, OPT_SCORE},
+    {"moe-router-num-groups", required_argument, NULL, OPT_EXPERT_GROUPS},
+    {"moe-router-group-topk", required_argument, NULL, OPT_GROUP_TOPK},
+    {"moe-router-topk-scaling-factor", required_argument, NULL, OPT_TOPK_SCALE},
+    {"moe-shared-expert-intermediate-size", required_argument, NULL, OPT_SHARED_TOTAL},
+    {"moe-pad-expert-input-to-capacity", no_argument, NULL, OPT_PAD},
+    {"moe-input-jitter-eps", required_argument, NULL, OPT_INPUT_JITTER},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -203,24 +337,26 @@ static int parse_real(const char *name, const char *text, double lo, double hi, 
     return MOE_OK;
 }
 
-static int parse_cf(const char *text, double *out, char *msg, size_t msglen)
+/* One capacity factor of --`name` (--capacity-factor or its alias). */
+static int parse_cf(const char *name, const char *text, double *out, char *msg, size_t msglen)
 {
     errno = 0;
     char *end;
     double v = strtod(text, &end);
     if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v))
-        return moe_fail(MOE_EUSAGE, msg, msglen, "--capacity-factor needs a number, got '%s'", text);
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--%s needs a number, got '%s'", name, text);
     if (v < 0.0)
-        return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "--capacity-factor must be >= 0 (0 means dropless), got %s", text);
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--%s must be >= 0 (0 means dropless), got %s",
+                        name, text);
     if (v > 1e6)
-        return moe_fail(MOE_EUSAGE, msg, msglen, "--capacity-factor %s is absurdly large", text);
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--%s %s is absurdly large", name, text);
     *out = v;
     return MOE_OK;
 }
 
 /* "1.0,1.25,1.5": up to MOE_MAX_CF values, each as parse_cf. */
-static int parse_cf_list(moe_config *cfg, const char *text, char *msg, size_t msglen)
+static int parse_cf_list(moe_config *cfg, const char *name, const char *text, char *msg,
+                         size_t msglen)
 {
     char item[64];
     int n = 0;
@@ -230,15 +366,14 @@ static int parse_cf_list(moe_config *cfg, const char *text, char *msg, size_t ms
         size_t len = comma ? (size_t)(comma - start) : strlen(start);
         if (len == 0 || len >= sizeof item)
             return moe_fail(MOE_EUSAGE, msg, msglen,
-                            "--capacity-factor needs a number or a comma-separated list of numbers, "
-                            "got '%s'",
-                            text);
+                            "--%s needs a number or a comma-separated list of numbers, got '%s'",
+                            name, text);
         if (n == MOE_MAX_CF)
-            return moe_fail(MOE_EUSAGE, msg, msglen, "--capacity-factor takes at most %d values",
+            return moe_fail(MOE_EUSAGE, msg, msglen, "--%s takes at most %d values", name,
                             MOE_MAX_CF);
         memcpy(item, start, len);
         item[len] = '\0';
-        int rc = parse_cf(item, &cfg->cf_list[n], msg, msglen);
+        int rc = parse_cf(name, item, &cfg->cf_list[n], msg, msglen);
         if (rc != MOE_OK)
             return rc;
         n++;
@@ -277,6 +412,15 @@ static int edit_distance(const char *a, const char *b)
     return row[lb];
 }
 
+/* The option named exactly name[0..len), or NULL. */
+static const struct option *exact_option(const char *name, size_t len)
+{
+    for (const struct option *o = long_options; o->name != NULL; o++)
+        if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
+            return o;
+    return NULL;
+}
+
 /* getopt_long takes any unambiguous prefix of a long option (--expert for --experts), which turns a
  * typo into a silent change of meaning. Look at every "--name[=value]" before getopt_long does and
  * refuse a name that is not exactly one of ours, suggesting the options it abbreviates or the
@@ -291,11 +435,13 @@ static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
             continue;
         const char *name = arg + 2, *eq = strchr(name, '=');
         size_t len = eq ? (size_t)(eq - name) : strlen(name);
-        const struct option *exact = NULL;
-        for (const struct option *o = long_options; o->name != NULL; o++)
-            if (strlen(o->name) == len && strncmp(o->name, name, len) == 0)
-                exact = o;
+        const struct option *exact = exact_option(name, len);
         if (exact != NULL) {
+            /* named here rather than by getopt_long, which knows only the option's value, shared
+             * by its aliases */
+            if (exact->has_arg == no_argument && eq != NULL)
+                return moe_fail(MOE_EUSAGE, msg, msglen, "option '--%s' takes no value",
+                                exact->name);
             if (exact->has_arg == required_argument && eq == NULL)
                 i++; /* its value, whatever it looks like */
             continue;
@@ -332,16 +478,6 @@ static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
                             "whole, did you mean --%s?",
                             given, prefixed, closest);
         }
-        /* a valid name with something added ("--a2a-mode" for "--a2a") */
-        const struct option *stem = NULL;
-        for (const struct option *o = long_options; o->name != NULL; o++)
-            if (strlen(o->name) < len && strncmp(o->name, name, strlen(o->name)) == 0 &&
-                (stem == NULL || strlen(o->name) > strlen(stem->name)))
-                stem = o;
-        if (stem != NULL)
-            return moe_fail(MOE_EUSAGE, msg, msglen,
-                            "unknown option '--%s': did you mean --%s? (see --help)", given,
-                            stem->name);
         const char *nearest = NULL;
         int best = 99;
         for (const struct option *o = long_options; o->name != NULL; o++) {
@@ -351,6 +487,17 @@ static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
                 nearest = o->name;
             }
         }
+        /* a valid name with something added ("--a2a-mode" for "--a2a"), unless another name is
+         * nearer ("--experts-groups" is one letter from --expert-groups, not --experts) */
+        const struct option *stem = NULL;
+        for (const struct option *o = long_options; o->name != NULL; o++)
+            if (strlen(o->name) < len && strncmp(o->name, name, strlen(o->name)) == 0 &&
+                (stem == NULL || strlen(o->name) > strlen(stem->name)))
+                stem = o;
+        if (stem != NULL)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "unknown option '--%s': did you mean --%s? (see --help)", given,
+                            best < edit_distance(given, stem->name) ? nearest : stem->name);
         int limit = len < 6 ? 2 : (int)len / 3;
         if (nearest != NULL && best <= limit)
             return moe_fail(MOE_EUSAGE, msg, msglen,
@@ -358,6 +505,162 @@ static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
         return moe_fail(MOE_EUSAGE, msg, msglen, "unknown option '--%s' (see --help)", given);
     }
     return MOE_OK;
+}
+
+/* The value of the last --preset in argv, or NULL. argv is walked as getopt_long will walk it
+ * (after check_exact_names has passed it): the value of an option that takes one is skipped,
+ * whatever it looks like, and "--" ends the options. */
+static const char *find_preset(int argc, char **argv)
+{
+    const char *value = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--") == 0)
+            break;
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0')
+            continue;
+        const char *name = arg + 2, *eq = strchr(name, '=');
+        const struct option *o = exact_option(name, eq ? (size_t)(eq - name) : strlen(name));
+        if (o == NULL || o->has_arg != required_argument)
+            continue;
+        const char *v = eq ? eq + 1 : i + 1 < argc ? argv[i + 1] : NULL;
+        if (eq == NULL)
+            i++;
+        if (o->val == OPT_PRESET && v != NULL)
+            value = v;
+    }
+    return value;
+}
+
+/* Set every field of preset p, as if from defaults (the options given explicitly come after). */
+static void apply_preset(moe_config *cfg, const moe_preset *p)
+{
+    cfg->preset = p->name;
+    cfg->hidden = p->hidden;
+    cfg->ffn = p->ffn;
+    cfg->experts = p->experts;
+    cfg->top_k = p->top_k;
+    cfg->score = p->score;
+    cfg->renormalize = p->renormalize;
+    cfg->topk_scale = p->topk_scale;
+    cfg->expert_groups = p->expert_groups;
+    cfg->group_top_k = p->group_top_k;
+    cfg->shared_experts = p->shared_experts;
+    cfg->shared_ffn = p->shared_ffn;
+    cfg->policy = p->policy;
+    if (p->capacity_factor >= 0.0) {
+        cfg->capacity_factor = cfg->cf_list[0] = p->capacity_factor;
+        cfg->n_cf = 1;
+    }
+}
+
+/* A preset's width w (ffn or shared_ffn) for an explicit hidden size: w * hidden / p->hidden,
+ * rounded to nearest (halves up), at least 1. Both are at most MOE_MAX_WIDTH = 2^24, so the
+ * product fits. */
+static int64_t scale_width(int64_t w, int64_t hidden, const moe_preset *p)
+{
+    int64_t scaled = (2 * w * hidden + p->hidden) / (2 * p->hidden);
+    return scaled > 1 ? scaled : 1;
+}
+
+/* Append ", text" (or text, first) to the preset summary; snprintf truncates safely. */
+static void summary_add(moe_config *cfg, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void summary_add(moe_config *cfg, const char *fmt, ...)
+{
+    size_t used = strlen(cfg->preset_set);
+    if (used + 1 >= sizeof cfg->preset_set)
+        return;
+    if (used > 0) {
+        snprintf(cfg->preset_set + used, sizeof cfg->preset_set - used, ", ");
+        used = strlen(cfg->preset_set);
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cfg->preset_set + used, sizeof cfg->preset_set - used, fmt, ap);
+    va_end(ap);
+}
+
+/* What preset p set in the end, the explicit options left out: "experts 256, top-k 8, ...", in the
+ * words of --help's preset block. A scaled width says so ("ffn 293 (2048 scaled to hidden 1024)"):
+ * the preset_set of moe_config. */
+static void describe_preset(moe_config *cfg, const moe_preset *p)
+{
+    cfg->preset_set[0] = '\0';
+    char scaled[64] = "";
+    if (!cfg->set_experts)
+        summary_add(cfg, "experts %d", cfg->experts);
+    if (!cfg->set_top_k)
+        summary_add(cfg, "top-k %d", cfg->top_k);
+    if (!cfg->set_hidden)
+        summary_add(cfg, "hidden %lld", (long long)cfg->hidden);
+    if (!cfg->set_ffn) {
+        if (cfg->set_hidden)
+            snprintf(scaled, sizeof scaled, " (%lld scaled to hidden %lld)", (long long)p->ffn,
+                     (long long)cfg->hidden);
+        summary_add(cfg, "ffn %lld%s", (long long)cfg->ffn, scaled);
+    }
+    if (!cfg->set_score)
+        summary_add(cfg, "score %s", moe_score_name(cfg->score));
+    if (p->score == MOE_SCORE_SOFTMAX && !cfg->set_renormalize)
+        summary_add(cfg, "%s", p->renormalize ? "renormalize" : "no renormalize");
+    if (p->topk_scale != 1.0 && !cfg->set_topk_scale)
+        summary_add(cfg, "topk-scale %g", cfg->topk_scale);
+    if (p->expert_groups > 0 && !cfg->set_expert_groups && cfg->expert_groups > 0)
+        summary_add(cfg, "expert-groups %d", cfg->expert_groups);
+    if (p->group_top_k > 0 && !cfg->set_group_top_k && cfg->group_top_k > 0)
+        summary_add(cfg, "group-top-k %d", cfg->group_top_k);
+    if (p->shared_experts > 0) {
+        scaled[0] = '\0';
+        if (cfg->set_hidden)
+            snprintf(scaled, sizeof scaled, " (%lld scaled to hidden %lld)",
+                     (long long)p->shared_ffn, (long long)cfg->hidden);
+        if (!cfg->set_shared_experts && !cfg->set_shared_ffn)
+            summary_add(cfg, "shared-experts %d x %lld%s", cfg->shared_experts,
+                        (long long)cfg->shared_ffn, scaled);
+        else if (!cfg->set_shared_experts)
+            summary_add(cfg, "shared-experts %d", cfg->shared_experts);
+        else if (!cfg->set_shared_ffn && cfg->shared_experts > 0)
+            summary_add(cfg, "shared-ffn %lld%s", (long long)cfg->shared_ffn, scaled);
+    }
+    if (!cfg->set_policy && cfg->routing == MOE_ROUTING_TOKEN_CHOICE)
+        summary_add(cfg, "drop-policy %s", policy_names[cfg->policy]);
+    if (p->capacity_factor >= 0.0 && !cfg->set_cf)
+        summary_add(cfg, "capacity-factor %g", cfg->capacity_factor);
+}
+
+/* The index of text among the n names of table (indexed by enum value) for --`name`, or a
+ * message listing them. */
+static int parse_choice(const char *name, const char *text, const char *const *table, int n,
+                        int *out, char *msg, size_t msglen)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(text, table[i]) == 0) {
+            *out = i;
+            return MOE_OK;
+        }
+    char list[256] = "";
+    for (int i = 0; i < n; i++) {
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof list - used, "%s'%s'", i == 0 ? "" : i + 1 < n ? ", " : " or ",
+                 table[i]);
+    }
+    return moe_fail(MOE_EUSAGE, msg, msglen, "--%s must be %s, got '%s'", name, list, text);
+}
+
+/* The preset named text, or a message naming --preset and listing them. */
+static int find_preset_named(const moe_preset **out, const char *text, char *msg, size_t msglen)
+{
+    char list[256] = "";
+    for (size_t i = 0; i < N_PRESETS; i++) {
+        if (strcmp(text, presets[i].name) == 0) {
+            *out = &presets[i];
+            return MOE_OK;
+        }
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", presets[i].name);
+    }
+    return moe_fail(MOE_EUSAGE, msg, msglen, "--preset must be one of %s, got '%s'", list, text);
 }
 
 int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t msglen)
@@ -368,51 +671,70 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
     int rc = check_exact_names(argc, argv, msg, msglen);
     if (rc != MOE_OK)
         return rc;
+    /* The preset first, so that every option given explicitly overrides it wherever it stands. */
+    const moe_preset *preset = NULL;
+    const char *preset_text = find_preset(argc, argv);
+    if (preset_text != NULL) {
+        if ((rc = find_preset_named(&preset, preset_text, msg, msglen)) != MOE_OK)
+            return rc;
+        apply_preset(cfg, preset);
+    }
+    int64_t shared_total = 0; /* --moe-shared-expert-intermediate-size, 0 = not given */
+    const char *shared_total_name = NULL;
     for (;;) {
         int longindex = -1;
         int c = getopt_long(argc, argv, ":", long_options, &longindex);
         if (c == -1)
             break;
+        /* the name as typed: an alias names itself in every message */
+        const char *name = longindex >= 0 ? long_options[longindex].name : "";
+        int choice = 0;
         switch (c) {
         case OPT_TOKENS:
-            rc = parse_int("tokens", optarg, 1, INT64_C(1) << 40, &cfg->tokens, msg, msglen);
+            rc = parse_int(name, optarg, 1, INT64_C(1) << 40, &cfg->tokens, msg, msglen);
             cfg->set_tokens = true;
             break;
         case OPT_HIDDEN:
-            rc = parse_int("hidden", optarg, 1, MOE_MAX_WIDTH, &cfg->hidden, msg, msglen);
+            rc = parse_int(name, optarg, 1, MOE_MAX_WIDTH, &cfg->hidden, msg, msglen);
             cfg->set_hidden = true;
             break;
         case OPT_FFN:
-            rc = parse_int("ffn", optarg, 1, MOE_MAX_WIDTH, &cfg->ffn, msg, msglen);
+            rc = parse_int(name, optarg, 1, MOE_MAX_WIDTH, &cfg->ffn, msg, msglen);
+            cfg->set_ffn = true;
             break;
         case OPT_EXPERTS:
-            rc = parse_int("experts", optarg, 1, MOE_MAX_EXPERTS, &v, msg, msglen);
+            rc = parse_int(name, optarg, 1, MOE_MAX_EXPERTS, &v, msg, msglen);
             cfg->experts = (int)v;
             cfg->set_experts = true;
+            cfg->spelled.experts = name;
             break;
         case OPT_TOPK:
-            rc = parse_int("top-k", optarg, 1, MOE_MAX_EXPERTS, &v, msg, msglen);
+            rc = parse_int(name, optarg, 1, MOE_MAX_EXPERTS, &v, msg, msglen);
             cfg->top_k = (int)v;
+            cfg->set_top_k = true;
+            cfg->spelled.top_k = name;
             break;
         case OPT_CF:
-            rc = parse_cf_list(cfg, optarg, msg, msglen);
+            rc = parse_cf_list(cfg, name, optarg, msg, msglen);
+            cfg->set_cf = true;
+            cfg->spelled.capacity_factor = name;
             break;
         case OPT_SKEW:
-            rc = parse_real("skew", optarg, 0.0, 100.0, &cfg->skew, msg, msglen);
+            rc = parse_real(name, optarg, 0.0, 100.0, &cfg->skew, msg, msglen);
             break;
         case OPT_HOT:
-            rc = parse_int("hot-experts", optarg, 0, MOE_MAX_EXPERTS, &v, msg, msglen);
+            rc = parse_int(name, optarg, 0, MOE_MAX_EXPERTS, &v, msg, msglen);
             cfg->hot_experts = (int)v;
             break;
         case OPT_HOT_SHARE:
-            rc = parse_real("hot-share", optarg, 0.0, 1.0, &cfg->hot_share, msg, msglen);
+            rc = parse_real(name, optarg, 0.0, 1.0, &cfg->hot_share, msg, msglen);
             if (rc == MOE_OK && (cfg->hot_share <= 0.0 || cfg->hot_share >= 1.0))
                 rc = moe_fail(MOE_EUSAGE, msg, msglen,
                               "--hot-share must be strictly between 0 and 1, got %s", optarg);
             cfg->set_hot_share = true;
             break;
         case OPT_CLUSTERS:
-            rc = parse_int("clusters", optarg, 0, INT64_C(1) << 40, &cfg->clusters, msg, msglen);
+            rc = parse_int(name, optarg, 0, INT64_C(1) << 40, &cfg->clusters, msg, msglen);
             break;
         case OPT_LOGITS_FILE:
             cfg->logits_file = optarg;
@@ -426,7 +748,7 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             cfg->topology = optarg;
             break;
         case OPT_RANKS_PER_NODE:
-            rc = parse_int("ranks-per-node", optarg, 1, 1 << 20, &v, msg, msglen);
+            rc = parse_int(name, optarg, 1, 1 << 20, &v, msg, msglen);
             cfg->ranks_per_node = (int)v;
             break;
         case OPT_A2A:
@@ -452,7 +774,9 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
                 cfg->score = MOE_SCORE_SIGMOID;
             else
                 rc = moe_fail(MOE_EUSAGE, msg, msglen,
-                              "--score must be 'softmax' or 'sigmoid', got '%s'", optarg);
+                              "--%s must be 'softmax' or 'sigmoid', got '%s'", name, optarg);
+            cfg->set_score = true;
+            cfg->spelled.score = name;
             break;
         case OPT_SELECTION_BIAS:
             if (optarg[0] == '\0')
@@ -461,17 +785,63 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             cfg->expert_bias_file = optarg;
             break;
         case OPT_TOPK_SCALE:
-            rc = parse_real("topk-scale", optarg, 0.0, MOE_MAX_TOPK_SCALE, &cfg->topk_scale, msg,
-                            msglen);
+            rc = parse_real(name, optarg, 0.0, MOE_MAX_TOPK_SCALE, &cfg->topk_scale, msg, msglen);
             if (rc == MOE_OK && !(cfg->topk_scale > 0.0))
                 rc = moe_fail(MOE_EUSAGE, msg, msglen,
-                              "--topk-scale must be greater than 0 (it multiplies every gate), got %s",
-                              optarg);
+                              "--%s must be greater than 0 (it multiplies every gate), got %s",
+                              name, optarg);
+            cfg->set_topk_scale = true;
+            cfg->spelled.topk_scale = name;
             break;
         case OPT_MIN_CAPACITY:
-            rc = parse_int("min-capacity", optarg, 0, MOE_MAX_MIN_CAPACITY, &cfg->min_capacity, msg,
-                           msglen);
+            rc = parse_int(name, optarg, 0, MOE_MAX_MIN_CAPACITY, &cfg->min_capacity, msg, msglen);
             break;
+        case OPT_ROUTING:
+            rc = parse_choice(name, optarg, routing_names, 2, &choice, msg, msglen);
+            cfg->routing = (moe_routing)choice;
+            cfg->set_routing = true;
+            break;
+        case OPT_EXPERT_GROUPS:
+            rc = parse_int(name, optarg, 1, MOE_MAX_EXPERTS, &v, msg, msglen);
+            cfg->expert_groups = (int)v;
+            cfg->set_expert_groups = true;
+            cfg->spelled.expert_groups = name;
+            break;
+        case OPT_GROUP_TOPK:
+            rc = parse_int(name, optarg, 1, MOE_MAX_EXPERTS, &v, msg, msglen);
+            cfg->group_top_k = (int)v;
+            cfg->set_group_top_k = true;
+            cfg->spelled.group_top_k = name;
+            break;
+        case OPT_SHARED_EXPERTS:
+            rc = parse_int(name, optarg, 0, 1024, &v, msg, msglen);
+            cfg->shared_experts = (int)v;
+            cfg->set_shared_experts = true;
+            cfg->spelled.shared_experts = name;
+            break;
+        case OPT_SHARED_FFN:
+            rc = parse_int(name, optarg, 1, MOE_MAX_WIDTH, &cfg->shared_ffn, msg, msglen);
+            cfg->set_shared_ffn = true;
+            cfg->spelled.shared_ffn = name;
+            break;
+        case OPT_SHARED_TOTAL:
+            /* a total over the shared experts, up to 1024 of the widest */
+            rc = parse_int(name, optarg, 1, 1024 * MOE_MAX_WIDTH, &shared_total, msg, msglen);
+            shared_total_name = name;
+            break;
+        case OPT_NOISY_TOPK:
+            cfg->noisy_top_k = true;
+            break;
+        case OPT_INPUT_JITTER:
+            rc = parse_real(name, optarg, 0.0, 1.0, &cfg->input_jitter, msg, msglen);
+            if (rc == MOE_OK && cfg->input_jitter >= 1.0)
+                rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                              "--%s must be below 1 (h is multiplied by U(1-eps, 1+eps)), got %s",
+                              name, optarg);
+            cfg->spelled.input_jitter = name;
+            break;
+        case OPT_PRESET:
+            break; /* applied before the loop */
         case OPT_SCOPE:
             if (strcmp(optarg, "global") == 0)
                 cfg->scope = MOE_SCOPE_GLOBAL;
@@ -482,29 +852,29 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
                               "--capacity-scope must be 'global' or 'local', got '%s'", optarg);
             break;
         case OPT_POLICY:
-            if (strcmp(optarg, "position") == 0)
-                cfg->policy = MOE_POLICY_POSITION;
-            else
-                rc = moe_fail(MOE_EUSAGE, msg, msglen,
-                              "--drop-policy must be 'position' (the only policy so far), got '%s'",
-                              optarg);
+            rc = parse_choice(name, optarg, policy_names, 5, &choice, msg, msglen);
+            cfg->policy = (moe_policy)choice;
+            cfg->set_policy = true;
+            cfg->spelled.policy = name;
             break;
         case OPT_RENORM:
             cfg->renormalize = true;
+            cfg->set_renormalize = true;
             break;
         case OPT_PAD:
             cfg->pad_to_capacity = true;
+            cfg->spelled.pad_to_capacity = name;
             break;
         case OPT_SEED:
-            rc = parse_int("seed", optarg, 0, INT64_MAX, &v, msg, msglen);
+            rc = parse_int(name, optarg, 0, INT64_MAX, &v, msg, msglen);
             cfg->seed = (uint64_t)v;
             break;
         case OPT_ITERS:
-            rc = parse_int("iters", optarg, 1, 1000000, &v, msg, msglen);
+            rc = parse_int(name, optarg, 1, 1000000, &v, msg, msglen);
             cfg->iters = (int)v;
             break;
         case OPT_WARMUP:
-            rc = parse_int("warmup", optarg, 0, 1000000, &v, msg, msglen);
+            rc = parse_int(name, optarg, 0, 1000000, &v, msg, msglen);
             cfg->warmup = (int)v;
             break;
         case OPT_TOKENS_FILE:
@@ -555,6 +925,139 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
     if (optind < argc)
         return moe_fail(MOE_EUSAGE, msg, msglen, "unexpected argument '%s' (see --help)",
                         argv[optind]);
+    if (shared_total_name != NULL) {
+        /* Megatron-Core sizes the shared expert(s) as one MLP of this total inner size */
+        if (cfg->set_shared_ffn)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--%s and --%s both set the shared experts' inner size: give one",
+                            shared_total_name, cfg->spelled.shared_ffn);
+        if (!cfg->set_shared_experts) {
+            cfg->shared_experts = 1;
+            cfg->set_shared_experts = true;
+            cfg->spelled.shared_experts = shared_total_name;
+        } else if (cfg->shared_experts == 0) {
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--%s %lld sizes shared experts, but --%s is 0", shared_total_name,
+                            (long long)shared_total, cfg->spelled.shared_experts);
+        } else if (shared_total % cfg->shared_experts != 0) {
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--%s %lld is the total over the %d shared experts, so it must be a "
+                            "multiple of %d",
+                            shared_total_name, (long long)shared_total, cfg->shared_experts,
+                            cfg->shared_experts);
+        }
+        cfg->shared_ffn = shared_total / cfg->shared_experts;
+        if (cfg->shared_ffn > MOE_MAX_WIDTH)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--%s %lld gives each of the %d shared experts %lld, over %lld",
+                            shared_total_name, (long long)shared_total, cfg->shared_experts,
+                            (long long)cfg->shared_ffn, (long long)MOE_MAX_WIDTH);
+        cfg->set_shared_ffn = true;
+        cfg->spelled.shared_ffn = shared_total_name;
+    }
+    if (preset != NULL && cfg->set_hidden) {
+        /* the preset's widths keep their ratio to the hidden size */
+        if (!cfg->set_ffn)
+            cfg->ffn = scale_width(preset->ffn, cfg->hidden, preset);
+        if (!cfg->set_shared_ffn && preset->shared_ffn > 0)
+            cfg->shared_ffn = scale_width(preset->shared_ffn, cfg->hidden, preset);
+        if (cfg->ffn > MOE_MAX_WIDTH || cfg->shared_ffn > MOE_MAX_WIDTH)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--preset %s with --hidden %lld: its ffn scaled to %lld (shared %lld) "
+                            "is over %lld; give --ffn (and --shared-ffn)",
+                            preset->name, (long long)cfg->hidden, (long long)cfg->ffn,
+                            (long long)cfg->shared_ffn, (long long)MOE_MAX_WIDTH);
+    }
+    if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE) {
+        /* a preset's token-choice fields do not apply when experts choose: no expert overflows,
+         * and there is no per-token group limit (explicit ones are refused by resolve) */
+        if (!cfg->set_policy)
+            cfg->policy = MOE_POLICY_POSITION;
+        if (!cfg->set_expert_groups && !cfg->set_group_top_k)
+            cfg->expert_groups = cfg->group_top_k = 0;
+    }
+    if (preset != NULL)
+        describe_preset(cfg, preset);
+    return MOE_OK;
+}
+
+/* " (from --preset NAME)" for a value the preset set rather than an explicit option, else "". */
+static const char *from_preset(const moe_config *cfg, bool explicit_option, char *buf, size_t len)
+{
+    if (explicit_option || cfg->preset == NULL)
+        return "";
+    snprintf(buf, len, " (from --preset %s)", cfg->preset);
+    return buf;
+}
+
+/* The rules of the routing options, once E and k are settled (moe_config_resolve). */
+static int resolve_routing(moe_config *cfg, char *msg, size_t msglen)
+{
+    char from_g[48], from_m[48], from_cf[48];
+    const char *fg = from_preset(cfg, cfg->set_expert_groups, from_g, sizeof from_g);
+    const char *fm = from_preset(cfg, cfg->set_group_top_k, from_m, sizeof from_m);
+    const char *fcf = from_preset(cfg, cfg->set_cf, from_cf, sizeof from_cf);
+    int E = cfg->experts, k = cfg->top_k, G = cfg->expert_groups, M = cfg->group_top_k;
+    bool expert_choice = cfg->routing == MOE_ROUTING_EXPERT_CHOICE;
+    if (G > 0 && M == 0)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--%s %d needs --group-top-k M: how many of the groups each token keeps",
+                        cfg->spelled.expert_groups, G);
+    if (M > 0 && expert_choice)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--%s limits the experts a token chooses: it has no meaning with "
+                        "--routing expert-choice, where experts choose",
+                        cfg->spelled.group_top_k);
+    /* Group-limited top-k (DeepSeek-V3; Megatron-Core group_limited_topk): a group's score sums
+     * its k/M best experts, and the k experts must fit in the M kept groups. With --group-top-k
+     * alone the groups are the nodes, known only to the layer, which checks the rest. */
+    if (M > k)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--%s %d%s must be at most --%s %d: each group is scored by its k/M best "
+                        "experts",
+                        cfg->spelled.group_top_k, M, fm, cfg->spelled.top_k, k);
+    if (G > 0) {
+        if (E % G != 0)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--%s %d%s must divide the %d experts into equal groups",
+                            cfg->spelled.expert_groups, G, fg, E);
+        if (M > G)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--%s %d%s is more than the %d expert groups (--%s)",
+                            cfg->spelled.group_top_k, M, fm, G, cfg->spelled.expert_groups);
+        if ((int64_t)k * G > (int64_t)M * E)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--%s %d: the %d kept groups of %d experts hold only %d, fewer than "
+                            "the %d experts each token takes",
+                            cfg->spelled.top_k, k, M, E / G, M * (E / G), k);
+    }
+    if (cfg->shared_experts == 0) {
+        if (cfg->set_shared_ffn)
+            return moe_fail(MOE_EUSAGE, msg, msglen, "--%s needs --shared-experts S (S >= 1)",
+                            cfg->spelled.shared_ffn);
+        cfg->shared_ffn = 0; /* a preset's, when its shared experts were turned off */
+    } else if (cfg->shared_ffn == 0) {
+        cfg->shared_ffn = cfg->ffn;
+    }
+    if (cfg->input_jitter > 0.0 && cfg->logits_file != NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--%s perturbs h for routing, but --logits-file replays logits that are "
+                        "not computed from h: the two cannot be combined",
+                        cfg->spelled.input_jitter);
+    if (expert_choice) {
+        for (int i = 0; i < cfg->n_cf; i++)
+            if (cfg->cf_list[i] == 0.0)
+                return moe_fail(MOE_EUSAGE, msg, msglen,
+                                "--routing expert-choice needs a capacity: each expert takes as "
+                                "many tokens as its capacity allows, so --%s 0%s (dropless) has no "
+                                "meaning; give values > 0",
+                                cfg->spelled.capacity_factor, fcf);
+        if (cfg->set_policy && cfg->policy != MOE_POLICY_POSITION)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--%s %s has no meaning with --routing expert-choice: experts take at "
+                            "most their capacity, so none overflows",
+                            cfg->spelled.policy, policy_names[cfg->policy]);
+    }
     return MOE_OK;
 }
 
@@ -573,8 +1076,9 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                             cfg->logits_file, (long long)logits_hdr->rows, (long long)n_tok);
         if (cfg->set_experts && logits_hdr->cols != cfg->experts)
             return moe_fail(MOE_EUSAGE, msg, msglen,
-                            "--experts %d disagrees with --logits-file '%s', which has %lld columns",
-                            cfg->experts, cfg->logits_file, (long long)logits_hdr->cols);
+                            "--%s %d disagrees with --logits-file '%s', which has %lld columns",
+                            cfg->spelled.experts, cfg->experts, cfg->logits_file,
+                            (long long)logits_hdr->cols);
         if (logits_hdr->cols > MOE_MAX_EXPERTS)
             return moe_fail(MOE_EUSAGE, msg, msglen, "--logits-file '%s' has %lld experts; at most %d",
                             cfg->logits_file, (long long)logits_hdr->cols, MOE_MAX_EXPERTS);
@@ -605,8 +1109,9 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                             (long long)router_hdr->cols, (long long)cfg->hidden);
         if (cfg->set_experts && router_hdr->rows != cfg->experts)
             return moe_fail(MOE_EUSAGE, msg, msglen,
-                            "--experts %d disagrees with --router-file '%s', which has %lld rows",
-                            cfg->experts, cfg->router_file, (long long)router_hdr->rows);
+                            "--%s %d disagrees with --router-file '%s', which has %lld rows",
+                            cfg->spelled.experts, cfg->experts, cfg->router_file,
+                            (long long)router_hdr->rows);
         if (router_hdr->rows > MOE_MAX_EXPERTS)
             return moe_fail(MOE_EUSAGE, msg, msglen, "--router-file '%s' has %lld experts; at most %d",
                             cfg->router_file, (long long)router_hdr->rows, MOE_MAX_EXPERTS);
@@ -615,26 +1120,37 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
     if (cfg->ffn == 0)
         cfg->ffn = 2 * cfg->hidden;
     if (cfg->top_k > cfg->experts)
-        return moe_fail(MOE_EUSAGE, msg, msglen, "--top-k %d is larger than the number of experts (%d)",
-                        cfg->top_k, cfg->experts);
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--%s %d is larger than the number of experts (%d)", cfg->spelled.top_k, cfg->top_k, cfg->experts);
     if (nranks > cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "%d ranks but only %d experts: expert parallelism needs at least one expert "
-                        "per rank (use --experts >= %d or fewer ranks)",
-                        nranks, cfg->experts, nranks);
-    /* Each rank sends at most (its tokens) * k rows; counts and displacements are MPI ints in rows. */
+                        "per rank (use --%s >= %d or fewer ranks)",
+                        nranks, cfg->experts, cfg->spelled.experts, nranks);
+    int rc = resolve_routing(cfg, msg, msglen);
+    if (rc != MOE_OK)
+        return rc;
+    /* Each rank sends at most (its tokens) * (slots per token) rows, where a token has k slots
+     * under token choice and up to E under expert choice (every expert may take it); counts and
+     * displacements are MPI ints in rows. */
+    bool expert_choice = cfg->routing == MOE_ROUTING_EXPERT_CHOICE;
+    int64_t slots = expert_choice ? cfg->experts : cfg->top_k;
+    const char *slots_are = expert_choice ? "experts (expert choice: each may take every token)"
+                                          : "top-k";
     int64_t max_local = (cfg->tokens + nranks - 1) / nranks;
-    if (max_local * cfg->top_k > INT_MAX)
+    if (max_local * slots > INT_MAX)
         return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "%lld tokens per rank x top-k %d = %lld rows exceed what one MPI count can "
+                        "%lld tokens per rank x %s %lld = %lld rows exceed what one MPI count can "
                         "address (%d): use more ranks or fewer tokens",
-                        (long long)max_local, cfg->top_k, (long long)(max_local * cfg->top_k), INT_MAX);
+                        (long long)max_local, slots_are, (long long)slots,
+                        (long long)(max_local * slots), INT_MAX);
     if (cfg->dump_routing != NULL && !moe_config_dump_is_npy(cfg->dump_routing) &&
-        cfg->tokens * cfg->top_k > INT_MAX)
+        cfg->tokens * slots > INT_MAX)
         return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "--dump-routing is for small runs: %lld assignments are more than one "
-                        "gather can hold (%d)",
-                        (long long)(cfg->tokens * cfg->top_k), INT_MAX);
+                        "--dump-routing is for small runs: %lld tokens x %s %lld = %lld "
+                        "assignments are more than one gather can hold (%d)",
+                        (long long)cfg->tokens, slots_are, (long long)slots,
+                        (long long)(cfg->tokens * slots), INT_MAX);
     if (cfg->dump_output != NULL && cfg->tokens > INT_MAX)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--dump-output is for small runs: %lld tokens are more than one gather can "
@@ -643,16 +1159,16 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
     for (int i = 0; i < cfg->n_cf; i++)
         if (cfg->pad_to_capacity && cfg->cf_list[i] == 0.0)
             return moe_fail(MOE_EUSAGE, msg, msglen,
-                            "--pad-to-capacity needs a capacity: it has no meaning with "
-                            "--capacity-factor 0 (dropless)");
+                            "--%s needs a capacity: it has no meaning with --%s 0 (dropless)",
+                            cfg->spelled.pad_to_capacity, cfg->spelled.capacity_factor);
     bool any_cap = false;
     for (int i = 0; i < cfg->n_cf; i++)
         any_cap |= cfg->cf_list[i] > 0.0;
     if (cfg->min_capacity > 0 && !any_cap)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--min-capacity %lld needs a capacity: it has no effect with "
-                        "--capacity-factor 0 (dropless)",
-                        (long long)cfg->min_capacity);
+                        "--%s 0 (dropless)",
+                        (long long)cfg->min_capacity, cfg->spelled.capacity_factor);
     if (cfg->hot_experts >= cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--hot-experts %d must be smaller than the number of experts (%d)",

@@ -70,6 +70,18 @@ typedef struct moe_config {
     bool help, version;
     /* which shape options were given explicitly, so a file can disagree with them */
     bool set_tokens, set_hidden, set_experts, set_hot_share;
+    /* which options a preset sets were given explicitly (they win over the preset wherever they
+     * stand); --moe-shared-expert-intermediate-size sets set_shared_ffn (and set_shared_experts
+     * when it alone decides their number) */
+    bool set_ffn, set_top_k, set_cf, set_policy, set_score, set_renormalize, set_topk_scale,
+        set_routing, set_expert_groups, set_group_top_k, set_shared_experts, set_shared_ffn;
+    /* the name each of these options was given by, without the dashes, for messages: "top-k", or
+     * the Megatron-Core alias the user typed ("moe-router-topk"); moesim's names by default */
+    struct {
+        const char *experts, *top_k, *capacity_factor, *policy, *score, *topk_scale,
+            *expert_groups, *group_top_k, *shared_experts, *shared_ffn, *pad_to_capacity,
+            *input_jitter;
+    } spelled;
 } moe_config;
 
 /* Defaults as in the table above. */
@@ -77,16 +89,27 @@ void moe_config_defaults(moe_config *cfg);
 
 /* Parse argv (getopt_long; resets its state, so it may be called more than once). Option names
  * must be given whole: getopt_long's abbreviations are refused, and an unknown or abbreviated name
- * gets the nearest valid one suggested. Fails with MOE_EUSAGE and a message naming the option on an
- * unknown option, a missing or malformed value, or a value out of range. Shape relations that need the rank count or the input files are checked
- * later by moe_config_resolve. */
+ * gets the nearest valid one suggested. --preset NAME is applied first (the last one given), then
+ * every other option over it, so an explicit option wins wherever it stands; --hidden then scales
+ * the preset's ffn and shared_ffn unless they are explicit too, and preset_set describes what the
+ * preset set in the end. The Megatron-Core aliases (docs/options.md) parse as their moesim
+ * option, and messages name the alias the user typed. Fails with MOE_EUSAGE and a message naming
+ * the option on an unknown option, a missing or malformed value, a value out of range, or
+ * --moe-shared-expert-intermediate-size that does not split among --shared-experts. Shape
+ * relations that need the rank count or the input files are checked later by
+ * moe_config_resolve. */
 int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t msglen);
 
 /* Settle the shapes and check everything that depends on them: N and d from a tokens file, E and d
  * from a router file, N and E from a logits file (a flag or file that disagrees is an error), ffn
- * default 2d, 1 <= k <= E, R <= E, hot experts < E, --min-capacity only with some cf > 0, and the
- * sizes that must fit MPI's int counts. (The selection-bias file's E is checked when it is read,
- * moe_layer_create.)
+ * default 2d, shared_ffn default ffn, 1 <= k <= E, R <= E, hot experts < E, --min-capacity only
+ * with some cf > 0, the expert groups (--expert-groups needs --group-top-k; G divides E, M <= G,
+ * M <= k, k <= M E / G; with --group-top-k alone only M <= k, G is left 0 for the layer to set to
+ * the node count, which must then check the rest), --shared-ffn only with shared experts,
+ * --input-jitter not with --logits-file, expert choice only with every cf > 0, no group limit and
+ * no explicit drop policy but position, and the sizes that must fit MPI's int counts, in slots
+ * per token (k, or E under expert choice). (The selection-bias file's E is checked when it is
+ * read, moe_layer_create.)
  * tokens_hdr, router_hdr and logits_hdr may be NULL. MOE_EUSAGE. */
 int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens_hdr,
                        const moe_npy_header *router_hdr, const moe_npy_header *logits_hdr, char *msg,

@@ -104,6 +104,24 @@ def config_seeds():
         "version": ["@", "--version"],
         "deepseek_R64": ["?", "--tokens", "65536", "--hidden", "7168", "--ffn", "2048", "--experts",
                          "256", "--top-k", "8", "--capacity-factor", "1.0"],
+        # issue 9: policies, routing, groups, shared experts, noise, presets, Megatron-Core names
+        "policies_R2": ["A", "--drop-policy", "reroute", "--capacity-factor", "1.0,1.25"],
+        "expert_choice_R2": ["A", "--routing", "expert-choice", "--capacity-factor", "2",
+                             "--pad-to-capacity", "--drop-policy", "position"],
+        "groups_R4": ["C", "--experts", "16", "--top-k", "4", "--expert-groups", "4",
+                      "--group-top-k", "2", "--score", "sigmoid", "--topk-scale", "2.5"],
+        "group_by_node_R4": ["C", "--group-top-k", "1", "--ranks-per-node", "2"],
+        "shared_noise_R2": ["A", "--shared-experts", "2", "--shared-ffn", "96", "--noisy-top-k",
+                            "--input-jitter", "0.01"],
+        "preset_v3_scaled_R8": ["G", "--hidden", "256", "--preset", "deepseek-v3", "--tokens", "512",
+                                "--predict-only"],
+        "preset_mixtral_R2": ["A", "--preset=mixtral", "--capacity-factor", "1.25"],
+        "megatron_R2": ["A", "--num-experts", "16", "--moe-router-topk", "4",
+                        "--moe-expert-capacity-factor", "1.5", "--moe-token-drop-policy", "probs",
+                        "--moe-router-score-function", "sigmoid", "--moe-router-num-groups", "4",
+                        "--moe-router-group-topk", "2", "--moe-router-topk-scaling-factor", "2.5",
+                        "--moe-shared-expert-intermediate-size", "256", "--shared-experts", "2",
+                        "--moe-pad-expert-input-to-capacity", "--moe-input-jitter-eps", "0.01"],
         # refused, each for one reason
         "bad_single_dash": ["@", "-tokens", "5"],
         "bad_abbreviation": ["@", "--expert", "4"],
@@ -118,6 +136,22 @@ def config_seeds():
         "bad_hot_share_alone": ["@", "--hot-share", "0.5"],
         "bad_clusters_with_file": ["@", "--clusters", "4", "--tokens-file", "h.npy"],
         "bad_too_many_rows": ["@", "--tokens", "1099511627776", "--top-k", "8", "--experts", "8"],
+        "bad_groups_alone": ["@", "--expert-groups", "4"],
+        "bad_groups_divide": ["@", "--experts", "12", "--expert-groups", "8", "--group-top-k", "2"],
+        "bad_group_capacity": ["@", "--experts", "16", "--top-k", "9", "--expert-groups", "4",
+                               "--group-top-k", "2"],
+        "bad_expert_choice_dropless": ["@", "--routing", "expert-choice", "--capacity-factor",
+                                       "1,0"],
+        "bad_expert_choice_policy": ["@", "--routing", "expert-choice", "--drop-policy", "probs"],
+        "bad_expert_choice_rows": ["@", "--routing", "expert-choice", "--tokens", "268435456",
+                                   "--experts", "16", "--top-k", "1"],
+        "bad_shared_ffn_alone": ["@", "--shared-ffn", "64"],
+        "bad_jitter_replay": ["@", "--input-jitter", "0.1", "--logits-file", "z.npy"],
+        "bad_preset": ["@", "--preset", "gpt-4"],
+        "bad_preset_scaled_width": ["@", "--preset", "mixtral", "--hidden", "16777216"],
+        "bad_shared_total": ["@", "--moe-shared-expert-intermediate-size", "100",
+                             "--shared-experts", "3"],
+        "bad_alias_value": ["@", "--moe-router-topk", "0"],
     }
     return {name: ("\n".join(args) + "\n").encode() for name, args in lines.items()}
 
@@ -155,7 +189,9 @@ def config_dict():
     and number forms their values take."""
     with open(os.path.join(ROOT, "src", "config.c")) as f:
         names = sorted(set(re.findall(r'\{"([a-z0-9-]+)", (?:required|no)_argument', f.read())))
-    words = ["global", "local", "position", "flat", "hierarchical", ".npy", ".csv", ".xml", "-",
+    words = ["global", "local", "position", "probs", "choice", "random", "reroute", "token-choice",
+             "expert-choice", "softmax", "sigmoid", "switch", "gshard", "mixtral", "deepseek-moe",
+             "deepseek-v3", "qwen3-moe", "flat", "hierarchical", ".npy", ".csv", ".xml", "-",
              "--", "1.0,1.25", "%", "K", "M", "G", "T", "KiB", "MiB", "GiB", "TiB", "1e6", "nan",
              "inf", "0x10", "-1", "9223372036854775807", "1099511627776", "65536", "16777216",
              "package:2 numa:2 core:4 pu:1"]

@@ -12,11 +12,19 @@
                                               issue asks for the nearest, and this one is a
                                               valid name plus a suffix)
      --zzzzzzzz 1                          -> names it (nothing is near, no suggestion required)
+     --shared 2                            -> abbreviates --shared-experts and --shared-ffn
+     --expert-group 8                      -> did you mean --expert-groups
+     --experts-groups 8                    -> did you mean --expert-groups (one letter away; a
+                                              valid name plus a suffix, --experts, is farther)
+     --pre x                               -> abbreviates --preset and --predict-only
+     --moe-router-top 2                    -> abbreviates --moe-router-topk and
+                                              --moe-router-topk-scaling-factor, suggests the first
      -experts 4                            -> a single dash is refused too
    The value of an option that takes one is not an option name: `--json --weird` (cwd = a temp
    dir) writes the JSON to a file named "--weird", and `--dump-routing --tokens` writes the CSV to
    a file named "--tokens"; the whole names and the `--name=value` form still work (a control run
-   with --experts=4 --top-k=1 --capacity-factor 1.0 checks the JSON's config).
+   with --experts=4 --top-k=1 --capacity-factor 1.0 checks the JSON's config, and so does one with
+   their Megatron-Core names --num-experts=4 --moe-router-topk 1 --moe-expert-capacity-factor).
 2. workload.hot_share is the share of tokens the routing actually sends to a hot expert. Routing
    ranks float32 probabilities, so logits one ulp apart can tie there; a share computed on the
    logits could differ from the routed one. The issue's 4-token logits file (bit patterns below)
@@ -55,6 +63,12 @@ BAD = [
     (["--quite"], "--quite", [r"did you mean --quiet\b"]),
     (["--a2a-mode", "flat"], "--a2a-mode", [r"--a2a(?![-\w])"]),
     (["--zzzzzzzz", 1], "--zzzzzzzz", []),
+    (["--shared", 2], "--shared", [r"--shared-experts\b", r"--shared-ffn\b"]),
+    (["--expert-group", 8], "--expert-group", [r"did you mean --expert-groups\b"]),
+    (["--experts-groups", 8], "--experts-groups", [r"did you mean --expert-groups\b"]),
+    (["--pre", "x"], "--pre", [r"--preset\b", r"--predict-only\b"]),
+    (["--moe-router-top", 2], "--moe-router-top",
+     [r"--moe-router-topk-scaling-factor\b", r"did you mean --moe-router-topk\?"]),
     (["-experts", 4], "-e", []),
 ]
 
@@ -107,6 +121,16 @@ def option_cases(ck, exe, root):
             c = json.load(open(os.path.join(d, "a.json")))["config"]
             ck.equal((c["tokens"], c["hidden"], c["experts"], c["top_k"], c["capacity_factor"],
                       c["warmup"]), (50, 8, 4, 1, 1.0, 0), tag + ": every value taken")
+
+        # the Megatron-Core names are the same options
+        tag = "Megatron-Core names (R=%d)" % R
+        r = mt.run(exe, R, ["--tokens=50", "--hidden", 8, "--num-experts=4", "--moe-router-topk", 1,
+                            "--moe-expert-capacity-factor", "1.0", "--iters", 1, "--warmup=0",
+                            "--quiet", "--json=" + os.path.join(d, "b.json")], timeout=TIMEOUT)
+        if ck.equal(r.returncode, 0, tag + ": exit 0"):
+            c = json.load(open(os.path.join(d, "b.json")))["config"]
+            ck.equal((c["experts"], c["top_k"], c["capacity_factor"]), (4, 1, 1.0),
+                     tag + ": every value taken")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ static const struct bad_line {
     {{"--capacity-factor", ""}, "--capacity-factor"},
     {{"--capacity-scope", "regional"}, "--capacity-scope"},
     {{"--capacity-scope", "GLOBAL"}, "--capacity-scope"},
-    {{"--drop-policy", "random"}, "--drop-policy"},
+    {{"--drop-policy", "bogus"}, "--drop-policy"},
     {{"--quiet=1"}, "--quiet"},
     {{"stray"}, "stray"},
     {{"--tokens", "5", "stray"}, "stray"},
@@ -822,6 +822,27 @@ static const struct name_line {
     {{"--quiet", "--expert", "2"}, {"'--expert'", "--experts"}, {NULL}},
     {{"--json=x", "--expert", "2"}, {"'--expert'", "--experts"}, {NULL}},
     {{"--tokens", "5", "--hid", "3"}, {"'--hid'", "--hidden"}, {NULL}},
+    /* prefix relations of the issue 9 names: groups, shared experts, presets, routing, aliases */
+    {{"--expert", "16"}, {"--expert-groups", "did you mean --experts?"}, {NULL}},
+    {{"--expert-g", "8"}, {"'--expert-g'", "did you mean --expert-groups?"}, {NULL}},
+    {{"--shared", "1"}, {"'--shared'", "--shared-experts", "--shared-ffn", "several"}, {NULL}},
+    {{"--shared-", "1"}, {"--shared-experts", "--shared-ffn"}, {NULL}},
+    {{"--pre", "x"}, {"--preset", "--predict-only", "several"}, {NULL}},
+    {{"--rout", "x"}, {"--router-file", "--routing", "did you mean --routing?"}, {NULL}},
+    {{"--route", "x"}, {"did you mean --router-file?"}, {"several"}},
+    {{"--group", "2"}, {"did you mean --group-top-k?"}, {NULL}},
+    {{"--noisy"}, {"did you mean --noisy-top-k?"}, {NULL}},
+    {{"--num", "8"}, {"did you mean --num-experts?"}, {NULL}},
+    {{"--moe-router-top", "2"},
+     {"--moe-router-topk,", "--moe-router-topk-scaling-factor", "did you mean --moe-router-topk?"},
+     {NULL}},
+    {{"--moe-router", "2"}, {"--moe-router-num-groups", "--moe-router-score-function"}, {NULL}},
+    {{"--moe-shared", "64"}, {"did you mean --moe-shared-expert-intermediate-size?"}, {NULL}},
+    /* a name plus a suffix suggests the name, unless another is nearer */
+    {{"--experts-groups", "8"}, {"did you mean --expert-groups?"}, {NULL}},
+    {{"--routing-mode", "x"}, {"did you mean --routing?"}, {NULL}},
+    {{"--a2a-mode", "flat"}, {"did you mean --a2a?"}, {NULL}},
+    {{"--num-experts-total", "8"}, {"did you mean --num-experts?"}, {NULL}},
     /* "--" ends the options: what follows is an argument, refused as such */
     {{"--", "--expert", "2"}, {"unexpected argument '--expert'"}, {NULL}},
 };
@@ -922,8 +943,13 @@ static const char *const known_options[] = {
     "drop-policy", "renormalize", "pad-to-capacity", "seed", "iters", "warmup", "tokens-file",
     "router-file", "json", "dump-routing", "dump-output", "quiet", "skew", "hot-experts",
     "hot-share", "clusters", "logits-file", "predict-only", "topology", "ranks-per-node", "a2a",
-    "network", "max-memory", "score", "expert-bias-file", "topk-scale", "min-capacity", "help",
-    "version"};
+    "network", "max-memory", "score", "expert-bias-file", "topk-scale", "min-capacity", "routing",
+    "expert-groups", "group-top-k", "shared-experts", "shared-ffn", "noisy-top-k", "input-jitter",
+    "preset", "num-experts", "moe-router-topk", "moe-expert-capacity-factor",
+    "moe-token-drop-policy", "moe-router-score-function", "moe-router-num-groups",
+    "moe-router-group-topk", "moe-router-topk-scaling-factor",
+    "moe-shared-expert-intermediate-size", "moe-pad-expert-input-to-capacity",
+    "moe-input-jitter-eps", "help", "version"};
 
 static int is_name_char(char c)
 {
@@ -1126,6 +1152,783 @@ START_TEST(test_usage_lists_router_options)
 }
 END_TEST
 
+/* ---- issue 9: drop policies, routing, expert groups, shared experts, noise, presets, Megatron-Core
+ * names ---- */
+
+/* resolve at R ranks without files; the message is left in msg */
+static int resolve_at(moe_config *cfg, int R, char *msg, size_t msglen)
+{
+    return moe_config_resolve(cfg, R, NULL, NULL, NULL, msg, msglen);
+}
+
+START_TEST(test_layer_option_defaults)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.routing, MOE_ROUTING_TOKEN_CHOICE);
+    ck_assert_int_eq(cfg.expert_groups, 0);
+    ck_assert_int_eq(cfg.group_top_k, 0);
+    ck_assert_int_eq(cfg.shared_experts, 0);
+    ck_assert_int_eq(cfg.shared_ffn, 0);
+    ck_assert(!cfg.noisy_top_k);
+    ck_assert(cfg.input_jitter == 0.0);
+    ck_assert_ptr_null(cfg.preset);
+    ck_assert_str_eq(cfg.preset_set, "");
+    ck_assert(!cfg.set_ffn && !cfg.set_top_k && !cfg.set_cf && !cfg.set_policy && !cfg.set_score &&
+              !cfg.set_renormalize && !cfg.set_topk_scale && !cfg.set_routing &&
+              !cfg.set_expert_groups && !cfg.set_group_top_k && !cfg.set_shared_experts &&
+              !cfg.set_shared_ffn);
+    ck_assert_str_eq(cfg.spelled.experts, "experts");
+    ck_assert_str_eq(cfg.spelled.top_k, "top-k");
+    ck_assert_str_eq(cfg.spelled.capacity_factor, "capacity-factor");
+    ck_assert_str_eq(cfg.spelled.policy, "drop-policy");
+    ck_assert_str_eq(cfg.spelled.score, "score");
+    ck_assert_str_eq(cfg.spelled.topk_scale, "topk-scale");
+    ck_assert_str_eq(cfg.spelled.expert_groups, "expert-groups");
+    ck_assert_str_eq(cfg.spelled.group_top_k, "group-top-k");
+    ck_assert_str_eq(cfg.spelled.shared_experts, "shared-experts");
+    ck_assert_str_eq(cfg.spelled.shared_ffn, "shared-ffn");
+    ck_assert_str_eq(cfg.spelled.pad_to_capacity, "pad-to-capacity");
+    ck_assert_str_eq(cfg.spelled.input_jitter, "input-jitter");
+    /* the defaults resolve, and leave the new fields off */
+    ck_assert_int_eq(resolve_at(&cfg, 4, msg, sizeof msg), MOE_OK);
+    ck_assert(cfg.expert_groups == 0 && cfg.group_top_k == 0 && cfg.shared_experts == 0 &&
+              cfg.shared_ffn == 0 && cfg.policy == MOE_POLICY_POSITION);
+}
+END_TEST
+
+START_TEST(test_layer_options_parsed)
+{
+    moe_config cfg;
+    char msg[512];
+    static const char *const policies[] = {"position", "probs", "choice", "random", "reroute"};
+    static const moe_policy values[] = {MOE_POLICY_POSITION, MOE_POLICY_PROBS, MOE_POLICY_CHOICE,
+                                        MOE_POLICY_RANDOM, MOE_POLICY_REROUTE};
+    for (int i = 0; i < 5; i++) {
+        ck_assert_msg(parse(&cfg, msg, sizeof msg, "--drop-policy", policies[i], NULL) == MOE_OK,
+                      "%s: %s", policies[i], msg);
+        ck_assert_int_eq(cfg.policy, values[i]);
+        ck_assert(cfg.set_policy);
+        ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s: %s", policies[i], msg);
+    }
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.routing, MOE_ROUTING_EXPERT_CHOICE);
+    ck_assert(cfg.set_routing);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing=expert-choice", "--routing",
+                           "token-choice", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.routing, MOE_ROUTING_TOKEN_CHOICE); /* the last one wins */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--expert-groups", "4", "--group-top-k=2",
+                        "--shared-experts", "2", "--shared-ffn", "64", "--noisy-top-k",
+                        "--input-jitter", "0.01", NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert_int_eq(cfg.expert_groups, 4);
+    ck_assert_int_eq(cfg.group_top_k, 2);
+    ck_assert_int_eq(cfg.shared_experts, 2);
+    ck_assert_int_eq(cfg.shared_ffn, 64);
+    ck_assert(cfg.noisy_top_k);
+    ck_assert(cfg.input_jitter == 0.01);
+    ck_assert(cfg.set_expert_groups && cfg.set_group_top_k && cfg.set_shared_experts &&
+              cfg.set_shared_ffn);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(cfg.shared_ffn, 64);
+    /* the limits, inclusive */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--shared-experts", "1024", "--shared-ffn",
+                        "16777216", "--input-jitter", "0.999", "--expert-groups", "65536",
+                        "--group-top-k", "65536", NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert(cfg.shared_experts == 1024 && cfg.shared_ffn == MOE_MAX_WIDTH &&
+              cfg.input_jitter == 0.999 && cfg.expert_groups == MOE_MAX_EXPERTS &&
+              cfg.group_top_k == MOE_MAX_EXPERTS);
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--shared-experts", "0", "--input-jitter", "0",
+                        "--expert-groups", "1", "--group-top-k", "1", NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert(cfg.shared_experts == 0 && cfg.set_shared_experts && cfg.input_jitter == 0.0);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    /* the explicit-option flags of the preset's fields */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--ffn", "8", "--top-k", "1", "--capacity-factor",
+                        "1", "--score", "softmax", "--renormalize", "--topk-scale", "1", NULL) ==
+                      MOE_OK,
+                  "%s", msg);
+    ck_assert(cfg.set_ffn && cfg.set_top_k && cfg.set_cf && cfg.set_score && cfg.set_renormalize &&
+              cfg.set_topk_scale && !cfg.set_policy && !cfg.set_experts);
+}
+END_TEST
+
+/* The new options' bad values (and their Megatron-Core names'): MOE_EUSAGE naming the option. */
+static const struct bad_line bad_layer_lines[] = {
+    {{"--drop-policy", "bogus"}, "--drop-policy"},
+    {{"--drop-policy", "Probs"}, "'reroute'"}, /* the choices are listed */
+    {{"--drop-policy", ""}, "--drop-policy"},
+    {{"--drop-policy"}, "--drop-policy"},
+    {{"--routing", "expert"}, "--routing"},
+    {{"--routing", "token_choice"}, "'token-choice' or 'expert-choice'"},
+    {{"--routing"}, "--routing"},
+    {{"--expert-groups", "0"}, "--expert-groups"},
+    {{"--expert-groups", "-2"}, "--expert-groups"},
+    {{"--expert-groups", "4x"}, "--expert-groups"},
+    {{"--expert-groups", "65537"}, "--expert-groups"},
+    {{"--group-top-k", "0"}, "--group-top-k"},
+    {{"--group-top-k", "two"}, "--group-top-k"},
+    {{"--group-top-k"}, "--group-top-k"},
+    {{"--shared-experts", "-1"}, "--shared-experts"},
+    {{"--shared-experts", "1025"}, "--shared-experts"},
+    {{"--shared-experts", "1.5"}, "--shared-experts"},
+    {{"--shared-ffn", "0"}, "--shared-ffn"},
+    {{"--shared-ffn", "16777217"}, "--shared-ffn"},
+    {{"--shared-ffn", ""}, "--shared-ffn"},
+    {{"--noisy-top-k=1"}, "--noisy-top-k"},
+    {{"--input-jitter", "1"}, "--input-jitter"},
+    {{"--input-jitter", "1.5"}, "--input-jitter"},
+    {{"--input-jitter", "-0.01"}, "--input-jitter"},
+    {{"--input-jitter", "nan"}, "--input-jitter"},
+    {{"--input-jitter", "eps"}, "--input-jitter"},
+    {{"--input-jitter"}, "--input-jitter"},
+    {{"--preset", "bogus"}, "--preset"},
+    {{"--preset", "Mixtral"}, "deepseek-v3"}, /* the presets are listed */
+    {{"--preset", ""}, "--preset"},
+    {{"--preset"}, "--preset"},
+    {{"--tokens", "5", "--preset"}, "--preset"},
+    /* Megatron-Core names: the message names the alias typed */
+    {{"--num-experts", "0"}, "--num-experts"},
+    {{"--num-experts"}, "--num-experts"},
+    {{"--moe-router-topk", "two"}, "--moe-router-topk"},
+    {{"--moe-expert-capacity-factor", "-1"}, "--moe-expert-capacity-factor"},
+    {{"--moe-expert-capacity-factor", "1,,2"}, "--moe-expert-capacity-factor"},
+    {{"--moe-token-drop-policy", "bogus"}, "--moe-token-drop-policy"},
+    {{"--moe-router-score-function", "tanh"}, "--moe-router-score-function"},
+    {{"--moe-router-num-groups", "0"}, "--moe-router-num-groups"},
+    {{"--moe-router-group-topk", "0"}, "--moe-router-group-topk"},
+    {{"--moe-router-topk-scaling-factor", "0"}, "--moe-router-topk-scaling-factor"},
+    {{"--moe-router-topk-scaling-factor", "x"}, "--moe-router-topk-scaling-factor"},
+    {{"--moe-pad-expert-input-to-capacity=1"}, "--moe-pad-expert-input-to-capacity"},
+    {{"--moe-input-jitter-eps", "1"}, "--moe-input-jitter-eps"},
+    {{"--moe-shared-expert-intermediate-size", "0"}, "--moe-shared-expert-intermediate-size"},
+    {{"--moe-shared-expert-intermediate-size", "x"}, "--moe-shared-expert-intermediate-size"},
+    /* the total must split among the shared experts, and is one size: not with --shared-ffn */
+    {{"--moe-shared-expert-intermediate-size", "100", "--shared-experts", "3"},
+     "--moe-shared-expert-intermediate-size 100"},
+    {{"--shared-experts", "0", "--moe-shared-expert-intermediate-size", "100"},
+     "--moe-shared-expert-intermediate-size 100"},
+    {{"--moe-shared-expert-intermediate-size", "100", "--shared-ffn", "50"},
+     "--moe-shared-expert-intermediate-size and --shared-ffn"},
+    {{"--moe-shared-expert-intermediate-size", "16777217"},
+     "--moe-shared-expert-intermediate-size"},
+    /* a preset's widths scaled past the limit */
+    {{"--preset", "mixtral", "--hidden", "16777216"}, "--preset mixtral"},
+};
+
+START_TEST(test_bad_layer_lines)
+{
+    expect_refused(&bad_layer_lines[_i]);
+}
+END_TEST
+
+/* An alias's message names the alias, never the moesim name it stands for. */
+START_TEST(test_alias_messages_name_the_alias)
+{
+    static const struct {
+        const char *alias, *value, *moesim;
+    } cases[] = {
+        {"--num-experts", "0", "--experts"},
+        {"--moe-router-topk", "0", "--top-k"},
+        {"--moe-expert-capacity-factor", "-1", "--capacity-factor"},
+        {"--moe-token-drop-policy", "x", "--drop-policy"},
+        {"--moe-router-score-function", "x", "--score"},
+        {"--moe-router-num-groups", "0", "--expert-groups"},
+        {"--moe-router-group-topk", "0", "--group-top-k"},
+        {"--moe-router-topk-scaling-factor", "-1", "--topk-scale"},
+        {"--moe-input-jitter-eps", "2", "--input-jitter"},
+    };
+    moe_config cfg;
+    char msg[512];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        ck_assert_int_eq(parse(&cfg, msg, sizeof msg, cases[i].alias, cases[i].value, NULL),
+                         MOE_EUSAGE);
+        ck_assert_msg(strstr(msg, cases[i].alias) && !mentions(msg, cases[i].moesim + 2),
+                      "%s %s: %s", cases[i].alias, cases[i].value, msg);
+    }
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--moe-pad-expert-input-to-capacity=yes", NULL),
+                     MOE_EUSAGE);
+    ck_assert_msg(!mentions(msg, "pad-to-capacity"), "%s", msg);
+    /* and so do the rules of resolve */
+    static const struct {
+        const char *args[6];
+        int R;
+        const char *want, *unwanted;
+    } later[] = {
+        {{"--moe-router-topk", "9"}, 1, "--moe-router-topk 9", "--top-k"},
+        {{"--num-experts", "4"}, 8, "--num-experts >= 8", "--experts"},
+        {{"--moe-router-num-groups", "4"}, 1, "--moe-router-num-groups 4", "--expert-groups"},
+        {{"--moe-router-group-topk", "3"}, 1, "--moe-router-group-topk 3", "--group-top-k"},
+        {{"--moe-router-group-topk", "1", "--moe-router-topk", "3", "--moe-router-num-groups", "4"},
+         1, "--moe-router-topk 3", "--top-k"},
+        {{"--moe-token-drop-policy", "probs", "--routing", "expert-choice"},
+         1, "--moe-token-drop-policy probs", "--drop-policy"},
+        {{"--moe-expert-capacity-factor", "0", "--routing", "expert-choice"},
+         1, "--moe-expert-capacity-factor 0", "--capacity-factor"},
+        {{"--moe-pad-expert-input-to-capacity", "--moe-expert-capacity-factor", "0"},
+         1, "--moe-pad-expert-input-to-capacity needs", "--pad-to-capacity"},
+        {{"--moe-input-jitter-eps", "0.1", "--logits-file", "z.npy"},
+         1, "--moe-input-jitter-eps", "--input-jitter"},
+        {{"--moe-shared-expert-intermediate-size", "0"}, 1, "--moe-shared-expert", "--shared-ffn"},
+    };
+    for (size_t i = 0; i < sizeof later / sizeof *later; i++) {
+        const char *const *a = later[i].args;
+        int rc = parse(&cfg, msg, sizeof msg, a[0], a[1], a[2], a[3], a[4], a[5], NULL);
+        if (rc == MOE_OK)
+            rc = resolve_at(&cfg, later[i].R, msg, sizeof msg);
+        ck_assert_msg(rc == MOE_EUSAGE, "%s %s: rc %d", a[0], a[1], rc);
+        ck_assert_msg(strstr(msg, later[i].want) && !mentions(msg, later[i].unwanted + 2),
+                      "%s %s: '%s' (wanted '%s', not '%s')", a[0], a[1], msg, later[i].want,
+                      later[i].unwanted);
+    }
+}
+END_TEST
+
+/* cfg with the spellings (and nothing else) of ref, so that memcmp compares the values. */
+static void same_spelling(moe_config *cfg, const moe_config *ref)
+{
+    cfg->spelled = ref->spelled;
+}
+
+START_TEST(test_aliases_equal_their_options)
+{
+    static const struct {
+        const char *alias[4], *moesim[4];
+    } pairs[] = {
+        {{"--num-experts", "16"}, {"--experts", "16"}},
+        {{"--num-experts=16"}, {"--experts=16"}},
+        {{"--moe-router-topk", "3"}, {"--top-k", "3"}},
+        {{"--moe-expert-capacity-factor", "1.5"}, {"--capacity-factor", "1.5"}},
+        {{"--moe-expert-capacity-factor", "0,1,2"}, {"--capacity-factor", "0,1,2"}},
+        {{"--moe-token-drop-policy", "probs"}, {"--drop-policy", "probs"}},
+        {{"--moe-token-drop-policy", "position"}, {"--drop-policy", "position"}},
+        {{"--moe-router-score-function", "sigmoid"}, {"--score", "sigmoid"}},
+        {{"--moe-router-num-groups", "4"}, {"--expert-groups", "4"}},
+        {{"--moe-router-group-topk", "2"}, {"--group-top-k", "2"}},
+        {{"--moe-router-topk-scaling-factor", "2.5"}, {"--topk-scale", "2.5"}},
+        {{"--moe-pad-expert-input-to-capacity"}, {"--pad-to-capacity"}},
+        {{"--moe-input-jitter-eps", "0.01"}, {"--input-jitter", "0.01"}},
+        /* Megatron's total inner size of the shared expert(s) */
+        {{"--moe-shared-expert-intermediate-size", "128"},
+         {"--shared-experts", "1", "--shared-ffn", "128"}},
+        {{"--moe-shared-expert-intermediate-size", "2816", "--shared-experts", "2"},
+         {"--shared-experts", "2", "--shared-ffn", "1408"}},
+        {{"--shared-experts", "4", "--moe-shared-expert-intermediate-size", "256"},
+         {"--shared-experts", "4", "--shared-ffn", "64"}},
+    };
+    for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++) {
+        moe_config a, b;
+        char msg[512];
+        const char *const *x = pairs[i].alias, *const *y = pairs[i].moesim;
+        ck_assert_msg(parse(&a, msg, sizeof msg, x[0], x[1], x[2], x[3], NULL) == MOE_OK, "%s: %s",
+                      x[0], msg);
+        ck_assert_msg(parse(&b, msg, sizeof msg, y[0], y[1], y[2], y[3], NULL) == MOE_OK, "%s: %s",
+                      y[0], msg);
+        same_spelling(&a, &b);
+        ck_assert_msg(memcmp(&a, &b, sizeof a) == 0, "%s differs from %s", x[0], y[0]);
+    }
+    /* the spelling is kept for messages */
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--num-experts", "16", "--moe-router-topk", "3",
+                           "--moe-router-num-groups", "4", NULL),
+                     MOE_OK);
+    ck_assert_str_eq(cfg.spelled.experts, "num-experts");
+    ck_assert_str_eq(cfg.spelled.top_k, "moe-router-topk");
+    ck_assert_str_eq(cfg.spelled.expert_groups, "moe-router-num-groups");
+    ck_assert(cfg.set_experts && cfg.set_top_k && cfg.set_expert_groups);
+    /* an alias and its option mix: the last one given wins */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "16", "--num-experts", "32", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.experts, 32);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--num-experts", "32", "--experts", "16", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.experts, 16);
+    ck_assert_str_eq(cfg.spelled.experts, "experts");
+}
+END_TEST
+
+START_TEST(test_resolve_expert_groups)
+{
+    moe_config cfg;
+    char msg[512];
+    /* --expert-groups needs --group-top-k */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "16", "--expert-groups", "4", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--expert-groups 4") && strstr(msg, "--group-top-k"), "%s", msg);
+    /* E 16 in 4 groups of 4, each token keeps 2: k up to 8 */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "16", "--top-k", "4",
+                           "--expert-groups", "4", "--group-top-k", "2", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert(cfg.expert_groups == 4 && cfg.group_top_k == 2);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "16", "--top-k", "8",
+                           "--expert-groups", "4", "--group-top-k", "2", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "k = M E / G: %s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "16", "--top-k", "9",
+                           "--expert-groups", "4", "--group-top-k", "2", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--top-k 9") && strstr(msg, "hold only 8"), "%s", msg);
+    /* G must divide E */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "12", "--expert-groups", "8",
+                           "--group-top-k", "2", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--expert-groups 8") && strstr(msg, "divide the 12"), "%s", msg);
+    /* M <= G */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "16", "--top-k", "4",
+                           "--expert-groups", "2", "--group-top-k", "3", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--group-top-k 3") && strstr(msg, "2 expert groups"), "%s", msg);
+    /* M <= k */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--experts", "16", "--expert-groups", "4",
+                           "--group-top-k", "3", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--group-top-k 3") && strstr(msg, "--top-k 2"), "%s", msg);
+    /* G = E groups of one, M = k: plain top-k, allowed */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--expert-groups", "8", "--group-top-k", "2",
+                           NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    /* --group-top-k alone: the groups are the nodes, left 0 for the layer; M <= k still holds */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--group-top-k", "2", NULL), MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert(cfg.expert_groups == 0 && cfg.group_top_k == 2);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--group-top-k", "3", NULL), MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 4, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--group-top-k 3"), "%s", msg);
+    /* E from a router file counts */
+    moe_npy_header wh = hdr(10, 512);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--router-file", "w.npy", "--expert-groups", "4",
+                           "--group-top-k", "1", "--top-k", "1", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, &wh, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "divide the 10"), "%s", msg);
+}
+END_TEST
+
+START_TEST(test_resolve_expert_choice)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", NULL), MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    /* a capacity for every cf */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", "--capacity-factor",
+                           "0", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "expert-choice") && strstr(msg, "--capacity-factor 0"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", "--capacity-factor",
+                           "1,2,0", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", "--capacity-factor",
+                           "1,2", "--pad-to-capacity", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    /* no drop policy but position, explicit or not */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", "--drop-policy",
+                           "probs", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--drop-policy probs") && strstr(msg, "expert-choice"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--drop-policy", "position", "--routing",
+                           "expert-choice", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    /* no group limit */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", "--group-top-k",
+                           "1", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--group-top-k") && strstr(msg, "expert-choice"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", "--expert-groups",
+                           "2", "--group-top-k", "1", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    /* MPI counts in slots per token: E under expert choice. 2^28 tokens on one rank with k = 1
+     * are 2^28 rows; with 16 experts choosing, up to 2^32. */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "268435456", "--experts", "16",
+                           "--top-k", "1", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 1, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "268435456", "--experts", "16",
+                           "--top-k", "1", "--routing", "expert-choice", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 1, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "expert choice") && strstr(msg, "4294967296"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "268435456", "--experts", "16",
+                           "--top-k", "1", "--routing", "expert-choice", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 16, msg, sizeof msg) == MOE_OK, "%s", msg);
+    /* and so does the CSV dump: 2^27 tokens x 16 experts = 2^31 records, x k = 2 only 2^28 */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "134217728", "--experts", "16",
+                           "--dump-routing", "r.csv", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 16, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "134217728", "--experts", "16",
+                           "--dump-routing", "r.csv", "--routing", "expert-choice", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 16, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--dump-routing") && strstr(msg, "2147483648"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--tokens", "134217728", "--experts", "16",
+                           "--dump-routing", "r.npy", "--routing", "expert-choice", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 16, msg, sizeof msg) == MOE_OK, "the .npy form: %s", msg);
+}
+END_TEST
+
+START_TEST(test_resolve_shared_and_jitter)
+{
+    moe_config cfg;
+    char msg[512];
+    /* shared_ffn defaults to the resolved ffn */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hidden", "100", "--shared-experts", "2", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(cfg.ffn, 200);
+    ck_assert_int_eq(cfg.shared_ffn, 200);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--ffn", "48", "--shared-experts", "1", NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(cfg.shared_ffn, 48);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--shared-ffn", "64", "--shared-experts", "1",
+                           NULL),
+                     MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(cfg.shared_ffn, 64);
+    /* --shared-ffn needs shared experts */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--shared-ffn", "64", NULL), MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--shared-ffn") && strstr(msg, "--shared-experts"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--shared-ffn", "64", "--shared-experts", "0",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE);
+    /* --input-jitter perturbs h: not with replayed logits (0 is no jitter, fine) */
+    moe_npy_header lh = hdr(100, 8);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--input-jitter", "0.01", "--logits-file", "z.npy",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, &lh, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--input-jitter") && strstr(msg, "--logits-file"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--input-jitter", "0", "--logits-file", "z.npy",
+                           NULL),
+                     MOE_OK);
+    ck_assert_msg(moe_config_resolve(&cfg, 2, NULL, NULL, &lh, msg, sizeof msg) == MOE_OK, "%s",
+                  msg);
+    moe_npy_header th = hdr(100, 24);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--input-jitter", "0.01", "--tokens-file", "h.npy",
+                           "--noisy-top-k", NULL),
+                     MOE_OK);
+    ck_assert_msg(moe_config_resolve(&cfg, 2, &th, NULL, NULL, msg, sizeof msg) == MOE_OK, "%s",
+                  msg);
+}
+END_TEST
+
+/* What each preset sets (docs/options.md, Presets), and what preset_set says it set. */
+static const struct preset_case {
+    const char *name;
+    int64_t hidden, ffn;
+    int experts, top_k;
+    moe_score score;
+    bool renormalize;
+    double topk_scale;
+    int groups, group_top_k, shared;
+    int64_t shared_ffn;
+    moe_policy policy;
+    double cf;
+    const char *summary;
+} preset_cases[] = {
+    {"switch", 768, 3072, 128, 1, MOE_SCORE_SOFTMAX, false, 1.0, 0, 0, 0, 0, MOE_POLICY_POSITION,
+     1.25,
+     "experts 128, top-k 1, hidden 768, ffn 3072, score softmax, no renormalize, "
+     "drop-policy position"},
+    {"gshard", 1024, 8192, 128, 2, MOE_SCORE_SOFTMAX, true, 1.0, 0, 0, 0, 0, MOE_POLICY_CHOICE,
+     1.25,
+     "experts 128, top-k 2, hidden 1024, ffn 8192, score softmax, renormalize, drop-policy choice"},
+    {"mixtral", 4096, 14336, 8, 2, MOE_SCORE_SOFTMAX, true, 1.0, 0, 0, 0, 0, MOE_POLICY_PROBS, 0.0,
+     "experts 8, top-k 2, hidden 4096, ffn 14336, score softmax, renormalize, drop-policy probs, "
+     "capacity-factor 0"},
+    {"deepseek-moe", 2048, 1408, 64, 6, MOE_SCORE_SOFTMAX, false, 1.0, 0, 0, 2, 1408,
+     MOE_POLICY_PROBS, 1.25,
+     "experts 64, top-k 6, hidden 2048, ffn 1408, score softmax, no renormalize, "
+     "shared-experts 2 x 1408, drop-policy probs"},
+    {"deepseek-v3", 7168, 2048, 256, 8, MOE_SCORE_SIGMOID, false, 2.5, 8, 4, 1, 2048,
+     MOE_POLICY_PROBS, 0.0,
+     "experts 256, top-k 8, hidden 7168, ffn 2048, score sigmoid, topk-scale 2.5, "
+     "expert-groups 8, group-top-k 4, shared-experts 1 x 2048, drop-policy probs, "
+     "capacity-factor 0"},
+    {"qwen3-moe", 4096, 1536, 128, 8, MOE_SCORE_SOFTMAX, true, 1.0, 0, 0, 0, 0, MOE_POLICY_PROBS,
+     0.0,
+     "experts 128, top-k 8, hidden 4096, ffn 1536, score softmax, renormalize, drop-policy probs, "
+     "capacity-factor 0"},
+};
+
+START_TEST(test_preset_fields)
+{
+    const struct preset_case *p = &preset_cases[_i];
+    moe_config cfg;
+    char msg[512];
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--preset", p->name, NULL) == MOE_OK, "%s", msg);
+    ck_assert_str_eq(cfg.preset, p->name);
+    ck_assert_int_eq(cfg.hidden, p->hidden);
+    ck_assert_int_eq(cfg.ffn, p->ffn);
+    ck_assert_int_eq(cfg.experts, p->experts);
+    ck_assert_int_eq(cfg.top_k, p->top_k);
+    ck_assert_int_eq(cfg.score, p->score);
+    ck_assert_int_eq(cfg.renormalize, p->renormalize);
+    ck_assert(cfg.topk_scale == p->topk_scale);
+    ck_assert_int_eq(cfg.expert_groups, p->groups);
+    ck_assert_int_eq(cfg.group_top_k, p->group_top_k);
+    ck_assert_int_eq(cfg.shared_experts, p->shared);
+    ck_assert_int_eq(cfg.shared_ffn, p->shared_ffn);
+    ck_assert_int_eq(cfg.policy, p->policy);
+    ck_assert(cfg.n_cf == 1 && cfg.cf_list[0] == p->cf && cfg.capacity_factor == p->cf);
+    ck_assert_str_eq(cfg.preset_set, p->summary);
+    /* a preset is not an explicit option: a file may still set the shapes */
+    ck_assert(!cfg.set_hidden && !cfg.set_experts && !cfg.set_ffn && !cfg.set_top_k &&
+              !cfg.set_policy && !cfg.set_cf);
+    /* the other fields keep moesim's defaults */
+    ck_assert(cfg.tokens == 8192 && cfg.routing == MOE_ROUTING_TOKEN_CHOICE && !cfg.noisy_top_k &&
+              cfg.input_jitter == 0.0 && cfg.scope == MOE_SCOPE_GLOBAL && cfg.min_capacity == 0);
+    ck_assert_msg(resolve_at(&cfg, 8, msg, sizeof msg) == MOE_OK, "%s: %s", p->name, msg);
+    ck_assert_int_eq(cfg.ffn, p->ffn);
+    ck_assert_int_eq(cfg.shared_ffn, p->shared_ffn);
+    /* --help shows the same words under the preset's name */
+    const char *u = moe_config_usage();
+    char key[64], block[1024];
+    snprintf(key, sizeof key, "\n    %s ", p->name);
+    const char *at = strstr(u, key);
+    ck_assert_msg(at != NULL, "--help has no line for preset %s", p->name);
+    /* the preset's lines, whitespace runs collapsed, up to the next preset or section */
+    size_t n = 0;
+    for (const char *c = at + 1; *c && n + 1 < sizeof block; c++) {
+        if (*c == '\n' && strncmp(c + 1, "                         ", 25) != 0)
+            break;
+        if (*c == '\n' || *c == ' ') {
+            if (n > 0 && block[n - 1] != ' ')
+                block[n++] = ' ';
+        } else {
+            block[n++] = *c;
+        }
+    }
+    block[n] = '\0';
+    ck_assert_msg(strstr(block, p->summary) != NULL, "--help says '%s', preset_set '%s'", block,
+                  p->summary);
+}
+END_TEST
+
+START_TEST(test_preset_overridden)
+{
+    moe_config cfg;
+    char msg[512];
+    /* an explicit option wins before and after --preset, and leaves the summary */
+    static const char *const orders[2][4] = {{"--experts", "64", "--preset", "deepseek-v3"},
+                                             {"--preset", "deepseek-v3", "--experts", "64"}};
+    for (int o = 0; o < 2; o++) {
+        const char *const *a = orders[o];
+        ck_assert_msg(parse(&cfg, msg, sizeof msg, a[0], a[1], a[2], a[3], NULL) == MOE_OK, "%s",
+                      msg);
+        ck_assert_int_eq(cfg.experts, 64);
+        ck_assert(cfg.set_experts);
+        ck_assert_int_eq(cfg.top_k, 8);
+        ck_assert_int_eq(cfg.expert_groups, 8);
+        ck_assert_str_eq(cfg.preset_set,
+                         "top-k 8, hidden 7168, ffn 2048, score sigmoid, topk-scale 2.5, "
+                         "expert-groups 8, group-top-k 4, shared-experts 1 x 2048, "
+                         "drop-policy probs, capacity-factor 0");
+        ck_assert_msg(resolve_at(&cfg, 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    }
+    /* many at once, on both sides */
+    ck_assert_msg(parse(&cfg, msg, sizeof msg, "--capacity-factor", "1.0,2.0", "--score", "softmax",
+                        "--top-k", "4", "--preset", "deepseek-v3", "--ffn", "512",
+                        "--drop-policy", "position", "--group-top-k", "2", "--shared-experts", "0",
+                        "--topk-scale", "1", NULL) == MOE_OK,
+                  "%s", msg);
+    ck_assert(cfg.n_cf == 2 && cfg.cf_list[0] == 1.0 && cfg.cf_list[1] == 2.0);
+    ck_assert(cfg.score == MOE_SCORE_SOFTMAX && cfg.top_k == 4 && cfg.ffn == 512 &&
+              cfg.policy == MOE_POLICY_POSITION && cfg.group_top_k == 2 &&
+              cfg.shared_experts == 0 && cfg.topk_scale == 1.0);
+    ck_assert(cfg.experts == 256 && cfg.hidden == 7168 && cfg.expert_groups == 8);
+    ck_assert_str_eq(cfg.preset_set, "experts 256, hidden 7168, expert-groups 8");
+    ck_assert_msg(resolve_at(&cfg, 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(cfg.shared_ffn, 0); /* the preset's width went with its shared expert */
+    /* an override the preset's other fields no longer fit is refused, naming the preset */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-v3", "--experts", "12",
+                           NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 4, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--expert-groups 8 (from --preset deepseek-v3)"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--routing", "expert-choice", "--preset",
+                           "mixtral", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 4, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--capacity-factor 0 (from --preset mixtral)"), "%s", msg);
+    /* flags: --renormalize overrides "no renormalize" */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--renormalize", "--preset", "deepseek-moe", NULL),
+                     MOE_OK);
+    ck_assert(cfg.renormalize);
+    ck_assert_ptr_null(strstr(cfg.preset_set, "renormalize"));
+    /* the shared experts in part */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-moe", "--shared-experts",
+                           "4", NULL),
+                     MOE_OK);
+    ck_assert(cfg.shared_experts == 4 && cfg.shared_ffn == 1408);
+    ck_assert_ptr_nonnull(strstr(cfg.preset_set, "no renormalize, shared-ffn 1408, drop-policy"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--shared-ffn", "700", "--preset",
+                           "deepseek-moe", NULL),
+                     MOE_OK);
+    ck_assert(cfg.shared_experts == 2 && cfg.shared_ffn == 700);
+    ck_assert_ptr_nonnull(strstr(cfg.preset_set, "no renormalize, shared-experts 2, drop-policy"));
+    /* Megatron's total size: one shared expert of it, over the preset's two */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-moe",
+                           "--moe-shared-expert-intermediate-size", "2816", NULL),
+                     MOE_OK);
+    ck_assert(cfg.shared_experts == 1 && cfg.shared_ffn == 2816);
+    ck_assert_ptr_null(strstr(cfg.preset_set, "shared"));
+    /* under expert choice the preset's drop policy and group limit do not apply */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-v3", "--routing",
+                           "expert-choice", "--capacity-factor", "1.0", NULL),
+                     MOE_OK);
+    ck_assert(cfg.policy == MOE_POLICY_POSITION && cfg.expert_groups == 0 &&
+              cfg.group_top_k == 0);
+    ck_assert_str_eq(cfg.preset_set, "experts 256, top-k 8, hidden 7168, ffn 2048, "
+                                     "score sigmoid, topk-scale 2.5, shared-experts 1 x 2048");
+    ck_assert_msg(resolve_at(&cfg, 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    /* the last preset wins whole: nothing of the first is left */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-v3", "--preset", "mixtral",
+                           NULL),
+                     MOE_OK);
+    ck_assert_str_eq(cfg.preset, "mixtral");
+    ck_assert(cfg.experts == 8 && cfg.expert_groups == 0 && cfg.shared_experts == 0 &&
+              cfg.score == MOE_SCORE_SOFTMAX && cfg.topk_scale == 1.0);
+    /* --preset's value is found as getopt_long reads it: a value that looks like --preset is a
+     * value, and the = form works */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--json", "--preset", "--experts", "4", NULL),
+                     MOE_OK);
+    ck_assert_ptr_null(cfg.preset);
+    ck_assert_str_eq(cfg.json_path, "--preset");
+    ck_assert_str_eq(cfg.preset_set, "");
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--dump-routing", "--preset", "--preset=switch",
+                           NULL),
+                     MOE_OK);
+    ck_assert_str_eq(cfg.preset, "switch");
+    ck_assert_int_eq(cfg.experts, 128);
+}
+END_TEST
+
+START_TEST(test_preset_hidden_scaling)
+{
+    moe_config cfg;
+    char msg[512];
+    /* 2048 x 1024 / 7168 = 292.57: 293, for the routed and the shared experts */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-v3", "--hidden", "1024",
+                           NULL),
+                     MOE_OK);
+    ck_assert(cfg.hidden == 1024 && cfg.ffn == 293 && cfg.shared_ffn == 293);
+    ck_assert_str_eq(cfg.preset_set,
+                     "experts 256, top-k 8, ffn 293 (2048 scaled to hidden 1024), score sigmoid, "
+                     "topk-scale 2.5, expert-groups 8, group-top-k 4, shared-experts 1 x 293 "
+                     "(2048 scaled to hidden 1024), drop-policy probs, capacity-factor 0");
+    ck_assert_msg(resolve_at(&cfg, 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert(cfg.ffn == 293 && cfg.shared_ffn == 293);
+    /* --hidden before the preset scales it too */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hidden", "512", "--preset", "mixtral", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.ffn, 1792); /* 14336 / 8 exactly */
+    /* halves round up: 1408 x 8 / 2048 = 5.5, 1536 x 4 / 4096 = 1.5 */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-moe", "--hidden", "8", NULL),
+                     MOE_OK);
+    ck_assert(cfg.ffn == 6 && cfg.shared_ffn == 6);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "qwen3-moe", "--hidden", "4", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.ffn, 2);
+    /* never below 1: 1408 / 2048 = 0.69 rounds to 1, and 1536 / 4096 = 0.375 to 0, raised to 1 */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-moe", "--hidden", "1", NULL),
+                     MOE_OK);
+    ck_assert(cfg.ffn == 1 && cfg.shared_ffn == 1);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "qwen3-moe", "--hidden", "1", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.ffn, 1);
+    /* an explicit --ffn or --shared-ffn is kept */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--ffn", "100", "--preset", "deepseek-v3",
+                           "--hidden", "1024", NULL),
+                     MOE_OK);
+    ck_assert(cfg.ffn == 100 && cfg.shared_ffn == 293);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-v3", "--hidden", "1024",
+                           "--shared-ffn", "50", NULL),
+                     MOE_OK);
+    ck_assert(cfg.ffn == 293 && cfg.shared_ffn == 50);
+    ck_assert_ptr_nonnull(strstr(cfg.preset_set, "group-top-k 4, shared-experts 1, drop-policy"));
+    /* the preset's own hidden: nothing changes */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "switch", "--hidden", "768", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.ffn, 3072);
+    /* past the width limit: refused, unless --ffn says otherwise */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "mixtral", "--hidden", "16777216",
+                           NULL),
+                     MOE_EUSAGE);
+    ck_assert_msg(strstr(msg, "--preset mixtral") && strstr(msg, "--ffn"), "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "mixtral", "--hidden", "16777216",
+                           "--ffn", "64", NULL),
+                     MOE_OK);
+    /* without a preset --hidden scales nothing: ffn stays the 2d default */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--hidden", "1024", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.ffn, 0);
+    /* a tokens file's d is not --hidden: the preset's ffn stays */
+    moe_npy_header th = hdr(100, 64);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "mixtral", "--tokens-file", "h.npy",
+                           NULL),
+                     MOE_OK);
+    ck_assert_msg(moe_config_resolve(&cfg, 2, &th, NULL, NULL, msg, sizeof msg) == MOE_OK, "%s",
+                  msg);
+    ck_assert(cfg.hidden == 64 && cfg.ffn == 14336);
+}
+END_TEST
+
+START_TEST(test_usage_lists_layer_options)
+{
+    static const char *const opts[] = {
+        "--routing", "token-choice", "expert-choice", "--expert-groups", "--group-top-k",
+        "--shared-experts", "--shared-ffn", "--noisy-top-k", "--input-jitter", "--preset",
+        "probs", "choice", "random", "reroute", "Megatron-Core",
+        "--moe-shared-expert-intermediate-size"};
+    const char *u = moe_config_usage();
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
+        ck_assert_msg(strstr(u, opts[i]) != NULL, "usage lacks %s", opts[i]);
+    /* each alias is shown beside the option it stands for */
+    static const char *const pairs[][2] = {
+        {"num-experts", "experts"}, {"moe-router-topk", "top-k"},
+        {"moe-expert-capacity-factor", "capacity-factor"}, {"moe-token-drop-policy", "drop-policy"},
+        {"moe-router-score-function", "score"}, {"moe-router-num-groups", "expert-groups"},
+        {"moe-router-group-topk", "group-top-k"}, {"moe-router-topk-scaling-factor", "topk-scale"},
+        {"moe-pad-expert-input-to-capacity", "pad-to-capacity"},
+        {"moe-input-jitter-eps", "input-jitter"}};
+    for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++) {
+        char line[128];
+        snprintf(line, sizeof line, "\n  --%s ", pairs[i][0]);
+        const char *at = strstr(u, line);
+        ck_assert_msg(at != NULL, "usage has no line for --%s", pairs[i][0]);
+        const char *end = strchr(at + 1, '\n');
+        char opt[64];
+        snprintf(opt, sizeof opt, "--%s", pairs[i][1]);
+        const char *hit = strstr(at + strlen(line), opt);
+        ck_assert_msg(hit != NULL && hit < end && !is_name_char(hit[strlen(opt)]),
+                      "--%s's line does not name --%s", pairs[i][0], pairs[i][1]);
+    }
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -1179,6 +1982,22 @@ static Suite *config_suite(void)
                         (int)(sizeof bad_router_lines / sizeof *bad_router_lines));
     tcase_add_test(tc, test_resolve_min_capacity);
     tcase_add_test(tc, test_usage_lists_router_options);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("issue9_layer_options");
+    tcase_add_test(tc, test_layer_option_defaults);
+    tcase_add_test(tc, test_layer_options_parsed);
+    tcase_add_loop_test(tc, test_bad_layer_lines, 0,
+                        (int)(sizeof bad_layer_lines / sizeof *bad_layer_lines));
+    tcase_add_test(tc, test_alias_messages_name_the_alias);
+    tcase_add_test(tc, test_aliases_equal_their_options);
+    tcase_add_test(tc, test_resolve_expert_groups);
+    tcase_add_test(tc, test_resolve_expert_choice);
+    tcase_add_test(tc, test_resolve_shared_and_jitter);
+    tcase_add_loop_test(tc, test_preset_fields, 0,
+                        (int)(sizeof preset_cases / sizeof *preset_cases));
+    tcase_add_test(tc, test_preset_overridden);
+    tcase_add_test(tc, test_preset_hidden_scaling);
+    tcase_add_test(tc, test_usage_lists_layer_options);
     suite_add_tcase(s, tc);
     return s;
 }
