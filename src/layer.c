@@ -449,11 +449,12 @@ static int resolve_groups(moe_layer *L, char *msg, size_t msglen)
                       L->E, G, L->E);
     else if (M > G)
         rc = moe_fail(MOE_EUSAGE, msg, msglen,
-                      "--group-top-k %d is more than the %d expert groups (one per node here)", M, G);
+                      "--%s %d is more than the %d expert groups (one per node here)",
+                      c->spelled.group_top_k, M, G);
     else if ((int64_t)M * (L->E / G) < L->k)
         rc = moe_fail(MOE_EUSAGE, msg, msglen,
-                      "--group-top-k %d keeps %d groups of %d experts: fewer than --top-k %d", M, M,
-                      L->E / G, L->k);
+                      "--%s %d keeps %d groups of %d experts: fewer than --%s %d",
+                      c->spelled.group_top_k, M, M, L->E / G, c->spelled.top_k, L->k);
     else if (M > L->k)
         rc = moe_fail(MOE_EUSAGE, msg, msglen,
                       "--group-top-k %d is more than --top-k %d: a group's score is the sum of its "

@@ -562,6 +562,11 @@ void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *
                 (long long)r->exact_empty);
     }
     fprintf(out, "  (capacity: slots per expert, summed over groups; dropped = assignments, empty = slots)\n");
+    if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
+        fprintf(out, "  (expert choice: each expert takes C tokens and none overflows; the closed form is "
+                     "what top-k\n   routing on the same scores would drop)\n");
+    else if (cfg->policy == MOE_POLICY_REROUTE)
+        fprintf(out, "  (reroute: drops before rerouting; the run reports how many found another expert)\n");
     if (cfg->expert_bias_file != NULL)
         fprintf(out, "  (the selection bias moves experts without entering P: the closed form does "
                      "not see it; the exact figures count the biased routing)\n");

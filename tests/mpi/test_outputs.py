@@ -556,7 +556,7 @@ def in_flight_cases(ck, exe, root):
             ck.check(False, tag + ": real.json published (%s)" % e)
         ck.check(os.path.islink(c.p("link.json")), tag + ": link.json is still a link")
         ck.check(got and isinstance(got[0], bytes) and
-                 got[0].startswith(b"token,choice,expert,gate,accepted\n") and
+                 got[0].startswith(b"token,choice,expert,gate,accepted,score,rerouted\n") and
                  len(got[0].splitlines()) == 1 + 2 * N, tag + ": the FIFO got the whole CSV")
         ck.check(os.path.exists(c.p("y.npy")) and np.load(c.p("y.npy")).shape == (N, D),
                  tag + ": y.npy published")

@@ -337,7 +337,7 @@ def during_write(ck, exe, root, name, ranks, sig):
     ck.equal(job.proc.returncode, 0, tag + ": exit status 0 (the outputs are complete)")
     try:
         rows = got[0].decode().splitlines()
-        ck.equal(rows[0], "token,choice,expert,gate,accepted", tag + ": the CSV header")
+        ck.equal(rows[0], "token,choice,expert,gate,accepted,score,rerouted", tag + ": the CSV header")
         ck.equal(len(rows) - 1, n * 2, tag + ": every CSV row read from the FIFO")
         with open(os.path.join(d, "a.json")) as fh:
             ck.equal(json.load(fh)["config"]["ranks"], ranks, tag + ": --json published whole")

@@ -367,7 +367,7 @@ def topology(ck, exe, wd, net_path):
 # e. timing, exchange and placement keys
 
 IN_STEP = ["router", "count_exchange", "pack", "dispatch_wait", "dispatch", "regroup", "expert",
-           "combine_wait", "combine", "unpack"]
+           "combine_wait", "combine", "unpack", "shared"]
 RAW = ["dispatch_raw", "combine_raw"]
 PLACEMENT_TYPES = {"rank": int, "host": str, "node": int, "package": (int, type(None)),
                    "numa": (int, type(None)), "cores": int, "cpuset": str, "bound": bool}
