@@ -16,6 +16,13 @@ Reference conventions (see include/moesim/rng.h and docs/):
   (--expert-bias-file) chooses the top-k by p + b (or s + b) but never enters the gate;
   --topk-scale S multiplies every gate after normalization; --min-capacity M makes
   C = max(ceil(cf G k / E), M). capacity_needed() is the cf a dropless run reports.
+  Policies and routers (issue 9, Reference's keyword options; docs/model.md): --drop-policy
+  position | probs (key -gate) | choice (key c) | random (key uniform(seed, 7, t k + c)) serve, per
+  expert and group, the C assignments first in (key, token, choice) order; reroute moves what
+  position drops to the token's next-best expert with room, in rounds (reroute()). Expert choice:
+  each expert takes its C = min(capacity, G) best tokens per group by p + b, gate p * scale.
+  Group-limited top-k (grouped_topk), noisy top-k (z += eps softplus(h W_noise^T), streams 4 and
+  5), input jitter (stream 6, routing only) and shared experts (expert ids 65536 + s, gate 1).
 """
 
 import csv
@@ -138,12 +145,19 @@ def session_members(sid):
     return pids
 
 
+ROUTING_HEADER = ["token", "choice", "expert", "gate", "accepted"]
+ROUTING_HEADER_9 = ROUTING_HEADER + ["score", "rerouted"]  # issue 9: policies and routers
+
+
 def read_routing(path):
-    """The --dump-routing CSV as arrays: token (N*k), choice, expert, gate (float32), accepted."""
+    """The --dump-routing CSV as arrays: token (N*k), choice, expert, gate (float32), accepted;
+    with issue 9's header also score (float32, sel[t][expert]) and rerouted (else score None and
+    rerouted zeros)."""
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
-    if rows[0] != ["token", "choice", "expert", "gate", "accepted"]:
+    if rows[0] not in (ROUTING_HEADER, ROUTING_HEADER_9):
         raise ValueError("%s: unexpected header %r" % (path, rows[0]))
+    new = rows[0] == ROUTING_HEADER_9
     body = rows[1:]
     out = {
         "token": np.array([int(r[0]) for r in body], dtype=np.int64),
@@ -151,6 +165,10 @@ def read_routing(path):
         "expert": np.array([int(r[2]) for r in body], dtype=np.int64),
         "gate": np.array([float(r[3]) for r in body], dtype=np.float64).astype(np.float32),
         "accepted": np.array([int(r[4]) for r in body], dtype=np.int64),
+        "score": (np.array([float(r[5]) for r in body], dtype=np.float64).astype(np.float32)
+                  if new else None),
+        "rerouted": (np.array([int(r[6]) for r in body], dtype=np.int64) if new
+                     else np.zeros(len(body), dtype=np.int64)),
         "text": body,
     }
     return out
@@ -170,6 +188,16 @@ class Result:
         assert np.array_equal(r["choice"], np.tile(np.arange(k), n)), "CSV choices not 0..k-1"
         return (r["expert"].reshape(n, k), r["gate"].reshape(n, k),
                 r["accepted"].reshape(n, k))
+
+    def routing_columns(self, k):
+        """Every column of issue 9's CSV as (N, k) arrays, after the checks of routing_matrix:
+        a dict with expert, gate, accepted, score, rerouted."""
+        expert, gate, acc = self.routing_matrix(k)
+        n = expert.shape[0]
+        r = self.routing
+        return {"expert": expert, "gate": gate, "accepted": acc,
+                "score": None if r["score"] is None else r["score"].reshape(n, k),
+                "rerouted": r["rerouted"].reshape(n, k)}
 
 
 def run_full(exe, ranks, args, workdir, tag, timeout=TIMEOUT, routing=True, output=True,
@@ -395,45 +423,292 @@ def balance_probs(p, score):
     return p
 
 
+# Issue 9 (policies and routers): the extra inputs of the reference. Streams of include/moesim/rng.h:
+# ROUTER_NOISE = 4 (W_noise, laid out like W), GATE_NOISE = 5 (eps, counter t*E + e), JITTER = 6
+# (counter t*d + j), DROP = 7 (the random policy's key, counter t*k + c). Shared expert s has the
+# weights of expert id SHARED_EXPERT_BASE + s.
+POLICIES = ("position", "probs", "choice", "random", "reroute")
+SHARED_EXPERT_BASE = 65536
+
+
+def gen_noise_router(seed, E, d):
+    """W_noise of --noisy-top-k: normal(seed, 4, e*d + j) / sqrt(d), (E, d) float32."""
+    return fill_normal(seed, 4, 0, E * d, 1.0 / math.sqrt(d)).reshape(E, d)
+
+
+def gate_noise(seed, N, E, first=0):
+    """eps[t][e] = normal(seed, 5, t*E + e) in float64, (N, E)."""
+    return normal64(seed, 5, first * E, N * E).reshape(N, E)
+
+
+def softplus(x):
+    """log(1 + e^x) in float64, without overflow."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def jitter_tokens(seed, h, eps):
+    """The routing input of --input-jitter: h[t][j] * (1 - eps + 2 eps u), u = uniform(seed, 6,
+    t*d + j), in float64, rounded to float32 once. h (N, d) holds the global tokens 0..N-1."""
+    N, d = h.shape
+    u = uniform(u64(seed, 6, np.arange(N * d, dtype=np.uint64))).reshape(N, d)
+    return (h.astype(np.float64) * (1.0 - eps + 2.0 * eps * u)).astype(np.float32)
+
+
+def random_drop_keys(seed, N, k):
+    """The random policy's keys: uniform(seed, 7, t*k + c), (N, k) float64."""
+    return uniform(u64(seed, 7, np.arange(N * k, dtype=np.uint64))).reshape(N, k)
+
+
+def group_scores(sel, G, per_group):
+    """(N, G): the sum of the `per_group` largest sel values of each of G contiguous groups."""
+    N, E = sel.shape
+    s = -np.sort(-sel.reshape(N, G, E // G), axis=2)
+    return s[:, :, :per_group].sum(axis=2)
+
+
+def grouped_topk(sel, k, G, M):
+    """Group-limited top-k (DeepSeek-V2/V3): each token keeps its M best groups by group_scores
+    with k // M per group (equal scores to the lower group id) and takes its top-k by sel inside
+    them (equal values to the lower id). Returns (expert (N, k), kept groups (N, M))."""
+    N, E = sel.shape
+    kept = np.argsort(-group_scores(sel, G, k // M), axis=1, kind="stable")[:, :M]
+    mask = np.zeros((N, G), dtype=bool)
+    mask[np.arange(N)[:, None], kept] = True
+    masked = np.where(np.repeat(mask, E // G, axis=1), sel, -np.inf)
+    return topk(masked, k), kept
+
+
+def reach_stats(expert, E, R, node_of_rank):
+    """How far each token's experts reach (expert: (N, k), or one list of experts per token, maybe
+    empty): distinct owner ranks and distinct nodes per token, as {"ranks": {"mean", "max",
+    "histogram"}, "nodes": {...}}; histogram[j] = tokens reaching exactly j, up to the largest j
+    seen (as the JSON gives it)."""
+    own = np.array([owner(E, R, e) for e in range(E)])
+    nodes = np.asarray(node_of_rank)
+    out = {}
+    for name, of in (("ranks", own), ("nodes", nodes[own])):
+        n = np.array([len(set(of[np.asarray(row, dtype=np.int64)].tolist())) for row in expert],
+                     dtype=np.int64)
+        hist = np.bincount(n).tolist() if n.size else [0]
+        out[name] = {"mean": float(n.mean()) if n.size else 0.0,
+                     "max": int(n.max()) if n.size else 0, "histogram": hist}
+    return out
+
+
+def trim_histogram(h):
+    h = list(h)
+    while len(h) > 1 and h[-1] == 0:
+        h.pop()
+    return h
+
+
+def serve_by_keys(expert, keys, bounds, caps, E):
+    """An ordered policy: per group (bounds) and expert, the caps[g] assignments first in
+    (key, token, choice) order are served. expert, keys (N, k). Returns accepted (N, k) 0/1."""
+    N, k = expert.shape
+    acc = np.zeros((N, k), dtype=np.int64)
+    for (first, count), C in zip(bounds, caps):
+        for e in range(E):
+            t, c = np.nonzero(expert[first:first + count] == e)
+            t = t + first
+            if C is None:
+                acc[t, c] = 1
+                continue
+            order = np.lexsort((c, t, keys[t, c]))[:C]
+            acc[t[order], c[order]] = 1
+    return acc
+
+
+def reroute(expert0, sel, bounds, caps, E, prefer=None, tol=0.0):
+    """The reroute policy on the router's choices expert0 (N, k) with selection scores sel (N, E).
+    Round 0 is position. Round r >= 1: in token, then choice order, every assignment still dropped
+    (and not dropped for good) proposes to the best expert by sel (equal to the lower id) among
+    those with room at the end of round r-1 and not held by the token (its top-k, its served
+    reroutes, the proposals of its earlier choices this round); each expert serves its proposals in
+    that order up to its room; no candidate: dropped for good. Stops when a round proposes nothing.
+    prefer: {(t, c): expert} (moesim's serving experts): where the reference's best candidate and
+    prefer's differ by at most tol in sel (a near tie float32 may break either way) prefer's is
+    taken. Returns (accepted, serving expert, rerouted) (N, k), the number of adoptions and the
+    rounds after round 0 that made a proposal (the most of any group)."""
+    N, k = expert0.shape
+    acc = np.zeros((N, k), dtype=np.int64)
+    rer = np.zeros((N, k), dtype=np.int64)
+    serve = expert0.copy()
+    adopted = rounds = 0
+    for (first, count), C in zip(bounds, caps):
+        toks = range(first, first + count)
+        if C is None:
+            acc[first:first + count] = 1
+            continue
+        used = np.zeros(E, dtype=np.int64)
+        for t in toks:  # round 0: position
+            for c in range(k):
+                e = expert0[t, c]
+                if used[e] < C:
+                    acc[t, c] = 1
+                    used[e] += 1
+        room = C - used
+        final = np.zeros((N, k), dtype=bool)
+        r = 0
+        while True:
+            proposals = []
+            for t in toks:
+                held = set(expert0[t].tolist())
+                held.update(int(serve[t, c]) for c in range(k) if acc[t, c] and rer[t, c])
+                for c in range(k):
+                    if acc[t, c] or final[t, c]:
+                        continue
+                    cands = [e for e in range(E) if room[e] > 0 and e not in held]
+                    if not cands:
+                        final[t, c] = True
+                        continue
+                    best = min(cands, key=lambda e: (-sel[t, e], e))
+                    if prefer is not None:
+                        x = prefer.get((t, c))
+                        if x is not None and x != best and x in cands and \
+                                sel[t, x] >= sel[t, best] - tol:
+                            best = x
+                            adopted += 1
+                    proposals.append((t, c, best))
+                    held.add(best)
+            if not proposals:
+                break
+            r += 1
+            rounds = max(rounds, r)
+            taken = np.zeros(E, dtype=np.int64)
+            for t, c, e in proposals:
+                if taken[e] < room[e]:
+                    taken[e] += 1
+                    acc[t, c], rer[t, c], serve[t, c] = 1, 1, e
+            room -= taken
+    return acc, serve, rer, adopted, rounds
+
+
 class Reference:
     """Serial reference of one step. Inputs float32 (as moesim holds them), arithmetic float64.
     score, bias (E values or None), topk_scale and min_capacity are the router options of issue 9;
-    their defaults are the softmax router as before."""
+    their defaults are the softmax router as before.
+
+    Keyword-only (issue 9, policies and routers; defaults change nothing):
+      seed            needed by the random policy, noisy top-k and input jitter
+      policy          position | probs | choice | random | reroute (module POLICIES)
+      routing         token-choice | expert-choice
+      expert_groups, group_top_k, ranks_per_node
+                      group-limited top-k over G contiguous groups keeping M; G = 0 with M > 0
+                      means one group per node, node = rank // ranks_per_node (one node if None)
+      noisy_top_k     z += eps softplus(h W_noise^T)
+      input_jitter    routing sees h * U(1 - eps, 1 + eps), the experts h
+      shared          list of (W1, W2) of always-on shared experts, added with gate 1
+      logit_bias      E values added to every logit (the workload bias)"""
 
     def __init__(self, h, W, experts, k, cf, scope="global", ranks=1, renormalize=False,
-                 score="softmax", bias=None, topk_scale=1.0, min_capacity=0):
+                 score="softmax", bias=None, topk_scale=1.0, min_capacity=0, **opts):
         self.h, self.W, self.k, self.cf, self.scope, self.R = h, W, k, cf, scope, ranks
         self.N, self.d = h.shape
         self.E = W.shape[0]
         self.experts_w = experts  # list of (W1, W2) or a function e -> (W1, W2)
         self.renormalize = renormalize
+        self._options(**opts)
+        hr = h
+        if self.input_jitter:
+            hr = jitter_tokens(self.seed, h, self.input_jitter)
+        self.h_route = hr
+        h64 = hr.astype(np.float64)
+        z = h64 @ W.astype(np.float64).T
+        if self.logit_bias is not None:
+            z = z + np.asarray(self.logit_bias, dtype=np.float32).astype(np.float64)
+        if self.noisy_top_k:
+            zn = h64 @ gen_noise_router(self.seed, self.E, self.d).astype(np.float64).T
+            z = z + gate_noise(self.seed, self.N, self.E) * softplus(zn)
+        self.z = z
         if score == "sigmoid":
-            self.p = sigmoid(h.astype(np.float64) @ W.astype(np.float64).T)
-        else:
-            self.p = router_probs(h, W)
+            self.p = sigmoid(z)
+        else:  # router_probs' arithmetic
+            z = z - z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            self.p = p / p.sum(axis=1, keepdims=True)
         self._select(score, bias, topk_scale, min_capacity)
 
+    def _options(self, seed=None, policy="position", routing="token-choice", expert_groups=0,
+                 group_top_k=0, ranks_per_node=None, noisy_top_k=False, input_jitter=0.0,
+                 shared=None, logit_bias=None):
+        if policy not in POLICIES:
+            raise ValueError("policy %r" % policy)
+        if routing not in ("token-choice", "expert-choice"):
+            raise ValueError("routing %r" % routing)
+        self.seed, self.policy, self.routing = seed, policy, routing
+        self.ranks_per_node = ranks_per_node
+        rpn = ranks_per_node or self.R
+        self.node_of_rank = [r // rpn for r in range(self.R)]
+        self.n_nodes = max(self.node_of_rank) + 1
+        self.group_top_k = int(group_top_k)
+        self.expert_groups = int(expert_groups) or (self.n_nodes if self.group_top_k else 0)
+        self.noisy_top_k, self.input_jitter = bool(noisy_top_k), float(input_jitter)
+        self.shared = list(shared or [])
+        self.logit_bias = logit_bias
+        if (policy == "random" or noisy_top_k or input_jitter) and seed is None:
+            raise ValueError("this option needs the seed")
+
     def _select(self, score, bias, topk_scale, min_capacity):
-        """The top-k on the selection key p + b (p itself without a bias)."""
+        """The top-k on the selection key p + b (p itself without a bias); with a group limit,
+        inside the kept groups (self.expert_unlimited is the plain top-k)."""
+        if not hasattr(self, "policy"):
+            self._options()
         self.score, self.topk_scale, self.min_capacity = score, float(topk_scale), int(min_capacity)
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float32).reshape(-1)
         self.sel = self.p if self.bias is None else self.p + self.bias.astype(np.float64)
-        self.expert = topk(self.sel, self.k)
+        self.expert_unlimited = topk(self.sel, self.k)
+        if self.group_top_k:
+            G, M = self.expert_groups, self.group_top_k
+            if self.E % G or not 1 <= M <= G or self.k > M * (self.E // G):
+                raise ValueError("group limit G=%d M=%d with E=%d k=%d" % (G, M, self.E, self.k))
+            self.expert, self.kept_groups = grouped_topk(self.sel, self.k, G, M)
+            self.group_score = group_scores(self.sel, G, self.k // M)
+        else:
+            self.expert = self.expert_unlimited.copy()
         self.ties_adopted = 0
+
+    def _kept_mask(self, t, g, tol):
+        """With a group limit: the experts of a set of M groups that contains every group of the
+        choice g and is a best M by group score within tol; None if there is no such set."""
+        G, M = self.expert_groups, self.group_top_k
+        size = self.E // G
+        used = sorted(set((np.asarray(g) // size).tolist()))
+        if len(used) > M:
+            return None
+        score = self.group_score[t]
+        rest = [x for x in np.argsort(-score, kind="stable").tolist() if x not in used]
+        keep = used + rest[:M - len(used)]
+        out = [x for x in range(G) if x not in keep]
+        gtol = tol * max(1, self.k // M)
+        if out and score[keep].min() < score[out].max() - gtol:
+            return None
+        mask = np.zeros(self.E, dtype=bool)
+        for x in keep:
+            mask[x * size:(x + 1) * size] = True
+        return mask
 
     def adopt_near_ties(self, got_expert, tol):
         """Where the float64 reference and moesim's float32 router disagree only between experts
         whose probabilities differ by less than `tol` (a near tie that float32 rounding may break
         either way), take moesim's choice so that capacity decisions downstream are compared on
-        the same routing. Returns a list of tokens whose choice is not explained by a near tie."""
+        the same routing. Returns a list of tokens whose choice is not explained by a near tie.
+        With a group limit the choice must also lie in M groups that are a best M within tol."""
         bad = []
         for t in np.nonzero((got_expert != self.expert).any(axis=1))[0]:
             g = got_expert[t]
             pt = self.sel[t]  # the selection key: p, or p + b with a selection bias
             ok = len(set(g.tolist())) == self.k and all(0 <= e < self.E for e in g)
+            if ok and self.group_top_k:
+                mask = self._kept_mask(t, g, tol)
+                ok = mask is not None
+                if ok:
+                    pt = np.where(mask, pt, -np.inf)
             if ok:
                 chosen = pt[g]
                 others = np.delete(pt, g)
+                others = others[np.isfinite(others)]
                 ok = all(chosen[c] >= chosen[c + 1] - tol for c in range(self.k - 1))
                 ok = ok and (others.size == 0 or chosen.min() >= others.max() - tol)
             if ok:
@@ -448,8 +723,34 @@ class Reference:
             return [(0, self.N)]
         return [partition(self.N, self.R, r) for r in range(self.R)]
 
-    def solve(self):
-        """Gates, acceptance, y and every count, from self.expert."""
+    def gate_of(self, t, e):
+        """The gate token t would get from expert e (a rerouted slot's gate): p[t][e], divided by
+        the sum of p over the token's k original choices when normalizing, times topk_scale."""
+        g = self.p[t, e]
+        if self.renormalize or self.score == "sigmoid":
+            s = self.p[t, self.expert[t]].sum()
+            g = g / s if s > 0 else 0.0
+        return g * self.topk_scale
+
+    def keys(self, gate32):
+        """The ordered policies' keys (N, k): position 0, probs -gate (float32 gate), choice c,
+        random uniform(seed, 7, t*k + c)."""
+        N, k = self.N, self.k
+        if self.policy == "probs":
+            return -np.asarray(gate32, dtype=np.float32).astype(np.float64)
+        if self.policy == "choice":
+            return np.tile(np.arange(k, dtype=np.float64), (N, 1))
+        if self.policy == "random":
+            return random_drop_keys(self.seed, N, k)
+        return np.zeros((N, k), dtype=np.float64)
+
+    def solve(self, key_gate=None, prefer=None, tol=0.0):
+        """Gates, acceptance, y and every count, from self.expert. key_gate (N, k) float32
+        replaces the reference's gates in the probs policy's keys (to follow moesim's float32
+        rounding of near-equal gates); prefer and tol break reroute's (or expert choice's) near
+        ties as moesim did (reroute: {(t, c): expert}; expert choice: (N, E) 0/1)."""
+        if self.routing == "expert-choice":
+            return self._solve_expert_choice(prefer, tol)
         N, k, E = self.N, self.k, self.E
         rows = np.arange(N)[:, None]
         gate = self.p[rows, self.expert]  # the score, never the selection bias
@@ -458,63 +759,143 @@ class Reference:
             gate = np.divide(gate, sums, out=np.zeros_like(gate), where=sums > 0)
         if self.topk_scale != 1.0:
             gate = gate * self.topk_scale
+        bounds = self.groups()
+        self.group_caps = [capacity(self.cf, count, k, E, self.min_capacity)
+                           for _, count in bounds]
+        # (n_groups, E): assignments each group routes to each expert
+        self.loads = np.array([np.bincount(self.expert[first:first + count].ravel(), minlength=E)
+                               for first, count in bounds], dtype=np.int64).reshape(len(bounds), E)
+        self.reroute_adopted = self.reroute_rounds = 0
+        if self.policy == "reroute":
+            acc, serve, rer, self.reroute_adopted, self.reroute_rounds = reroute(
+                self.expert, self.sel, bounds, self.group_caps, E, prefer, tol)
+            for t, c in zip(*np.nonzero(rer)):
+                gate[t, c] = self.gate_of(t, serve[t, c])
+        else:
+            kg = gate.astype(np.float32) if key_gate is None else key_gate
+            acc = serve_by_keys(self.expert, self.keys(kg), bounds, self.group_caps, E)
+            serve, rer = self.expert.copy(), np.zeros((N, k), dtype=np.int64)
         self.gate = gate
-        acc = np.zeros((N, k), dtype=np.int64)
-        self.group_caps = []
-        self.loads = []  # (n_groups, E): assignments each group routes to each expert
-        for first, count in self.groups():
-            C = capacity(self.cf, count, k, E, self.min_capacity)
-            self.group_caps.append(C)
-            load = np.zeros(E, dtype=np.int64)
-            for t in range(first, first + count):  # position policy: token order
-                for c in range(k):
-                    e = self.expert[t, c]
-                    if C is None or load[e] < C:
-                        acc[t, c] = 1
-                    load[e] += 1
-            self.loads.append(load)
-        self.loads = np.array(self.loads, dtype=np.int64)
-        self.accepted = acc
+        self.accepted, self.serve_expert, self.rerouted = acc, serve, rer
         self.routed_per_expert = np.bincount(self.expert.ravel(), minlength=E)
-        self.accepted_per_expert = np.bincount(self.expert.ravel(), weights=acc.ravel(),
-                                               minlength=E).astype(np.int64)
+        self.accepted_per_expert = np.bincount(serve[acc == 1], minlength=E).astype(np.int64)
+        self.rerouted_in = np.bincount(serve[(acc == 1) & (rer == 1)], minlength=E).astype(np.int64)
+        self.dropped_per_expert = self.routed_per_expert - (self.accepted_per_expert -
+                                                            self.rerouted_in)
+        self.drops_rerouted = int(rer.sum())
+        # drops.dropped_assignments = sum of experts[].dropped (a rerouted assignment was dropped by
+        # its routed expert); still_dropped = the assignments no expert served
+        self.dropped_assignments = int(self.dropped_per_expert.sum())
+        self.still_dropped = int(N * k - acc.sum())
         if self.group_caps[0] is None:
             self.capacity_per_expert = None
         else:
             self.capacity_per_expert = sum(self.group_caps)
         self.dropped_tokens = int((acc.sum(axis=1) == 0).sum())
+        self.experts_per_token = np.bincount(acc.sum(axis=1), minlength=k + 1).tolist()
+        self.unchosen_tokens = self.dropped_tokens
+        self.reach = reach_stats(self.expert, E, self.R, self.node_of_rank)
+        self.reach_unlimited = (reach_stats(self.expert_unlimited, E, self.R, self.node_of_rank)
+                                if self.group_top_k else None)
         return self
 
+    def _solve_expert_choice(self, prefer, tol):
+        """Expert choice (Zhou et al. 2022): per group, expert e takes the C tokens of highest
+        sel[t][e] (equal: lower token id), C = min(capacity, group size); gate p * topk_scale.
+        prefer (N, E): moesim's choice, adopted per group and expert when it is a best C within
+        tol."""
+        N, k, E = self.N, self.k, self.E
+        chosen = np.zeros((N, E), dtype=np.int64)
+        self.group_caps = []
+        for first, count in self.groups():
+            C = capacity(self.cf, count, k, E, self.min_capacity)
+            C = count if C is None else min(C, count)
+            self.group_caps.append(C)
+            for e in range(E):
+                s = self.sel[first:first + count, e]
+                take = np.lexsort((np.arange(count), -s))[:C]
+                mine = np.zeros(count, dtype=bool)
+                mine[take] = True
+                if prefer is not None:
+                    got = np.asarray(prefer[first:first + count, e]) != 0
+                    if (got != mine).any() and got.sum() == C and \
+                            (C == 0 or C == count or s[got].min() >= s[~got].max() - tol):
+                        mine = got
+                        self.ties_adopted += 1
+                chosen[first:first + count, e] = mine
+        self.chosen = chosen
+        self.gate_ec = self.p * self.topk_scale
+        self.accepted_per_expert = chosen.sum(axis=0)
+        per_token = chosen.sum(axis=1)
+        self.experts_per_token = np.bincount(per_token, minlength=E + 1).tolist()
+        self.unchosen_tokens = int((per_token == 0).sum())
+        self.dropped_tokens = self.unchosen_tokens
+        self.routed_per_expert = self.accepted_per_expert  # nothing overflows
+        self.expected_rows()
+        # how far a token reaches: the experts that took it
+        self.reach = reach_stats([np.nonzero(row)[0] for row in chosen], E, self.R,
+                                 self.node_of_rank)
+        self.reach_unlimited = None
+        return self
+
+    def expected_rows(self):
+        """Expert choice: the CSV rows (token, choice, expert), token-major, experts ascending."""
+        t, e = np.nonzero(self.chosen)  # row-major: token-major, experts ascending
+        first = np.searchsorted(t, t)   # index of the token's first row
+        self.ec_rows = {"token": t, "choice": np.arange(len(t)) - first, "expert": e,
+                        "gate": self.gate_ec[t, e], "score": self.sel[t, e]}
+        return self.ec_rows
+
+    def _ffn(self, w, x):
+        w1, w2 = w
+        return gelu(x @ w1.astype(np.float64).T) @ w2.astype(np.float64).T
+
     def output(self):
-        """y (N, d) float64."""
+        """y (N, d) float64: h + the served assignments' gate * FFN + every shared expert's FFN."""
         h64 = self.h.astype(np.float64)
         y = h64.copy()
         for e in range(self.E):
-            tok, ch = np.nonzero((self.expert == e) & (self.accepted == 1))
+            if self.routing == "expert-choice":
+                tok = np.nonzero(self.chosen[:, e])[0]
+                g = self.gate_ec[tok, e]
+            else:
+                tok, ch = np.nonzero((self.serve_expert == e) & (self.accepted == 1))
+                g = self.gate[tok, ch]
             if tok.size == 0:
                 continue
-            w1, w2 = self.experts_w(e) if callable(self.experts_w) else self.experts_w[e]
-            x = h64[tok]
-            ye = gelu(x @ w1.astype(np.float64).T) @ w2.astype(np.float64).T
-            np.add.at(y, tok, self.gate[tok, ch][:, None] * ye)
+            w = self.experts_w(e) if callable(self.experts_w) else self.experts_w[e]
+            np.add.at(y, tok, g[:, None] * self._ffn(w, h64[tok]))
+        for w in self.shared:
+            y += self._ffn(w, h64)
         return y
 
     def dispatch_bytes(self):
-        """(R, R) [src][dst] bytes of accepted rows for the rank count self.R."""
+        """(R, R) [src][dst] bytes of accepted rows for the rank count self.R (to the serving
+        expert's owner; shared experts move nothing)."""
         R = self.R
         m = np.zeros((R, R), dtype=np.int64)
         src = np.array([owner(self.N, R, t) for t in range(self.N)])
         eown = np.array([owner(self.E, R, e) for e in range(self.E)])
+        if self.routing == "expert-choice":
+            t, e = np.nonzero(self.chosen)
+            np.add.at(m, (src[t], eown[e]), 1)
+            return m * self.d * 4
         for c in range(self.k):
             ok = self.accepted[:, c] == 1
-            np.add.at(m, (src[ok], eown[self.expert[ok, c]]), 1)
+            np.add.at(m, (src[ok], eown[self.serve_expert[ok, c]]), 1)
         return m * self.d * 4
 
 
+def shared_weights(seed, d, F, S):
+    """The S shared experts' (W1, W2): the generated expert of id SHARED_EXPERT_BASE + s."""
+    return [gen_expert(seed, SHARED_EXPERT_BASE + s, d, F) for s in range(S)]
+
+
 def generated_reference(seed, N, d, E, k, cf, f=None, scope="global", ranks=1, renormalize=False,
-                        **router):
-    """Reference of a generated batch; router takes Reference's score, bias, topk_scale and
-    min_capacity."""
+                        shared_experts=0, shared_ffn=None, **router):
+    """Reference of a generated batch; router takes Reference's score, bias, topk_scale,
+    min_capacity and its keyword options (the seed is passed on); shared_experts S with inner size
+    shared_ffn (default f) adds the generated shared experts."""
     f = f or 2 * d
     cache = {}
 
@@ -523,6 +904,9 @@ def generated_reference(seed, N, d, E, k, cf, f=None, scope="global", ranks=1, r
             cache[e] = gen_expert(seed, e, d, f)
         return cache[e]
 
+    router.setdefault("seed", seed)
+    if shared_experts:
+        router["shared"] = shared_weights(seed, d, shared_ffn or f, shared_experts)
     return Reference(gen_tokens(seed, N, d), gen_router(seed, E, d), experts, k, cf, scope,
                      ranks, renormalize, **router)
 
@@ -684,13 +1068,18 @@ class LogitsReference(Reference):
     float64 from float32 z. Everything downstream (capacity, gates, y) is Reference's."""
 
     def __init__(self, z, h, experts, k, cf, scope="global", ranks=1, renormalize=False,
-                 score="softmax", bias=None, topk_scale=1.0, min_capacity=0):
+                 score="softmax", bias=None, topk_scale=1.0, min_capacity=0, **opts):
         self.h, self.k, self.cf, self.scope, self.R = h, k, cf, scope, ranks
         self.N, self.d = h.shape
         self.E = z.shape[1]
         self.W = None
         self.experts_w = experts
         self.renormalize = renormalize
+        # Reference's keyword options that act after the logits (policy, routing, group limit,
+        # shared experts); noise and jitter act on h W^T, which given logits replace
+        self._options(**opts)
+        if self.noisy_top_k or self.input_jitter:
+            raise ValueError("LogitsReference: noise and jitter need h W^T")
         z64 = np.asarray(z, dtype=np.float32).astype(np.float64)
         if score == "sigmoid":
             self.p = sigmoid(z64)
