@@ -323,12 +323,12 @@ static int time_exchange(bench *b, double *s, char *msg)
     int rc;
     BARRIER(b);
     t = MPI_Wtime();
-    if ((rc = moe_exchange_rows(&b->ex, b->sendbuf, b->recvbuf, false, msg, MSG_LEN)) != MOE_OK)
+    if ((rc = moe_exchange_rows(&b->ex, b->sendbuf, b->recvbuf, false, false, msg, MSG_LEN)) != MOE_OK)
         return rc;
     s[S_DISPATCH_EXCHANGE] = MPI_Wtime() - t;
     BARRIER(b);
     t = MPI_Wtime();
-    if ((rc = moe_exchange_rows(&b->ex, b->recvbuf, b->sendbuf, true, msg, MSG_LEN)) != MOE_OK)
+    if ((rc = moe_exchange_rows(&b->ex, b->recvbuf, b->sendbuf, true, false, msg, MSG_LEN)) != MOE_OK)
         return rc;
     s[S_COMBINE_EXCHANGE] = MPI_Wtime() - t;
     return MOE_OK;

@@ -234,11 +234,8 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
     if ((rc = reduce_xsums(L, &checksum, 1, &checksum_all, msg, msglen)) != MOE_OK)
         goto done;
 
-    /* traffic: my row of the dispatch matrix, in bytes */
-    int64_t *row = mine + 2 * E;
-    for (int r = 0; r < R; r++)
-        row[r] = L->send_rows[r] * L->ex.row_bytes;
-    MOE_MPI_CHECK(MPI_Gather(row, R, MPI_INT64_T, res ? res->dispatch_bytes : NULL, R, MPI_INT64_T,
+    /* traffic: my row of the dispatch matrix, in rows; bytes as they travel follow */
+    MOE_MPI_CHECK(MPI_Gather(L->send_rows, R, MPI_INT64_T, res ? res->rows : NULL, R, MPI_INT64_T,
                              0, L->comm),
                   msg, msglen);
 
@@ -259,10 +256,18 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
             res->owner[e] = moe_partition_owner(E, R, e);
         res->aux_loss = moe_load_balance(res->f, res->P, res->routed, psum_all, E, L->cfg.tokens,
                                          L->k);
-        /* combine sends each owner's results back: the transpose of dispatch */
+        /* dispatch rows in the --wire format; combine sends each owner's results back, the
+         * transpose, in the --wire-combine format */
+        res->wire = L->wire_out;
+        res->wire_combine = L->wire_back;
+        res->row_bytes = L->ex.row_out_bytes;
+        res->row_bytes_combine = L->ex.row_back_bytes;
         for (int s = 0; s < R; s++)
-            for (int r = 0; r < R; r++)
-                res->combine_bytes[(int64_t)r * R + s] = res->dispatch_bytes[(int64_t)s * R + r];
+            for (int r = 0; r < R; r++) {
+                int64_t rows = res->rows[(int64_t)s * R + r];
+                res->dispatch_bytes[(int64_t)s * R + r] = rows * L->ex.row_out_bytes;
+                res->combine_bytes[(int64_t)r * R + s] = rows * L->ex.row_back_bytes;
+            }
         moe_results_totals(res, moe_expert_flops_per_row(L->d, L->f));
     }
 done:
@@ -271,17 +276,23 @@ done:
     return rc;
 }
 
+/* Collective: phase_seconds is this rank's (iters, MOE_PHASE_COUNT) times. On rank 0 (res not
+ * NULL): per phase and for the step, the min/mean/max over ranks of each rank's median, the
+ * smallest and largest single iteration over ranks and iterations (MPI_MIN, MPI_MAX), and the
+ * bandwidth figures from the slowest rank's median. */
 static int results_timing(moe_layer *L, moe_results *res, const double *phase_seconds, int iters,
                           char *msg, size_t msglen)
 {
     int R = L->R, P = MOE_PHASE_COUNT + 1; /* phases, then the whole step */
     double *col = malloc((size_t)iters * sizeof *col);
-    double *med = malloc((size_t)P * sizeof *med);
+    /* med, lo, hi (P each) on every rank; the reduced lo and hi (P each) on rank 0 */
+    double *med = malloc((size_t)(5 * P) * sizeof *med);
     double *all = L->rank == 0 ? malloc((size_t)(P * R) * sizeof *all) : NULL;
     double *one = malloc((size_t)R * sizeof *one);
     int rc = col && med && one && (L->rank != 0 || all) ? MOE_OK : MOE_ENOMEM;
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         goto done;
+    double *lo = med + P, *hi = med + 2 * P, *lo_all = med + 3 * P, *hi_all = med + 4 * P;
     for (int p = 0; p < P; p++) {
         for (int i = 0; i < iters; i++) {
             const double *it = phase_seconds + (int64_t)i * MOE_PHASE_COUNT;
@@ -293,12 +304,19 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
                     col[i] += moe_phase_in_step(q) ? it[q] : 0.0;
             }
         }
+        moe_summary s = moe_summarize(col, iters);
+        lo[p] = s.min;
+        hi[p] = s.max;
         med[p] = moe_median(col, iters);
     }
     {
         int mrc = MPI_Gather(med, P, MPI_DOUBLE, all, P, MPI_DOUBLE, 0, L->comm);
+        if (mrc == MPI_SUCCESS)
+            mrc = MPI_Reduce(lo, lo_all, P, MPI_DOUBLE, MPI_MIN, 0, L->comm);
+        if (mrc == MPI_SUCCESS)
+            mrc = MPI_Reduce(hi, hi_all, P, MPI_DOUBLE, MPI_MAX, 0, L->comm);
         if (mrc != MPI_SUCCESS) {
-            rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, msglen);
+            rc = moe_mpi_fail(mrc, "MPI_Gather/MPI_Reduce", __FILE__, __LINE__, msg, msglen);
             goto done;
         }
     }
@@ -307,10 +325,14 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
             for (int r = 0; r < R; r++)
                 one[r] = all[(int64_t)r * P + p];
             moe_summary s = moe_summarize(one, R);
-            if (p < MOE_PHASE_COUNT)
+            moe_spread sp = {lo_all[p], hi_all[p]};
+            if (p < MOE_PHASE_COUNT) {
                 res->phase[p] = s;
-            else
+                res->phase_iter[p] = sp;
+            } else {
                 res->step = s;
+                res->step_iter = sp;
+            }
         }
         int64_t total = 0;
         for (int64_t i = 0; i < (int64_t)R * R; i++)
@@ -318,6 +340,8 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
         double td = res->phase[MOE_PHASE_DISPATCH].max, tc = res->phase[MOE_PHASE_COMBINE].max;
         res->dispatch_bytes_per_second = td > 0 ? (double)total / td : 0.0;
         res->combine_bytes_per_second = tc > 0 ? (double)total / tc : 0.0;
+        res->dispatch_a2a = moe_a2a_bandwidth_of(res->dispatch_bytes, L->placement, R, td);
+        res->combine_a2a = moe_a2a_bandwidth_of(res->combine_bytes, L->placement, R, tc);
     }
 done:
     free(col);

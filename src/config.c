@@ -63,6 +63,13 @@ void moe_config_defaults(moe_config *cfg)
 /* Names of the enums as the options spell them, indexed by value (capacity.h, router.h). */
 static const char *const policy_names[] = {"position", "probs", "choice", "random", "reroute"};
 static const char *const routing_names[] = {"token-choice", "expert-choice"};
+static const char *const mode_names[] = {"forward", "dispatch"};
+static const char *const wire_names[] = {"fp32", "bf16", "fp8"}; /* moe_wire order */
+
+const char *moe_mode_name(moe_mode m)
+{
+    return m == MOE_MODE_DISPATCH ? "dispatch" : "forward";
+}
 
 /* The MoE layer of a model family, as --preset sets it. */
 typedef struct moe_preset {
@@ -211,6 +218,14 @@ const char *moe_config_usage(void)
            "  --network FILE         project dispatch and combine onto a cluster: latency and\n"
            "                         bandwidth per locality class (examples in launch/*.network)\n"
            "Run and output\n"
+           "  --mode M               forward (default): the layer's step; dispatch: the same with\n"
+           "                         identity experts (each returns its input), so the step is\n"
+           "                         the exchange (Megatron's dispatch_only benchmark)\n"
+           "  --wire F               format of the dispatched rows: fp32 (default), bf16 (round to\n"
+           "                         nearest even), fp8 (e4m3, one fp32 scale per 128 channels,\n"
+           "                         DeepEP's layout); the bytes are counted as they travel\n"
+           "  --wire-combine F       format of the combined rows: fp32 or bf16 (default fp32; bf16\n"
+           "                         after an fp8 dispatch, as DeepEP does)\n"
            "  --iters N              timed iterations (default 5)\n"
            "  --warmup N             untimed iterations before them (default 1)\n"
            "  --json PATH            write every result as JSON (keys: docs/json.md); '-' is\n"
@@ -241,7 +256,7 @@ enum {
     OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK, OPT_MAX_MEMORY, OPT_SCORE, OPT_SELECTION_BIAS,
     OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
-    OPT_SHARED_TOTAL
+    OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE
 };
 
 static const struct option long_options[] = {
@@ -257,6 +272,9 @@ static const struct option long_options[] = {
     {"pad-to-capacity", no_argument, NULL, OPT_PAD},
     {"seed", required_argument, NULL, OPT_SEED},
     {"iters", required_argument, NULL, OPT_ITERS},
+    {"mode", required_argument, NULL, OPT_MODE},
+    {"wire", required_argument, NULL, OPT_WIRE},
+    {"wire-combine", required_argument, NULL, OPT_WIRE_COMBINE},
     {"warmup", required_argument, NULL, OPT_WARMUP},
     {"tokens-file", required_argument, NULL, OPT_TOKENS_FILE},
     {"router-file", required_argument, NULL, OPT_ROUTER_FILE},
@@ -488,7 +506,8 @@ static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
             }
         }
         /* a valid name with something added ("--a2a-mode" for "--a2a"), unless another name is
-         * nearer ("--experts-groups" is one letter from --expert-groups, not --experts) */
+         * a typo away (at most 2 edits: "--experts-groups" is one letter from --expert-groups,
+         * not --experts; "--a2a-mode" is 4 from --mode, so --a2a) */
         const struct option *stem = NULL;
         for (const struct option *o = long_options; o->name != NULL; o++)
             if (strlen(o->name) < len && strncmp(o->name, name, strlen(o->name)) == 0 &&
@@ -497,7 +516,8 @@ static int check_exact_names(int argc, char **argv, char *msg, size_t msglen)
         if (stem != NULL)
             return moe_fail(MOE_EUSAGE, msg, msglen,
                             "unknown option '--%s': did you mean --%s? (see --help)", given,
-                            best < edit_distance(given, stem->name) ? nearest : stem->name);
+                            best <= 2 && best < edit_distance(given, stem->name) ? nearest
+                                                                                 : stem->name);
         int limit = len < 6 ? 2 : (int)len / 3;
         if (nearest != NULL && best <= limit)
             return moe_fail(MOE_EUSAGE, msg, msglen,
@@ -869,6 +889,20 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             rc = parse_int(name, optarg, 0, INT64_MAX, &v, msg, msglen);
             cfg->seed = (uint64_t)v;
             break;
+        case OPT_WIRE:
+            rc = parse_choice(name, optarg, wire_names, 3, &choice, msg, msglen);
+            cfg->wire = (moe_wire)choice;
+            break;
+        case OPT_WIRE_COMBINE:
+            /* DeepEP combines in bf16 at most: no fp8 on the way back */
+            rc = parse_choice(name, optarg, wire_names, 2, &choice, msg, msglen);
+            cfg->wire_combine = (moe_wire)choice;
+            cfg->set_wire_combine = true;
+            break;
+        case OPT_MODE:
+            rc = parse_choice(name, optarg, mode_names, 2, &choice, msg, msglen);
+            cfg->mode = (moe_mode)choice;
+            break;
         case OPT_ITERS:
             rc = parse_int(name, optarg, 1, 1000000, &v, msg, msglen);
             cfg->iters = (int)v;
@@ -925,6 +959,8 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
     if (optind < argc)
         return moe_fail(MOE_EUSAGE, msg, msglen, "unexpected argument '%s' (see --help)",
                         argv[optind]);
+    if (!cfg->set_wire_combine) /* DeepEP: fp8 dispatch, bf16 combine */
+        cfg->wire_combine = cfg->wire == MOE_WIRE_FP8 ? MOE_WIRE_BF16 : MOE_WIRE_FP32;
     if (shared_total_name != NULL) {
         /* Megatron-Core sizes the shared expert(s) as one MLP of this total inner size */
         if (cfg->set_shared_ffn)

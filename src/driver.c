@@ -5,11 +5,15 @@
 #include "moesim/fileout.h"
 #include "moesim/npy.h"
 
+#include <cblas.h>
+#include <ctype.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 int moe_driver_resolve(moe_config *cfg, int nranks, MPI_Comm comm, char *msg, size_t msglen)
@@ -118,4 +122,59 @@ bool moe_driver_fault(const char *site, int rank)
         p = next ? next + 1 : NULL;
     }
     return false;
+}
+
+double moe_driver_load_average(void)
+{
+    const char *fake = getenv("MOESIM_FAKE_LOADAVG");
+    if (fake != NULL) {
+        char *end;
+        double v = strtod(fake, &end);
+        return end != fake && *end == '\0' && isfinite(v) ? v : NAN; /* "none": unavailable */
+    }
+    double load[1];
+    return getloadavg(load, 1) == 1 ? load[0] : NAN;
+}
+
+int64_t moe_driver_online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int64_t)n : -1;
+}
+
+void moe_driver_format_utc(char *buf, size_t len, time_t t)
+{
+    struct tm tm;
+    if (len == 0)
+        return;
+    if (gmtime_r(&t, &tm) == NULL || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        buf[0] = '\0';
+}
+
+/* The first line of s into buf, without the whitespace around it. */
+static void first_line(char *buf, size_t len, const char *s)
+{
+    while (*s != '\0' && isspace((unsigned char)*s))
+        s++;
+    size_t n = strcspn(s, "\r\n");
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        n--;
+    snprintf(buf, len, "%.*s", (int)(n < len ? n : len - 1), s);
+}
+
+void moe_driver_environment(moe_environment *env)
+{
+    memset(env, 0, sizeof *env);
+    env->cores = moe_driver_online_cpus();
+    env->load_start = moe_driver_load_average();
+    env->load_end = NAN;
+    moe_driver_format_utc(env->utc, sizeof env->utc, time(NULL));
+    char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int n = 0;
+    if (MPI_Get_library_version(version, &n) == MPI_SUCCESS)
+        first_line(env->mpi_library, sizeof env->mpi_library, version);
+    else
+        snprintf(env->mpi_library, sizeof env->mpi_library, "MPI %d.%d", MPI_VERSION,
+                 MPI_SUBVERSION);
+    first_line(env->openblas, sizeof env->openblas, openblas_get_config());
 }

@@ -70,11 +70,40 @@ int moe_exchange_init(moe_exchange *ex, MPI_Comm comm, int64_t d, int E, char *m
     ex->row_bytes = d * (int64_t)sizeof(float);
     MOE_MPI_CHECK(MPI_Type_contiguous((int)d, MPI_FLOAT, &ex->row), msg, msglen);
     MOE_MPI_CHECK(MPI_Type_commit(&ex->row), msg, msglen);
+    ex->row_out = ex->row_back = ex->row;
+    ex->row_out_bytes = ex->row_back_bytes = ex->row_bytes;
     return MOE_OK;
+}
+
+/* A contiguous row of `bytes` bytes, or the fp32 row itself. */
+static int wire_type(moe_exchange *ex, int64_t bytes, MPI_Datatype *out, char *msg, size_t msglen)
+{
+    if (bytes == ex->row_bytes) {
+        *out = ex->row;
+        return MOE_OK;
+    }
+    MOE_MPI_CHECK(MPI_Type_contiguous((int)bytes, MPI_BYTE, out), msg, msglen);
+    MOE_MPI_CHECK(MPI_Type_commit(out), msg, msglen);
+    return MOE_OK;
+}
+
+int moe_exchange_set_wire(moe_exchange *ex, int64_t out_bytes, int64_t back_bytes, char *msg,
+                          size_t msglen)
+{
+    int rc = wire_type(ex, out_bytes, &ex->row_out, msg, msglen);
+    if (rc == MOE_OK)
+        rc = wire_type(ex, back_bytes, &ex->row_back, msg, msglen);
+    ex->row_out_bytes = out_bytes;
+    ex->row_back_bytes = back_bytes;
+    return rc;
 }
 
 void moe_exchange_free(moe_exchange *ex)
 {
+    if (ex->row_out != ex->row && ex->row_out != MPI_DATATYPE_NULL && ex->row_out != 0)
+        MPI_Type_free(&ex->row_out);
+    if (ex->row_back != ex->row && ex->row_back != MPI_DATATYPE_NULL && ex->row_back != 0)
+        MPI_Type_free(&ex->row_back);
     if (ex->row != MPI_DATATYPE_NULL && ex->row != 0)
         MPI_Type_free(&ex->row);
     free(ex->cnt_scounts);
@@ -123,16 +152,17 @@ int moe_exchange_set_rows(moe_exchange *ex, const int64_t *send_rows, const int6
     return rc;
 }
 
-int moe_exchange_rows(moe_exchange *ex, const float *send, float *recv, bool reverse, char *msg,
-                      size_t msglen)
+int moe_exchange_rows(moe_exchange *ex, const void *send, void *recv, bool reverse, bool fp32,
+                      char *msg, size_t msglen)
 {
+    MPI_Datatype t = fp32 ? ex->row : reverse ? ex->row_back : ex->row_out;
     if (!reverse)
-        MOE_MPI_CHECK(MPI_Alltoallv(send, ex->scounts, ex->sdispls, ex->row, recv, ex->rcounts,
-                                    ex->rdispls, ex->row, ex->comm),
+        MOE_MPI_CHECK(MPI_Alltoallv(send, ex->scounts, ex->sdispls, t, recv, ex->rcounts,
+                                    ex->rdispls, t, ex->comm),
                       msg, msglen);
     else
-        MOE_MPI_CHECK(MPI_Alltoallv(send, ex->rcounts, ex->rdispls, ex->row, recv, ex->scounts,
-                                    ex->sdispls, ex->row, ex->comm),
+        MOE_MPI_CHECK(MPI_Alltoallv(send, ex->rcounts, ex->rdispls, t, recv, ex->scounts,
+                                    ex->sdispls, t, ex->comm),
                       msg, msglen);
     return MOE_OK;
 }

@@ -203,6 +203,8 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
                                 L->comm),
                   msg, msglen);
     rc = moe_hier_plan(L->hier, L->count_matrix, msg, msglen);
+    if (rc == MOE_OK && L->hier_back != NULL)
+        rc = moe_hier_plan(L->hier_back, L->count_matrix, msg, msglen);
     if (rc == MOE_OK && moe_driver_fault("hier_plan", L->rank))
         rc = moe_fail(MOE_ENOMEM, msg, msglen, "injected fault (MOESIM_FAULT=hier_plan)");
     return rc;
@@ -348,7 +350,8 @@ static int load_inputs(moe_layer *L, char *msg, size_t msglen)
     }
     if (rc == MOE_OK && c->expert_bias_file != NULL)
         rc = load_selection_bias(L, msg, msglen);
-    for (int64_t le = 0; rc == MOE_OK && !c->predict_only && le < L->n_le; le++)
+    bool weights = !c->predict_only && c->mode == MOE_MODE_FORWARD;
+    for (int64_t le = 0; rc == MOE_OK && weights && le < L->n_le; le++)
         moe_expert_init(L->w1 + le * L->f * L->d, L->w2 + le * L->d * L->f, c->seed,
                         (int)(L->first_e + le), L->d, L->f);
     /* shared expert s has the weights a routed expert of id MOE_MAX_EXPERTS + s would have */
@@ -408,7 +411,7 @@ static int discover_placement(moe_layer *L, char *msg, size_t msglen)
     return MOE_OK;
 }
 
-static void plan_raw_rows(moe_layer *L);
+static void plan_raw_rows(moe_layer *L, int *counts);
 
 /* What routing needs once the inputs are there: the jittered copy of h and the noise logits,
  * both fixed for the life of the layer (the counter generator gives the same values each step). */
@@ -470,17 +473,17 @@ static int resolve_groups(moe_layer *L, char *msg, size_t msglen)
 /* Raw baseline counts: the same rows as bytes (MPI_BYTE) when every count and displacement fits an
  * int, else in rows of the row type. Not collective; the choice is the same on every rank only if
  * the sizes are, so it is agreed by the caller. */
-static int plan_raw(moe_layer *L, int *use_bytes)
+static int plan_raw(moe_layer *L, int *counts, int64_t unit, int *use_bytes)
 {
     int R = L->R;
-    int64_t unit = L->ex.row_bytes, total_s = 0, total_r = 0;
+    int64_t total_s = 0, total_r = 0;
     for (int r = 0; r < R; r++) {
         total_s += L->send_rows[r];
         total_r += L->recv_rows[r];
     }
     *use_bytes = (total_s * unit <= INT_MAX && total_r * unit <= INT_MAX);
     int64_t scale = *use_bytes ? unit : 1;
-    int *sc = L->raw_counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+    int *sc = counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
     int64_t so = 0, ro = 0;
     for (int r = 0; r < R; r++) {
         sc[r] = (int)(L->send_rows[r] * scale);
@@ -494,10 +497,10 @@ static int plan_raw(moe_layer *L, int *use_bytes)
 }
 
 /* Raw baseline in rows, when some rank's bytes overflow an int. */
-static void plan_raw_rows(moe_layer *L)
+static void plan_raw_rows(moe_layer *L, int *counts)
 {
     int R = L->R;
-    int *sc = L->raw_counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+    int *sc = counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
     int64_t so = 0, ro = 0;
     for (int r = 0; r < R; r++) {
         sc[r] = (int)L->send_rows[r];
@@ -556,11 +559,17 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     rc = moe_exchange_init(&L->ex, comm, L->d, L->E, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
-    L->raw_type = MPI_BYTE;
+    L->raw_type = L->raw_type_back = MPI_BYTE;
+    L->wire_out = cfg->wire;
+    L->wire_back = cfg->wire_combine;
+    rc = moe_exchange_set_wire(&L->ex, moe_wire_row_bytes(L->wire_out, L->d),
+                               moe_wire_row_bytes(L->wire_back, L->d), msg, msglen);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
     L->placement = calloc((size_t)L->R, sizeof *L->placement);
     L->node_of_rank = calloc((size_t)L->R, sizeof *L->node_of_rank);
     L->count_matrix = calloc((size_t)L->R * (size_t)L->R, sizeof *L->count_matrix);
-    L->raw_counts = calloc((size_t)L->R * 4, sizeof *L->raw_counts);
+    L->raw_counts = calloc((size_t)L->R * 8, sizeof *L->raw_counts);
     rc = L->placement && L->node_of_rank && L->count_matrix && L->raw_counts
              ? MOE_OK
              : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
@@ -571,7 +580,12 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     if ((rc = resolve_groups(L, msg, msglen)) != MOE_OK)
         return rc;
     if (cfg->hierarchical) {
-        rc = moe_hier_create(&L->hier, comm, L->node_of_rank, L->ex.row, L->ex.row_bytes, msg, msglen);
+        rc = moe_hier_create(&L->hier, comm, L->node_of_rank, L->ex.row_out, L->ex.row_out_bytes,
+                             msg, msglen);
+        /* rows that come back in another format need a two-level exchange of their own */
+        if (rc == MOE_OK && L->ex.row_back_bytes != L->ex.row_out_bytes)
+            rc = moe_hier_create(&L->hier_back, comm, L->node_of_rank, L->ex.row_back,
+                                 L->ex.row_back_bytes, msg, msglen);
         if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
             return rc;
     }
@@ -607,10 +621,16 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->gate = alloc_bytes(L, nk, sizeof(float), &rc);
     L->flag = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
     L->rerouted = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
+    if (cfg->wire != MOE_WIRE_FP32)
+        L->send_tok = alloc_bytes(L, nk, sizeof(int64_t), &rc);
     if (cfg->policy == MOE_POLICY_REROUTE && cfg->routing == MOE_ROUTING_TOKEN_CHOICE) {
         L->orig = alloc_bytes(L, (size_t)(L->n * L->k), sizeof(int32_t), &rc);
         L->orig_gate = alloc_bytes(L, (size_t)(L->n * L->k), sizeof(float), &rc);
     }
+    /* dispatch mode: identity experts, so no weights, and the shared experts (which move no
+     * data) are left out */
+    if (cfg->mode == MOE_MODE_DISPATCH)
+        L->S = 0;
     if (L->S > 0 && !cfg->predict_only) {
         size_t ws = (size_t)L->S * (size_t)(L->fs * L->d);
         L->ws1 = alloc_bytes(L, ws, sizeof(float), &rc);
@@ -632,7 +652,7 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->x_rows = alloc_bytes(L, le, sizeof(int64_t), &rc);
     L->placed = alloc_bytes(L, le, sizeof(int64_t), &rc);
     /* --predict-only never runs an expert: no weights */
-    size_t w = cfg->predict_only ? 0 : le * (size_t)(L->f * L->d);
+    size_t w = cfg->predict_only || cfg->mode == MOE_MODE_DISPATCH ? 0 : le * (size_t)(L->f * L->d);
     L->w1 = alloc_bytes(L, w, sizeof(float), &rc);
     L->w2 = alloc_bytes(L, w, sizeof(float), &rc);
     if (rc != MOE_OK)
@@ -676,11 +696,18 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
     int use_bytes = 0, all_bytes = 0;
-    plan_raw(L, &use_bytes);
+    int *raw_back = L->raw_counts + 4 * L->R;
+    int use_back = 0, all_back = 0;
+    plan_raw(L, L->raw_counts, L->ex.row_out_bytes, &use_bytes);
+    plan_raw(L, raw_back, L->ex.row_back_bytes, &use_back);
+    MOE_MPI_CHECK(MPI_Allreduce(&use_back, &all_back, 1, MPI_INT, MPI_MIN, comm), msg, msglen);
+    if (all_back != use_back)
+        plan_raw_rows(L, raw_back);
+    L->raw_type_back = all_back ? MPI_BYTE : L->ex.row_back;
     MOE_MPI_CHECK(MPI_Allreduce(&use_bytes, &all_bytes, 1, MPI_INT, MPI_MIN, comm), msg, msglen);
     if (all_bytes != use_bytes)
-        plan_raw_rows(L);
-    L->raw_type = all_bytes ? MPI_BYTE : L->ex.row;
+        plan_raw_rows(L, L->raw_counts);
+    L->raw_type = all_bytes ? MPI_BYTE : L->ex.row_out;
     layout_experts(L);
     if (L->rows_x > INT_MAX)
         rc = moe_fail(MOE_ERANGE, msg, msglen,
@@ -689,7 +716,7 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
     int64_t raw_rows = L->n_send > L->n_recv ? L->n_send : L->n_recv;
-    L->mem.staging = (int64_t)moe_hier_staging_bytes(L->hier);
+    L->mem.staging = (int64_t)(moe_hier_staging_bytes(L->hier) + moe_hier_staging_bytes(L->hier_back));
     moe_memory_exchange(&L->mem, cfg, L->n_send, L->n_recv, L->rows_x);
     if ((rc = check_memory(L, L->mem.total, "the exchange and expert buffers", msg, msglen)) !=
         MOE_OK)
@@ -697,7 +724,8 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     if (cfg->predict_only) /* nothing will move: no exchange or expert buffers */
         return MOE_OK;
     double exch = (double)L->mem.exchange;
-    void *old[] = {L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act, L->yexp};
+    void *old[] = {L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act, L->yexp, L->send_enc,
+                   L->back_enc, L->recv_enc, L->rback_enc};
     for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
         free(old[i]);
     L->bytes -= L->exch_bytes;
@@ -706,8 +734,20 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     L->recvbuf = alloc_bytes(L, (size_t)(L->n_recv * L->d), sizeof(float), &rc);
     L->rawbuf = alloc_bytes(L, (size_t)(raw_rows * L->d), sizeof(float), &rc);
     L->x = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc); /* zero: the padding */
-    L->act = alloc_bytes(L, (size_t)(L->rows_x * L->f), sizeof(float), &rc);
-    L->yexp = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc);
+    /* dispatch mode: identity experts need no activation and return x itself */
+    size_t expert_rows = cfg->mode == MOE_MODE_DISPATCH ? 0 : (size_t)L->rows_x;
+    L->act = alloc_bytes(L, expert_rows * (size_t)L->f, sizeof(float), &rc);
+    L->yexp = alloc_bytes(L, expert_rows * (size_t)L->d, sizeof(float), &rc);
+    /* encoded rows (--wire, --wire-combine), beside the float rows they come from and go to */
+    L->send_enc = L->recv_enc = L->back_enc = L->rback_enc = NULL;
+    if (L->wire_out != MOE_WIRE_FP32) {
+        L->send_enc = alloc_bytes(L, (size_t)L->n_send, (size_t)L->ex.row_out_bytes, &rc);
+        L->recv_enc = alloc_bytes(L, (size_t)L->n_recv, (size_t)L->ex.row_out_bytes, &rc);
+    }
+    if (L->wire_back != MOE_WIRE_FP32) {
+        L->rback_enc = alloc_bytes(L, (size_t)L->n_recv, (size_t)L->ex.row_back_bytes, &rc);
+        L->back_enc = alloc_bytes(L, (size_t)L->n_send, (size_t)L->ex.row_back_bytes, &rc);
+    }
     L->exch_bytes = L->bytes - before;
     if (rc != MOE_OK)
         moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of exchange buffers",
@@ -720,6 +760,7 @@ void moe_layer_destroy(moe_layer *L)
     if (L == NULL)
         return;
     moe_hier_destroy(L->hier);
+    moe_hier_destroy(L->hier_back);
     moe_decider_destroy(L->decider);
     moe_exchange_free(&L->ex);
     if (L->node != MPI_COMM_NULL)
@@ -730,7 +771,8 @@ void moe_layer_destroy(moe_layer *L)
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act,
                      L->yexp, L->sel, L->w_noise, L->z_noise, L->h_route, L->mask, L->gscore,
-                     L->rerouted, L->orig, L->orig_gate, L->ws1, L->ws2, L->s_act, L->s_out};
+                     L->rerouted, L->orig, L->orig_gate, L->ws1, L->ws2, L->s_act, L->s_out,
+                     L->send_tok, L->send_enc, L->back_enc, L->recv_enc, L->rback_enc};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
         free(owned[i]);
     free(L);
@@ -773,21 +815,24 @@ void moe_layer_memory(const moe_layer *L, moe_mem_estimate *estimate, int64_t *b
 }
 
 /* The real exchange: flat (one MPI_Alltoallv) or two-level. reverse = the combine direction. */
-static int exchange(moe_layer *L, const float *send, float *recv, bool reverse, char *msg,
+static int exchange(moe_layer *L, const void *send, void *recv, bool reverse, char *msg,
                     size_t msglen)
 {
-    if (L->hier != NULL)
-        return moe_hier_exchange(L->hier, send, recv, reverse, msg, msglen);
-    return moe_exchange_rows(&L->ex, send, recv, reverse, msg, msglen);
+    moe_hier *h = reverse && L->hier_back != NULL ? L->hier_back : L->hier;
+    if (h != NULL)
+        return moe_hier_exchange(h, send, recv, reverse, msg, msglen);
+    return moe_exchange_rows(&L->ex, send, recv, reverse, false, msg, msglen);
 }
 
 /* The baseline: a plain MPI_Alltoallv of the same counts, in bytes where they fit an int. */
-static int raw_exchange(moe_layer *L, const float *send, float *recv, bool reverse, char *msg,
+static int raw_exchange(moe_layer *L, const void *send, void *recv, bool reverse, char *msg,
                         size_t msglen)
 {
-    int R = L->R, *sc = L->raw_counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+    int R = L->R, *sc = L->raw_counts + (reverse ? 4 * R : 0), *sd = sc + R, *rcn = sc + 2 * R,
+        *rd = sc + 3 * R;
     if (reverse)
-        MOE_MPI_CHECK(MPI_Alltoallv(send, rcn, rd, L->raw_type, recv, sc, sd, L->raw_type, L->comm),
+        MOE_MPI_CHECK(MPI_Alltoallv(send, rcn, rd, L->raw_type_back, recv, sc, sd,
+                                    L->raw_type_back, L->comm),
                       msg, msglen);
     else
         MOE_MPI_CHECK(MPI_Alltoallv(send, sc, sd, L->raw_type, recv, rcn, rd, L->raw_type, L->comm),
@@ -798,7 +843,7 @@ static int raw_exchange(moe_layer *L, const float *send, float *recv, bool rever
 /* One exchange as the step runs it. seconds (3): the barrier before it (this rank's wait for the
  * slowest one), the exchange itself, and the raw baseline run right after behind an untimed
  * barrier, into a buffer of its own so that it can never stand in for the real result. */
-static int exchange_timed(moe_layer *L, const float *send, float *recv, bool reverse,
+static int exchange_timed(moe_layer *L, const void *send, void *recv, bool reverse,
                           double *seconds, char *msg, size_t msglen)
 {
     int rc;
@@ -815,6 +860,73 @@ static int exchange_timed(moe_layer *L, const float *send, float *recv, bool rev
     seconds[0] = t1 - t0;
     seconds[1] = t2 - t1;
     seconds[2] = MPI_Wtime() - t3;
+    return MOE_OK;
+}
+
+/* Shared experts (DeepSeekMoE): every token, on its own rank, gate 1, after the routed sum. */
+static void add_shared(moe_layer *L, float *y)
+{
+    for (int s = 0; s < L->S; s++) {
+        moe_expert_forward(L->s_out, L->s_act, L->h, L->ws1 + (int64_t)s * L->fs * L->d,
+                           L->ws2 + (int64_t)s * L->d * L->fs, L->n, L->d, L->fs);
+        for (int64_t i = 0; i < L->n * L->d; i++)
+            y[i] += L->s_out[i];
+    }
+}
+
+/* The experts of this rank on x into their outputs (identity with --mode dispatch, which returns
+ * x itself). */
+static const float *run_experts(moe_layer *L)
+{
+    if (L->cfg.mode == MOE_MODE_DISPATCH)
+        return L->x;
+    for (int64_t le = 0; le < L->n_le; le++)
+        moe_expert_forward(L->yexp + L->x_start[le] * L->d, L->act + L->x_start[le] * L->f,
+                           L->x + L->x_start[le] * L->d, L->w1 + le * L->f * L->d,
+                           L->w2 + le * L->d * L->f, L->x_rows[le], L->d, L->f);
+    return L->yexp;
+}
+
+int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *msg, size_t msglen)
+{
+    int64_t nd = L->n * L->d;
+    float *y32 = malloc((size_t)(nd + 1) * sizeof *y32);
+    int rc = y32 ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the fp32 reference");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK) {
+        free(y32);
+        return rc;
+    }
+    /* the same routing and rows, as fp32 through the flat exchange (the two-level one moves the
+     * same rows to the same places) */
+    moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->A, L->d);
+    rc = moe_exchange_rows(&L->ex, L->sendbuf, L->recvbuf, false, true, msg, msglen);
+    if (rc == MOE_OK) {
+        moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start,
+                               L->d, L->placed);
+        moe_regroup_from_experts(L->recvbuf, run_experts(L), L->acc_owner, L->R, (int)L->n_le,
+                                 L->x_start, L->d, L->placed);
+        rc = moe_exchange_rows(&L->ex, L->recvbuf, L->sendbuf, true, true, msg, msglen);
+    }
+    if (rc == MOE_OK) {
+        moe_combine_rows(y32, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
+        add_shared(L, y32);
+    }
+    /* max |y - y32|, max |y32|, sum (y - y32)^2, sum y32^2 over the batch */
+    double mine[4] = {0.0, 0.0, 0.0, 0.0}, all[4] = {0.0, 0.0, 0.0, 0.0};
+    for (int64_t i = 0; rc == MOE_OK && i < nd; i++) {
+        double ref = y32[i], diff = fabs((double)L->y[i] - ref);
+        mine[0] = diff > mine[0] ? diff : mine[0];
+        mine[1] = fabs(ref) > mine[1] ? fabs(ref) : mine[1];
+        mine[2] += diff * diff;
+        mine[3] += ref * ref;
+    }
+    free(y32);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    MOE_MPI_CHECK(MPI_Allreduce(mine, all, 2, MPI_DOUBLE, MPI_MAX, L->comm), msg, msglen);
+    MOE_MPI_CHECK(MPI_Allreduce(mine + 2, all + 2, 2, MPI_DOUBLE, MPI_SUM, L->comm), msg, msglen);
+    *max_rel = all[1] > 0.0 ? all[0] / all[1] : 0.0;
+    *rms_rel = all[3] > 0.0 ? sqrt(all[2] / all[3]) : 0.0;
     return MOE_OK;
 }
 
@@ -836,35 +948,43 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
                         (long long)L->n_send, (long long)L->n_recv, (long long)planned_send,
                         (long long)planned_recv);
     t[2] = MPI_Wtime();
-    moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->A, L->d);
+    bool enc_out = L->wire_out != MOE_WIRE_FP32, enc_back = L->wire_back != MOE_WIRE_FP32;
+    if (enc_out) {
+        for (int64_t i = 0; i < L->n_send; i++)
+            L->send_tok[i] = L->slot[i] / L->A;
+        moe_wire_encode_rows(L->send_enc, L->h, L->send_tok, L->n_send, L->d, L->wire_out);
+    } else {
+        moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->A, L->d);
+    }
     t[3] = MPI_Wtime();
     double dispatch[3], combine[3]; /* wait, exchange, raw baseline */
-    if ((rc = exchange_timed(L, L->sendbuf, L->recvbuf, false, dispatch, msg, msglen)) != MOE_OK)
+    if ((rc = exchange_timed(L, enc_out ? (void *)L->send_enc : L->sendbuf,
+                             enc_out ? (void *)L->recv_enc : L->recvbuf, false, dispatch, msg,
+                             msglen)) != MOE_OK)
         return rc;
     t[4] = MPI_Wtime();
+    if (enc_out)
+        moe_wire_decode_rows(L->recvbuf, L->recv_enc, L->n_recv, L->d, L->wire_out);
     moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start, L->d,
                            L->placed);
     t[5] = MPI_Wtime();
-    for (int64_t le = 0; le < L->n_le; le++)
-        moe_expert_forward(L->yexp + L->x_start[le] * L->d, L->act + L->x_start[le] * L->f,
-                           L->x + L->x_start[le] * L->d, L->w1 + le * L->f * L->d,
-                           L->w2 + le * L->d * L->f, L->x_rows[le], L->d, L->f);
+    const float *expert_out = run_experts(L); /* --mode dispatch: each returns its input */
     t[6] = MPI_Wtime();
-    moe_regroup_from_experts(L->recvbuf, L->yexp, L->acc_owner, L->R, (int)L->n_le, L->x_start,
+    moe_regroup_from_experts(L->recvbuf, expert_out, L->acc_owner, L->R, (int)L->n_le, L->x_start,
                              L->d, L->placed);
+    if (enc_back)
+        moe_wire_encode_rows(L->rback_enc, L->recvbuf, NULL, L->n_recv, L->d, L->wire_back);
     t[7] = MPI_Wtime();
-    if ((rc = exchange_timed(L, L->recvbuf, L->sendbuf, true, combine, msg, msglen)) != MOE_OK)
+    if ((rc = exchange_timed(L, enc_back ? (void *)L->rback_enc : L->recvbuf,
+                             enc_back ? (void *)L->back_enc : L->sendbuf, true, combine, msg,
+                             msglen)) != MOE_OK)
         return rc;
     t[8] = MPI_Wtime();
+    if (enc_back)
+        moe_wire_decode_rows(L->sendbuf, L->back_enc, L->n_send, L->d, L->wire_back);
     moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
     t[9] = MPI_Wtime();
-    /* shared experts (DeepSeekMoE): every token, on its own rank, gate 1, after the routed sum */
-    for (int s = 0; s < L->S; s++) {
-        moe_expert_forward(L->s_out, L->s_act, L->h, L->ws1 + (int64_t)s * L->fs * L->d,
-                           L->ws2 + (int64_t)s * L->d * L->fs, L->n, L->d, L->fs);
-        for (int64_t i = 0; i < L->n * L->d; i++)
-            L->y[i] += L->s_out[i];
-    }
+    add_shared(L, L->y);
     t[10] = MPI_Wtime();
 
     if (seconds != NULL) {

@@ -22,8 +22,29 @@ struct moe_layer {
     int *node_of_rank;        /* (R) */
     moe_hier *hier;           /* the two-level exchange, with --a2a hierarchical */
     int64_t *count_matrix;    /* (R, R) dispatch rows [src][dst], for the two-level plan */
-    int *raw_counts;          /* (4, R) raw baseline: scounts, sdispls, rcounts, rdispls */
-    MPI_Datatype raw_type;    /* MPI_BYTE, or the row type when bytes overflow an int */
+    int *raw_counts;          /* (8, R) raw baselines: scounts, sdispls, rcounts, rdispls of the
+                               * dispatch, then the same for the combine (its rows may differ) */
+    MPI_Datatype raw_type, raw_type_back; /* MPI_BYTE, or the row types when bytes overflow an int */
+    /* --wire, --wire-combine: rows travel encoded (wire.h); fp32 travels as the floats */
+    moe_wire wire_out, wire_back;
+    moe_hier *hier_back;      /* the combine's two-level exchange when its rows differ, else NULL */
+    int64_t *send_tok;        /* (n*A) the token of each dispatched row (encoded dispatch only) */
+    uint8_t *send_enc, *back_enc;  /* source: (n_send) rows out, encoded; (n_send) rows back */
+    uint8_t *recv_enc, *rback_enc; /* owner: (n_recv) rows arriving, encoded; (n_recv) going back */
+    int64_t enc_bytes;        /* what the encoded buffers take (part of exch_bytes) */
+    int *owner_of, *local_of; /* (E) each expert's rank and its index there */
+    /* --dispatch per-rank (dedup.c): one row per (token, destination rank) */
+    bool per_rank;
+    int meta_slots;           /* metadata entries per row */
+    int64_t dd_n_send, dd_n_recv;          /* rows out / in */
+    int64_t *dd_send_rows, *dd_recv_rows;  /* (R) */
+    int64_t *dd_tok;          /* (n * min(A, R)) the token of each row out, in send order */
+    int64_t *dd_cursor, *dd_last;          /* (R) scratch of the plan */
+    int *dd_seen;             /* (R) scratch of the plan */
+    float *dd_sum;            /* (d) one row's weighted sum */
+    void *dd_send, *dd_recv, *dd_back_send, *dd_back_recv; /* travelling rows, grown */
+    int64_t *dd_fan;          /* (dd_n_recv, meta_slots) x row of each entry, -1 unused */
+    int64_t dd_cap_send, dd_cap_recv, dd_cap_back_send, dd_cap_back_recv, dd_cap_fan;
     int64_t exch_bytes;    /* the part sized by the capacity factor */
     moe_mem_estimate mem;  /* what this rank allocates, estimated before allocating it */
     int64_t budget;        /* the node's memory budget in bytes (-1: unknown) */
@@ -81,6 +102,16 @@ struct moe_layer {
 /* z (n, E) = the router's logits: computed (h W^T, h jittered) or replayed, plus the workload's
  * bias, plus the noise of --noisy-top-k. Not collective. */
 void moe_layer_logits(moe_layer *L, float *z);
+
+/* Deduplicated dispatch (dedup.c). meta_slots and row bytes of a travelling row; the plan after
+ * every decision (collective: the arriving row counts); then the step's pieces. */
+int moe_dedup_meta_slots(int slots_per_token, int E, int R);
+int64_t moe_dedup_row_bytes(int64_t payload_bytes, int meta_slots);
+int moe_dedup_plan(moe_layer *L, char *msg, size_t msglen);
+void moe_dedup_pack(moe_layer *L);
+void moe_dedup_fan_out(moe_layer *L);
+void moe_dedup_fan_in(moe_layer *L, const float *out);
+void moe_dedup_combine(moe_layer *L, float *y);
 
 /* Capacity of every local expert summed over groups, or MOE_CAPACITY_UNLIMITED. */
 int64_t moe_layer_expert_capacity(const moe_layer *L);

@@ -430,6 +430,8 @@ int main(int argc, char **argv)
     char msg[MSG_LEN] = "";
     install_signal_handlers();
     int64_t baseline_rss = moe_driver_peak_rss(); /* MPI and the libraries, before any buffer */
+    moe_environment env; /* cores, load average, start time, library versions */
+    moe_driver_environment(&env);
 
     /* One BLAS thread per rank unless the user asked otherwise: ranks already fill the cores. */
     if (getenv("OPENBLAS_NUM_THREADS") == NULL)
@@ -501,6 +503,7 @@ int main(int argc, char **argv)
         res.top_k = cfg.top_k;
         memcpy(res.placement, moe_layer_placement(layer), (size_t)nranks * sizeof *res.placement);
         res.hierarchical = cfg.hierarchical;
+        res.env = env;
         if (!cfg.quiet) {
             moe_report_placement(report_out, &res);
             moe_report_prediction(report_out, &cfg, &res);
@@ -523,6 +526,13 @@ int main(int argc, char **argv)
             MPI_Abort(comm, EXIT_FAILED);
         }
         rc = moe_layer_results(layer, rank == 0 ? cur : NULL, seconds, cfg.iters, msg, MSG_LEN);
+        /* the wire formats' error against fp32 rows of the same batch, measured here */
+        if (rc == MOE_OK && i == 0 &&
+            (cfg.wire != MOE_WIRE_FP32 || cfg.wire_combine != MOE_WIRE_FP32)) {
+            rc = moe_layer_wire_error(layer, &res.y_error_max_rel, &res.y_error_rms_rel, msg,
+                                      MSG_LEN);
+            res.wire_measured = rc == MOE_OK;
+        }
         if (rc == MOE_OK && i == 0)
             rc = moe_layer_balance(layer, rank == 0 ? &res.balance : NULL, msg, MSG_LEN);
         if (rc == MOE_OK && rank == 0)
@@ -543,6 +553,7 @@ int main(int argc, char **argv)
     if (rc == MOE_OK)
         rc = check_interrupt(comm, "before writing the outputs", msg);
     if (rc == MOE_OK && rank == 0) {
+        res.env.load_end = moe_driver_load_average();
         rc = write_outputs(&cfg, &res, &dump, msg);
         bool color = report_out == stdout && moe_driver_stdout_is_terminal() &&
                      getenv("NO_COLOR") == NULL;

@@ -75,11 +75,15 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
                  cfg->policy == MOE_POLICY_CHOICE || cfg->policy == MOE_POLICY_RANDOM;
     if (keyed)
         m->assignments = moe_bytes_add(m->assignments, moe_bytes_mul(nA, 2 * 24));
+    if (cfg->wire != MOE_WIRE_FP32) /* the token of each dispatched row, for encoding */
+        m->assignments = moe_bytes_add(m->assignments, moe_bytes_mul(nA, 8));
     if (cfg->policy == MOE_POLICY_REROUTE)
         m->assignments = moe_bytes_add(m->assignments, moe_bytes_mul(moe_bytes_mul(n, k), 4 + 4 + 2));
-    m->experts = cfg->predict_only ? 0 : mul3(2, moe_bytes_mul(n_le, f), moe_bytes_mul(d, F));
+    /* no weights without a step, nor for the identity experts of --mode dispatch */
+    bool weights = !cfg->predict_only && cfg->mode == MOE_MODE_FORWARD;
+    m->experts = weights ? mul3(2, moe_bytes_mul(n_le, f), moe_bytes_mul(d, F)) : 0;
     /* shared experts: weights, and their activation and output for every local token */
-    if (S > 0 && !cfg->predict_only)
+    if (S > 0 && weights)
         m->experts = moe_bytes_add(
             m->experts, moe_bytes_add(mul3(2 * S, fs, moe_bytes_mul(d, F)),
                                       mul3(n, moe_bytes_add(fs, d), F)));
@@ -121,8 +125,17 @@ void moe_memory_exchange(moe_mem_estimate *m, const moe_config *cfg, int64_t n_s
          * row: expert input (d), activation (f), output (d) */
         int64_t raw = n_send > n_recv ? n_send : n_recv;
         int64_t rows = moe_bytes_add(moe_bytes_add(n_send, n_recv), raw);
-        m->exchange = moe_bytes_add(mul3(rows, d, F),
-                                    mul3(rows_x, moe_bytes_add(moe_bytes_mul(2, d), f), F));
+        /* identity experts (--mode dispatch) keep only their input x */
+        int64_t per_row = cfg->mode == MOE_MODE_DISPATCH ? d : moe_bytes_add(moe_bytes_mul(2, d), f);
+        m->exchange = moe_bytes_add(mul3(rows, d, F), mul3(rows_x, per_row, F));
+        /* encoded rows beside the float ones (--wire, --wire-combine): out and back, both sides */
+        int64_t both = moe_bytes_add(n_send, n_recv);
+        if (cfg->wire != MOE_WIRE_FP32)
+            m->exchange = moe_bytes_add(m->exchange,
+                                        moe_bytes_mul(both, moe_wire_row_bytes(cfg->wire, d)));
+        if (cfg->wire_combine != MOE_WIRE_FP32)
+            m->exchange = moe_bytes_add(
+                m->exchange, moe_bytes_mul(both, moe_wire_row_bytes(cfg->wire_combine, d)));
     }
     sum_parts(m);
 }

@@ -49,6 +49,22 @@ static void human_bytes(char *buf, size_t len, double bytes)
     snprintf(buf, len, u == 0 ? "%.0f %s" : "%.1f %s", bytes, unit[u]);
 }
 
+/* The warnings of moe_run_warnings, one line each, through fn(line, arg). */
+static void each_warning(const moe_results *res, void (*fn)(const char *line, void *arg), void *arg)
+{
+    char buf[2048];
+    if (moe_run_warnings(buf, sizeof buf, res) == 0)
+        return;
+    for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save))
+        fn(line, arg);
+}
+
+static void print_warning(const char *line, void *arg)
+{
+    fprintf((FILE *)arg, "warning: %s\n", line);
+}
+
 /* The shortest decimal (6 to 17 significant digits) that reads back at or above cf, so that a
  * capacity factor copied from the text still drops nothing. */
 static void format_cf_up(char *buf, size_t len, double cf)
@@ -90,6 +106,19 @@ static void histogram_line(FILE *out, const char *title, const int64_t *hist, in
 /* The router's lines of the header, for whatever differs from softmax top-k alone. */
 static void routing_lines(FILE *out, const moe_config *cfg, const moe_results *res)
 {
+    if (cfg->wire != MOE_WIRE_FP32 || cfg->wire_combine != MOE_WIRE_FP32) {
+        fprintf(out, "  wire: dispatch %s (%lld B per row), combine %s (%lld B per row)",
+                moe_wire_name(cfg->wire), (long long)moe_wire_row_bytes(cfg->wire, res->hidden),
+                moe_wire_name(cfg->wire_combine),
+                (long long)moe_wire_row_bytes(cfg->wire_combine, res->hidden));
+        if (res->wire_measured)
+            fprintf(out, "; y vs fp32 rows: max rel %.3g, rms rel %.3g", res->y_error_max_rel,
+                    res->y_error_rms_rel);
+        fputc('\n', out);
+    }
+    if (cfg->mode == MOE_MODE_DISPATCH)
+        fprintf(out, "  mode dispatch: identity experts (each returns its input), so the step is the "
+                     "exchange\n");
     if (cfg->preset != NULL) {
         /* "preset NAME set: a, b, c", wrapped at 100 columns after a comma */
         const char *text = cfg->preset_set[0] ? cfg->preset_set : "nothing (every field was given)";
@@ -322,11 +351,28 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             res->step.mean * 1e3, res->step.max * 1e3, "sum of the phases; the slowest rank sets the pace");
     fprintf(out, "  all-to-all: dispatch %.2f GB/s, combine %.2f GB/s (matrix bytes / slowest rank's time)\n",
             res->dispatch_bytes_per_second / 1e9, res->combine_bytes_per_second / 1e9);
+    /* busiest sender's bytes / slowest rank's time, and that times (R-1)/R (docs/model.md) */
+    char offr[32], offn[32], offr_c[32], offn_c[32];
+    human_bytes(offr, sizeof offr, (double)res->dispatch_a2a.off_rank_bytes);
+    human_bytes(offn, sizeof offn, (double)res->dispatch_a2a.off_node_bytes);
+    human_bytes(offr_c, sizeof offr_c, (double)res->combine_a2a.off_rank_bytes);
+    human_bytes(offn_c, sizeof offn_c, (double)res->combine_a2a.off_node_bytes);
+    fprintf(out, "  nccl-tests style: dispatch algbw %.2f GB/s busbw %.2f GB/s, combine algbw %.2f "
+                 "busbw %.2f\n", res->dispatch_a2a.algbw / 1e9, res->dispatch_a2a.busbw / 1e9,
+            res->combine_a2a.algbw / 1e9, res->combine_a2a.busbw / 1e9);
+    if (res->dispatch_a2a.off_rank_bytes == res->combine_a2a.off_rank_bytes &&
+        res->dispatch_a2a.off_node_bytes == res->combine_a2a.off_node_bytes)
+        fprintf(out, "  bytes off-rank %s, off-node %s in each exchange (algbw, busbw: "
+                     "docs/model.md)\n", offr, offn);
+    else /* the combine's rows travel in another format (--wire-combine) */
+        fprintf(out, "  bytes off-rank %s / %s, off-node %s / %s (dispatch / combine)\n",
+                offr, offr_c, offn, offn_c);
     double rd = res->phase[MOE_PHASE_DISPATCH_RAW].max, rc = res->phase[MOE_PHASE_COMBINE_RAW].max;
     fprintf(out, "  %s exchange over raw MPI_Alltoallv of the same bytes (slowest ranks): dispatch %.2fx, combine %.2fx\n",
             res->hierarchical ? "two-level" : "flat",
             rd > 0 ? res->phase[MOE_PHASE_DISPATCH].max / rd : 0.0,
             rc > 0 ? res->phase[MOE_PHASE_COMBINE].max / rc : 0.0);
+    each_warning(res, print_warning, out);
 
     fprintf(out, "\n%sTraffic by locality%s (dispatch + combine; a message = one nonzero rank-to-rank block)\n",
             bold, off);
@@ -626,6 +672,48 @@ static json_t *summary_json(moe_summary s)
     return json_pack("{s:o, s:o, s:o}", "min", num(s.min), "mean", num(s.mean), "max", num(s.max));
 }
 
+/* timing.<phase>: the summary over the ranks' medians, and the single iterations' extremes */
+static json_t *timing_json(moe_summary s, moe_spread it)
+{
+    json_t *o = summary_json(s);
+    json_object_set_new(o, "iter_min", num(it.iter_min));
+    json_object_set_new(o, "iter_max", num(it.iter_max));
+    return o;
+}
+
+static json_t *a2a_json(const moe_a2a_bandwidth *b)
+{
+    return json_pack("{s:o, s:o, s:I, s:I}", "algbw", num(b->algbw), "busbw", num(b->busbw),
+                     "off_rank_bytes", (json_int_t)b->off_rank_bytes, "off_node_bytes",
+                     (json_int_t)b->off_node_bytes);
+}
+
+static void append_warning(const char *line, void *arg)
+{
+    json_array_append_new((json_t *)arg, json_string(line));
+}
+
+/* environment: what the run ran on (docs/json.md) */
+static json_t *environment_json(const moe_results *res)
+{
+    const moe_environment *env = &res->env;
+    json_t *hosts = json_array();
+    for (int r = 0; r < res->ranks; r++) {
+        int seen = 0;
+        for (int q = 0; q < r && !seen; q++)
+            seen = strcmp(res->placement[q].host, res->placement[r].host) == 0;
+        if (!seen)
+            json_array_append_new(hosts, json_string(res->placement[r].host));
+    }
+    json_t *warnings = json_array();
+    each_warning(res, append_warning, warnings);
+    return json_pack("{s:o, s:o, s:o, s:o, s:s, s:s, s:s, s:o, s:o}", "hosts", hosts, "cores",
+                     env->cores > 0 ? json_integer(env->cores) : json_null(), "load_average_start",
+                     num(env->load_start), "load_average_end", num(env->load_end), "openmpi",
+                     env->mpi_library, "openblas", env->openblas, "moesim", MOE_VERSION, "utc",
+                     env->utc[0] ? json_string(env->utc) : json_null(), "warnings", warnings);
+}
+
 static json_t *classes_json(const moe_class_traffic *t)
 {
     json_t *o = json_object();
@@ -732,8 +820,9 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
 
     json_t *timing = json_object();
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
-        json_object_set_new(timing, moe_phase_name(p), summary_json(res->phase[p]));
-    json_object_set_new(timing, "step", summary_json(res->step));
+        json_object_set_new(timing, moe_phase_name(p),
+                            timing_json(res->phase[p], res->phase_iter[p]));
+    json_object_set_new(timing, "step", timing_json(res->step, res->step_iter));
 
     json_t *cfs = json_array();
     for (int i = 0; i < cfg->n_cf; i++)
@@ -749,6 +838,7 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                         cfg->expert_bias_file ? json_string(cfg->expert_bias_file)
                                                  : json_null());
     json_object_set_new(config, "routing", json_string(moe_routing_name(cfg->routing)));
+    json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
     json_object_set_new(config, "expert_groups",
                         cfg->expert_groups > 0 ? json_integer(cfg->expert_groups) : json_null());
     json_object_set_new(config, "group_top_k",
@@ -843,13 +933,27 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                                   num(res->flops_useful), "flops_wasted", num(res->flops_wasted), "padded",
                                   res->padded, "flops_shared", num(res->flops_shared)));
     json_object_set_new(root, "traffic",
-                        json_pack("{s:o, s:o}", "dispatch_bytes", matrix_json(res->dispatch_bytes, R),
-                                  "combine_bytes", matrix_json(res->combine_bytes, R)));
+                        json_pack("{s:o, s:o, s:o}", "dispatch_bytes",
+                                  matrix_json(res->dispatch_bytes, R), "combine_bytes",
+                                  matrix_json(res->combine_bytes, R), "rows",
+                                  matrix_json(res->rows, R)));
+    json_object_set_new(
+        root, "wire",
+        json_pack("{s:s, s:s, s:I, s:I, s:o}", "dispatch", moe_wire_name(cfg->wire), "combine",
+                  moe_wire_name(cfg->wire_combine), "dispatch_row_bytes",
+                  (json_int_t)moe_wire_row_bytes(cfg->wire, res->hidden), "combine_row_bytes",
+                  (json_int_t)moe_wire_row_bytes(cfg->wire_combine, res->hidden), "y_error",
+                  res->wire_measured ? json_pack("{s:o, s:o}", "max_rel", num(res->y_error_max_rel),
+                                                 "rms_rel", num(res->y_error_rms_rel))
+                                     : json_null()));
     json_object_set_new(root, "timing", timing);
     json_object_set_new(root, "bandwidth",
-                        json_pack("{s:o, s:o}", "dispatch_bytes_per_second",
+                        json_pack("{s:o, s:o, s:o, s:o}", "dispatch_bytes_per_second",
                                   num(res->dispatch_bytes_per_second), "combine_bytes_per_second",
-                                  num(res->combine_bytes_per_second)));
+                                  num(res->combine_bytes_per_second), "dispatch",
+                                  a2a_json(&res->dispatch_a2a), "combine",
+                                  a2a_json(&res->combine_a2a)));
+    json_object_set_new(root, "environment", environment_json(res));
     json_object_set_new(root, "output", json_pack("{s:o}", "checksum", num(res->output_checksum)));
     json_object_set_new(root, "workload", workload);
     json_object_set_new(config, "a2a", json_string(cfg->hierarchical ? "hierarchical" : "flat"));
@@ -908,6 +1012,7 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
         /* nothing moved: only the routing-side figures are meaningful */
         const char *keys[] = {"drops", "waste", "traffic", "timing", "bandwidth", "output",
                               "routing"};
+        json_object_set_new(json_object_get(root, "wire"), "y_error", json_null());
         for (size_t j = 0; j < sizeof keys / sizeof keys[0]; j++)
             json_object_set_new(root, keys[j], json_null());
         json_t *ex;

@@ -2,6 +2,8 @@
 
 #include "moesim/error.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,6 +88,7 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->P = calloc((size_t)E, sizeof *r->P);
     r->dispatch_bytes = calloc((size_t)R * (size_t)R, sizeof *r->dispatch_bytes);
     r->combine_bytes = calloc((size_t)R * (size_t)R, sizeof *r->combine_bytes);
+    r->rows = calloc((size_t)R * (size_t)R, sizeof *r->rows);
     r->router_bias = calloc((size_t)E, sizeof *r->router_bias);
     r->placement = calloc((size_t)R, sizeof *r->placement);
     r->by_class_per_rank = calloc((size_t)R * MOE_LOC_COUNT, sizeof *r->by_class_per_rank);
@@ -105,7 +108,7 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->mem_budget = mem ? mem + 3 * R : NULL;
     r->mem_full_run = -1;
     if (!mem || !reach || !r->rerouted_in || !r->experts_per_token || !r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
-        !r->dispatch_bytes || !r->combine_bytes) {
+        !r->dispatch_bytes || !r->combine_bytes || !r->rows) {
         moe_results_free(r);
         return MOE_ENOMEM;
     }
@@ -124,6 +127,8 @@ void moe_results_free(moe_results *r)
     free(r->P);
     free(r->dispatch_bytes);
     free(r->combine_bytes);
+    free(r->rows);
+    r->rows = NULL;
     free(r->router_bias);
     free(r->placement);
     free(r->by_class_per_rank);
@@ -161,4 +166,63 @@ void moe_results_totals(moe_results *r, double flops_per_row)
     r->empty_slots = r->slots - accepted;
     r->flops_useful = (double)accepted * flops_per_row;
     r->flops_wasted = (double)r->empty_slots * flops_per_row;
+}
+
+double moe_spread_ratio(moe_spread s)
+{
+    if (!isfinite(s.iter_min) || !isfinite(s.iter_max) || !(s.iter_min > 0.0))
+        return NAN;
+    return (s.iter_max - s.iter_min) / s.iter_min;
+}
+
+moe_a2a_bandwidth moe_a2a_bandwidth_of(const int64_t *bytes, const moe_placement *placement,
+                                       int R, double seconds)
+{
+    moe_a2a_bandwidth b = {0};
+    for (int s = 0; s < R; s++) {
+        int64_t row = 0;
+        for (int d = 0; d < R; d++) {
+            int64_t v = bytes[(int64_t)s * R + d];
+            row += v;
+            b.off_rank_bytes += s != d ? v : 0;
+            b.off_node_bytes += placement[s].node != placement[d].node ? v : 0;
+        }
+        b.send_bytes = row > b.send_bytes ? row : b.send_bytes;
+    }
+    /* nccl-tests: algBw = count * nranks * typesize / sec, the bytes one rank sends (its own block
+     * included); busBw = algBw * (nranks - 1) / nranks, the share that crosses a link */
+    b.algbw = seconds > 0.0 ? (double)b.send_bytes / seconds : 0.0;
+    b.busbw = R > 0 ? b.algbw * (double)(R - 1) / (double)R : 0.0;
+    return b;
+}
+
+int moe_run_warnings(char *buf, size_t len, const moe_results *r)
+{
+    int n = 0;
+    size_t used = 0;
+    if (len > 0)
+        buf[0] = '\0';
+#define WARN(...)                                                                   \
+    do {                                                                            \
+        n++;                                                                        \
+        if (used < len)                                                             \
+            used += (size_t)snprintf(buf + used, len - used, __VA_ARGS__);          \
+    } while (0)
+    const moe_environment *env = &r->env;
+    const double loads[2] = {env->load_start, env->load_end};
+    const char *const when[2] = {"start", "end"};
+    for (int i = 0; i < 2; i++)
+        if (env->cores > 0 && isfinite(loads[i]) && loads[i] > (double)env->cores)
+            WARN("load average %.2f at the %s exceeds the %lld online cores: the machine was "
+                 "shared\n", loads[i], when[i], (long long)env->cores);
+    const int phases[2] = {MOE_PHASE_DISPATCH, MOE_PHASE_COMBINE};
+    for (int i = 0; i < 2; i++) {
+        moe_spread s = r->phase_iter[phases[i]];
+        double spread = moe_spread_ratio(s);
+        if (isfinite(spread) && spread > MOE_SPREAD_WARN)
+            WARN("%s times spread %.0f%% over ranks and iterations (%.3g to %.3g ms)\n",
+                 moe_phase_name(phases[i]), spread * 100.0, s.iter_min * 1e3, s.iter_max * 1e3);
+    }
+#undef WARN
+    return n;
 }

@@ -6,6 +6,7 @@
 #include "moesim/capacity.h"
 #include "moesim/npy.h"
 #include "moesim/router.h"
+#include "moesim/wire.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -21,6 +22,15 @@
 /* Largest --topk-scale and --min-capacity: beyond them a value is surely a typo. */
 #define MOE_MAX_TOPK_SCALE 1e6
 #define MOE_MAX_MIN_CAPACITY (INT64_C(1) << 40)
+
+/* What a step runs (--mode). */
+typedef enum moe_mode {
+    MOE_MODE_FORWARD = 0, /* route, dispatch, experts, combine                              */
+    MOE_MODE_DISPATCH = 1 /* the same with identity experts: the step is the exchange
+                           * (Megatron's token-imbalance benchmark, "dispatch_only")       */
+} moe_mode;
+
+const char *moe_mode_name(moe_mode m);
 
 typedef struct moe_config {
     int64_t tokens;         /* N, global batch                          --tokens     8192 */
@@ -40,6 +50,10 @@ typedef struct moe_config {
     const char *expert_bias_file; /* (E) bias added to the scores for selection only, .npy
                                       * of shape (1, E) or (E, 1)  --expert-bias-file */
     bool pad_to_capacity;   /* compute the empty slots too              --pad-to-capacity */
+    moe_mode mode;          /* forward or dispatch-only                 --mode forward */
+    moe_wire wire;          /* format of dispatched rows                 --wire fp32 */
+    moe_wire wire_combine;  /* format of combined rows (fp8 dispatch: bf16) --wire-combine fp32 */
+    bool set_wire_combine;
     moe_routing routing;    /* who chooses: tokens (top-k) or experts   --routing token-choice */
     int expert_groups;      /* G contiguous expert groups, 0 = none      --expert-groups 0
                              * (with only --group-top-k: one group per node, set by the layer) */

@@ -5,10 +5,12 @@
 #define MOESIM_DRIVER_H
 
 #include "moesim/config.h"
+#include "moesim/stats.h"
 
 #include <mpi.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 /* Collective: read the headers of the input .npy files named in cfg (tokens, router, logits) on
  * every rank, settle the shapes with moe_config_resolve, and agree on the outcome (moe_agree). */
@@ -27,6 +29,21 @@ int64_t moe_driver_mem_total(void);
 
 /* This process's peak resident set size in bytes (getrusage ru_maxrss), or -1. */
 int64_t moe_driver_peak_rss(void);
+
+/* The one-minute load average of this node (getloadavg), or NAN when unavailable. For the tests,
+ * MOESIM_FAKE_LOADAVG=X makes it X (a number, or "none" for unavailable). Not collective. */
+double moe_driver_load_average(void);
+
+/* Online CPUs of this node (sysconf _SC_NPROCESSORS_ONLN), or -1. */
+int64_t moe_driver_online_cpus(void);
+
+/* The environment at the run's start, on this rank: online CPUs, load average (load_end is left
+ * NAN for the caller to probe at the end), the UTC time now, the first line of
+ * MPI_Get_library_version (MPI must be initialized) and openblas_get_config(). Not collective. */
+void moe_driver_environment(moe_environment *env);
+
+/* ISO 8601 UTC of t, "2026-12-01T20:15:03Z", into buf (at least 21 bytes). */
+void moe_driver_format_utc(char *buf, size_t len, time_t t);
 
 /* Fault injection for the tests of error paths: true when the environment variable MOESIM_FAULT
  * lists "site:rank" (or "site:-1", every rank), comma-separated. Sites: set_rows, hier_plan,

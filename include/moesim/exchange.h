@@ -33,6 +33,10 @@ typedef struct moe_exchange {
     int rank, nranks;
     MPI_Datatype row;        /* d contiguous floats */
     int64_t row_bytes;
+    /* rows as they travel (--wire, --wire-combine): one encoded row out (dispatch) and back
+     * (combine); the fp32 row above when the format is fp32 */
+    MPI_Datatype row_out, row_back;
+    int64_t row_out_bytes, row_back_bytes;
     /* expert-count exchange: per-expert counts to owners and back (fixed by the partition) */
     int *cnt_scounts, *cnt_sdispls, *cnt_rcounts, *cnt_rdispls;
     /* row exchange, in rows: dispatch direction; combine swaps send and receive */
@@ -41,6 +45,11 @@ typedef struct moe_exchange {
 
 /* Set up for rows of d floats and E experts in contiguous blocks over the ranks of comm. */
 int moe_exchange_init(moe_exchange *ex, MPI_Comm comm, int64_t d, int E, char *msg, size_t msglen);
+/* The travelling rows: out_bytes per dispatched row, back_bytes per combined row (the fp32 row
+ * when equal to row_bytes). Not collective. */
+int moe_exchange_set_wire(moe_exchange *ex, int64_t out_bytes, int64_t back_bytes, char *msg,
+                          size_t msglen);
+
 /* Release; accepts a zeroed struct. */
 void moe_exchange_free(moe_exchange *ex);
 
@@ -56,8 +65,9 @@ int moe_exchange_set_rows(moe_exchange *ex, const int64_t *send_rows, const int6
                           char *msg, size_t msglen);
 
 /* MPI_Alltoallv of rows with the counts of moe_exchange_set_rows; reverse = true is the combine
- * direction (what was received is sent back). */
-int moe_exchange_rows(moe_exchange *ex, const float *send, float *recv, bool reverse, char *msg,
-                      size_t msglen);
+ * direction (what was received is sent back). Rows as they travel: row_out forward, row_back in
+ * reverse; with fp32 true, the fp32 row either way (the reference exchange of --wire). */
+int moe_exchange_rows(moe_exchange *ex, const void *send, void *recv, bool reverse, bool fp32,
+                      char *msg, size_t msglen);
 
 #endif

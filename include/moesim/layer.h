@@ -51,6 +51,12 @@ void moe_layer_destroy(moe_layer *layer);
  * (MOE_PHASE_COUNT values). Nothing is allocated. */
 int moe_layer_step(moe_layer *layer, double *seconds, char *msg, size_t msglen);
 
+/* --wire, --wire-combine: run the last step's routing once more with fp32 rows (flat exchange,
+ * untimed) and compare with the y of the last step: *max_rel = max |y - y32| / max |y32| and
+ * *rms_rel = sqrt(sum (y - y32)^2 / sum y32^2) over the batch, the same on every rank. y is kept. */
+int moe_layer_wire_error(moe_layer *layer, double *max_rel, double *rms_rel, char *msg,
+                         size_t msglen);
+
 /* Reduce the statistics of the last step to rank 0 into res (which rank 0 must have initialised with
  * moe_results_init; other ranks may pass NULL). phase_seconds is (iters, MOE_PHASE_COUNT) of this
  * rank. */

@@ -4,10 +4,12 @@
 #define MOESIM_STATS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "moesim/loss.h"
 #include "moesim/topology.h"
+#include "moesim/wire.h"
 
 /* Phases of one layer step, in execution order: X(id, name, what, part of the step). Each exchange
  * starts with a barrier, timed as its own *_wait phase: the time this rank waits for the slowest
@@ -75,6 +77,41 @@ typedef struct moe_ablation_row {
     moe_summary dispatch, combine, expert, step;
 } moe_ablation_row;
 
+/* The smallest and largest single-iteration time of one phase over every rank and iteration
+ * (beside moe_summary's figures over the ranks' medians). */
+typedef struct moe_spread {
+    double iter_min, iter_max;
+} moe_spread;
+
+/* (iter_max - iter_min) / iter_min: how far one phase's iterations spread, noise between
+ * iterations and differences between ranks together. NAN when iter_min <= 0 (below the timer's
+ * resolution, or nothing was timed) or either is not finite. */
+double moe_spread_ratio(moe_spread s);
+
+/* One all-to-all read as nccl-tests reads it (src/alltoall.cu AlltoAllGetBw, doc/PERFORMANCE.md):
+ * algbw = bytes one rank sends / time, busbw = algbw (R - 1) / R. */
+typedef struct moe_a2a_bandwidth {
+    double algbw, busbw;    /* bytes per second                                     */
+    int64_t send_bytes;     /* the largest row sum: what the busiest sender sends     */
+    int64_t off_rank_bytes; /* source != destination (off the diagonal)              */
+    int64_t off_node_bytes; /* placement[source].node != placement[destination].node */
+} moe_a2a_bandwidth;
+
+/* The figures of one exchange from its byte matrix bytes (R, R), [src][dst], where each rank ran
+ * (placement, R) and the slowest rank's time in seconds. algbw and busbw are 0 when seconds is not
+ * positive; busbw is 0 at R = 1 (nothing crosses a link). */
+moe_a2a_bandwidth moe_a2a_bandwidth_of(const int64_t *bytes, const moe_placement *placement,
+                                       int R, double seconds);
+
+/* What the run ran on, probed by the driver on rank 0 (driver.h). */
+typedef struct moe_environment {
+    int64_t cores;               /* online CPUs of rank 0's node; -1 unknown            */
+    double load_start, load_end; /* one-minute load average at start and end; NAN unknown */
+    char utc[32];                /* the run's start, ISO 8601 UTC: 2026-12-01T20:15:03Z   */
+    char mpi_library[256];       /* first line of MPI_Get_library_version, trimmed        */
+    char openblas[256];          /* openblas_get_config()                                 */
+} moe_environment;
+
 /* Everything the report shows; filled by the driver on rank 0. Arrays are owned by the struct. */
 typedef struct moe_results {
     int ranks, experts, top_k;
@@ -108,10 +145,19 @@ typedef struct moe_results {
     bool padded;                          /* empty slots were computed (--pad-to-capacity)     */
     /* traffic (R, R): [src][dst] bytes of token rows */
     int64_t *dispatch_bytes, *combine_bytes;
+    int64_t *rows;                        /* (R, R) rows dispatched [src][dst], diagonal included */
+    moe_wire wire, wire_combine;          /* the rows' formats, dispatch and combine (wire.h)   */
+    int64_t row_bytes, row_bytes_combine; /* bytes of one row as it travels, each way            */
+    bool wire_measured;                   /* y_error below was measured (a format is not fp32) */
+    double y_error_max_rel, y_error_rms_rel; /* against an fp32 exchange of the same batch   */
     /* timing: each rank's median over iterations, then min/mean/max over ranks */
     moe_summary phase[MOE_PHASE_COUNT];
     moe_summary step;
+    moe_spread phase_iter[MOE_PHASE_COUNT]; /* single iterations: min and max over ranks too */
+    moe_spread step_iter;                   /* the same for each iteration's step sum        */
     double dispatch_bytes_per_second, combine_bytes_per_second;
+    moe_a2a_bandwidth dispatch_a2a, combine_a2a; /* nccl-tests style, slowest rank's time   */
+    moe_environment env;
     double output_checksum; /* sum over all of y, double accumulation: a quick fingerprint */
     /* workload */
     float *router_bias;     /* (E) bias added to the logits (skew, hot experts)        */
@@ -140,6 +186,13 @@ typedef struct moe_results {
 int moe_results_init(moe_results *r, int E, int R, int n_cf);
 /* Free the arrays; accepts a zeroed or NULL struct. */
 void moe_results_free(moe_results *r);
+
+/* Warnings about how far the run's timings can be trusted, one line each ending in '\n' and without
+ * a prefix, into buf (empty if none; truncated to len): the load average at the start or the end
+ * above the online cores (other work shared the machine), and a spread (moe_spread_ratio) of the
+ * dispatch or combine iterations above MOE_SPREAD_WARN. Returns the number of warnings. */
+#define MOE_SPREAD_WARN 0.25
+int moe_run_warnings(char *buf, size_t len, const moe_results *r);
 
 /* Fill the derived totals from the per-expert arrays: dropped assignments (routed - (accepted -
  * rerouted_in) per expert: a rerouted row counts where it was routed), slots, empty slots and

@@ -218,7 +218,7 @@ def ranks_per_node(ck, exe, wd, net_path):
 # ---------------------------------------------------------------------------------------------
 # b. hierarchical equals flat
 
-NOT_COUNTS = ("timing", "bandwidth", "exchange", "memory")
+NOT_COUNTS = ("timing", "bandwidth", "exchange", "memory", "environment")
 ABLATION_TIMES = ("dispatch_seconds", "combine_seconds", "expert_seconds", "step_seconds")
 
 

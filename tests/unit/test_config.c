@@ -1896,6 +1896,27 @@ START_TEST(test_preset_hidden_scaling)
 }
 END_TEST
 
+/* --mode (issue 10): forward by default, dispatch; anything else refused naming the option */
+START_TEST(test_mode_option)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.mode, MOE_MODE_FORWARD);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "dispatch", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.mode, MOE_MODE_DISPATCH);
+    ck_assert_str_eq(moe_mode_name(cfg.mode), "dispatch");
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode=dispatch", "--mode", "forward", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.mode, MOE_MODE_FORWARD);
+    ck_assert_str_eq(moe_mode_name(cfg.mode), "forward");
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "dispatch_only", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--mode must be 'forward' or 'dispatch'"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(moe_config_usage(), "  --mode M "));
+}
+END_TEST
+
 START_TEST(test_usage_lists_layer_options)
 {
     static const char *const opts[] = {
@@ -1998,6 +2019,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_preset_overridden);
     tcase_add_test(tc, test_preset_hidden_scaling);
     tcase_add_test(tc, test_usage_lists_layer_options);
+    tcase_add_test(tc, test_mode_option);
     suite_add_tcase(s, tc);
     return s;
 }

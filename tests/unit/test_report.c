@@ -155,6 +155,26 @@ static void small_results(moe_results *r, moe_config *cfg)
     r->dispatch_bytes_per_second = 1e9;
     r->combine_bytes_per_second = 2e9;
     r->output_checksum = -12.5;
+    /* single iterations: phase p from 0.0005 p to 0.0025 p (a spread of 400%), step 0.02 to 0.06 */
+    for (int p = 0; p < MOE_PHASE_COUNT; p++)
+        r->phase_iter[p] = (moe_spread){0.0005 * p, 0.0025 * p};
+    r->step_iter = (moe_spread){0.02, 0.06};
+    r->dispatch_a2a = (moe_a2a_bandwidth){.algbw = 3e9, .busbw = 1.5e9, .send_bytes = 96,
+                                          .off_rank_bytes = 48, .off_node_bytes = 32};
+    r->combine_a2a = (moe_a2a_bandwidth){.algbw = 4e9, .busbw = 2e9, .send_bytes = 112,
+                                         .off_rank_bytes = 48, .off_node_bytes = 32};
+    /* two ranks on one host, emulated as two nodes; a quiet machine */
+    for (int q = 0; q < 2; q++) {
+        r->placement[q].rank = q;
+        r->placement[q].node = q;
+        snprintf(r->placement[q].host, sizeof r->placement[q].host, "host-a");
+    }
+    r->env.cores = 8;
+    r->env.load_start = 0.5;
+    r->env.load_end = 0.75;
+    snprintf(r->env.utc, sizeof r->env.utc, "2026-12-01T20:15:03Z");
+    snprintf(r->env.mpi_library, sizeof r->env.mpi_library, "Open MPI v4.1.4");
+    snprintf(r->env.openblas, sizeof r->env.openblas, "OpenBLAS 0.3.21");
 }
 
 /* The value at a dotted path ("config.seed"), or NULL. */
@@ -170,7 +190,7 @@ static json_t *at(json_t *root, const char *path)
 }
 
 /* Every key of docs/json.md with its type: i int, n number, s string, S string or null, b bool,
- * l list, o object. */
+ * l list, o object, N number or null, I int or null. */
 static const struct {
     const char *path;
     char type;
@@ -186,7 +206,16 @@ static const struct {
     {"waste.flops_useful", 'n'}, {"waste.flops_wasted", 'n'}, {"waste.padded", 'b'},
     {"traffic.dispatch_bytes", 'l'}, {"traffic.combine_bytes", 'l'}, {"timing.step", 'o'},
     {"bandwidth.dispatch_bytes_per_second", 'n'}, {"bandwidth.combine_bytes_per_second", 'n'},
-    {"output.checksum", 'n'},
+    {"output.checksum", 'n'}, {"timing.dispatch.iter_min", 'n'}, {"timing.dispatch.iter_max", 'n'},
+    {"timing.step.iter_min", 'n'}, {"timing.step.iter_max", 'n'}, {"bandwidth.dispatch", 'o'},
+    {"bandwidth.dispatch.algbw", 'n'}, {"bandwidth.dispatch.busbw", 'n'},
+    {"bandwidth.dispatch.off_rank_bytes", 'i'}, {"bandwidth.dispatch.off_node_bytes", 'i'},
+    {"bandwidth.combine.algbw", 'n'}, {"bandwidth.combine.busbw", 'n'},
+    {"bandwidth.combine.off_rank_bytes", 'i'}, {"bandwidth.combine.off_node_bytes", 'i'},
+    {"environment.hosts", 'l'}, {"environment.cores", 'I'}, {"environment.load_average_start", 'N'},
+    {"environment.load_average_end", 'N'}, {"environment.openmpi", 's'},
+    {"environment.openblas", 's'}, {"environment.moesim", 's'}, {"environment.utc", 'S'},
+    {"environment.warnings", 'l'},
 };
 
 static int has_type(json_t *v, char type)
@@ -199,6 +228,8 @@ static int has_type(json_t *v, char type)
     case 'b': return json_is_boolean(v);
     case 'l': return json_is_array(v);
     case 'o': return json_is_object(v);
+    case 'N': return json_is_number(v) || json_is_null(v);
+    case 'I': return json_is_integer(v) || json_is_null(v);
     }
     return 0;
 }
@@ -295,7 +326,85 @@ START_TEST(test_json_document)
         ck_assert(json_object_get(ph, "min") && json_object_get(ph, "mean"));
     }
     ck_assert(json_real_value(json_object_get(json_object_get(timing, "step"), "mean")) == 0.04);
+    for (int p = 0; p < MOE_PHASE_COUNT; p++) {
+        json_t *ph = json_object_get(timing, moe_phase_name(p));
+        /* 17 significant digits read back: 1e-15 absolute is far inside that for these sizes */
+        double lo = json_real_value(json_object_get(ph, "iter_min"));
+        double hi = json_real_value(json_object_get(ph, "iter_max"));
+        ck_assert_double_eq_tol(lo, 0.0005 * p, 1e-15);
+        ck_assert_double_eq_tol(hi, 0.0025 * p, 1e-15);
+    }
+    ck_assert(json_real_value(at(root, "timing.step.iter_min")) == 0.02);
+    ck_assert(json_real_value(at(root, "timing.step.iter_max")) == 0.06);
+    /* the existing rates stay beside the nccl-tests figures */
+    ck_assert(json_real_value(at(root, "bandwidth.dispatch_bytes_per_second")) == 1e9);
+    ck_assert(json_real_value(at(root, "bandwidth.dispatch.algbw")) == 3e9);
+    ck_assert(json_real_value(at(root, "bandwidth.dispatch.busbw")) == 1.5e9);
+    ck_assert(json_real_value(at(root, "bandwidth.combine.algbw")) == 4e9);
+    ck_assert(json_real_value(at(root, "bandwidth.combine.busbw")) == 2e9);
+    ck_assert_int_eq(json_integer_value(at(root, "bandwidth.combine.off_rank_bytes")), 48);
+    ck_assert_int_eq(json_integer_value(at(root, "bandwidth.dispatch.off_node_bytes")), 32);
+    ck_assert_ptr_null(at(root, "bandwidth.dispatch.send_bytes")); /* not a documented key */
+    /* environment: one host for two ranks; the probed values as given */
+    json_t *hosts = at(root, "environment.hosts");
+    ck_assert_uint_eq(json_array_size(hosts), 1);
+    ck_assert_str_eq(json_string_value(json_array_get(hosts, 0)), "host-a");
+    ck_assert_int_eq(json_integer_value(at(root, "environment.cores")), 8);
+    ck_assert(json_real_value(at(root, "environment.load_average_start")) == 0.5);
+    ck_assert(json_real_value(at(root, "environment.load_average_end")) == 0.75);
+    ck_assert_str_eq(json_string_value(at(root, "environment.utc")), "2026-12-01T20:15:03Z");
+    ck_assert_str_eq(json_string_value(at(root, "environment.openmpi")), "Open MPI v4.1.4");
+    ck_assert_str_eq(json_string_value(at(root, "environment.openblas")), "OpenBLAS 0.3.21");
+    ck_assert_str_eq(json_string_value(at(root, "environment.moesim")), MOE_VERSION);
+    /* the dispatch and combine times spread 400%: one warning each, without a prefix */
+    json_t *warnings = at(root, "environment.warnings");
+    ck_assert_uint_eq(json_array_size(warnings), 2);
+    ck_assert_msg(strncmp(json_string_value(json_array_get(warnings, 0)),
+                          "dispatch times spread 400%", 26) == 0,
+                  "%s", json_string_value(json_array_get(warnings, 0)));
+    ck_assert_msg(strncmp(json_string_value(json_array_get(warnings, 1)),
+                          "combine times spread 400%", 25) == 0,
+                  "%s", json_string_value(json_array_get(warnings, 1)));
     json_decref(root);
+
+    /* a distinct host per rank, a loaded machine, and the probes that failed: null, not absent */
+    snprintf(r.placement[1].host, sizeof r.placement[1].host, "host-b");
+    r.env.load_start = 9.0;
+    r.env.load_end = NAN;
+    r.env.cores = -1;
+    r.env.utc[0] = '\0';
+    ck_assert_int_eq(moe_report_json(path, &cfg, &r, msg, sizeof msg), MOE_OK);
+    root = json_load_file(path, 0, &err);
+    ck_assert_ptr_nonnull(root);
+    hosts = at(root, "environment.hosts");
+    ck_assert_uint_eq(json_array_size(hosts), 2);
+    ck_assert_str_eq(json_string_value(json_array_get(hosts, 1)), "host-b");
+    ck_assert(json_is_null(at(root, "environment.cores")));
+    ck_assert(json_is_null(at(root, "environment.load_average_end")));
+    ck_assert(json_is_null(at(root, "environment.utc")));
+    /* cores unknown: the load is not judged, only the two spreads are warned about */
+    ck_assert_uint_eq(json_array_size(at(root, "environment.warnings")), 2);
+    json_decref(root);
+    r.env.cores = 4; /* 9 > 4 at the start: warned first */
+    ck_assert_int_eq(moe_report_json(path, &cfg, &r, msg, sizeof msg), MOE_OK);
+    root = json_load_file(path, 0, &err);
+    ck_assert_ptr_nonnull(root);
+    warnings = at(root, "environment.warnings");
+    ck_assert_uint_eq(json_array_size(warnings), 3);
+    ck_assert_str_eq(json_string_value(json_array_get(warnings, 0)),
+                     "load average 9.00 at the start exceeds the 4 online cores: the machine was "
+                     "shared");
+    json_decref(root);
+    /* --predict-only: bandwidth is null as before; environment is still filled */
+    cfg.predict_only = true;
+    ck_assert_int_eq(moe_report_json(path, &cfg, &r, msg, sizeof msg), MOE_OK);
+    root = json_load_file(path, 0, &err);
+    ck_assert_ptr_nonnull(root);
+    ck_assert(json_is_null(json_object_get(root, "bandwidth")));
+    ck_assert(json_is_null(json_object_get(root, "timing")));
+    ck_assert(json_is_object(json_object_get(root, "environment")));
+    json_decref(root);
+    cfg.predict_only = false;
 
     /* Dropless experts: capacity and utilization are null. */
     for (int e = 0; e < 4; e++)
@@ -352,6 +461,9 @@ START_TEST(test_json_non_finite_keeps_keys)
     r.phase[MOE_PHASE_EXPERT].max = NAN;
     r.f[1] = -INFINITY;
     r.dispatch_bytes_per_second = INFINITY;
+    r.env.load_start = NAN;
+    r.phase_iter[MOE_PHASE_COMBINE].iter_max = INFINITY;
+    r.combine_a2a.busbw = NAN;
     int rc = moe_report_json(path, &cfg, &r, msg, sizeof msg);
     if (rc != MOE_OK) { /* refusing is allowed, but then with a message and no file */
         ck_assert(msg[0] != '\0');
@@ -378,6 +490,9 @@ START_TEST(test_json_non_finite_keeps_keys)
         json_t *bw = json_object_get(root, "bandwidth");
         ck_assert_msg(bw != NULL, "'bandwidth' dropped");
         ck_assert(json_real_value(json_object_get(bw, "combine_bytes_per_second")) == 2e9);
+        ck_assert(json_is_null(at(root, "environment.load_average_start")));
+        ck_assert(json_is_null(at(root, "timing.combine.iter_max")));
+        ck_assert(json_is_null(at(root, "bandwidth.combine.busbw")));
         json_decref(root);
     }
     moe_results_free(&r);
@@ -504,6 +619,32 @@ START_TEST(test_text_report_smoke)
         if (p != MOE_PHASE_SHARED)
             ck_assert_ptr_nonnull(strstr(buf, moe_phase_name(p)));
     ck_assert_ptr_null(strstr(buf, "shared"));
+    /* the nccl-tests figures and the warnings after the phase table, each within 100 columns */
+    const char *nccl = strstr(buf, "\n  nccl-tests style: dispatch algbw 3.00 GB/s busbw 1.50 GB/s, "
+                                   "combine algbw 4.00 busbw 2.00\n");
+    ck_assert_msg(nccl != NULL, "%s", buf);
+    ck_assert(nccl > strstr(buf, "\n  all-to-all: dispatch 1.00 GB/s"));
+    ck_assert_ptr_nonnull(strstr(buf, "\n  bytes off-rank 48 B, off-node 32 B in each exchange"));
+    const char *w1 = strstr(buf, "\nwarning: dispatch times spread 400%");
+    const char *w2 = strstr(buf, "\nwarning: combine times spread 400%");
+    ck_assert(w1 != NULL && w2 != NULL && nccl < w1 && w1 < w2);
+    ck_assert(w2 < strstr(buf, "Traffic by locality"));
+    ck_assert_int_eq(count_substr(buf, "warning: "), 2);
+    const char *added[] = {nccl, strstr(buf, "\n  bytes off-rank"), w1, w2};
+    for (int i = 0; i < 4; i++) {
+        const char *line = added[i] + 1, *end = strchr(line, '\n');
+        ck_assert_int_le(cells(line) - cells(end), 100);
+    }
+    free(buf);
+    /* no warnings, no warning line */
+    for (int p = 0; p < MOE_PHASE_COUNT; p++)
+        r.phase_iter[p] = (moe_spread){0.001, 0.001};
+    buf = NULL;
+    f = open_memstream(&buf, &len);
+    moe_report_text(f, &cfg, &r, false);
+    fclose(f);
+    ck_assert_ptr_null(strstr(buf, "warning"));
+    ck_assert_ptr_nonnull(strstr(buf, "nccl-tests style"));
     free(buf);
     buf = NULL;
     f = open_memstream(&buf, &len);

@@ -1,13 +1,25 @@
-/* Unit tests of stats: median, summaries, the Switch load-balancing loss, result totals, phases;
- * and error (moe_strerror, moe_fail), which has no suite of its own. */
+/* Unit tests of stats: median, summaries, the Switch load-balancing loss, result totals, phases,
+ * the nccl-tests bandwidth figures, the spread of iterations and the run's warnings; and error
+ * (moe_strerror, moe_fail), which has no suite of its own. */
 #include "moesim/error.h"
 #include "moesim/stats.h"
 
 #include <check.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "testrng.h"
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
 
 START_TEST(test_median)
 {
@@ -160,6 +172,165 @@ START_TEST(test_phase_names)
 }
 END_TEST
 
+/* R = 4 on 2 nodes (ranks 0, 1 on node 0; 2, 3 on node 1), bytes [src][dst]:
+ *        d0   d1   d2   d3 | row  off-rank  off-node
+ *   s0   10   20   30   40 | 100     90        70
+ *   s1    1    2    3    4 |  10      8         7
+ *   s2  100    0    5    0 | 105    100       100
+ *   s3    0    0    0    8 |   8      0         0
+ * busiest sender 105 B; in 0.5 s algbw = 210 B/s, busbw = 210 * 3/4 = 157.5 B/s (all exact). The
+ * transpose (combine) has the column sums 111, 22, 38, 52 as rows: algbw 222, busbw 166.5, and
+ * the same off-rank and off-node totals. */
+static const int64_t hand_bytes[16] = {10, 20, 30, 40, 1, 2, 3, 4, 100, 0, 5, 0, 0, 0, 0, 8};
+
+static void two_nodes(moe_placement *pl, int R, int per_node)
+{
+    memset(pl, 0, (size_t)R * sizeof *pl);
+    for (int r = 0; r < R; r++) {
+        pl[r].rank = r;
+        pl[r].node = r / per_node;
+    }
+}
+
+START_TEST(test_a2a_bandwidth_hand)
+{
+    moe_placement pl[4];
+    two_nodes(pl, 4, 2);
+    moe_a2a_bandwidth b = moe_a2a_bandwidth_of(hand_bytes, pl, 4, 0.5);
+    ck_assert_int_eq(b.send_bytes, 105);
+    ck_assert_int_eq(b.off_rank_bytes, 198);
+    ck_assert_int_eq(b.off_node_bytes, 177);
+    ck_assert(b.algbw == 210.0 && b.busbw == 157.5);
+
+    int64_t t[16];
+    for (int s = 0; s < 4; s++)
+        for (int d = 0; d < 4; d++)
+            t[d * 4 + s] = hand_bytes[s * 4 + d];
+    b = moe_a2a_bandwidth_of(t, pl, 4, 0.5);
+    ck_assert_int_eq(b.send_bytes, 111);
+    ck_assert_int_eq(b.off_rank_bytes, 198);
+    ck_assert_int_eq(b.off_node_bytes, 177);
+    ck_assert(b.algbw == 222.0 && b.busbw == 166.5);
+
+    /* one node: nothing leaves it; a time of 0 (or below): no rate rather than infinity */
+    two_nodes(pl, 4, 4);
+    b = moe_a2a_bandwidth_of(hand_bytes, pl, 4, 0.0);
+    ck_assert_int_eq(b.off_node_bytes, 0);
+    ck_assert_int_eq(b.off_rank_bytes, 198);
+    ck_assert(b.algbw == 0.0 && b.busbw == 0.0);
+    ck_assert(moe_a2a_bandwidth_of(hand_bytes, pl, 4, -1.0).algbw == 0.0);
+
+    /* R = 1: the rank sends to itself; algbw counts it, busbw is 0 (nothing crosses a link) */
+    const int64_t self[1] = {4096};
+    two_nodes(pl, 1, 1);
+    b = moe_a2a_bandwidth_of(self, pl, 1, 2.0);
+    ck_assert(b.algbw == 2048.0 && b.busbw == 0.0);
+    ck_assert(b.off_rank_bytes == 0 && b.off_node_bytes == 0 && b.send_bytes == 4096);
+}
+END_TEST
+
+/* Seeded random matrices and node layouts: off_node <= off_rank <= total, off_rank = total - the
+ * diagonal, every rank on its own node gives off_node = off_rank, the transpose keeps both
+ * totals, and busbw = algbw (R - 1) / R exactly as written (the same two roundings). */
+START_TEST(test_a2a_bandwidth_random)
+{
+    g_state = 20261201;
+    for (int trial = 0; trial < 200; trial++) {
+        int R = 1 + next_int(9), per_node = 1 + next_int(R);
+        int64_t m[81], t[81], total = 0, diag = 0, max_row = 0;
+        moe_placement pl[9], own[9];
+        two_nodes(pl, R, per_node);
+        two_nodes(own, R, 1);
+        for (int s = 0; s < R; s++) {
+            int64_t row = 0;
+            for (int d = 0; d < R; d++) {
+                int64_t v = next_int(4) == 0 ? 0 : (int64_t)(next_u64() % ((uint64_t)1 << 40));
+                m[s * R + d] = t[d * R + s] = v;
+                total += v;
+                diag += s == d ? v : 0;
+                row += v;
+            }
+            max_row = row > max_row ? row : max_row;
+        }
+        double sec = 1e-6 + next_unit();
+        moe_a2a_bandwidth b = moe_a2a_bandwidth_of(m, pl, R, sec);
+        moe_a2a_bandwidth bt = moe_a2a_bandwidth_of(t, pl, R, sec);
+        moe_a2a_bandwidth bo = moe_a2a_bandwidth_of(m, own, R, sec);
+        ck_assert_int_eq(b.send_bytes, max_row);
+        ck_assert(b.algbw == (double)max_row / sec);
+        ck_assert(b.busbw == b.algbw * (double)(R - 1) / (double)R);
+        ck_assert_int_eq(b.off_rank_bytes, total - diag);
+        ck_assert(b.off_node_bytes >= 0 && b.off_node_bytes <= b.off_rank_bytes);
+        ck_assert_int_eq(bo.off_node_bytes, bo.off_rank_bytes);
+        ck_assert_int_eq(bt.off_rank_bytes, b.off_rank_bytes);
+        ck_assert_int_eq(bt.off_node_bytes, b.off_node_bytes);
+        if (per_node >= R)
+            ck_assert_int_eq(b.off_node_bytes, 0);
+    }
+}
+END_TEST
+
+START_TEST(test_spread_ratio)
+{
+    ck_assert(moe_spread_ratio((moe_spread){1.0, 1.5}) == 0.5);
+    ck_assert(moe_spread_ratio((moe_spread){2.0, 2.0}) == 0.0);
+    ck_assert(moe_spread_ratio((moe_spread){0.25, 1.0}) == 3.0);
+    /* below the timer's resolution, or nothing timed: undefined, not infinite */
+    ck_assert(isnan(moe_spread_ratio((moe_spread){0.0, 1.0})));
+    ck_assert(isnan(moe_spread_ratio((moe_spread){0.0, 0.0})));
+    ck_assert(isnan(moe_spread_ratio((moe_spread){NAN, 1.0})));
+    ck_assert(isnan(moe_spread_ratio((moe_spread){1.0, INFINITY})));
+}
+END_TEST
+
+START_TEST(test_run_warnings)
+{
+    moe_results r;
+    memset(&r, 0, sizeof r);
+    char buf[1024];
+    /* nothing known, nothing timed: no warning */
+    r.env.cores = -1;
+    r.env.load_start = r.env.load_end = NAN;
+    ck_assert_int_eq(moe_run_warnings(buf, sizeof buf, &r), 0);
+    ck_assert_str_eq(buf, "");
+
+    /* load exactly the cores is not above them; 25% spread exactly (4 to 5) is not above 25% */
+    r.env.cores = 2;
+    r.env.load_start = 2.0;
+    r.env.load_end = 1.0;
+    r.phase_iter[MOE_PHASE_DISPATCH] = (moe_spread){4e-3, 5e-3};
+    r.phase_iter[MOE_PHASE_COMBINE] = (moe_spread){1e-3, 1e-3};
+    r.phase_iter[MOE_PHASE_EXPERT] = (moe_spread){1e-3, 9e-3}; /* not an exchange: ignored */
+    ck_assert_int_eq(moe_run_warnings(buf, sizeof buf, &r), 0);
+
+    /* the start's load above the cores, the combine spread 50%: two lines, in that order */
+    r.env.load_start = 2.5;
+    r.phase_iter[MOE_PHASE_COMBINE] = (moe_spread){2e-3, 3e-3};
+    ck_assert_int_eq(moe_run_warnings(buf, sizeof buf, &r), 2);
+    char *nl = strchr(buf, '\n');
+    ck_assert_ptr_nonnull(nl);
+    const char *load = "load average 2.50 at the start exceeds the 2 online cores";
+    ck_assert_msg(strncmp(buf, load, strlen(load)) == 0, "%s", buf);
+    const char *combine = "combine times spread 50% over ranks and iterations (2 to 3 ms)\n";
+    ck_assert_msg(strncmp(nl + 1, combine, strlen(combine)) == 0, "%s", nl + 1);
+    ck_assert(buf[strlen(buf) - 1] == '\n');
+    ck_assert_int_eq(count_lines(buf), 2);
+    /* both loads, both exchanges */
+    r.env.load_end = 3.0;
+    r.phase_iter[MOE_PHASE_DISPATCH] = (moe_spread){1e-3, 2e-3};
+    ck_assert_int_eq(moe_run_warnings(buf, sizeof buf, &r), 4);
+    ck_assert_ptr_nonnull(strstr(buf, "at the end exceeds"));
+    ck_assert_ptr_nonnull(strstr(buf, "dispatch times spread 100%"));
+    /* no line is longer than the report's 100 columns with its "warning: " prefix */
+    for (char *p = buf, *q; (q = strchr(p, '\n')) != NULL; p = q + 1)
+        ck_assert_int_le((int)(q - p) + 9, 100);
+    /* a short buffer: the count is still right, the text cut and terminated */
+    char small[16];
+    ck_assert_int_eq(moe_run_warnings(small, sizeof small, &r), 4);
+    ck_assert_uint_eq(strlen(small), sizeof small - 1);
+}
+END_TEST
+
 START_TEST(test_error_module)
 {
     ck_assert_str_eq(moe_strerror(MOE_OK), "success");
@@ -198,6 +369,10 @@ static Suite *stats_suite(void)
     tcase_add_test(tc, test_load_balance_hand);
     tcase_add_test(tc, test_results_init_free_totals);
     tcase_add_test(tc, test_phase_names);
+    tcase_add_test(tc, test_a2a_bandwidth_hand);
+    tcase_add_test(tc, test_a2a_bandwidth_random);
+    tcase_add_test(tc, test_spread_ratio);
+    tcase_add_test(tc, test_run_warnings);
     suite_add_tcase(s, tc);
     tc = tcase_create("error");
     tcase_add_test(tc, test_error_module);
