@@ -66,6 +66,13 @@ void moe_group_capacities(int64_t *cap, double cf, const int64_t *group_tokens, 
         cap[g] = moe_group_capacity(cf, group_tokens[g], k, E, min_capacity);
 }
 
+void moe_group_capacities_at_most_group(int64_t *cap, const int64_t *group_tokens, int n_groups)
+{
+    for (int g = 0; g < n_groups; g++)
+        if (cap[g] != MOE_CAPACITY_UNLIMITED && cap[g] > group_tokens[g])
+            cap[g] = group_tokens[g];
+}
+
 int64_t moe_capacity_sum(const int64_t *cap, int n_groups)
 {
     int64_t sum = 0;

@@ -213,6 +213,8 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
     if ((rc = capacity_needed(L, res ? &res->max_expert_load : NULL, res ? &res->cf_needed : NULL,
                               msg, msglen)) != MOE_OK)
         goto done;
+    if (res != NULL && L->cfg.routing == MOE_ROUTING_EXPERT_CHOICE)
+        res->cf_needed = 0.0; /* nothing overflows: no capacity is "needed" (JSON null) */
 
     int64_t dropped_tokens = 0, dropped_all = 0;
     for (int64_t t = 0; t < L->n; t++) {
@@ -235,8 +237,8 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
         goto done;
 
     /* traffic: my row of the dispatch matrix, in rows; bytes as they travel follow */
-    MOE_MPI_CHECK(MPI_Gather(L->send_rows, R, MPI_INT64_T, res ? res->rows : NULL, R, MPI_INT64_T,
-                             0, L->comm),
+    MOE_MPI_CHECK(MPI_Gather(L->per_rank ? L->dd_send_rows : L->send_rows, R, MPI_INT64_T,
+                             res ? res->rows : NULL, R, MPI_INT64_T, 0, L->comm),
                   msg, msglen);
 
     if (res != NULL) {
@@ -262,12 +264,23 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
         res->wire_combine = L->wire_back;
         res->row_bytes = L->ex.row_out_bytes;
         res->row_bytes_combine = L->ex.row_back_bytes;
+        int64_t all_rows = 0;
         for (int s = 0; s < R; s++)
             for (int r = 0; r < R; r++) {
                 int64_t rows = res->rows[(int64_t)s * R + r];
                 res->dispatch_bytes[(int64_t)s * R + r] = rows * L->ex.row_out_bytes;
                 res->combine_bytes[(int64_t)r * R + s] = rows * L->ex.row_back_bytes;
+                all_rows += rows;
             }
+        /* --dispatch per-rank: the metadata's bytes, and what the rows save against one row per
+         * served (token, expert) in the same formats, dispatch and combine together */
+        int64_t payload = moe_wire_row_bytes(L->wire_out, L->d), served = 0;
+        for (int e = 0; e < E; e++)
+            served += res->accepted[e];
+        res->per_rank = L->per_rank;
+        res->metadata_bytes = all_rows * (L->ex.row_out_bytes - payload);
+        res->dedup_saving = served * (payload + L->ex.row_back_bytes) -
+                            all_rows * (L->ex.row_out_bytes + L->ex.row_back_bytes);
         moe_results_totals(res, moe_expert_flops_per_row(L->d, L->f));
     }
 done:

@@ -65,6 +65,12 @@ static const char *const policy_names[] = {"position", "probs", "choice", "rando
 static const char *const routing_names[] = {"token-choice", "expert-choice"};
 static const char *const mode_names[] = {"forward", "dispatch"};
 static const char *const wire_names[] = {"fp32", "bf16", "fp8"}; /* moe_wire order */
+static const char *const dispatch_names[] = {"per-expert", "per-rank"};
+
+const char *moe_dispatch_name(moe_dispatch_kind k)
+{
+    return dispatch_names[k == MOE_DISPATCH_PER_RANK];
+}
 
 const char *moe_mode_name(moe_mode m)
 {
@@ -221,6 +227,9 @@ const char *moe_config_usage(void)
            "  --mode M               forward (default): the layer's step; dispatch: the same with\n"
            "                         identity experts (each returns its input), so the step is\n"
            "                         the exchange (Megatron's dispatch_only benchmark)\n"
+           "  --dispatch D           per-expert (default): one row per served (token, expert);\n"
+           "                         per-rank: one row per (token, destination rank) with its\n"
+           "                         gates and expert ids, fanned out there (DeepEP)\n"
            "  --wire F               format of the dispatched rows: fp32 (default), bf16 (round to\n"
            "                         nearest even), fp8 (e4m3, one fp32 scale per 128 channels,\n"
            "                         DeepEP's layout); the bytes are counted as they travel\n"
@@ -256,7 +265,7 @@ enum {
     OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK, OPT_MAX_MEMORY, OPT_SCORE, OPT_SELECTION_BIAS,
     OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
-    OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE
+    OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH
 };
 
 static const struct option long_options[] = {
@@ -274,6 +283,7 @@ static const struct option long_options[] = {
     {"iters", required_argument, NULL, OPT_ITERS},
     {"mode", required_argument, NULL, OPT_MODE},
     {"wire", required_argument, NULL, OPT_WIRE},
+    {"dispatch", required_argument, NULL, OPT_DISPATCH},
     {"wire-combine", required_argument, NULL, OPT_WIRE_COMBINE},
     {"warmup", required_argument, NULL, OPT_WARMUP},
     {"tokens-file", required_argument, NULL, OPT_TOKENS_FILE},
@@ -888,6 +898,10 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_SEED:
             rc = parse_int(name, optarg, 0, INT64_MAX, &v, msg, msglen);
             cfg->seed = (uint64_t)v;
+            break;
+        case OPT_DISPATCH:
+            rc = parse_choice(name, optarg, dispatch_names, 2, &choice, msg, msglen);
+            cfg->dispatch = (moe_dispatch_kind)choice;
             break;
         case OPT_WIRE:
             rc = parse_choice(name, optarg, wire_names, 3, &choice, msg, msglen);

@@ -192,6 +192,11 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
     rc = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
     if (rc == MOE_OK && moe_driver_fault("set_rows", L->rank))
         rc = moe_fail(MOE_ERANGE, msg, msglen, "injected fault (MOESIM_FAULT=set_rows)");
+    if (L->per_rank) { /* one row per (token, rank) instead: counted, exchanged, planned */
+        if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+            return rc;
+        rc = moe_dedup_plan(L, msg, msglen);
+    }
     if (L->hier == NULL)
         return rc; /* the callers agree on it before the next collective */
     /* The two-level exchange gathers the whole count matrix next: agree first, or a rank whose
@@ -199,8 +204,8 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         return rc;
     /* The two-level exchange needs the whole count matrix on every rank (its leaders reorder). */
-    MOE_MPI_CHECK(MPI_Allgather(L->send_rows, L->R, MPI_INT64_T, L->count_matrix, L->R, MPI_INT64_T,
-                                L->comm),
+    MOE_MPI_CHECK(MPI_Allgather(L->per_rank ? L->dd_send_rows : L->send_rows, L->R, MPI_INT64_T,
+                                L->count_matrix, L->R, MPI_INT64_T, L->comm),
                   msg, msglen);
     rc = moe_hier_plan(L->hier, L->count_matrix, msg, msglen);
     if (rc == MOE_OK && L->hier_back != NULL)
@@ -208,6 +213,34 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
     if (rc == MOE_OK && moe_driver_fault("hier_plan", L->rank))
         rc = moe_fail(MOE_ENOMEM, msg, msglen, "injected fault (MOESIM_FAULT=hier_plan)");
     return rc;
+}
+
+/* What the capacity protocol and the deduplicated dispatch hold once routing is known: the
+ * owners' keys (every key sent to my experts, and the most of one expert again), and the rows of
+ * --dispatch per-rank out and in, both ways, with the owner's fan-out map. */
+static int64_t protocol_bytes(const moe_layer *L)
+{
+    const moe_config *c = &L->cfg;
+    int64_t bytes = 0;
+    bool keyed = c->routing == MOE_ROUTING_EXPERT_CHOICE || c->policy == MOE_POLICY_PROBS ||
+                 c->policy == MOE_POLICY_CHOICE || c->policy == MOE_POLICY_RANDOM;
+    if (keyed && c->scope == MOE_SCOPE_GLOBAL) {
+        int64_t all = 0, most = 0;
+        for (int64_t le = 0; le < L->n_le; le++) {
+            int64_t m = 0;
+            for (int s = 0; s < L->R; s++)
+                m += L->cnt_owner[s * L->n_le + le];
+            all += m;
+            most = m > most ? m : most;
+        }
+        bytes = moe_bytes_mul(moe_bytes_add(all, most), (int64_t)sizeof(moe_key));
+    }
+    if (L->per_rank) {
+        int64_t per_row = L->ex.row_out_bytes + L->ex.row_back_bytes;
+        bytes = moe_bytes_add(bytes, moe_bytes_mul(L->dd_n_send + L->dd_n_recv, per_row));
+        bytes = moe_bytes_add(bytes, moe_bytes_mul(L->dd_n_recv, 8 * (int64_t)L->meta_slots));
+    }
+    return bytes;
 }
 
 /* Capacity of every local expert summed over groups, or MOE_CAPACITY_UNLIMITED. */
@@ -473,25 +506,37 @@ static int resolve_groups(moe_layer *L, char *msg, size_t msglen)
 /* Raw baseline counts: the same rows as bytes (MPI_BYTE) when every count and displacement fits an
  * int, else in rows of the row type. Not collective; the choice is the same on every rank only if
  * the sizes are, so it is agreed by the caller. */
+/* The rows that travel: per (token, expert), or per (token, rank) with --dispatch per-rank. */
+static const int64_t *travel_send(const moe_layer *L)
+{
+    return L->per_rank ? L->dd_send_rows : L->send_rows;
+}
+
+static const int64_t *travel_recv(const moe_layer *L)
+{
+    return L->per_rank ? L->dd_recv_rows : L->recv_rows;
+}
+
 static int plan_raw(moe_layer *L, int *counts, int64_t unit, int *use_bytes)
 {
     int R = L->R;
+    const int64_t *send_rows = travel_send(L), *recv_rows = travel_recv(L);
     int64_t total_s = 0, total_r = 0;
     for (int r = 0; r < R; r++) {
-        total_s += L->send_rows[r];
-        total_r += L->recv_rows[r];
+        total_s += send_rows[r];
+        total_r += recv_rows[r];
     }
     *use_bytes = (total_s * unit <= INT_MAX && total_r * unit <= INT_MAX);
     int64_t scale = *use_bytes ? unit : 1;
     int *sc = counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
     int64_t so = 0, ro = 0;
     for (int r = 0; r < R; r++) {
-        sc[r] = (int)(L->send_rows[r] * scale);
+        sc[r] = (int)(send_rows[r] * scale);
         sd[r] = (int)so;
-        so += L->send_rows[r] * scale;
-        rcn[r] = (int)(L->recv_rows[r] * scale);
+        so += send_rows[r] * scale;
+        rcn[r] = (int)(recv_rows[r] * scale);
         rd[r] = (int)ro;
-        ro += L->recv_rows[r] * scale;
+        ro += recv_rows[r] * scale;
     }
     return MOE_OK;
 }
@@ -501,14 +546,15 @@ static void plan_raw_rows(moe_layer *L, int *counts)
 {
     int R = L->R;
     int *sc = counts, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+    const int64_t *send_rows = travel_send(L), *recv_rows = travel_recv(L);
     int64_t so = 0, ro = 0;
     for (int r = 0; r < R; r++) {
-        sc[r] = (int)L->send_rows[r];
+        sc[r] = (int)send_rows[r];
         sd[r] = (int)so;
-        so += L->send_rows[r];
-        rcn[r] = (int)L->recv_rows[r];
+        so += send_rows[r];
+        rcn[r] = (int)recv_rows[r];
         rd[r] = (int)ro;
-        ro += L->recv_rows[r];
+        ro += recv_rows[r];
     }
 }
 
@@ -562,8 +608,12 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->raw_type = L->raw_type_back = MPI_BYTE;
     L->wire_out = cfg->wire;
     L->wire_back = cfg->wire_combine;
-    rc = moe_exchange_set_wire(&L->ex, moe_wire_row_bytes(L->wire_out, L->d),
-                               moe_wire_row_bytes(L->wire_back, L->d), msg, msglen);
+    /* per-rank rows carry their metadata; the combine sends payload only */
+    L->per_rank = cfg->dispatch == MOE_DISPATCH_PER_RANK;
+    L->meta_slots = L->per_rank ? moe_dedup_meta_slots(L->A, L->E, L->R) : 0;
+    rc = moe_exchange_set_wire(
+        &L->ex, moe_dedup_row_bytes(moe_wire_row_bytes(L->wire_out, L->d), L->meta_slots),
+        moe_wire_row_bytes(L->wire_back, L->d), msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
     L->placement = calloc((size_t)L->R, sizeof *L->placement);
@@ -621,6 +671,24 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->gate = alloc_bytes(L, nk, sizeof(float), &rc);
     L->flag = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
     L->rerouted = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
+    L->owner_of = alloc_bytes(L, En, sizeof(int), &rc);
+    L->local_of = alloc_bytes(L, En, sizeof(int), &rc);
+    for (int e = 0; rc == MOE_OK && e < L->E; e++) {
+        int64_t first_e, count_e;
+        L->owner_of[e] = moe_partition_owner(L->E, L->R, e);
+        moe_partition(L->E, L->R, L->owner_of[e], &first_e, &count_e);
+        L->local_of[e] = (int)(e - first_e);
+    }
+    if (L->per_rank) {
+        size_t pairs = (size_t)L->n * (size_t)(L->A < L->R ? L->A : L->R);
+        L->dd_tok = alloc_bytes(L, pairs, sizeof(int64_t), &rc);
+        L->dd_send_rows = alloc_bytes(L, R, sizeof(int64_t), &rc);
+        L->dd_recv_rows = alloc_bytes(L, R, sizeof(int64_t), &rc);
+        L->dd_cursor = alloc_bytes(L, R, sizeof(int64_t), &rc);
+        L->dd_last = alloc_bytes(L, R, sizeof(int64_t), &rc);
+        L->dd_seen = alloc_bytes(L, R, sizeof(int), &rc);
+        L->dd_sum = alloc_bytes(L, (size_t)L->d, sizeof(float), &rc);
+    }
     if (cfg->wire != MOE_WIRE_FP32)
         L->send_tok = alloc_bytes(L, nk, sizeof(int64_t), &rc);
     if (cfg->policy == MOE_POLICY_REROUTE && cfg->routing == MOE_ROUTING_TOKEN_CHOICE) {
@@ -690,8 +758,13 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
      * E holds them, and decide() below uses it only afterwards */
     int n_groups = moe_capacity_groups(L->scratch, cfg->scope, cfg->tokens, L->R);
     moe_group_capacities(L->group_cap, cf, L->scratch, n_groups, L->k, L->E, cfg->min_capacity);
+    /* expert choice: an expert cannot take more tokens than its group holds */
+    if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
+        moe_group_capacities_at_most_group(L->group_cap, L->scratch, n_groups);
 
-    /* Decide acceptance under this capacity to learn the exchange sizes, then size the buffers. */
+    /* Route again (a reroute rewrites the experts and gates of the last decision), decide
+     * acceptance under this capacity to learn the exchange sizes, then size the buffers. */
+    route(L);
     rc = decide(L, msg, msglen);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
@@ -715,8 +788,17 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
                       (long long)L->rows_x);
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
+    /* the raw baselines deliver into a buffer of their own: the larger direction's bytes */
     int64_t raw_rows = L->n_send > L->n_recv ? L->n_send : L->n_recv;
+    int64_t raw_bytes = raw_rows * L->d * (int64_t)sizeof(float);
+    if (L->per_rank) {
+        int64_t rows = L->dd_n_send > L->dd_n_recv ? L->dd_n_send : L->dd_n_recv;
+        int64_t unit = L->ex.row_out_bytes > L->ex.row_back_bytes ? L->ex.row_out_bytes
+                                                                   : L->ex.row_back_bytes;
+        raw_bytes = rows * unit > raw_bytes ? rows * unit : raw_bytes;
+    }
     L->mem.staging = (int64_t)(moe_hier_staging_bytes(L->hier) + moe_hier_staging_bytes(L->hier_back));
+    L->mem.protocol = protocol_bytes(L);
     moe_memory_exchange(&L->mem, cfg, L->n_send, L->n_recv, L->rows_x);
     if ((rc = check_memory(L, L->mem.total, "the exchange and expert buffers", msg, msglen)) !=
         MOE_OK)
@@ -732,7 +814,7 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     int64_t before = L->bytes;
     L->sendbuf = alloc_bytes(L, (size_t)(L->n_send * L->d), sizeof(float), &rc);
     L->recvbuf = alloc_bytes(L, (size_t)(L->n_recv * L->d), sizeof(float), &rc);
-    L->rawbuf = alloc_bytes(L, (size_t)(raw_rows * L->d), sizeof(float), &rc);
+    L->rawbuf = alloc_bytes(L, (size_t)((raw_bytes + 3) / 4), sizeof(float), &rc);
     L->x = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc); /* zero: the padding */
     /* dispatch mode: identity experts need no activation and return x itself */
     size_t expert_rows = cfg->mode == MOE_MODE_DISPATCH ? 0 : (size_t)L->rows_x;
@@ -772,7 +854,10 @@ void moe_layer_destroy(moe_layer *L)
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act,
                      L->yexp, L->sel, L->w_noise, L->z_noise, L->h_route, L->mask, L->gscore,
                      L->rerouted, L->orig, L->orig_gate, L->ws1, L->ws2, L->s_act, L->s_out,
-                     L->send_tok, L->send_enc, L->back_enc, L->recv_enc, L->rback_enc};
+                     L->send_tok, L->send_enc, L->back_enc, L->recv_enc, L->rback_enc,
+                     L->owner_of, L->local_of, L->dd_tok, L->dd_send_rows, L->dd_recv_rows,
+                     L->dd_cursor, L->dd_last, L->dd_seen, L->dd_sum, L->dd_send, L->dd_recv,
+                     L->dd_back_send, L->dd_back_recv, L->dd_fan};
     for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
         free(owned[i]);
     free(L);
@@ -899,7 +984,11 @@ int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *m
     /* the same routing and rows, as fp32 through the flat exchange (the two-level one moves the
      * same rows to the same places) */
     moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->A, L->d);
-    rc = moe_exchange_rows(&L->ex, L->sendbuf, L->recvbuf, false, true, msg, msglen);
+    /* per (token, expert) rows, whatever --dispatch: the reference is the plain exchange */
+    if (L->per_rank)
+        rc = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+        rc = moe_exchange_rows(&L->ex, L->sendbuf, L->recvbuf, false, true, msg, msglen);
     if (rc == MOE_OK) {
         moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start,
                                L->d, L->placed);
@@ -911,6 +1000,8 @@ int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *m
         moe_combine_rows(y32, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
         add_shared(L, y32);
     }
+    if (rc == MOE_OK && L->per_rank)
+        rc = moe_exchange_set_rows(&L->ex, L->dd_send_rows, L->dd_recv_rows, msg, msglen);
     /* max |y - y32|, max |y32|, sum (y - y32)^2, sum y32^2 over the batch */
     double mine[4] = {0.0, 0.0, 0.0, 0.0}, all[4] = {0.0, 0.0, 0.0, 0.0};
     for (int64_t i = 0; rc == MOE_OK && i < nd; i++) {
@@ -949,6 +1040,27 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
                         (long long)planned_recv);
     t[2] = MPI_Wtime();
     bool enc_out = L->wire_out != MOE_WIRE_FP32, enc_back = L->wire_back != MOE_WIRE_FP32;
+    double dispatch[3], combine[3]; /* wait, exchange, raw baseline */
+    if (L->per_rank) { /* one row per (token, rank): dedup.c */
+        moe_dedup_pack(L);
+        t[3] = MPI_Wtime();
+        if ((rc = exchange_timed(L, L->dd_send, L->dd_recv, false, dispatch, msg, msglen)) !=
+            MOE_OK)
+            return rc;
+        t[4] = MPI_Wtime();
+        moe_dedup_fan_out(L);
+        t[5] = MPI_Wtime();
+        const float *out = run_experts(L);
+        t[6] = MPI_Wtime();
+        moe_dedup_fan_in(L, out);
+        t[7] = MPI_Wtime();
+        if ((rc = exchange_timed(L, L->dd_back_send, L->dd_back_recv, true, combine, msg,
+                                 msglen)) != MOE_OK)
+            return rc;
+        t[8] = MPI_Wtime();
+        moe_dedup_combine(L, L->y);
+        t[9] = MPI_Wtime();
+    } else {
     if (enc_out) {
         for (int64_t i = 0; i < L->n_send; i++)
             L->send_tok[i] = L->slot[i] / L->A;
@@ -957,7 +1069,6 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
         moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->A, L->d);
     }
     t[3] = MPI_Wtime();
-    double dispatch[3], combine[3]; /* wait, exchange, raw baseline */
     if ((rc = exchange_timed(L, enc_out ? (void *)L->send_enc : L->sendbuf,
                              enc_out ? (void *)L->recv_enc : L->recvbuf, false, dispatch, msg,
                              msglen)) != MOE_OK)
@@ -984,6 +1095,7 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
         moe_wire_decode_rows(L->sendbuf, L->back_enc, L->n_send, L->d, L->wire_back);
     moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
     t[9] = MPI_Wtime();
+    }
     add_shared(L, L->y);
     t[10] = MPI_Wtime();
 

@@ -282,6 +282,8 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
         int64_t max_load;
         double cf_needed;
         moe_capacity_needed(&max_load, &cf_needed, loads, groups, n_groups, E, k, E);
+        if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
+            cf_needed = 0.0; /* nothing overflows under expert choice (JSON null) */
         for (int e = 0; e < E; e++) {
             res->routed[e] = 0;
             for (int s = 0; s < (n_groups == 1 ? 1 : nranks); s++)
@@ -302,6 +304,8 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
             double cf = cfg->cf_list[i];
             row->capacity_factor = cf;
             moe_group_capacities(caps, cf, groups, n_groups, k, E, cfg->min_capacity);
+            if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
+                moe_group_capacities_at_most_group(caps, groups, n_groups);
             row->capacity = moe_capacity_sum(caps, n_groups); /* -1 when dropless */
             moe_predict_closed_form_caps(&row->expected_dropped, &row->expected_empty, q, E, groups,
                                          caps, n_groups);
@@ -408,6 +412,7 @@ static void record_measurement(moe_ablation_row *row, const moe_results *r)
     row->measured = true;
     row->dropped_assignments = r->dropped_assignments;
     row->dropped_tokens = r->dropped_tokens;
+    row->rerouted = r->rerouted;
     row->empty_slots = r->empty_slots;
     row->flops_wasted = r->flops_wasted;
     row->dispatch_bytes = 0;

@@ -37,7 +37,7 @@ static int64_t mul3(int64_t a, int64_t b, int64_t c)
 static void sum_parts(moe_mem_estimate *m)
 {
     int64_t parts[] = {m->tokens, m->router, m->assignments, m->experts, m->exchange, m->results,
-                       m->dumps, m->counts, m->staging};
+                       m->dumps, m->counts, m->staging, m->protocol};
     m->total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
         m->total = moe_bytes_add(m->total, parts[i]);

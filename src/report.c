@@ -116,6 +116,14 @@ static void routing_lines(FILE *out, const moe_config *cfg, const moe_results *r
                     res->y_error_rms_rel);
         fputc('\n', out);
     }
+    if (cfg->dispatch == MOE_DISPATCH_PER_RANK) {
+        char meta[32], saved[32];
+        human_bytes(meta, sizeof meta, (double)res->metadata_bytes);
+        human_bytes(saved, sizeof saved, fabs((double)res->dedup_saving));
+        fprintf(out, "  dispatch per-rank: a row per (token, rank), gates and ids beside it (%s); "
+                     "%s %s\n",
+                meta, res->dedup_saving >= 0 ? "saves" : "costs", saved);
+    }
     if (cfg->mode == MOE_MODE_DISPATCH)
         fprintf(out, "  mode dispatch: identity experts (each returns its input), so the step is the "
                      "exchange\n");
@@ -213,7 +221,9 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                 moe_scope_name(cfg->scope), moe_policy_name(cfg->policy));
     else
         fprintf(out, "  capacity factor %g, scope %s, policy %s: %lld slots per expert in all%s\n",
-                cfg->capacity_factor, moe_scope_name(cfg->scope), moe_policy_name(cfg->policy),
+                cfg->capacity_factor, moe_scope_name(cfg->scope),
+                cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? "none (experts choose)"
+                                                          : moe_policy_name(cfg->policy),
                 (long long)res->capacity[0], floor);
     char gates[1200];
     if (cfg->score == MOE_SCORE_SIGMOID)
@@ -290,15 +300,19 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
         fprintf(out, "  unchosen tokens       %12lld  %6.2f%%  (no expert chose them: output = %s)\n",
                 (long long)res->dropped_tokens, pct(res->dropped_tokens, res->tokens), leaves);
+    else if (res->shared_experts > 0)
+        fprintf(out, "  dropped tokens        %12lld  %6.2f%%  (all k dropped: output = %s)\n",
+                (long long)res->dropped_tokens, pct(res->dropped_tokens, res->tokens), leaves);
     else
         fprintf(out, "  dropped tokens        %12lld  %6.2f%%  (all k assignments dropped: output = %s)\n",
                 (long long)res->dropped_tokens, pct(res->dropped_tokens, res->tokens), leaves);
     if (cfg->policy == MOE_POLICY_REROUTE && cfg->routing == MOE_ROUTING_TOKEN_CHOICE)
-        fprintf(out, "  rerouted assignments  %12lld  %6.2f%%  served by a next-best expert with room "
-                     "(%d round%s); %lld still dropped\n",
+        fprintf(out, "  rerouted assignments  %12lld  %6.2f%%  to a next-best expert with room, %d "
+                     "round%s\n  still dropped         %12lld  %6.2f%%  served by no expert\n",
                 (long long)res->rerouted, pct(res->rerouted, res->assignments), res->reroute_rounds,
                 res->reroute_rounds == 1 ? "" : "s",
-                (long long)(res->dropped_assignments - res->rerouted));
+                (long long)(res->dropped_assignments - res->rerouted),
+                pct(res->dropped_assignments - res->rerouted, res->assignments));
     if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE || cfg->policy == MOE_POLICY_REROUTE)
         histogram_line(out, "  experts per token:", res->experts_per_token,
                        res->slots_per_token);
@@ -310,8 +324,9 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     fprintf(out, "  useful expert work    %12.3g GFLOP\n", res->flops_useful / 1e9);
     char need[32];
     format_cf_up(need, sizeof need, res->cf_needed);
-    fprintf(out, "  largest expert load   %12lld  one expert, one group; cf %s would drop nothing\n",
-            (long long)res->max_expert_load, need);
+    if (cfg->routing != MOE_ROUTING_EXPERT_CHOICE) /* nothing overflows there */
+        fprintf(out, "  largest expert load   %12lld  one expert, one group; cf %s would drop nothing\n",
+                (long long)res->max_expert_load, need);
 
     int64_t total = 0, off_rank = 0;
     for (int s = 0; s < R; s++)
@@ -616,7 +631,7 @@ void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *
     if (cfg->expert_bias_file != NULL)
         fprintf(out, "  (the selection bias moves experts without entering P: the closed form does "
                      "not see it; the exact figures count the biased routing)\n");
-    if (res->n_ablation > 0) {
+    if (res->n_ablation > 0 && cfg->routing != MOE_ROUTING_EXPERT_CHOICE) {
         char need[32];
         format_cf_up(need, sizeof need, res->ablation[0].cf_needed);
         fprintf(out, "  largest expert load %lld (one expert, one group): cf %s would drop nothing\n",
@@ -653,6 +668,14 @@ void moe_report_ablation(FILE *out, const moe_config *cfg, const moe_results *re
     }
     fprintf(out, "  (predicted exact = from the exchanged counts, equal to the measurement by construction;\n"
                  "   closed form = Binomial model from this router's mean gate probabilities)\n");
+    if (cfg->policy == MOE_POLICY_REROUTE && cfg->routing == MOE_ROUTING_TOKEN_CHOICE) {
+        fprintf(out, "  (reroute: dropped = not served by the routed expert; of them, rerouted:");
+        for (int i = 0; i < res->n_ablation; i++)
+            if (res->ablation[i].measured)
+                fprintf(out, "%s %lld at cf %g", i ? "," : "", (long long)res->ablation[i].rerouted,
+                        res->ablation[i].capacity_factor);
+        fprintf(out, ")\n");
+    }
 }
 
 /* JSON has no NaN or infinity: such a value is written as null rather than failing the object. */
@@ -839,13 +862,14 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                                                  : json_null());
     json_object_set_new(config, "routing", json_string(moe_routing_name(cfg->routing)));
     json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
+    json_object_set_new(config, "dispatch", json_string(moe_dispatch_name(cfg->dispatch)));
     json_object_set_new(config, "expert_groups",
                         cfg->expert_groups > 0 ? json_integer(cfg->expert_groups) : json_null());
     json_object_set_new(config, "group_top_k",
                         cfg->group_top_k > 0 ? json_integer(cfg->group_top_k) : json_null());
     json_object_set_new(config, "shared_experts", json_integer(cfg->shared_experts));
     json_object_set_new(config, "shared_ffn",
-                        cfg->shared_experts > 0 ? json_integer(res->shared_ffn) : json_null());
+                        cfg->shared_experts > 0 ? json_integer(cfg->shared_ffn) : json_null());
     json_object_set_new(config, "noisy_top_k", json_boolean(cfg->noisy_top_k));
     json_object_set_new(config, "input_jitter", json_real(cfg->input_jitter));
     json_object_set_new(config, "preset", cfg->preset ? json_string(cfg->preset) : json_null());
@@ -878,6 +902,9 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
         if (r->measured) {
             json_object_set_new(o, "dropped_assignments", json_integer(r->dropped_assignments));
             json_object_set_new(o, "dropped_tokens", json_integer(r->dropped_tokens));
+            json_object_set_new(o, "rerouted", json_integer(r->rerouted));
+            json_object_set_new(o, "still_dropped",
+                                json_integer(r->dropped_assignments - r->rerouted));
             json_object_set_new(o, "empty_slots", json_integer(r->empty_slots));
             json_object_set_new(o, "flops_wasted", num(r->flops_wasted));
             json_object_set_new(o, "dispatch_bytes", json_integer(r->dispatch_bytes));
@@ -891,7 +918,8 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                           num(r->expected_dropped - (double)r->dropped_assignments), "empty_slots",
                           num(r->expected_empty - (double)r->empty_slots)));
         } else {
-            const char *keys[] = {"dropped_assignments", "dropped_tokens", "empty_slots",
+            const char *keys[] = {"dropped_assignments", "dropped_tokens", "rerouted",
+                                  "still_dropped", "empty_slots",
                                   "flops_wasted", "dispatch_bytes", "dispatch_seconds",
                                   "combine_seconds", "expert_seconds", "step_seconds",
                                   "closed_form_error"};
@@ -937,6 +965,10 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                                   matrix_json(res->dispatch_bytes, R), "combine_bytes",
                                   matrix_json(res->combine_bytes, R), "rows",
                                   matrix_json(res->rows, R)));
+    json_object_set_new(json_object_get(root, "traffic"), "metadata_bytes",
+                        json_integer(res->metadata_bytes));
+    json_object_set_new(json_object_get(root, "traffic"), "dedup_saving",
+                        json_integer(res->dedup_saving));
     json_object_set_new(
         root, "wire",
         json_pack("{s:s, s:s, s:I, s:I, s:o}", "dispatch", moe_wire_name(cfg->wire), "combine",

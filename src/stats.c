@@ -66,9 +66,15 @@ moe_summary moe_summarize(const double *v, int n)
 double moe_load_balance(double *f, double *P, const int64_t *routed, const double *psum, int E,
                         int64_t N, int k)
 {
+    /* N k assignments under token choice; under expert choice as many as the experts took, so
+     * that the f_i are shares summing to 1 either way */
+    int64_t total = 0;
+    for (int e = 0; e < E; e++)
+        total += routed[e];
+    double denom = total > 0 ? (double)total : (double)N * k;
     double aux = 0.0;
     for (int e = 0; e < E; e++) {
-        f[e] = (double)routed[e] / ((double)N * k);
+        f[e] = (double)routed[e] / denom;
         P[e] = psum[e] / (double)N;
         aux += f[e] * P[e];
     }

@@ -51,6 +51,10 @@ int moe_capacity_groups(int64_t *group_tokens, moe_scope scope, int64_t n_tokens
 void moe_group_capacities(int64_t *cap, double cf, const int64_t *group_tokens, int n_groups, int k,
                           int E, int64_t min_capacity);
 
+/* Expert choice (Zhou et al. 2022): an expert takes at most the tokens its group holds, so
+ * cap[g] = min(cap[g], group_tokens[g]) (MOE_CAPACITY_UNLIMITED stays). */
+void moe_group_capacities_at_most_group(int64_t *cap, const int64_t *group_tokens, int n_groups);
+
 /* An expert's slots summed over the groups (cap from moe_group_capacities), or
  * MOE_CAPACITY_UNLIMITED when dropless. */
 int64_t moe_capacity_sum(const int64_t *cap, int n_groups);

@@ -32,6 +32,15 @@ typedef enum moe_mode {
 
 const char *moe_mode_name(moe_mode m);
 
+/* What travels in dispatch (--dispatch). */
+typedef enum moe_dispatch_kind {
+    MOE_DISPATCH_PER_EXPERT = 0, /* one row per served (token, expert) (Megatron's alltoall)   */
+    MOE_DISPATCH_PER_RANK = 1    /* one row per (token, destination rank), gates and expert ids
+                                  * beside it (DeepEP's normal kernels)                        */
+} moe_dispatch_kind;
+
+const char *moe_dispatch_name(moe_dispatch_kind k);
+
 typedef struct moe_config {
     int64_t tokens;         /* N, global batch                          --tokens     8192 */
     int64_t hidden;         /* d                                        --hidden     512  */
@@ -51,6 +60,7 @@ typedef struct moe_config {
                                       * of shape (1, E) or (E, 1)  --expert-bias-file */
     bool pad_to_capacity;   /* compute the empty slots too              --pad-to-capacity */
     moe_mode mode;          /* forward or dispatch-only                 --mode forward */
+    moe_dispatch_kind dispatch; /* rows per expert or per rank           --dispatch per-expert */
     moe_wire wire;          /* format of dispatched rows                 --wire fp32 */
     moe_wire wire_combine;  /* format of combined rows (fp8 dispatch: bf16) --wire-combine fp32 */
     bool set_wire_combine;

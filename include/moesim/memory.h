@@ -28,6 +28,8 @@ typedef struct moe_mem_estimate {
     int64_t dumps;       /* rank 0: --dump-output and --dump-routing gathered                   */
     int64_t counts;      /* O(R + E) count arrays and the (R, R) count matrix                   */
     int64_t staging;     /* --a2a hierarchical: the leaders' staging, known once planned        */
+    int64_t protocol;    /* known once routed: the owners' capacity keys (keyed policies, expert
+                          * choice) and the rows of --dispatch per-rank with their fan-out map  */
     int64_t total;
 } moe_mem_estimate;
 

@@ -29,7 +29,7 @@
     X(MOE_PHASE_COMBINE, "combine", "expert outputs back to sources", 1)                      \
     X(MOE_PHASE_COMBINE_RAW, "combine_raw", "baseline: raw MPI_Alltoallv, same bytes", 0)     \
     X(MOE_PHASE_UNPACK, "unpack", "residual plus gate-weighted outputs", 1)                   \
-    X(MOE_PHASE_SHARED, "shared", "shared experts on the token's own rank (DeepSeekMoE)", 1)
+    X(MOE_PHASE_SHARED, "shared", "shared experts, on each token's rank (DeepSeekMoE)", 1)
 
 enum moe_phase {
 #define MOE_PHASE_ENUM(id, name, what, in_step) id,
@@ -54,7 +54,9 @@ double moe_median(double *v, int n);
 moe_summary moe_summarize(const double *v, int n);
 
 /* Switch load-balancing loss (Fedus et al. 2021, eq. 4; top-k counting as Megatron-Core):
- * f_i = routed_i / (N k), P_i = psum_i / N, returns aux = E * sum_i f_i P_i (alpha = 1).
+ * f_i = routed_i / sum_j routed_j (= N k under token choice; the pairs the experts took under
+ * expert choice; N k when nothing was routed), P_i = psum_i / N, returns aux = E * sum_i f_i P_i
+ * (alpha = 1).
  * A perfectly uniform router gives 1. f and P are (E). */
 double moe_load_balance(double *f, double *P, const int64_t *routed, const double *psum, int E,
                         int64_t N, int k);
@@ -73,6 +75,7 @@ typedef struct moe_ablation_row {
     /* measurement, after the run (valid when measured) */
     bool measured;
     int64_t dropped_assignments, dropped_tokens, empty_slots, dispatch_bytes;
+    int64_t rerouted;         /* of dropped_assignments, served by another expert (reroute) */
     double flops_wasted;
     moe_summary dispatch, combine, expert, step;
 } moe_ablation_row;
@@ -146,6 +149,9 @@ typedef struct moe_results {
     /* traffic (R, R): [src][dst] bytes of token rows */
     int64_t *dispatch_bytes, *combine_bytes;
     int64_t *rows;                        /* (R, R) rows dispatched [src][dst], diagonal included */
+    bool per_rank;                        /* --dispatch per-rank: a row per (token, rank)        */
+    int64_t metadata_bytes;               /* of the dispatch bytes, the per-rank rows' metadata  */
+    int64_t dedup_saving;                 /* bytes per-expert rows would have moved, minus these */
     moe_wire wire, wire_combine;          /* the rows' formats, dispatch and combine (wire.h)   */
     int64_t row_bytes, row_bytes_combine; /* bytes of one row as it travels, each way            */
     bool wire_measured;                   /* y_error below was measured (a format is not fp32) */

@@ -318,6 +318,23 @@ START_TEST(test_min_capacity_property)
 }
 END_TEST
 
+/* Expert choice: an expert takes at most its group's tokens; unlimited stays unlimited. */
+START_TEST(test_capacity_at_most_group)
+{
+    int64_t groups[] = {100, 33, 0, 7};
+    int64_t cap[] = {254, 33, 4, MOE_CAPACITY_UNLIMITED};
+    moe_group_capacities_at_most_group(cap, groups, 4);
+    ck_assert_int_eq(cap[0], 100);
+    ck_assert_int_eq(cap[1], 33);
+    ck_assert_int_eq(cap[2], 0);
+    ck_assert_int_eq(cap[3], MOE_CAPACITY_UNLIMITED);
+    int64_t small[] = {5};
+    int64_t c1[] = {3};
+    moe_group_capacities_at_most_group(c1, small, 1);
+    ck_assert_int_eq(c1[0], 3);
+}
+END_TEST
+
 START_TEST(test_capacity_groups_and_sum)
 {
     int64_t g[8], cap[8];
@@ -518,6 +535,7 @@ static Suite *capacity_suite(void)
     Suite *s = suite_create("capacity");
     TCase *tc = tcase_create("capacity");
     tcase_add_test(tc, test_capacity_hand);
+    tcase_add_test(tc, test_capacity_at_most_group);
     tcase_add_test(tc, test_capacity_exact_decimals);
     tcase_add_test(tc, test_capacity_large_groups);
     tcase_add_test(tc, test_capacity_vs_exact_arithmetic);
