@@ -185,6 +185,49 @@ done:
     return rc;
 }
 
+/* Collective: the rows each rank sends each rank, gathered on rank 0 (res NULL elsewhere), and
+ * the bytes as they travel: dispatch rows in the --wire format (with per-rank metadata), the
+ * combine the transpose in the --wire-combine format; the metadata's share and what per-rank
+ * rows save against one row per served (token, expert), dispatch and combine together. Needs only
+ * the decision, so --predict-only has it too. */
+static int traffic_figures(moe_layer *L, moe_results *res, char *msg, size_t msglen)
+{
+    int R = L->R;
+    int64_t served_mine = 0, served = 0;
+    for (int e = 0; e < L->E; e++)
+        served_mine += L->accepted[e];
+    MOE_MPI_CHECK(MPI_Reduce(&served_mine, &served, 1, MPI_INT64_T, MPI_SUM, 0, L->comm), msg,
+                  msglen);
+    MOE_MPI_CHECK(MPI_Gather(L->per_rank ? L->dd_send_rows : L->send_rows, R, MPI_INT64_T,
+                             res ? res->rows : NULL, R, MPI_INT64_T, 0, L->comm),
+                  msg, msglen);
+    if (res == NULL)
+        return MOE_OK;
+    res->wire = L->wire_out;
+    res->wire_combine = L->wire_back;
+    res->row_bytes = L->ex.row_out_bytes;
+    res->row_bytes_combine = L->ex.row_back_bytes;
+    int64_t all_rows = 0;
+    for (int s = 0; s < R; s++)
+        for (int r = 0; r < R; r++) {
+            int64_t rows = res->rows[(int64_t)s * R + r];
+            res->dispatch_bytes[(int64_t)s * R + r] = rows * L->ex.row_out_bytes;
+            res->combine_bytes[(int64_t)r * R + s] = rows * L->ex.row_back_bytes;
+            all_rows += rows;
+        }
+    int64_t payload = moe_wire_row_bytes(L->wire_out, L->d);
+    res->per_rank = L->per_rank;
+    res->metadata_bytes = all_rows * (L->ex.row_out_bytes - payload);
+    res->dedup_saving = served * (payload + L->ex.row_back_bytes) -
+                        all_rows * (L->ex.row_out_bytes + L->ex.row_back_bytes);
+    return MOE_OK;
+}
+
+int moe_layer_traffic(moe_layer *L, moe_results *res, char *msg, size_t msglen)
+{
+    return traffic_figures(L, L->rank == 0 ? res : NULL, msg, msglen);
+}
+
 static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msglen)
 {
     int E = L->E, R = L->R, rc;
@@ -236,10 +279,8 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
     if ((rc = reduce_xsums(L, &checksum, 1, &checksum_all, msg, msglen)) != MOE_OK)
         goto done;
 
-    /* traffic: my row of the dispatch matrix, in rows; bytes as they travel follow */
-    MOE_MPI_CHECK(MPI_Gather(L->per_rank ? L->dd_send_rows : L->send_rows, R, MPI_INT64_T,
-                             res ? res->rows : NULL, R, MPI_INT64_T, 0, L->comm),
-                  msg, msglen);
+    if ((rc = traffic_figures(L, res, msg, msglen)) != MOE_OK)
+        goto done;
 
     if (res != NULL) {
         res->tokens = L->cfg.tokens;
@@ -258,29 +299,6 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
             res->owner[e] = moe_partition_owner(E, R, e);
         res->aux_loss = moe_load_balance(res->f, res->P, res->routed, psum_all, E, L->cfg.tokens,
                                          L->k);
-        /* dispatch rows in the --wire format; combine sends each owner's results back, the
-         * transpose, in the --wire-combine format */
-        res->wire = L->wire_out;
-        res->wire_combine = L->wire_back;
-        res->row_bytes = L->ex.row_out_bytes;
-        res->row_bytes_combine = L->ex.row_back_bytes;
-        int64_t all_rows = 0;
-        for (int s = 0; s < R; s++)
-            for (int r = 0; r < R; r++) {
-                int64_t rows = res->rows[(int64_t)s * R + r];
-                res->dispatch_bytes[(int64_t)s * R + r] = rows * L->ex.row_out_bytes;
-                res->combine_bytes[(int64_t)r * R + s] = rows * L->ex.row_back_bytes;
-                all_rows += rows;
-            }
-        /* --dispatch per-rank: the metadata's bytes, and what the rows save against one row per
-         * served (token, expert) in the same formats, dispatch and combine together */
-        int64_t payload = moe_wire_row_bytes(L->wire_out, L->d), served = 0;
-        for (int e = 0; e < E; e++)
-            served += res->accepted[e];
-        res->per_rank = L->per_rank;
-        res->metadata_bytes = all_rows * (L->ex.row_out_bytes - payload);
-        res->dedup_saving = served * (payload + L->ex.row_back_bytes) -
-                            all_rows * (L->ex.row_out_bytes + L->ex.row_back_bytes);
         moe_results_totals(res, moe_expert_flops_per_row(L->d, L->f));
     }
 done:

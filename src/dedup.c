@@ -91,11 +91,13 @@ int moe_dedup_plan(moe_layer *L, char *msg, size_t msglen)
         out += L->dd_send_rows[r];
         in += L->dd_recv_rows[r];
     }
+    L->dd_n_send = out;
+    L->dd_n_recv = in;
+    if (L->cfg.predict_only) /* the counts are the plan: no row will move */
+        return moe_exchange_set_rows(&L->ex, L->dd_send_rows, L->dd_recv_rows, msg, msglen);
     int rc = reserve(L, out, in, msg, msglen);
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         return rc;
-    L->dd_n_send = out;
-    L->dd_n_recv = in;
     /* the pairs in send order (destination, then token), with their metadata: cursor per rank */
     int64_t *cursor = L->dd_cursor, acc = 0;
     for (int r = 0; r < R; r++) {

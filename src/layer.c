@@ -235,7 +235,7 @@ static int64_t protocol_bytes(const moe_layer *L)
         }
         bytes = moe_bytes_mul(moe_bytes_add(all, most), (int64_t)sizeof(moe_key));
     }
-    if (L->per_rank) {
+    if (L->per_rank && !c->predict_only) {
         int64_t per_row = L->ex.row_out_bytes + L->ex.row_back_bytes;
         bytes = moe_bytes_add(bytes, moe_bytes_mul(L->dd_n_send + L->dd_n_recv, per_row));
         bytes = moe_bytes_add(bytes, moe_bytes_mul(L->dd_n_recv, 8 * (int64_t)L->meta_slots));
@@ -352,11 +352,54 @@ static int load_selection_bias(moe_layer *L, char *msg, size_t msglen)
     return MOE_OK;
 }
 
-static int load_inputs(moe_layer *L, char *msg, size_t msglen)
+/* Token states h of this rank's tokens [off, off + count) into L->h (count rows). */
+static int load_tokens(moe_layer *L, int64_t off, int64_t count, char *msg, size_t msglen)
 {
     const moe_config *c = &L->cfg;
     int rc = MOE_OK;
     if (c->tokens_file != NULL) {
+        moe_npy_header hdr;
+        rc = moe_npy_read_header(c->tokens_file, &hdr, msg, msglen);
+        if (rc == MOE_OK)
+            rc = moe_npy_read_rows(c->tokens_file, &hdr, L->first + off, count, L->h, msg, msglen);
+    } else if (c->clusters > 0) {
+        moe_workload_clustered_tokens(L->h, c->seed, L->first + off, count, L->d, c->clusters);
+    } else {
+        moe_tokens_generate(L->h, c->seed, L->first + off, count, L->d);
+    }
+    return rc;
+}
+
+/* --predict-only: the logits h W^T (unless replayed) and the noise logits of --noisy-top-k,
+ * chunk by chunk of h (jittered first with --input-jitter), into the (n, E) buffers the step
+ * would use; the same values as a real run computes from the whole h. Not collective. */
+static int logits_by_chunks(moe_layer *L, char *msg, size_t msglen)
+{
+    const moe_config *c = &L->cfg;
+    if (c->logits_file != NULL && !c->noisy_top_k)
+        return MOE_OK;
+    int rc = MOE_OK;
+    for (int64_t off = 0; rc == MOE_OK && off < L->n; off += L->h_rows) {
+        int64_t count = L->n - off < L->h_rows ? L->n - off : L->h_rows;
+        if ((rc = load_tokens(L, off, count, msg, msglen)) != MOE_OK)
+            break;
+        if (c->input_jitter > 0.0)
+            moe_router_jitter(L->h, L->h, L->first + off, count, L->d, c->input_jitter, c->seed);
+        if (c->logits_file == NULL)
+            moe_router_logits(L->z_file + off * L->E, L->h, L->w_router, count, L->d, L->E);
+        if (L->z_noise != NULL)
+            moe_router_logits(L->z_noise + off * L->E, L->h, L->w_noise, count, L->d, L->E);
+    }
+    return rc;
+}
+
+static int load_inputs(moe_layer *L, char *msg, size_t msglen)
+{
+    const moe_config *c = &L->cfg;
+    int rc = MOE_OK;
+    if (c->predict_only) {
+        /* h comes a chunk at a time (logits_by_chunks) */
+    } else if (c->tokens_file != NULL) {
         moe_npy_header hdr;
         rc = moe_npy_read_header(c->tokens_file, &hdr, msg, msglen);
         if (rc == MOE_OK)
@@ -645,13 +688,16 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     size_t R = (size_t)L->R, En = (size_t)L->E, nk = (size_t)(L->n * L->A), le = (size_t)L->n_le;
     size_t nd = (size_t)(L->n * L->d);
     rc = MOE_OK;
-    L->h = alloc_bytes(L, nd, sizeof(float), &rc);
+    /* --predict-only holds no token payload: h is read or generated a chunk of rows at a time
+     * and only the logits (n, E) are kept, so any hidden size plans in little memory */
+    L->h_rows = cfg->predict_only ? moe_predict_chunk_rows(L->n, L->d) : L->n;
+    L->h = alloc_bytes(L, (size_t)(L->h_rows * L->d), sizeof(float), &rc);
     L->y = alloc_bytes(L, cfg->predict_only ? 0 : nd, sizeof(float), &rc); /* no output without a step */
     L->w_router = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
     L->bias = alloc_bytes(L, En, sizeof(float), &rc);
     if (cfg->expert_bias_file != NULL)
         L->sel_bias = alloc_bytes(L, En, sizeof(float), &rc);
-    if (cfg->logits_file != NULL)
+    if (cfg->logits_file != NULL || cfg->predict_only) /* replayed, or computed once */
         L->z_file = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     L->probs = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     if (cfg->expert_bias_file != NULL)
@@ -660,7 +706,7 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         L->w_noise = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
         L->z_noise = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     }
-    if (cfg->input_jitter > 0.0)
+    if (cfg->input_jitter > 0.0 && !cfg->predict_only) /* predict-only jitters its chunks */
         L->h_route = alloc_bytes(L, nd, sizeof(float), &rc);
     if (cfg->group_top_k > 0) {
         L->mask = alloc_bytes(L, En, sizeof(uint8_t), &rc);
@@ -737,7 +783,12 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
         return rc;
     L->bytes += moe_decider_bytes(L->decider);
-    prepare_router(L);
+    if (cfg->predict_only)
+        rc = logits_by_chunks(L, msg, msglen);
+    else
+        prepare_router(L);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
     if ((rc = calibrate_hot(L, msg, msglen)) != MOE_OK)
         return rc;
 

@@ -16,6 +16,7 @@ struct moe_layer {
     int E, k, A;           /* A: slots per token, k (token choice) or E (expert choice) */
     int64_t d, f;
     int64_t n, first;      /* this rank's tokens: global ids [first, first + n) */
+    int64_t h_rows;        /* rows of h held: n, or a chunk under --predict-only */
     int64_t n_le, first_e; /* this rank's experts */
     int64_t bytes;         /* everything allocated below */
     moe_placement *placement; /* (R) where every rank runs, the same on every rank */

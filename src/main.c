@@ -515,6 +515,16 @@ int main(int argc, char **argv)
             fflush(report_out);
         }
     }
+    /* --predict-only: the traffic the decision makes and its projection, with nothing moved */
+    if (cfg.predict_only) {
+        rc = moe_layer_traffic(layer, &res, msg, MSG_LEN);
+        if (rc == MOE_OK && rank == 0)
+            rc = locality(&res, cfg.network ? &net : NULL, msg);
+        if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
+            goto out;
+        if (rank == 0 && !cfg.quiet)
+            moe_report_planned_traffic(report_out, &res);
+    }
 
     /* Phase 5: for each capacity factor, warm-up and timed steps, then statistics to rank 0. A
      * failure inside a step is an MPI or internal error that other ranks may not see: abort rather

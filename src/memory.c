@@ -43,6 +43,13 @@ static void sum_parts(moe_mem_estimate *m)
         m->total = moe_bytes_add(m->total, parts[i]);
 }
 
+int64_t moe_predict_chunk_rows(int64_t n, int64_t d)
+{
+    int64_t rows = (INT64_C(64) << 20) / (d > 0 ? d * (int64_t)sizeof(float) : 1);
+    rows = rows < 1 ? 1 : rows;
+    return rows < n ? rows : (n > 0 ? n : 1);
+}
+
 void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int rank, int64_t n,
                       int64_t n_le)
 {
@@ -52,19 +59,21 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     /* slots per token: k, or every expert under expert choice */
     int64_t A = cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? E : k;
     int64_t fs = cfg->shared_ffn > 0 ? cfg->shared_ffn : f, S = cfg->shared_experts;
-    /* h, and y unless --predict-only (which never runs a step) */
-    m->tokens = mul3(cfg->predict_only ? 1 : 2, moe_bytes_mul(n, d), F);
+    /* h and y, or under --predict-only (which never runs a step) a chunk of h (logits_by_chunks) */
+    m->tokens = cfg->predict_only ? mul3(moe_predict_chunk_rows(n, d), d, F)
+                                  : mul3(2, moe_bytes_mul(n, d), F);
     int64_t nE = moe_bytes_mul(n, E);
     /* W, the workload bias (and the selection bias), the scores (and replayed logits) */
     m->router = moe_bytes_add(mul3(E, d, F),
                               moe_bytes_add(mul3(cfg->expert_bias_file ? 2 : 1, E, F),
-                                            mul3(cfg->logits_file ? 2 : 1, nE, F)));
+                                            mul3(cfg->logits_file || cfg->predict_only ? 2 : 1,
+                                                 nE, F)));
     /* the selection scores with a bias; W_noise and the noise logits; the jittered h */
     if (cfg->expert_bias_file != NULL)
         m->router = moe_bytes_add(m->router, mul3(1, nE, F));
     if (cfg->noisy_top_k)
         m->router = moe_bytes_add(m->router, moe_bytes_add(mul3(E, d, F), mul3(1, nE, F)));
-    if (cfg->input_jitter > 0.0)
+    if (cfg->input_jitter > 0.0 && !cfg->predict_only)
         m->router = moe_bytes_add(m->router, mul3(n, d, F));
     /* expert (int32), gate (float), flag and rerouted (uint8), slot (int64) per slot; with a
      * keyed policy or expert choice two capacity keys (24 bytes) per slot; with reroute the

@@ -1009,7 +1009,7 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     }
     json_object_set_new(root, "placement", placement);
     json_t *traffic_obj = json_object_get(root, "traffic");
-    if (traffic_obj != NULL && !cfg->predict_only) {
+    if (traffic_obj != NULL) {
         json_object_set_new(traffic_obj, "by_class", classes_json(res->by_class));
         json_object_set_new(traffic_obj, "by_class_hierarchical", classes_json(res->by_class_hier));
         json_t *per_rank = json_array();
@@ -1041,9 +1041,9 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     else
         json_object_set_new(root, "memory", memory);
     if (cfg->predict_only) {
-        /* nothing moved: only the routing-side figures are meaningful */
-        const char *keys[] = {"drops", "waste", "traffic", "timing", "bandwidth", "output",
-                              "routing"};
+        /* nothing moved: the routing-side figures and the traffic the decision makes (and its
+         * projection) are meaningful, the measured ones are not */
+        const char *keys[] = {"drops", "waste", "timing", "bandwidth", "output", "routing"};
         json_object_set_new(json_object_get(root, "wire"), "y_error", json_null());
         for (size_t j = 0; j < sizeof keys / sizeof keys[0]; j++)
             json_object_set_new(root, keys[j], json_null());
@@ -1139,4 +1139,32 @@ int moe_report_routing_csv(const char *path, const moe_route_record *records, in
 {
     struct csv_args a = {records, n};
     return write_one(path, "--dump-routing", csv_writer, &a, msg, msglen);
+}
+
+void moe_report_planned_traffic(FILE *out, const moe_results *res)
+{
+    int R = res->ranks;
+    int64_t total = 0, off_rank = 0, off_node = 0, rows = 0;
+    for (int s = 0; s < R; s++)
+        for (int r = 0; r < R; r++) {
+            int64_t b = res->dispatch_bytes[(int64_t)s * R + r];
+            total += b;
+            rows += res->rows[(int64_t)s * R + r];
+            off_rank += s != r ? b : 0;
+            off_node += res->placement[s].node != res->placement[r].node ? b : 0;
+        }
+    char tb[32], rb[32], nb[32];
+    human_bytes(tb, sizeof tb, (double)total);
+    human_bytes(rb, sizeof rb, (double)off_rank);
+    human_bytes(nb, sizeof nb, (double)off_node);
+    fprintf(out, "Traffic, planned (nothing moved): dispatch %lld rows, %s (%s off-rank, %s "
+                 "off-node)\n",
+            (long long)rows, tb, rb, nb);
+    if (res->projected) {
+        fprintf(out, "  projected onto %s: flat dispatch %.3f ms, combine %.3f ms; two-level %.3f / "
+                     "%.3f ms\n",
+                res->network, res->proj_flat_dispatch * 1e3, res->proj_flat_combine * 1e3,
+                res->proj_hier_dispatch * 1e3, res->proj_hier_combine * 1e3);
+    }
+    fputc('\n', out);
 }

@@ -57,6 +57,11 @@ int moe_layer_step(moe_layer *layer, double *seconds, char *msg, size_t msglen);
 int moe_layer_wire_error(moe_layer *layer, double *max_rel, double *rms_rel, char *msg,
                          size_t msglen);
 
+/* The traffic the current decision makes, on rank 0 (res ignored elsewhere): traffic.rows and
+ * the byte matrices as the rows travel, metadata and dedup saving. For --predict-only, where
+ * nothing moves; moe_layer_results fills the same after a run. */
+int moe_layer_traffic(moe_layer *layer, moe_results *res, char *msg, size_t msglen);
+
 /* Reduce the statistics of the last step to rank 0 into res (which rank 0 must have initialised with
  * moe_results_init; other ranks may pass NULL). phase_seconds is (iters, MOE_PHASE_COUNT) of this
  * rank. */

@@ -33,6 +33,9 @@ typedef struct moe_mem_estimate {
     int64_t total;
 } moe_mem_estimate;
 
+/* Rows of h --predict-only holds at a time: about 64 MiB of them, at least 1, at most n. */
+int64_t moe_predict_chunk_rows(int64_t n, int64_t d);
+
 /* Everything but the exchange, for rank `rank` of R holding n tokens and n_le experts. Under
  * --predict-only the experts are not allocated and count zero. */
 void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int rank, int64_t n,

@@ -47,4 +47,8 @@ int moe_report_check_writable(const char *path, const char *option, char *msg, s
  * into buf (at least 3*width+2 bytes: UTF-8 block characters). */
 void moe_report_bar(char *buf, double fraction, int width);
 
+/* --predict-only: the traffic the decision makes (bytes as they travel, off-rank, off-node) and,
+ * with --network, the projected exchange times. */
+void moe_report_planned_traffic(FILE *out, const moe_results *res);
+
 #endif

@@ -20,7 +20,8 @@
    ("Experts"), the "Capacity-factor ablation" table after it, and both hold the JSON's numbers.
    --predict-only exits 0, prints the prediction but no report, and writes a JSON whose ablation
    entries have capacity and predicted (equal to a full run's) and every measured key null, with
-   the top-level drops / waste / traffic / timing / bandwidth / output null.
+   the top-level drops / waste / timing / bandwidth / output null, and the traffic of the first cf
+   planned: its dispatch bytes equal the full run's.
 """
 
 import numpy as np
@@ -218,9 +219,13 @@ def text_and_predict_only(ck, exe, wd):
     ck.check("Experts" not in out and "Capacity-factor ablation" not in out
              and "Phase times" not in out, tag + ": prints no report and no ablation table", out)
     ck.equal(doc["config"]["predict_only"], True, tag + ": config.predict_only")
-    for key in ("drops", "waste", "traffic", "timing", "bandwidth", "output"):
+    for key in ("drops", "waste", "timing", "bandwidth", "output"):
         ck.check(key in doc and doc[key] is None, tag + ": top-level %s is null" % key,
                  "%r" % doc.get(key, "<absent>"))
+    # the traffic the first cf's decision makes is planned without moving anything (issue 10)
+    if ck.check(doc.get("traffic") is not None, tag + ": traffic is planned"):
+        ck.equal(int(np.sum(doc["traffic"]["dispatch_bytes"])), ab[0]["dispatch_bytes"],
+                 tag + ": planned dispatch bytes == the full run's first cf")
     pab = doc["ablation"]
     if ck.equal(len(pab), len(CFS), tag + ": one ablation entry per cf"):
         for j, pj in zip(ab, pab):
