@@ -153,8 +153,9 @@ static int routing_figures(moe_layer *L, moe_results *res, char *msg, size_t msg
             served += L->flag[t * A + c];
         per_token[served]++;
     }
+    /* an expert's rank: its first replica's (its only one without replicas) */
     for (int e = 0; e < E; e++)
-        owner[e] = moe_partition_owner(E, R, e);
+        owner[e] = L->map.rank[L->map.replica_slot[L->map.replica_start[e]]];
     for (size_t i = 0; i < 2 * hist; i++)
         seen[i] = -1;
     /* reach of what the router chose: the top-k (before capacity; the router's own choices when
@@ -193,6 +194,18 @@ done:
 static int traffic_figures(moe_layer *L, moe_results *res, char *msg, size_t msglen)
 {
     int R = L->R;
+    if (res != NULL && res->slot_expert == NULL) { /* the placement, for the report */
+        int P = L->map.P;
+        res->slot_expert = malloc(2 * (size_t)P * sizeof *res->slot_expert);
+        if (res->slot_expert != NULL) {
+            res->slot_rank = res->slot_expert + P;
+            res->n_slots = P;
+            memcpy(res->slot_expert, L->map.logical, (size_t)P * sizeof *res->slot_expert);
+            memcpy(res->slot_rank, L->map.rank, (size_t)P * sizeof *res->slot_rank);
+        }
+        res->overload_before = L->overload_before;
+        res->extra_weight_bytes = (int64_t)(P - L->E) * 2 * L->f * L->d * (int64_t)sizeof(float);
+    }
     int64_t served_mine = 0, served = 0;
     for (int e = 0; e < L->E; e++)
         served_mine += L->accepted[e];
@@ -281,6 +294,16 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
 
     if ((rc = traffic_figures(L, res, msg, msglen)) != MOE_OK)
         goto done;
+    if (res != NULL) { /* the rows ranks would compute with contiguous experts and no replicas */
+        double *per_rank = calloc((size_t)R, sizeof *per_rank);
+        for (int e = 0; per_rank && e < E; e++)
+            per_rank[moe_partition_owner(E, R, e)] +=
+                (double)(L->cfg.pad_to_capacity && res->capacity[e] >= 0 ? res->capacity[e]
+                                                                          : res->accepted[e]);
+        if (per_rank != NULL)
+            res->overload_before = moe_max_over_mean(per_rank, R);
+        free(per_rank);
+    }
 
     if (res != NULL) {
         res->tokens = L->cfg.tokens;
@@ -296,7 +319,7 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
         res->output_checksum = checksum_all;
         res->padded = L->cfg.pad_to_capacity;
         for (int e = 0; e < E; e++)
-            res->owner[e] = moe_partition_owner(E, R, e);
+            res->owner[e] = L->map.rank[L->map.replica_slot[L->map.replica_start[e]]];
         res->aux_loss = moe_load_balance(res->f, res->P, res->routed, psum_all, E, L->cfg.tokens,
                                          L->k);
         moe_results_totals(res, moe_expert_flops_per_row(L->d, L->f));

@@ -227,6 +227,12 @@ const char *moe_config_usage(void)
            "  --mode M               forward (default): the layer's step; dispatch: the same with\n"
            "                         identity experts (each returns its input), so the step is\n"
            "                         the exchange (Megatron's dispatch_only benchmark)\n"
+           "  --placement P          where experts live: contiguous blocks (default), strided (e on\n"
+           "                         rank e mod R), eplb (packed by load, DeepSeek's EPLB)\n"
+           "  --redundant-experts N  N extra replicas of the most loaded experts, placed by EPLB\n"
+           "                         so ranks compute evenly; an assignment goes to replica t mod m\n"
+           "  --eplb-from SRC        the loads EPLB plans from: self (this batch's routing,\n"
+           "                         default) or a file of E loads (.npy or .csv)\n"
            "  --dispatch D           per-expert (default): one row per served (token, expert);\n"
            "                         per-rank: one row per (token, destination rank) with its\n"
            "                         gates and expert ids, fanned out there (DeepEP)\n"
@@ -265,7 +271,8 @@ enum {
     OPT_RANKS_PER_NODE, OPT_A2A, OPT_NETWORK, OPT_MAX_MEMORY, OPT_SCORE, OPT_SELECTION_BIAS,
     OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
-    OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH
+    OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
+    OPT_REDUNDANT, OPT_EPLB_FROM
 };
 
 static const struct option long_options[] = {
@@ -284,6 +291,9 @@ static const struct option long_options[] = {
     {"mode", required_argument, NULL, OPT_MODE},
     {"wire", required_argument, NULL, OPT_WIRE},
     {"dispatch", required_argument, NULL, OPT_DISPATCH},
+    {"placement", required_argument, NULL, OPT_PLACEMENT},
+    {"redundant-experts", required_argument, NULL, OPT_REDUNDANT},
+    {"eplb-from", required_argument, NULL, OPT_EPLB_FROM},
     {"wire-combine", required_argument, NULL, OPT_WIRE_COMBINE},
     {"warmup", required_argument, NULL, OPT_WARMUP},
     {"tokens-file", required_argument, NULL, OPT_TOKENS_FILE},
@@ -899,6 +909,26 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             rc = parse_int(name, optarg, 0, INT64_MAX, &v, msg, msglen);
             cfg->seed = (uint64_t)v;
             break;
+        case OPT_PLACEMENT:
+            rc = moe_place_kind_parse(optarg, &cfg->placement, msg, msglen);
+            if (rc != MOE_OK)
+                rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                              "--%s must be 'contiguous', 'strided' or 'eplb', got '%s'", name,
+                              optarg);
+            cfg->set_placement = true;
+            break;
+        case OPT_REDUNDANT:
+            rc = parse_int(name, optarg, 0, MOE_MAX_EXPERTS, &v, msg, msglen);
+            cfg->redundant_experts = (int)v;
+            break;
+        case OPT_EPLB_FROM:
+            if (optarg[0] == '\0')
+                rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                              "--%s needs 'self' or a file of per-expert loads (.npy or .csv)",
+                              name);
+            cfg->eplb_from = strcmp(optarg, "self") == 0 ? NULL : optarg;
+            cfg->set_eplb_from = true;
+            break;
         case OPT_DISPATCH:
             rc = parse_choice(name, optarg, dispatch_names, 2, &choice, msg, msglen);
             cfg->dispatch = (moe_dispatch_kind)choice;
@@ -1219,6 +1249,24 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         "--min-capacity %lld needs a capacity: it has no effect with "
                         "--%s 0 (dropless)",
                         (long long)cfg->min_capacity, cfg->spelled.capacity_factor);
+    if (cfg->redundant_experts > 0 && cfg->set_placement && cfg->placement != MOE_PLACE_EPLB)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--redundant-experts %d places replicas by load (EPLB): it cannot be "
+                        "combined with --placement %s",
+                        cfg->redundant_experts, moe_place_kind_name(cfg->placement));
+    if (cfg->redundant_experts > 0)
+        cfg->placement = MOE_PLACE_EPLB;
+    if (cfg->set_eplb_from && cfg->placement != MOE_PLACE_EPLB)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--eplb-from gives the loads EPLB plans from: it needs --placement eplb or "
+                        "--redundant-experts N");
+    if ((cfg->experts + cfg->redundant_experts) % nranks != 0 && cfg->placement == MOE_PLACE_EPLB)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "EPLB packs the %d experts and %d replicas into equal shares of %d ranks: "
+                        "E + N must be a multiple of the rank count (use --redundant-experts %d)",
+                        cfg->experts, cfg->redundant_experts, nranks,
+                        cfg->redundant_experts + (nranks - (cfg->experts + cfg->redundant_experts) %
+                                                              nranks));
     if (cfg->hot_experts >= cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--hot-experts %d must be smaller than the number of experts (%d)",

@@ -76,7 +76,7 @@ int moe_dedup_plan(moe_layer *L, char *msg, size_t msglen)
             int64_t i = t * A + c;
             if (!L->flag[i])
                 continue;
-            int r = L->owner_of[L->expert[i]];
+            int r = L->owner_of[L->phys[i]];
             if (seen[r] != (int)t) {
                 seen[r] = (int)t;
                 L->dd_send_rows[r]++;
@@ -112,7 +112,7 @@ int moe_dedup_plan(moe_layer *L, char *msg, size_t msglen)
             int64_t i = t * A + c;
             if (!L->flag[i])
                 continue;
-            int e = L->expert[i], r = L->owner_of[e];
+            int p = L->phys[i], r = L->owner_of[p]; /* the slot serving it */
             if (seen[r] != (int)t) { /* a new pair: its row, with every entry unused */
                 seen[r] = (int)t;
                 int64_t p = cursor[r]++;
@@ -129,7 +129,7 @@ int moe_dedup_plan(moe_layer *L, char *msg, size_t msglen)
             int m = 0;
             while (m < M && meta[m].expert >= 0)
                 m++;
-            dedup_entry entry = {.expert = L->local_of[e], .gate = L->gate[i]};
+            dedup_entry entry = {.expert = L->local_of[p], .gate = L->gate[i]};
             while (m > 0 && meta[m - 1].expert > entry.expert) {
                 meta[m] = meta[m - 1];
                 m--;

@@ -175,18 +175,31 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
     if (rc != MOE_OK)
         return rc;
     L->rounds = io.rounds;
-    L->n_send = moe_dispatch_plan(L->slot, L->per_expert, L->expert, L->flag, L->n, L->A, L->E,
+    /* the decision is per logical expert; rows go to the physical slot serving each one */
+    if (L->mapped)
+        for (int64_t t = 0; t < L->n; t++)
+            for (int c = 0; c < L->A; c++) {
+                int64_t i = t * L->A + c;
+                L->phys[i] = L->flag[i] ? moe_expert_map_slot(&L->map, L->first + t, L->expert[i])
+                                        : 0;
+            }
+    int P = L->map.P;
+    L->n_send = moe_dispatch_plan(L->slot, L->per_slot, L->phys, L->flag, L->n, L->A, P,
                                   L->scratch);
+    if (L->mapped) { /* the owners learn what each source sends each of their slots */
+        int mrc = MPI_Alltoallv(L->per_slot, L->slot_sc, L->slot_sd, MPI_INT64_T, L->acc_slot,
+                                L->slot_rc, L->slot_rd, MPI_INT64_T, L->comm);
+        if (mrc != MPI_SUCCESS)
+            return moe_mpi_fail(mrc, "MPI_Alltoallv", __FILE__, __LINE__, msg, msglen);
+    }
     L->n_recv = 0;
     for (int r = 0; r < L->R; r++) {
-        int64_t first_e, count_e;
-        moe_partition(L->E, L->R, r, &first_e, &count_e);
         L->send_rows[r] = 0;
-        for (int64_t e = first_e; e < first_e + count_e; e++)
-            L->send_rows[r] += L->per_expert[e];
+        for (int p = L->map.first_slot[r]; p < L->map.first_slot[r + 1]; p++)
+            L->send_rows[r] += L->per_slot[p];
         L->recv_rows[r] = 0;
-        for (int64_t le = 0; le < L->n_le; le++)
-            L->recv_rows[r] += L->acc_owner[r * L->n_le + le];
+        for (int64_t ls = 0; ls < L->n_ls; ls++)
+            L->recv_rows[r] += L->acc_slot[r * L->n_ls + ls];
         L->n_recv += L->recv_rows[r];
     }
     rc = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
@@ -254,13 +267,21 @@ static void layout_experts(moe_layer *L)
 {
     int64_t cap = moe_layer_expert_capacity(L);
     L->rows_x = 0;
-    for (int64_t le = 0; le < L->n_le; le++) {
+    for (int64_t ls = 0; ls < L->n_ls; ls++) {
         int64_t m = 0;
         for (int s = 0; s < L->R; s++)
-            m += L->acc_owner[s * L->n_le + le];
-        L->x_start[le] = L->rows_x;
-        L->x_rows[le] = L->cfg.pad_to_capacity ? cap : m;
-        L->rows_x += L->x_rows[le];
+            m += L->acc_slot[s * L->n_ls + ls];
+        /* padding: a replica computes its share of its expert's capacity, rounded up (or more,
+         * when the tokens' t mod m choice sent it more than that share) */
+        int64_t share = cap;
+        if (L->mapped && cap != MOE_CAPACITY_UNLIMITED) {
+            int64_t reps = L->map.replicas[L->map.logical[L->first_ls + ls]];
+            share = (cap + reps - 1) / reps;
+            share = share > m ? share : m;
+        }
+        L->x_start[ls] = L->rows_x;
+        L->x_rows[ls] = L->cfg.pad_to_capacity ? share : m;
+        L->rows_x += L->x_rows[ls];
     }
 }
 
@@ -426,10 +447,6 @@ static int load_inputs(moe_layer *L, char *msg, size_t msglen)
     }
     if (rc == MOE_OK && c->expert_bias_file != NULL)
         rc = load_selection_bias(L, msg, msglen);
-    bool weights = !c->predict_only && c->mode == MOE_MODE_FORWARD;
-    for (int64_t le = 0; rc == MOE_OK && weights && le < L->n_le; le++)
-        moe_expert_init(L->w1 + le * L->f * L->d, L->w2 + le * L->d * L->f, c->seed,
-                        (int)(L->first_e + le), L->d, L->f);
     /* shared expert s has the weights a routed expert of id MOE_MAX_EXPERTS + s would have */
     for (int s = 0; rc == MOE_OK && L->ws1 != NULL && s < L->S; s++)
         moe_expert_init(L->ws1 + (int64_t)s * L->fs * L->d, L->ws2 + (int64_t)s * L->d * L->fs,
@@ -601,6 +618,110 @@ static void plan_raw_rows(moe_layer *L, int *counts)
     }
 }
 
+/* Collective: the expert map (placement.h) from the configuration and, for EPLB, the loads (this
+ * batch's routed counts, or --eplb-from); the per-slot arrays; then this rank's experts' weights
+ * (a replica has its expert's). The rank overload of plain contiguous experts is kept for the
+ * report. Every rank builds the same map from the same loads. */
+static int place_experts(moe_layer *L, char *msg, size_t msglen)
+{
+    const moe_config *c = &L->cfg;
+    int E = L->E, R = L->R, rc = MOE_OK;
+    double *loads = calloc((size_t)E, sizeof *loads);
+    int64_t *routed = calloc((size_t)E, sizeof *routed), *all = calloc((size_t)E, sizeof *all);
+    if (!loads || !routed || !all)
+        rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory placing experts");
+    if (rc == MOE_OK && c->placement == MOE_PLACE_EPLB && c->routing == MOE_ROUTING_EXPERT_CHOICE)
+        rc = moe_fail(MOE_EUSAGE, msg, msglen,
+                      "expert choice balances itself (every expert takes C tokens): EPLB "
+                      "placement is for token choice");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    /* the router's choices before capacity: the load EPLB balances */
+    for (int64_t i = 0; i < L->n * L->A; i++)
+        routed[L->expert[i]]++;
+    MOE_MPI_CHECK(MPI_Allreduce(routed, all, E, MPI_INT64_T, MPI_SUM, L->comm), msg, msglen);
+    for (int e = 0; e < E; e++)
+        loads[e] = (double)all[e];
+    if (c->placement == MOE_PLACE_EPLB && c->eplb_from != NULL) {
+        char inner[768];
+        rc = moe_loads_read(c->eplb_from, E, loads, inner, sizeof inner);
+        if (rc != MOE_OK)
+            moe_fail(MOE_EUSAGE, msg, msglen, "--eplb-from %s", inner);
+    }
+    if (rc == MOE_OK)
+        rc = moe_expert_map_build(&L->map, c->placement, E, R, c->redundant_experts, loads, msg,
+                                  msglen);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    {
+        /* before: contiguous experts, no replicas, each rank computing its experts' routed rows */
+        double *per_rank = calloc((size_t)R, sizeof *per_rank);
+        for (int e = 0; per_rank && e < E; e++)
+            per_rank[moe_partition_owner(E, R, e)] += (double)all[e];
+        L->overload_before = per_rank ? moe_max_over_mean(per_rank, R) : 0.0;
+        free(per_rank);
+    }
+    int P = L->map.P;
+    L->mapped = c->placement != MOE_PLACE_CONTIGUOUS || c->redundant_experts > 0;
+    L->first_ls = L->map.first_slot[L->rank];
+    L->n_ls = L->map.first_slot[L->rank + 1] - L->first_ls;
+    if (L->mapped) {
+        L->phys = calloc((size_t)(L->n * L->A + 1), sizeof *L->phys);
+        L->send_pos = calloc((size_t)(L->n * L->A + 1), sizeof *L->send_pos);
+        L->per_slot = calloc((size_t)P, sizeof *L->per_slot);
+        L->acc_slot = calloc((size_t)R * (size_t)(L->n_ls + 1), sizeof *L->acc_slot);
+        L->slot_sc = calloc(4 * (size_t)R, sizeof *L->slot_sc);
+        if (!L->phys || !L->send_pos || !L->per_slot || !L->acc_slot || !L->slot_sc)
+            rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory placing experts");
+        else {
+            L->bytes += (L->n * L->A) * 4 + P * 8 + R * L->n_ls * 8;
+            L->slot_sd = L->slot_sc + R;
+            L->slot_rc = L->slot_sc + 2 * R;
+            L->slot_rd = L->slot_sc + 3 * R;
+            for (int r = 0; r < R; r++) {
+                L->slot_sc[r] = L->map.first_slot[r + 1] - L->map.first_slot[r];
+                L->slot_sd[r] = L->map.first_slot[r];
+                L->slot_rc[r] = (int)L->n_ls;
+                L->slot_rd[r] = (int)(r * L->n_ls);
+            }
+        }
+    } else { /* the identity: slots are experts */
+        L->phys = L->expert;
+        L->per_slot = L->per_expert;
+        L->acc_slot = L->acc_owner;
+    }
+    if (rc == MOE_OK) {
+        L->owner_of = alloc_bytes(L, (size_t)P, sizeof(int), &rc);
+        L->local_of = alloc_bytes(L, (size_t)P, sizeof(int), &rc);
+    }
+    for (int p = 0; rc == MOE_OK && p < P; p++) {
+        L->owner_of[p] = L->map.rank[p];
+        L->local_of[p] = p - L->map.first_slot[L->map.rank[p]];
+    }
+    /* this rank's experts: one per local slot, with its logical expert's weights */
+    bool weights = !c->predict_only && c->mode == MOE_MODE_FORWARD;
+    size_t w = weights ? (size_t)L->n_ls * (size_t)(L->f * L->d) : 0;
+    if (rc == MOE_OK) {
+        L->mem.experts = (int64_t)w * 2 * (int64_t)sizeof(float) +
+                         (L->S > 0 && weights ? 2 * (int64_t)L->S * L->fs * L->d * 4 +
+                                                    L->n * (L->fs + L->d) * 4
+                                              : 0);
+        L->w1 = alloc_bytes(L, w, sizeof(float), &rc);
+        L->w2 = alloc_bytes(L, w, sizeof(float), &rc);
+        if (rc != MOE_OK)
+            moe_fail(rc, msg, msglen, "out of memory for the experts' weights");
+    }
+    for (int64_t ls = 0; rc == MOE_OK && weights && ls < L->n_ls; ls++)
+        moe_expert_init(L->w1 + ls * L->f * L->d, L->w2 + ls * L->d * L->f, c->seed,
+                        L->map.logical[L->first_ls + ls], L->d, L->f);
+    rc = moe_agree(L->comm, rc, msg, msglen);
+done:
+    free(loads);
+    free(routed);
+    free(all);
+    return rc;
+}
+
 int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char *msg,
                      size_t msglen)
 {
@@ -717,14 +838,7 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->gate = alloc_bytes(L, nk, sizeof(float), &rc);
     L->flag = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
     L->rerouted = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
-    L->owner_of = alloc_bytes(L, En, sizeof(int), &rc);
-    L->local_of = alloc_bytes(L, En, sizeof(int), &rc);
-    for (int e = 0; rc == MOE_OK && e < L->E; e++) {
-        int64_t first_e, count_e;
-        L->owner_of[e] = moe_partition_owner(L->E, L->R, e);
-        moe_partition(L->E, L->R, L->owner_of[e], &first_e, &count_e);
-        L->local_of[e] = (int)(e - first_e);
-    }
+
     if (L->per_rank) {
         size_t pairs = (size_t)L->n * (size_t)(L->A < L->R ? L->A : L->R);
         L->dd_tok = alloc_bytes(L, pairs, sizeof(int64_t), &rc);
@@ -756,19 +870,20 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->routed = alloc_bytes(L, En, sizeof(int64_t), &rc);
     L->accepted = alloc_bytes(L, En, sizeof(int64_t), &rc);
     L->per_expert = alloc_bytes(L, En, sizeof(int64_t), &rc);
-    L->scratch = alloc_bytes(L, En, sizeof(int64_t), &rc);
+    /* scratch: E, or every physical slot with replicas (the dispatch plan's cursor) */
+    L->scratch = alloc_bytes(L, En + (size_t)cfg->redundant_experts, sizeof(int64_t), &rc);
     L->send_rows = alloc_bytes(L, R, sizeof(int64_t), &rc);
     L->recv_rows = alloc_bytes(L, R, sizeof(int64_t), &rc);
     L->group_cap = alloc_bytes(L, R, sizeof(int64_t), &rc);
     L->cnt_owner = alloc_bytes(L, R * le, sizeof(int64_t), &rc);
     L->acc_owner = alloc_bytes(L, R * le, sizeof(int64_t), &rc);
-    L->x_start = alloc_bytes(L, le, sizeof(int64_t), &rc);
-    L->x_rows = alloc_bytes(L, le, sizeof(int64_t), &rc);
-    L->placed = alloc_bytes(L, le, sizeof(int64_t), &rc);
+    /* per local slot: at most every expert and replica */
+    size_t slots_max = (size_t)(L->E + cfg->redundant_experts);
+    L->x_start = alloc_bytes(L, slots_max, sizeof(int64_t), &rc);
+    L->x_rows = alloc_bytes(L, slots_max, sizeof(int64_t), &rc);
+    L->placed = alloc_bytes(L, slots_max, sizeof(int64_t), &rc);
+    (void)le;
     /* --predict-only never runs an expert: no weights */
-    size_t w = cfg->predict_only || cfg->mode == MOE_MODE_DISPATCH ? 0 : le * (size_t)(L->f * L->d);
-    L->w1 = alloc_bytes(L, w, sizeof(float), &rc);
-    L->w2 = alloc_bytes(L, w, sizeof(float), &rc);
     if (rc != MOE_OK)
         moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of tokens, router and experts",
                  need / 1073741824.0);
@@ -795,6 +910,9 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     /* Route once; routing is deterministic, so every step repeats it exactly. */
     route(L);
     if ((rc = measure_hot_share(L, msg, msglen)) != MOE_OK)
+        return rc;
+    /* where the experts live, planned from the loads, then their weights */
+    if ((rc = place_experts(L, msg, msglen)) != MOE_OK)
         return rc;
     return moe_layer_set_capacity_factor(L, cfg->capacity_factor, msg, msglen);
 }
@@ -895,6 +1013,14 @@ void moe_layer_destroy(moe_layer *L)
     moe_hier_destroy(L->hier);
     moe_hier_destroy(L->hier_back);
     moe_decider_destroy(L->decider);
+    moe_expert_map_free(&L->map);
+    if (L->mapped) {
+        free(L->phys);
+        free(L->send_pos);
+        free(L->per_slot);
+        free(L->acc_slot);
+        free(L->slot_sc);
+    }
     moe_exchange_free(&L->ex);
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
@@ -925,8 +1051,8 @@ void moe_layer_get_shape(const moe_layer *L, moe_layer_shape *out)
                              .first_token = L->first,
                              .n_send = L->n_send,
                              .n_recv = L->n_recv,
-                             .n_local_experts = L->n_le,
-                             .first_expert = L->first_e,
+                             .n_local_experts = L->n_ls,
+                             .first_expert = L->first_ls,
                              .hidden = L->d,
                              .ffn = L->f,
                              .send_rows = L->send_rows,
@@ -937,6 +1063,11 @@ void moe_layer_get_shape(const moe_layer *L, moe_layer_shape *out)
 int64_t moe_layer_bytes(const moe_layer *L)
 {
     return L->bytes;
+}
+
+const moe_expert_map *moe_layer_expert_map(const moe_layer *L)
+{
+    return &L->map;
 }
 
 const moe_config *moe_layer_config(const moe_layer *L)
@@ -1016,10 +1147,10 @@ static const float *run_experts(moe_layer *L)
 {
     if (L->cfg.mode == MOE_MODE_DISPATCH)
         return L->x;
-    for (int64_t le = 0; le < L->n_le; le++)
-        moe_expert_forward(L->yexp + L->x_start[le] * L->d, L->act + L->x_start[le] * L->f,
-                           L->x + L->x_start[le] * L->d, L->w1 + le * L->f * L->d,
-                           L->w2 + le * L->d * L->f, L->x_rows[le], L->d, L->f);
+    for (int64_t ls = 0; ls < L->n_ls; ls++)
+        moe_expert_forward(L->yexp + L->x_start[ls] * L->d, L->act + L->x_start[ls] * L->f,
+                           L->x + L->x_start[ls] * L->d, L->w1 + ls * L->f * L->d,
+                           L->w2 + ls * L->d * L->f, L->x_rows[ls], L->d, L->f);
     return L->yexp;
 }
 
@@ -1041,14 +1172,19 @@ int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *m
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
         rc = moe_exchange_rows(&L->ex, L->sendbuf, L->recvbuf, false, true, msg, msglen);
     if (rc == MOE_OK) {
-        moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start,
+        moe_regroup_to_experts(L->x, L->recvbuf, L->acc_slot, L->R, (int)L->n_ls, L->x_start,
                                L->d, L->placed);
-        moe_regroup_from_experts(L->recvbuf, run_experts(L), L->acc_owner, L->R, (int)L->n_le,
+        moe_regroup_from_experts(L->recvbuf, run_experts(L), L->acc_slot, L->R, (int)L->n_ls,
                                  L->x_start, L->d, L->placed);
         rc = moe_exchange_rows(&L->ex, L->recvbuf, L->sendbuf, true, true, msg, msglen);
     }
     if (rc == MOE_OK) {
-        moe_combine_rows(y32, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
+        if (L->mapped)
+            moe_combine_rows_by_expert(y32, L->h, L->sendbuf, L->slot, L->gate, L->expert, L->n,
+                                       L->n_send, L->A, L->d, L->send_pos);
+        else
+            moe_combine_rows(y32, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A,
+                             L->d);
         add_shared(L, y32);
     }
     if (rc == MOE_OK && L->per_rank)
@@ -1127,12 +1263,12 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     t[4] = MPI_Wtime();
     if (enc_out)
         moe_wire_decode_rows(L->recvbuf, L->recv_enc, L->n_recv, L->d, L->wire_out);
-    moe_regroup_to_experts(L->x, L->recvbuf, L->acc_owner, L->R, (int)L->n_le, L->x_start, L->d,
+    moe_regroup_to_experts(L->x, L->recvbuf, L->acc_slot, L->R, (int)L->n_ls, L->x_start, L->d,
                            L->placed);
     t[5] = MPI_Wtime();
     const float *expert_out = run_experts(L); /* --mode dispatch: each returns its input */
     t[6] = MPI_Wtime();
-    moe_regroup_from_experts(L->recvbuf, expert_out, L->acc_owner, L->R, (int)L->n_le, L->x_start,
+    moe_regroup_from_experts(L->recvbuf, expert_out, L->acc_slot, L->R, (int)L->n_ls, L->x_start,
                              L->d, L->placed);
     if (enc_back)
         moe_wire_encode_rows(L->rback_enc, L->recvbuf, NULL, L->n_recv, L->d, L->wire_back);
@@ -1144,7 +1280,11 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     t[8] = MPI_Wtime();
     if (enc_back)
         moe_wire_decode_rows(L->sendbuf, L->back_enc, L->n_send, L->d, L->wire_back);
-    moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
+    if (L->mapped) /* in expert id order per token, as without a placement: the same y */
+        moe_combine_rows_by_expert(L->y, L->h, L->sendbuf, L->slot, L->gate, L->expert, L->n,
+                                   L->n_send, L->A, L->d, L->send_pos);
+    else
+        moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
     t[9] = MPI_Wtime();
     }
     add_shared(L, L->y);

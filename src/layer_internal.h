@@ -7,6 +7,7 @@
 #include "moesim/exchange.h"
 #include "moesim/hier.h"
 #include "moesim/layer.h"
+#include "moesim/placement.h"
 
 struct moe_layer {
     moe_config cfg;
@@ -33,7 +34,18 @@ struct moe_layer {
     uint8_t *send_enc, *back_enc;  /* source: (n_send) rows out, encoded; (n_send) rows back */
     uint8_t *recv_enc, *rback_enc; /* owner: (n_recv) rows arriving, encoded; (n_recv) going back */
     int64_t enc_bytes;        /* what the encoded buffers take (part of exch_bytes) */
-    int *owner_of, *local_of; /* (E) each expert's rank and its index there */
+    /* where experts live (--placement, --redundant-experts): P physical slots, rank-major; with
+     * the identity map (contiguous, no replicas) slot = expert and nothing below is extra */
+    moe_expert_map map;
+    bool mapped;              /* not the identity */
+    int64_t n_ls, first_ls;   /* my physical slots */
+    int32_t *phys;            /* (n*A) the slot serving each served assignment (mapped), else expert */
+    int64_t *send_pos;        /* (n*A) scratch of the combine in expert order (mapped) */
+    int64_t *per_slot;        /* (P) my served assignments per slot (mapped), else per_expert */
+    int64_t *acc_slot;        /* (R, n_ls) rows each source sends my slots (mapped), else acc_owner */
+    int *slot_sc, *slot_sd, *slot_rc, *slot_rd; /* (R) the per-slot count exchange */
+    double overload_before;   /* rank overload of contiguous experts without replicas */
+    int *owner_of, *local_of; /* (P) each slot's rank and its index there */
     /* --dispatch per-rank (dedup.c): one row per (token, destination rank) */
     bool per_rank;
     int meta_slots;           /* metadata entries per row */

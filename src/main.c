@@ -498,9 +498,10 @@ int main(int argc, char **argv)
     if (rank == 0) {
         const float *bias;
         moe_layer_workload(layer, &bias, &res.hot_bias, &res.hot_share);
+        const moe_expert_map *map = moe_layer_expert_map(layer);
         for (int e = 0; e < cfg.experts; e++) {
             res.router_bias[e] = bias[e];
-            res.owner[e] = moe_partition_owner(cfg.experts, nranks, e);
+            res.owner[e] = map->rank[map->replica_slot[map->replica_start[e]]];
         }
         res.tokens = cfg.tokens;
         res.hidden = cfg.hidden;

@@ -116,6 +116,15 @@ static void routing_lines(FILE *out, const moe_config *cfg, const moe_results *r
                     res->y_error_rms_rel);
         fputc('\n', out);
     }
+    if (cfg->placement != MOE_PLACE_CONTIGUOUS || cfg->redundant_experts > 0) {
+        char extra[32];
+        human_bytes(extra, sizeof extra, (double)res->extra_weight_bytes);
+        fprintf(out, "  placement %s, %d replica%s (%s of weights): rank overload %.2fx for "
+                     "contiguous experts, %.2fx here\n",
+                moe_place_kind_name(cfg->placement), cfg->redundant_experts,
+                cfg->redundant_experts == 1 ? "" : "s", extra, res->overload_before,
+                res->balance.rank_overload);
+    }
     if (cfg->dispatch == MOE_DISPATCH_PER_RANK) {
         char meta[32], saved[32];
         human_bytes(meta, sizeof meta, (double)res->metadata_bytes);
@@ -863,6 +872,12 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "routing", json_string(moe_routing_name(cfg->routing)));
     json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
     json_object_set_new(config, "dispatch", json_string(moe_dispatch_name(cfg->dispatch)));
+    json_object_set_new(config, "placement", json_string(moe_place_kind_name(cfg->placement)));
+    json_object_set_new(config, "redundant_experts", json_integer(cfg->redundant_experts));
+    json_object_set_new(config, "eplb_from",
+                        cfg->placement != MOE_PLACE_EPLB ? json_null()
+                        : cfg->eplb_from                 ? json_string(cfg->eplb_from)
+                                                         : json_string("self"));
     json_object_set_new(config, "expert_groups",
                         cfg->expert_groups > 0 ? json_integer(cfg->expert_groups) : json_null());
     json_object_set_new(config, "group_top_k",
@@ -955,6 +970,18 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(json_object_get(root, "drops"), "still_dropped",
                         json_integer(res->dropped_assignments - res->rerouted));
     json_object_set_new(root, "routing", routing_json(cfg, res));
+    json_t *replicas = json_array();
+    for (int p = 0; p < res->n_slots; p++)
+        json_array_append_new(replicas, json_pack("[i, i]", res->slot_expert[p], res->slot_rank[p]));
+    json_object_set_new(
+        root, "replication",
+        json_pack("{s:s, s:i, s:o, s:o, s:o, s:I}", "placement", moe_place_kind_name(cfg->placement),
+                  "redundant", cfg->redundant_experts, "replicas", replicas,
+                  "rank_overload_before",
+                  res->overload_before > 0 ? num(res->overload_before) : json_null(),
+                  "rank_overload_after",
+                  res->balance.rank_overload > 0 ? num(res->balance.rank_overload) : json_null(),
+                  "extra_weight_bytes", (json_int_t)res->extra_weight_bytes));
     json_object_set_new(root, "waste",
                         json_pack("{s:I, s:I, s:o, s:o, s:b, s:o}", "slots", (json_int_t)res->slots,
                                   "empty_slots", (json_int_t)res->empty_slots, "flops_useful",

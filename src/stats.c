@@ -135,6 +135,8 @@ void moe_results_free(moe_results *r)
     free(r->combine_bytes);
     free(r->rows);
     r->rows = NULL;
+    free(r->slot_expert);
+    r->slot_expert = r->slot_rank = NULL;
     free(r->router_bias);
     free(r->placement);
     free(r->by_class_per_rank);

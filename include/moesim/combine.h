@@ -18,4 +18,12 @@ void moe_regroup_from_experts(float *send, const float *y, const int64_t *counts
 void moe_combine_rows(float *out, const float *h, const float *recv, const int64_t *slot,
                       const float *gate, int64_t n, int64_t n_send, int k, int64_t d);
 
+/* moe_combine_rows for rows sent in another order than expert id (a placement): out = h, then
+ * for each token its served assignments are added in increasing expert id, so the sums are those
+ * moe_combine_rows makes with rows sorted by expert. expert and gate are (n, k); pos is scratch of
+ * n * k. */
+void moe_combine_rows_by_expert(float *out, const float *h, const float *recv, const int64_t *slot,
+                                const float *gate, const int32_t *expert, int64_t n,
+                                int64_t n_send, int k, int64_t d, int64_t *pos);
+
 #endif

@@ -5,6 +5,7 @@
 
 #include "moesim/capacity.h"
 #include "moesim/npy.h"
+#include "moesim/placement.h"
 #include "moesim/router.h"
 #include "moesim/wire.h"
 
@@ -61,6 +62,10 @@ typedef struct moe_config {
     bool pad_to_capacity;   /* compute the empty slots too              --pad-to-capacity */
     moe_mode mode;          /* forward or dispatch-only                 --mode forward */
     moe_dispatch_kind dispatch; /* rows per expert or per rank           --dispatch per-expert */
+    moe_place_kind placement;   /* where experts live                     --placement contiguous */
+    int redundant_experts;      /* extra replicas of the most loaded      --redundant-experts 0 */
+    const char *eplb_from;      /* loads for EPLB: NULL = this batch      --eplb-from self */
+    bool set_placement, set_eplb_from;
     moe_wire wire;          /* format of dispatched rows                 --wire fp32 */
     moe_wire wire_combine;  /* format of combined rows (fp8 dispatch: bf16) --wire-combine fp32 */
     bool set_wire_combine;

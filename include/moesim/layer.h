@@ -100,6 +100,10 @@ int64_t moe_layer_bytes(const moe_layer *layer);
  * (-1 when unknown). Not collective. */
 void moe_layer_memory(const moe_layer *layer, moe_mem_estimate *estimate, int64_t *budget);
 
+/* Where the experts live: the physical slots (placement.h), the same on every rank. Not
+ * collective. */
+const moe_expert_map *moe_layer_expert_map(const moe_layer *layer);
+
 /* The configuration the layer runs (resolved). Not collective. */
 const moe_config *moe_layer_config(const moe_layer *layer);
 

@@ -150,6 +150,12 @@ typedef struct moe_results {
     int64_t *dispatch_bytes, *combine_bytes;
     int64_t *rows;                        /* (R, R) rows dispatched [src][dst], diagonal included */
     bool per_rank;                        /* --dispatch per-rank: a row per (token, rank)        */
+    /* placement (--placement, --redundant-experts): P physical slots, each a logical expert on a
+     * rank (allocated when filled; freed by moe_results_free) */
+    int n_slots;
+    int32_t *slot_expert, *slot_rank;
+    double overload_before;               /* contiguous experts, no replicas: busiest / mean rows */
+    int64_t extra_weight_bytes;           /* the replicas' weights, (P - E) 2 f d floats         */
     int64_t metadata_bytes;               /* of the dispatch bytes, the per-rank rows' metadata  */
     int64_t dedup_saving;                 /* bytes per-expert rows would have moved, minus these */
     moe_wire wire, wire_combine;          /* the rows' formats, dispatch and combine (wire.h)   */

@@ -277,11 +277,45 @@ START_TEST(test_dispatch_combine_pipeline)
 }
 END_TEST
 
+/* Rows arriving in another order than expert id (a placement) combine to the same bits as
+ * moe_combine_rows over rows sorted by expert. */
+START_TEST(test_combine_by_expert_order)
+{
+    enum { n = 5, k = 2, d = 3, E = 4 };
+    const int32_t expert[n * k] = {2, 0, 1, 3, 3, 2, 0, 1, 1, 2};
+    float gate[n * k], h[n * d];
+    for (int i = 0; i < n * k; i++)
+        gate[i] = 0.1f + 0.07f * (float)i;
+    for (int i = 0; i < n * d; i++)
+        h[i] = 0.3f * (float)i - 1.7f;
+    uint8_t flag[n * k];
+    for (int i = 0; i < n * k; i++)
+        flag[i] = i != 4; /* one dropped */
+    int64_t slot[n * k], per[E], cursor[E];
+    int64_t n_send = moe_dispatch_plan(slot, per, expert, flag, n, k, E, cursor);
+    float recv[n * k * d];
+    for (int64_t i = 0; i < n_send * d; i++)
+        recv[i] = 0.9f / (float)(i + 1) + (float)(i % 7);
+    float want[n * d], got[n * d];
+    moe_combine_rows(want, h, recv, slot, gate, n, n_send, k, d);
+    /* the same rows in reversed order, as another placement would send them */
+    int64_t slot2[n * k], pos[n * k];
+    float recv2[n * k * d];
+    for (int64_t i = 0; i < n_send; i++) {
+        slot2[i] = slot[n_send - 1 - i];
+        memcpy(recv2 + i * d, recv + (n_send - 1 - i) * d, sizeof(float) * d);
+    }
+    moe_combine_rows_by_expert(got, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
+    ck_assert_mem_eq(got, want, sizeof want);
+}
+END_TEST
+
 static Suite *dispatch_combine_suite(void)
 {
     Suite *s = suite_create("dispatch_combine");
     TCase *tc = tcase_create("dispatch");
     tcase_add_test(tc, test_plan_hand);
+    tcase_add_test(tc, test_combine_by_expert_order);
     tcase_add_test(tc, test_plan_property);
     tcase_add_test(tc, test_pack_rows);
     tcase_add_test(tc, test_regroup_hand);
