@@ -15,8 +15,7 @@
 #define NPY_MAGIC "\x93NUMPY"
 #define NPY_MAX_HEADER 65536 /* numpy itself refuses headers over 10000 bytes by default */
 
-/* Find `'key':` in the header dictionary and return a pointer just past the colon. */
-static const char *find_key(const char *dict, const char *key)
+const char *moe_npy_dict_value(const char *dict, const char *key)
 {
     char pattern[32];
     snprintf(pattern, sizeof pattern, "'%s'", key);
@@ -67,9 +66,9 @@ int moe_npy_parse_header(const unsigned char *buf, size_t len, moe_npy_header *o
     if (strlen(dict) != hlen)
         return moe_fail(MOE_EFORMAT, msg, msglen, ".npy header contains a NUL byte");
 
-    const char *descr = find_key(dict, "descr");
-    const char *order = find_key(dict, "fortran_order");
-    const char *shape = find_key(dict, "shape");
+    const char *descr = moe_npy_dict_value(dict, "descr");
+    const char *order = moe_npy_dict_value(dict, "fortran_order");
+    const char *shape = moe_npy_dict_value(dict, "shape");
     if (descr == NULL || order == NULL || shape == NULL)
         return moe_fail(MOE_EFORMAT, msg, msglen,
                         ".npy header lacks one of 'descr', 'fortran_order', 'shape'");

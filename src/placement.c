@@ -1,5 +1,7 @@
 #include "moesim/placement.h"
 
+#include "moesim/npy.h"
+
 #include "moesim/error.h"
 #include "moesim/fileout.h"
 #include "moesim/loss.h"
@@ -307,26 +309,6 @@ static int bad_load(double v)
 }
 
 /* Find `'key':` (or "key") in the header dictionary; the text just past the colon and spaces. */
-static const char *dict_value(const char *dict, const char *key)
-{
-    char pattern[32];
-    const char *at = NULL;
-    for (int q = 0; q < 2 && at == NULL; q++) {
-        snprintf(pattern, sizeof pattern, q == 0 ? "'%s'" : "\"%s\"", key);
-        at = strstr(dict, pattern);
-    }
-    if (at == NULL)
-        return NULL;
-    at += strlen(pattern);
-    while (isspace((unsigned char)*at))
-        at++;
-    if (*at != ':')
-        return NULL;
-    at++;
-    while (isspace((unsigned char)*at))
-        at++;
-    return at;
-}
 
 /* buf (len bytes) holds a whole .npy file. */
 static int loads_npy(const char *path, const unsigned char *buf, size_t len, int E, double *loads,
@@ -356,8 +338,8 @@ static int loads_npy(const char *path, const unsigned char *buf, size_t len, int
     memcpy(dict, buf + prefix, hlen);
     dict[hlen] = '\0';
     int rc = MOE_OK;
-    const char *descr = dict_value(dict, "descr"), *order = dict_value(dict, "fortran_order"),
-               *shape = dict_value(dict, "shape");
+    const char *descr = moe_npy_dict_value(dict, "descr"), *order = moe_npy_dict_value(dict, "fortran_order"),
+               *shape = moe_npy_dict_value(dict, "shape");
     char dtype[8] = {0};
     int item = 0;
     bool is_int = false;

@@ -41,4 +41,9 @@ int moe_npy_write_f32(const char *path, const float *data, int64_t rows, int64_t
 /* The same bytes to an open stream. MOE_OK or MOE_EIO (the stream's error state tells why). */
 int moe_npy_write_f32_file(FILE *f, const float *data, int64_t rows, int64_t cols);
 
+/* In the text of a .npy header dictionary, the value of `key` ('key' or "key", then a colon,
+ * spaces skipped): a pointer to its first character, or NULL. For readers of other shapes
+ * (placement.c's loads files). */
+const char *moe_npy_dict_value(const char *dict, const char *key);
+
 #endif
