@@ -1917,6 +1917,69 @@ START_TEST(test_mode_option)
 }
 END_TEST
 
+/* Issue 10's exchange and placement options: parsed, defaults, refusals naming the option. */
+START_TEST(test_exchange_options)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.dispatch, MOE_DISPATCH_PER_EXPERT);
+    ck_assert_int_eq(cfg.wire, MOE_WIRE_FP32);
+    ck_assert_int_eq(cfg.wire_combine, MOE_WIRE_FP32);
+    ck_assert_int_eq(cfg.placement, MOE_PLACE_CONTIGUOUS);
+    ck_assert_int_eq(cfg.redundant_experts, 0);
+    ck_assert_ptr_null(cfg.eplb_from);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--dispatch", "per-rank", "--wire", "bf16", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.dispatch, MOE_DISPATCH_PER_RANK);
+    ck_assert_str_eq(moe_dispatch_name(cfg.dispatch), "per-rank");
+    ck_assert_int_eq(cfg.wire, MOE_WIRE_BF16);
+    ck_assert_int_eq(cfg.wire_combine, MOE_WIRE_FP32); /* bf16 dispatch: fp32 combine */
+    /* fp8 dispatch combines in bf16 unless told otherwise, wherever --wire-combine stands */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--wire", "fp8", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.wire_combine, MOE_WIRE_BF16);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--wire-combine", "fp32", "--wire", "fp8", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.wire_combine, MOE_WIRE_FP32);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--wire-combine", "fp8", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--wire-combine must be 'fp32' or 'bf16'"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--wire", "fp16", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--wire must be"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--dispatch", "per-node", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--dispatch must be"));
+    /* placement */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--placement", "strided", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.placement, MOE_PLACE_STRIDED);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--placement", "zigzag", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--placement must be"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--redundant-experts", "-1", NULL), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--redundant-experts", "8", NULL), MOE_OK);
+    ck_assert_msg(resolve_at(&cfg, 4, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(cfg.placement, MOE_PLACE_EPLB); /* replicas imply EPLB */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--redundant-experts", "3", NULL), MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 4, msg, sizeof msg), MOE_EUSAGE); /* 8 + 3 over 4 ranks */
+    ck_assert_ptr_nonnull(strstr(msg, "multiple of the rank count"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--redundant-experts", "4", "--placement",
+                           "strided", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 4, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--eplb-from", "loads.csv", NULL), MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE); /* no EPLB */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--eplb-from", "loads.csv", "--placement", "eplb",
+                           NULL),
+                     MOE_OK);
+    ck_assert_str_eq(cfg.eplb_from, "loads.csv");
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--eplb-from", "self", "--placement", "eplb", NULL),
+                     MOE_OK);
+    ck_assert_ptr_null(cfg.eplb_from);
+    const char *usage = moe_config_usage();
+    const char *lines[] = {"  --dispatch D ", "  --wire F ", "  --wire-combine F ", "  --placement P ",
+                           "  --redundant-experts N ", "  --eplb-from SRC "};
+    for (size_t i = 0; i < sizeof lines / sizeof *lines; i++)
+        ck_assert_msg(strstr(usage, lines[i]) != NULL, "usage lacks '%s'", lines[i]);
+}
+END_TEST
+
 START_TEST(test_usage_lists_layer_options)
 {
     static const char *const opts[] = {
@@ -2020,6 +2083,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_preset_hidden_scaling);
     tcase_add_test(tc, test_usage_lists_layer_options);
     tcase_add_test(tc, test_mode_option);
+    tcase_add_test(tc, test_exchange_options);
     suite_add_tcase(s, tc);
     return s;
 }
