@@ -646,7 +646,8 @@ static void describe_preset(moe_config *cfg, const moe_preset *p)
         summary_add(cfg, "%s", p->renormalize ? "renormalize" : "no renormalize");
     if (p->topk_scale != 1.0 && !cfg->set_topk_scale)
         summary_add(cfg, "topk-scale %g", cfg->topk_scale);
-    if (p->expert_groups > 0 && !cfg->set_expert_groups && cfg->expert_groups > 0)
+    if (p->expert_groups > 0 && !cfg->set_expert_groups && cfg->expert_groups > 0 &&
+        cfg->group_top_k > 0)
         summary_add(cfg, "expert-groups %d", cfg->expert_groups);
     if (p->group_top_k > 0 && !cfg->set_group_top_k && cfg->group_top_k > 0)
         summary_add(cfg, "group-top-k %d", cfg->group_top_k);
@@ -848,7 +849,8 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             cfg->spelled.expert_groups = name;
             break;
         case OPT_GROUP_TOPK:
-            rc = parse_int(name, optarg, 1, MOE_MAX_EXPERTS, &v, msg, msglen);
+            /* 0: no group limit (a preset's switched off) */
+            rc = parse_int(name, optarg, 0, MOE_MAX_EXPERTS, &v, msg, msglen);
             cfg->group_top_k = (int)v;
             cfg->set_group_top_k = true;
             cfg->spelled.group_top_k = name;
@@ -1056,6 +1058,9 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         if (!cfg->set_expert_groups && !cfg->set_group_top_k)
             cfg->expert_groups = cfg->group_top_k = 0;
     }
+    /* --group-top-k 0 switches a group limit off, a preset's groups with it */
+    if (cfg->set_group_top_k && cfg->group_top_k == 0 && !cfg->set_expert_groups)
+        cfg->expert_groups = 0;
     if (preset != NULL)
         describe_preset(cfg, preset);
     return MOE_OK;

@@ -1269,7 +1269,7 @@ static const struct bad_line bad_layer_lines[] = {
     {{"--expert-groups", "-2"}, "--expert-groups"},
     {{"--expert-groups", "4x"}, "--expert-groups"},
     {{"--expert-groups", "65537"}, "--expert-groups"},
-    {{"--group-top-k", "0"}, "--group-top-k"},
+    {{"--group-top-k", "-1"}, "--group-top-k"},
     {{"--group-top-k", "two"}, "--group-top-k"},
     {{"--group-top-k"}, "--group-top-k"},
     {{"--shared-experts", "-1"}, "--shared-experts"},
@@ -1299,7 +1299,7 @@ static const struct bad_line bad_layer_lines[] = {
     {{"--moe-token-drop-policy", "bogus"}, "--moe-token-drop-policy"},
     {{"--moe-router-score-function", "tanh"}, "--moe-router-score-function"},
     {{"--moe-router-num-groups", "0"}, "--moe-router-num-groups"},
-    {{"--moe-router-group-topk", "0"}, "--moe-router-group-topk"},
+    {{"--moe-router-group-topk", "-1"}, "--moe-router-group-topk"},
     {{"--moe-router-topk-scaling-factor", "0"}, "--moe-router-topk-scaling-factor"},
     {{"--moe-router-topk-scaling-factor", "x"}, "--moe-router-topk-scaling-factor"},
     {{"--moe-pad-expert-input-to-capacity=1"}, "--moe-pad-expert-input-to-capacity"},
@@ -1337,7 +1337,7 @@ START_TEST(test_alias_messages_name_the_alias)
         {"--moe-token-drop-policy", "x", "--drop-policy"},
         {"--moe-router-score-function", "x", "--score"},
         {"--moe-router-num-groups", "0", "--expert-groups"},
-        {"--moe-router-group-topk", "0", "--group-top-k"},
+        {"--moe-router-group-topk", "-1", "--group-top-k"},
         {"--moe-router-topk-scaling-factor", "-1", "--topk-scale"},
         {"--moe-input-jitter-eps", "2", "--input-jitter"},
     };
@@ -1980,6 +1980,27 @@ START_TEST(test_exchange_options)
 }
 END_TEST
 
+/* --group-top-k 0 switches a preset's group limit off, groups included; alone it is no limit. */
+START_TEST(test_group_limit_off)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--preset", "deepseek-v3", "--group-top-k", "0",
+                           "--hidden", "64", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.group_top_k, 0);
+    ck_assert_int_eq(cfg.expert_groups, 0);
+    ck_assert_ptr_null(strstr(cfg.preset_set, "expert-groups"));
+    ck_assert_ptr_null(strstr(cfg.preset_set, "group-top-k"));
+    ck_assert_msg(resolve_at(&cfg, 2, msg, sizeof msg) == MOE_OK, "%s", msg);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--group-top-k", "0", NULL), MOE_OK);
+    ck_assert_int_eq(cfg.group_top_k, 0);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--expert-groups", "4", "--group-top-k", "0", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(resolve_at(&cfg, 2, msg, sizeof msg), MOE_EUSAGE); /* groups, no limit */
+}
+END_TEST
+
 START_TEST(test_usage_lists_layer_options)
 {
     static const char *const opts[] = {
@@ -2084,6 +2105,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_usage_lists_layer_options);
     tcase_add_test(tc, test_mode_option);
     tcase_add_test(tc, test_exchange_options);
+    tcase_add_test(tc, test_group_limit_off);
     suite_add_tcase(s, tc);
     return s;
 }
