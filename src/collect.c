@@ -455,7 +455,7 @@ int moe_layer_gather_routing(moe_layer *L, moe_route_record **records, int64_t *
                              size_t msglen)
 {
     int64_t slots = L->n * L->A, n_mine = 0;
-    bool chosen_only = L->A != L->k || L->cfg.routing == MOE_ROUTING_EXPERT_CHOICE;
+    bool chosen_only = L->cfg.routing == MOE_ROUTING_EXPERT_CHOICE; /* one row per chosen pair */
     moe_route_record *mine = malloc((size_t)(slots ? slots : 1) * sizeof *mine);
     MPI_Datatype rec = MPI_DATATYPE_NULL;
     *count = 0;

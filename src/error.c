@@ -25,3 +25,15 @@ int moe_fail(int code, char *msg, size_t msglen, const char *fmt, ...)
     }
     return code;
 }
+
+void moe_appendf(char *buf, size_t len, size_t *used, const char *fmt, ...)
+{
+    if (buf == NULL || *used >= len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + *used, len - *used, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        *used = *used + (size_t)n < len ? *used + (size_t)n : len - 1;
+}

@@ -882,7 +882,6 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->x_start = alloc_bytes(L, slots_max, sizeof(int64_t), &rc);
     L->x_rows = alloc_bytes(L, slots_max, sizeof(int64_t), &rc);
     L->placed = alloc_bytes(L, slots_max, sizeof(int64_t), &rc);
-    (void)le;
     /* --predict-only never runs an expert: no weights */
     if (rc != MOE_OK)
         moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of tokens, router and experts",

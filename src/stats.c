@@ -210,12 +210,7 @@ int moe_run_warnings(char *buf, size_t len, const moe_results *r)
     size_t used = 0;
     if (len > 0)
         buf[0] = '\0';
-#define WARN(...)                                                                   \
-    do {                                                                            \
-        n++;                                                                        \
-        if (used < len)                                                             \
-            used += (size_t)snprintf(buf + used, len - used, __VA_ARGS__);          \
-    } while (0)
+#define WARN(...) (n++, moe_appendf(buf, len, &used, __VA_ARGS__))
     const moe_environment *env = &r->env;
     const double loads[2] = {env->load_start, env->load_end};
     const char *const when[2] = {"start", "end"};

@@ -143,12 +143,7 @@ int moe_topology_warnings(char *buf, size_t len, const moe_placement *placement,
     size_t used = 0;
     if (len > 0)
         buf[0] = '\0';
-#define WARN(...)                                                                   \
-    do {                                                                            \
-        n++;                                                                        \
-        if (used < len)                                                             \
-            used += (size_t)snprintf(buf + used, len - used, __VA_ARGS__);          \
-    } while (0)
+#define WARN(...) (n++, moe_appendf(buf, len, &used, __VA_ARGS__))
     for (int r = 0; r < R; r++)
         if (!placement[r].bound)
             WARN("warning: rank %d on %s is not bound to cores: the OS may move it, and it may share a "

@@ -31,4 +31,10 @@ const char *moe_strerror(int code);
 int moe_fail(int code, char *msg, size_t msglen, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Append printf output at buf + *used (buf holds len bytes) and advance *used by what was
+ * appended; output that does not fit is cut, and buf stays NUL-terminated. For lists of
+ * warnings. */
+void moe_appendf(char *buf, size_t len, size_t *used, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 #endif

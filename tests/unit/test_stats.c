@@ -283,6 +283,23 @@ START_TEST(test_spread_ratio)
 }
 END_TEST
 
+/* moe_appendf: appends, cuts what does not fit, stays NUL-terminated. */
+START_TEST(test_appendf)
+{
+    char buf[8];
+    size_t used = 0;
+    moe_appendf(buf, sizeof buf, &used, "ab%d", 3);
+    ck_assert_str_eq(buf, "ab3");
+    ck_assert_uint_eq(used, 3);
+    moe_appendf(buf, sizeof buf, &used, "%s", "defghij");
+    ck_assert_str_eq(buf, "ab3defg");
+    ck_assert_uint_eq(used, 7);
+    moe_appendf(buf, sizeof buf, &used, "more");
+    ck_assert_str_eq(buf, "ab3defg");
+    moe_appendf(NULL, 0, &used, "x"); /* no buffer: nothing */
+}
+END_TEST
+
 START_TEST(test_run_warnings)
 {
     moe_results r;
@@ -373,6 +390,7 @@ static Suite *stats_suite(void)
     tcase_add_test(tc, test_a2a_bandwidth_random);
     tcase_add_test(tc, test_spread_ratio);
     tcase_add_test(tc, test_run_warnings);
+    tcase_add_test(tc, test_appendf);
     suite_add_tcase(s, tc);
     tc = tcase_create("error");
     tcase_add_test(tc, test_error_module);
