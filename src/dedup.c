@@ -5,7 +5,7 @@
  *
  * A travelling row: the payload in the --wire format, then meta_slots entries of (int32 local
  * expert id, float32 gate), id -1 for an unused entry; meta_slots = min(slots per token, most
- * experts on one rank). The rows a rank sends are sorted by destination rank, then token. */
+ * slots on one rank). The rows a rank sends are sorted by destination rank, then token. */
 #include "layer_internal.h"
 
 #include "moesim/error.h"
@@ -16,22 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One metadata entry as it travels: 8 bytes. */
+/* One metadata entry as it travels: MOE_DEDUP_ENTRY_BYTES. */
 typedef struct dedup_entry {
     int32_t expert; /* local expert index on the destination, -1 unused */
     float gate;
 } dedup_entry;
-
-int moe_dedup_meta_slots(int slots_per_token, int E, int R)
-{
-    int most = (E + R - 1) / R;
-    return slots_per_token < most ? slots_per_token : most;
-}
-
-int64_t moe_dedup_row_bytes(int64_t payload_bytes, int meta_slots)
-{
-    return payload_bytes + (int64_t)meta_slots * (int64_t)sizeof(dedup_entry);
-}
+_Static_assert(sizeof(dedup_entry) == MOE_DEDUP_ENTRY_BYTES, "a metadata entry is 8 bytes");
 
 /* Sizes the dedup buffers for n_pairs rows out and n_recv rows in (grown, never shrunk). */
 static int reserve(moe_layer *L, int64_t n_out, int64_t n_in, char *msg, size_t msglen)

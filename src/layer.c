@@ -774,7 +774,9 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->wire_back = cfg->wire_combine;
     /* per-rank rows carry their metadata; the combine sends payload only */
     L->per_rank = cfg->dispatch == MOE_DISPATCH_PER_RANK;
-    L->meta_slots = L->per_rank ? moe_dedup_meta_slots(L->A, L->E, L->R) : 0;
+    /* a rank holds at most ceil(P / R) slots, P = experts + replicas: a token's entries there */
+    L->meta_slots =
+        L->per_rank ? moe_dedup_meta_slots(L->A, L->E + cfg->redundant_experts, L->R) : 0;
     rc = moe_exchange_set_wire(
         &L->ex, moe_dedup_row_bytes(moe_wire_row_bytes(L->wire_out, L->d), L->meta_slots),
         moe_wire_row_bytes(L->wire_back, L->d), msg, msglen);

@@ -116,10 +116,8 @@ struct moe_layer {
  * bias, plus the noise of --noisy-top-k. Not collective. */
 void moe_layer_logits(moe_layer *L, float *z);
 
-/* Deduplicated dispatch (dedup.c). meta_slots and row bytes of a travelling row; the plan after
- * every decision (collective: the arriving row counts); then the step's pieces. */
-int moe_dedup_meta_slots(int slots_per_token, int E, int R);
-int64_t moe_dedup_row_bytes(int64_t payload_bytes, int meta_slots);
+/* Deduplicated dispatch (dedup.c; its row sizes in wire.h). The plan after every decision
+ * (collective: the arriving row counts); then the step's pieces. */
 int moe_dedup_plan(moe_layer *L, char *msg, size_t msglen);
 void moe_dedup_pack(moe_layer *L);
 void moe_dedup_fan_out(moe_layer *L);

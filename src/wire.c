@@ -336,3 +336,14 @@ void moe_wire_decode_rows_ref(float *dst, const void *src, int64_t n, int64_t d,
             dst[i * d + j] = y;
         }
 }
+
+int moe_dedup_meta_slots(int slots_per_token, int P, int R)
+{
+    int most = (P + R - 1) / R;
+    return slots_per_token < most ? slots_per_token : most;
+}
+
+int64_t moe_dedup_row_bytes(int64_t payload_bytes, int meta_slots)
+{
+    return payload_bytes + (int64_t)meta_slots * MOE_DEDUP_ENTRY_BYTES;
+}

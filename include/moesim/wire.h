@@ -38,6 +38,13 @@ int moe_wire_parse(const char *name, moe_wire *out);
  * d < 0 or the size would overflow int64. */
 int64_t moe_wire_row_bytes(moe_wire w, int64_t d);
 
+/* --dispatch per-rank rows (dedup.c) carry metadata: entries of (int32 local expert id, float32
+ * gate), as many as a token can use on one rank, min(slots per token, ceil(P / R)) for P expert
+ * slots (experts and replicas) on R ranks; the row is the payload and those entries. */
+#define MOE_DEDUP_ENTRY_BYTES 8
+int moe_dedup_meta_slots(int slots_per_token, int P, int R);
+int64_t moe_dedup_row_bytes(int64_t payload_bytes, int meta_slots);
+
 /* Encode n rows of d floats into dst, (n, row_bytes(w, d)) bytes, row i of dst from row rows[i]
  * of src (a gather; rows == NULL: row i). src (·, d) row-major; rows (n) or NULL. */
 void moe_wire_encode_rows(void *dst, const float *src, const int64_t *rows, int64_t n, int64_t d,

@@ -16,6 +16,8 @@ rank), against --dispatch per-expert on the same batch:
   - with k = 1 (one expert per token) nothing is saved: rows = served assignments, dedup_saving =
     -(metadata) < 0;
   - --wire fp8 rows: payload d + 4 ceil(d/128);
+  - with replicas a rank holds ceil((E + N) / R) slots, more than ceil(E / R): the rows carry that
+    many entries and y is still per-expert's;
   - --a2a hierarchical (--ranks-per-node 2, R = 4) gives y bit for bit equal to the flat exchange;
   - --mode dispatch: y = h + sum gate h within the same tolerance.
 """
@@ -100,6 +102,19 @@ def main():
                  "fp8: dispatch bytes = rows x (d + 4 ceil(d/128) + 8M)")
         ck.check(np.array_equal(np.array(r.json["traffic"]["combine_bytes"]), rows.T * 2 * D),
                  "fp8: combine in bf16, 2d per row")
+
+    # replicas give a rank more slots than ceil(E / R): E 8 + 4 replicas on 4 ranks is 3 slots a
+    # rank, so a token with k = 4 can use 3 entries on one rank (M = min(k, ceil((E + N) / R)))
+    rep = BASE + ["--top-k", 4, "--redundant-experts", 4, "--hot-experts", 2, "--capacity-factor", 0]
+    pe = ck.guard("replicas per-expert", mt.run_full, exe, 4, rep, wd, "rep_pe", routing=False)
+    pr = ck.guard("replicas per-rank", mt.run_full, exe, 4, rep + ["--dispatch", "per-rank"], wd,
+                  "rep_pr", routing=False)
+    if pe is not None and pr is not None:
+        rows = np.array(pr.json["traffic"]["rows"])
+        ck.check(np.array_equal(np.array(pr.json["traffic"]["dispatch_bytes"]),
+                                rows * (4 * D + 8 * 3)),
+                 "replicas: 3 metadata entries a row (3 slots a rank)")
+        ck.close(pr.y, pe.y, "replicas: per-rank y as per-expert's", rtol=Y_RTOL, atol=Y_ATOL)
 
     # the two-level exchange moves the same rows
     a = BASE + ["--top-k", 3, "--dispatch", "per-rank", "--ranks-per-node", 2]
