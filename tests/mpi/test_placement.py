@@ -4,9 +4,12 @@
 
 On a hot-expert batch (2 of 8 experts attract 60% of the tokens), R = 1, 2, 4 (E + N must be a
 multiple of R under EPLB), both capacity scopes, dropless and cf 1.0 (position and reroute):
-  - y is bit for bit the contiguous run's: the decision is per logical expert, a replica has its
-    expert's weights, and the combine adds a token's results in expert id order whatever rank
-    computed them; routing CSV, experts[] routed/accepted/dropped and drops are identical too;
+  - y is bit for bit the contiguous run's without replicas: the decision is per logical expert
+    and the combine adds a token's results in expert id order whatever rank computed them; with
+    replicas within float rounding (|dy| <= 1e-6 (1 + |y|)), since an expert's rows then go
+    through several sgemm calls of fewer rows, and OpenBLAS may round a row differently with the
+    row count (its kernels treat the remainder rows apart); routing CSV, experts[]
+    routed/accepted/dropped and drops are identical in every case;
   - experts[].rank follows the map: e mod R for strided; every logical expert has >= 1 replica
     and E + N slots in all (replication.replicas), each rank E + N / R of them under EPLB;
   - the rows each rank computes (traffic.rows column sums) add up to the served assignments;
@@ -65,8 +68,13 @@ def main():
                     if run is None:
                         continue
                     doc = run.json
-                    ck.check(np.array_equal(run.y, ref.y), tag + ": y bit for bit the contiguous run's",
-                             "max |dy| %g" % float(np.abs(run.y - ref.y).max()))
+                    if redundant == 0:
+                        ck.check(np.array_equal(run.y, ref.y),
+                                 tag + ": y bit for bit the contiguous run's",
+                                 "max |dy| %g" % float(np.abs(run.y - ref.y).max()))
+                    else:
+                        ck.close(run.y, ref.y, tag + ": y as the contiguous run's (replicas)",
+                                 rtol=1e-6, atol=1e-6)
                     ck.check(run.routing["text"] == ref.routing["text"], tag + ": routing as contiguous")
                     ck.equal([(e["routed"], e["accepted"], e["dropped"]) for e in doc["experts"]],
                              [(e["routed"], e["accepted"], e["dropped"]) for e in ref.json["experts"]],
@@ -105,7 +113,7 @@ def main():
                         if fromfile is not None:
                             ck.equal(fromfile.json["replication"]["replicas"], slots,
                                      tag + ": --eplb-from the batch's loads = self")
-                            ck.check(np.array_equal(fromfile.y, ref.y), tag + ": file-planned y")
+                            ck.check(np.array_equal(fromfile.y, run.y), tag + ": file-planned y = self-planned y")
                             ck.equal(fromfile.json["config"]["eplb_from"], path, tag + ": config.eplb_from")
                         pr = ck.guard(tag + " per-rank", mt.run_full, exe, R,
                                       args + extra + ["--dispatch", "per-rank"], wd, tag + "_pr",
