@@ -220,19 +220,8 @@ static int traffic_figures(moe_layer *L, moe_results *res, char *msg, size_t msg
     res->wire_combine = L->wire_back;
     res->row_bytes = L->ex.row_out_bytes;
     res->row_bytes_combine = L->ex.row_back_bytes;
-    int64_t all_rows = 0;
-    for (int s = 0; s < R; s++)
-        for (int r = 0; r < R; r++) {
-            int64_t rows = res->rows[(int64_t)s * R + r];
-            res->dispatch_bytes[(int64_t)s * R + r] = rows * L->ex.row_out_bytes;
-            res->combine_bytes[(int64_t)r * R + s] = rows * L->ex.row_back_bytes;
-            all_rows += rows;
-        }
-    int64_t payload = moe_wire_row_bytes(L->wire_out, L->d);
     res->per_rank = L->per_rank;
-    res->metadata_bytes = all_rows * (L->ex.row_out_bytes - payload);
-    res->dedup_saving = served * (payload + L->ex.row_back_bytes) -
-                        all_rows * (L->ex.row_out_bytes + L->ex.row_back_bytes);
+    moe_results_traffic(res, served, moe_wire_row_bytes(L->wire_out, L->d));
     return MOE_OK;
 }
 
@@ -499,6 +488,55 @@ int moe_layer_gather_routing(moe_layer *L, moe_route_record **records, int64_t *
         MPI_Type_free(&rec);
 done:
     free(mine);
+    return rc;
+}
+
+/* Gather n rows of `per_row` items of type `item` from every rank's tokens to rank 0: one
+ * derived row type, so the counts are tokens and any batch of up to INT_MAX tokens fits. */
+static int gather_rows(moe_layer *L, const void *local, int per_row, MPI_Datatype item,
+                       size_t item_bytes, void **out, char *msg, size_t msglen)
+{
+    MPI_Datatype row = MPI_DATATYPE_NULL;
+    int mrc = MPI_Type_contiguous(per_row, item, &row);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Type_commit(&row);
+    int rc = mrc == MPI_SUCCESS ? MOE_OK
+                                : moe_mpi_fail(mrc, "MPI_Type_commit", __FILE__, __LINE__, msg,
+                                               msglen);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+        rc = gather_items(L, local, L->n, L->cfg.tokens, row, (size_t)per_row * item_bytes, out,
+                          msg, msglen);
+    if (row != MPI_DATATYPE_NULL)
+        MPI_Type_free(&row);
+    return rc;
+}
+
+int moe_layer_gather_plan(moe_layer *L, int32_t **expert, float **gate, float **sel, char *msg,
+                          size_t msglen)
+{
+    const moe_config *c = &L->cfg;
+    bool ec = c->routing == MOE_ROUTING_EXPERT_CHOICE;
+    bool keyed = c->policy == MOE_POLICY_PROBS || c->policy == MOE_POLICY_CHOICE ||
+                 c->policy == MOE_POLICY_RANDOM;
+    *expert = NULL;
+    *gate = *sel = NULL;
+    int rc = MOE_OK;
+    /* the router's own choices and gates: a reroute rewrote expert and gate, not orig */
+    if (!ec)
+        rc = gather_rows(L, L->orig ? L->orig : L->expert, L->k, MPI_INT32_T, sizeof(int32_t),
+                         (void **)expert, msg, msglen);
+    if (rc == MOE_OK && (ec || keyed)) /* expert choice: every pair's gate, for the importance */
+        rc = gather_rows(L, L->orig_gate ? L->orig_gate : L->gate, L->A, MPI_FLOAT, sizeof(float),
+                         (void **)gate, msg, msglen);
+    if (rc == MOE_OK && (ec || c->policy == MOE_POLICY_REROUTE))
+        rc = gather_rows(L, L->sel_bias ? L->sel : L->probs, L->E, MPI_FLOAT, sizeof(float),
+                         (void **)sel, msg, msglen);
+    if (rc != MOE_OK) {
+        free(*expert);
+        free(*gate);
+        *expert = NULL;
+        *gate = NULL;
+    }
     return rc;
 }
 

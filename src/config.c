@@ -171,6 +171,9 @@ const char *moe_config_usage(void)
            "                         the layer for each value: the capacity-factor ablation\n"
            "  --predict-only         print the predicted drops and empty slots for every CF, then\n"
            "                         stop before any token row moves\n"
+           "  --ranks R              with --predict-only: plan R ranks (1 <= R <= experts) whatever\n"
+           "                         the number of processes launched (at most R): what EP R sends,\n"
+           "                         drops and costs, from a laptop; nodes from --ranks-per-node\n"
            "  --capacity-scope S     global: one group, the whole batch (G = N, default);\n"
            "                         local: each source rank is a group (G = its tokens)\n"
            "  --min-capacity M       at least M slots per expert and group: C = max(ceil(CF G k / E),\n"
@@ -272,7 +275,7 @@ enum {
     OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
-    OPT_REDUNDANT, OPT_EPLB_FROM
+    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS
 };
 
 static const struct option long_options[] = {
@@ -308,6 +311,7 @@ static const struct option long_options[] = {
     {"clusters", required_argument, NULL, OPT_CLUSTERS},
     {"logits-file", required_argument, NULL, OPT_LOGITS_FILE},
     {"predict-only", no_argument, NULL, OPT_PREDICT_ONLY},
+    {"ranks", required_argument, NULL, OPT_RANKS},
     {"topology", required_argument, NULL, OPT_TOPOLOGY},
     {"ranks-per-node", required_argument, NULL, OPT_RANKS_PER_NODE},
     {"a2a", required_argument, NULL, OPT_A2A},
@@ -783,6 +787,10 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_PREDICT_ONLY:
             cfg->predict_only = true;
             break;
+        case OPT_RANKS:
+            rc = parse_int(name, optarg, 1, MOE_MAX_PLAN_RANKS, &v, msg, msglen);
+            cfg->plan_ranks = (int)v;
+            break;
         case OPT_TOPOLOGY:
             if (optarg[0] == '\0')
                 rc = moe_fail(MOE_EUSAGE, msg, msglen, "--topology needs a file or a description");
@@ -1207,11 +1215,28 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
     if (cfg->top_k > cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--%s %d is larger than the number of experts (%d)", cfg->spelled.top_k, cfg->top_k, cfg->experts);
+    if (cfg->plan_ranks > 0 && !cfg->predict_only)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--ranks %d plans ranks that were not launched: it needs --predict-only "
+                        "(for a measured run launch the ranks: mpirun -n %d)",
+                        cfg->plan_ranks, cfg->plan_ranks);
+    if (cfg->plan_ranks > 0 && nranks > cfg->plan_ranks)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--ranks %d plans fewer ranks than the %d processes launched: launch at "
+                        "most %d",
+                        cfg->plan_ranks, nranks, cfg->plan_ranks);
+    if (cfg->plan_ranks > 0) /* every check below is about the ranks the numbers describe */
+        nranks = cfg->plan_ranks;
     if (nranks > cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "%d ranks but only %d experts: expert parallelism needs at least one expert "
                         "per rank (use --%s >= %d or fewer ranks)",
                         nranks, cfg->experts, cfg->spelled.experts, nranks);
+    /* group-limited routing's default, one group per node, on the nodes planned */
+    if (cfg->plan_ranks > 0 && cfg->group_top_k > 0 && cfg->expert_groups == 0)
+        cfg->expert_groups = cfg->ranks_per_node > 0
+                                 ? (nranks + cfg->ranks_per_node - 1) / cfg->ranks_per_node
+                                 : 1;
     int rc = resolve_routing(cfg, msg, msglen);
     if (rc != MOE_OK)
         return rc;

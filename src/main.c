@@ -8,6 +8,7 @@
 #include "moesim/layer.h"
 #include "moesim/memory.h"
 #include "moesim/npy.h"
+#include "moesim/planned.h"
 #include "moesim/predict.h"
 #include "moesim/projection.h"
 #include "moesim/tokens.h"
@@ -259,7 +260,7 @@ static int write_outputs(const moe_config *cfg, const moe_results *res, const du
 /* Predict drops and empty slots for every capacity factor from the router statistics and the
  * exchanged counts, before any token row moves; rank 0 fills res (ablation rows, P, routed). */
 static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, int rank, int nranks,
-                   MPI_Comm comm, char *msg)
+                   const moe_plan *plan, MPI_Comm comm, char *msg)
 {
     int E = cfg->experts, k = cfg->top_k;
     double *P = calloc((size_t)E, sizeof *P), *q = calloc((size_t)E, sizeof *q);
@@ -271,6 +272,8 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
                  : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
     if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) == MOE_OK)
         rc = moe_layer_router_stats(layer, P, loads, msg, MSG_LEN);
+    if (rc == MOE_OK && rank == 0 && plan != NULL) /* --ranks: by the planned ranks' sources */
+        memcpy(loads, plan->loads, (size_t)nranks * (size_t)E * sizeof *loads);
     if (rc == MOE_OK && rank == 0) {
         /* groups: the whole batch (global) or one per source rank (local) */
         int n_groups = moe_capacity_groups(groups, cfg->scope, cfg->tokens, nranks);
@@ -373,7 +376,7 @@ static int collect_memory(moe_layer *layer, moe_results *res, int64_t baseline_r
     mine[2] = baseline_rss;
     mine[4] = 0;
     const moe_config *cfg = moe_layer_config(layer);
-    if (cfg->predict_only) {
+    if (cfg->predict_only && cfg->plan_ranks == 0) { /* --ranks: the plan has it */
         /* what a real run of this configuration would allocate, the exchange at a balanced
          * router's load: the planning figure --predict-only is for */
         moe_config full = *cfg;
@@ -388,13 +391,15 @@ static int collect_memory(moe_layer *layer, moe_results *res, int64_t baseline_r
     }
     int mrc = MPI_Gather(mine, N_FIELDS, MPI_INT64_T, all, N_FIELDS, MPI_INT64_T, 0, comm);
     if (mrc == MPI_SUCCESS && rank == 0) {
-        res->mem_full_run = cfg->predict_only ? 0 : -1;
+        if (cfg->plan_ranks == 0) /* --ranks: the plan's own figure (moe_planned_results) */
+            res->mem_full_run = cfg->predict_only ? 0 : -1;
         for (int r = 0; r < nranks; r++) {
             res->mem_estimate[r] = all[N_FIELDS * r];
             res->mem_peak_rss[r] = all[N_FIELDS * r + 1];
             res->mem_baseline_rss[r] = all[N_FIELDS * r + 2];
             res->mem_budget[r] = all[N_FIELDS * r + 3];
-            if (cfg->predict_only && all[N_FIELDS * r + 4] > res->mem_full_run)
+            bool full = cfg->predict_only && cfg->plan_ranks == 0;
+            if (full && all[N_FIELDS * r + 4] > res->mem_full_run)
                 res->mem_full_run = all[N_FIELDS * r + 4];
         }
         res->mem_budget_given = moe_layer_config(layer)->max_memory > 0 ||
@@ -467,8 +472,12 @@ int main(int argc, char **argv)
         return finish(rank, rc, msg, EXIT_REFUSED);
 
     /* Phase 3: the layer (tokens, router, experts, buffers sized by one routing pass). */
+    /* --ranks: the processes route, rank 0 plans the ranks (planned.c) */
+    bool planned = cfg.plan_ranks > 0;
+    int R = planned ? cfg.plan_ranks : nranks; /* the ranks the results describe */
+    moe_config layer_cfg = planned ? moe_planned_layer_config(&cfg) : cfg;
     moe_layer *layer = NULL;
-    rc = moe_layer_create(&layer, &cfg, comm, msg, MSG_LEN);
+    rc = moe_layer_create(&layer, &layer_cfg, comm, msg, MSG_LEN);
     if (rc != MOE_OK) {
         moe_layer_destroy(layer);
         return finish(rank, rc, msg, rc == MOE_EMPI ? EXIT_FAILED : EXIT_REFUSED);
@@ -479,14 +488,19 @@ int main(int argc, char **argv)
 
     /* Phase 4: predict, before any token row moves. */
     moe_results res = {0}, more = {0};
-    rc = rank == 0 ? moe_results_init(&res, cfg.experts, nranks, cfg.n_cf) : MOE_OK;
+    moe_plan plan = {0};
+    rc = rank == 0 ? moe_results_init(&res, cfg.experts, R, cfg.n_cf) : MOE_OK;
     if (rc == MOE_OK && rank == 0 && cfg.n_cf > 1)
-        rc = moe_results_init(&more, cfg.experts, nranks, 1);
+        rc = moe_results_init(&more, cfg.experts, R, 1);
+    if (rc == MOE_OK && rank == 0 && planned)
+        rc = moe_results_set_processes(&res, nranks);
     double *seconds = calloc((size_t)cfg.iters * MOE_PHASE_COUNT, sizeof *seconds);
     if (rc != MOE_OK || seconds == NULL)
         rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for results");
-    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) == MOE_OK)
-        rc = predict(layer, &cfg, &res, rank, nranks, comm, msg);
+    if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) == MOE_OK && planned)
+        rc = moe_planned_build(layer, &cfg, &plan, comm, msg, MSG_LEN);
+    if (rc == MOE_OK)
+        rc = predict(layer, &cfg, &res, rank, R, planned && rank == 0 ? &plan : NULL, comm, msg);
     if (rc != MOE_OK)
         goto out;
     if (rc == MOE_OK && cfg.predict_only) /* otherwise measured with the first cf's run */
@@ -507,7 +521,10 @@ int main(int argc, char **argv)
         res.hidden = cfg.hidden;
         res.ffn = cfg.ffn;
         res.top_k = cfg.top_k;
-        memcpy(res.placement, moe_layer_placement(layer), (size_t)nranks * sizeof *res.placement);
+        memcpy(planned ? res.proc_placement : res.placement, moe_layer_placement(layer),
+               (size_t)nranks * sizeof *res.placement);
+        if (planned) /* owners, placement, traffic, balance and memory of the planned ranks */
+            moe_planned_results(&res, &cfg, &plan);
         res.hierarchical = cfg.hierarchical;
         res.env = env;
         if (!cfg.quiet) {
@@ -518,7 +535,7 @@ int main(int argc, char **argv)
     }
     /* --predict-only: the traffic the decision makes and its projection, with nothing moved */
     if (cfg.predict_only) {
-        rc = moe_layer_traffic(layer, &res, msg, MSG_LEN);
+        rc = planned ? MOE_OK : moe_layer_traffic(layer, &res, msg, MSG_LEN);
         if (rc == MOE_OK && rank == 0)
             rc = locality(&res, cfg.network ? &net : NULL, msg);
         if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)
@@ -590,6 +607,7 @@ int main(int argc, char **argv)
     }
     dumps_free(&dump);
 out:
+    moe_plan_free(&plan);
     moe_results_free(&res);
     moe_results_free(&more);
     free(seconds);

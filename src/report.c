@@ -442,14 +442,22 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     moe_report_memory(out, res, color);
 }
 
-/* Nodes in order of first appearance in the placement; node_of[r] indexes them. Returns the count. */
+/* Where the processes ran: the ranks' placement, or with --ranks the planning processes'. */
+static const moe_placement *proc_placement(const moe_results *res)
+{
+    return res->proc_placement != NULL ? res->proc_placement : res->placement;
+}
+
+/* Nodes of the processes in order of first appearance; node_of[r] indexes them. Returns the
+ * count. */
 static int node_index(const moe_results *res, int *node_of, int *first_rank)
 {
     int n = 0;
-    for (int r = 0; r < res->ranks; r++) {
+    const moe_placement *pl = proc_placement(res);
+    for (int r = 0; r < res->processes; r++) {
         int found = -1;
         for (int q = 0; q < n && found < 0; q++)
-            if (res->placement[first_rank[q]].node == res->placement[r].node)
+            if (pl[first_rank[q]].node == pl[r].node)
                 found = q;
         if (found < 0) {
             first_rank[n] = r;
@@ -465,7 +473,7 @@ static int node_sums(const moe_results *res, const int *node_of, int q, int64_t 
 {
     int ranks = 0;
     *est = *rss = 0;
-    for (int r = 0; r < res->ranks; r++)
+    for (int r = 0; r < res->processes; r++)
         if (node_of[r] == q) {
             *est = moe_bytes_add(*est, res->mem_estimate[r]);
             *rss = moe_bytes_add(*rss, res->mem_peak_rss[r] > 0 ? res->mem_peak_rss[r] : 0);
@@ -477,7 +485,7 @@ static int node_sums(const moe_results *res, const int *node_of, int q, int64_t 
 void moe_report_memory(FILE *out, const moe_results *res, bool color)
 {
     const char *bold = color ? "\033[1m" : "", *off = color ? "\033[0m" : "";
-    int R = res->ranks;
+    int R = res->processes;
     if (res->mem_estimate == NULL || R <= 0)
         return;
     int64_t est_max = 0, rss_max = 0, base_max = 0;
@@ -495,12 +503,16 @@ void moe_report_memory(FILE *out, const moe_results *res, bool color)
     moe_memory_format(e, sizeof e, base_max);
     fprintf(out, "\n%sMemory%s (estimate: moesim's buffers, from the configuration and the exchanged "
                  "counts; RSS: getrusage)\n", bold, off);
-    fprintf(out, "  per rank: estimate %s max (%s mean); peak RSS %s max, %s of it at start\n", a,
-            b, c, e);
+    fprintf(out, "  per %s: estimate %s max (%s mean); peak RSS %s max, %s of it at start\n",
+            res->planned ? "process" : "rank", a, b, c, e);
     if (res->mem_full_run > 0) {
         moe_memory_format(a, sizeof a, res->mem_full_run);
-        fprintf(out, "  a real run would need about %s on its largest rank (exchange at a balanced "
-                     "load)\n", a);
+        if (res->planned)
+            fprintf(out, "  a real run of the %d planned ranks: about %s on the largest (exchange "
+                         "at a balanced load)\n", res->ranks, a);
+        else
+            fprintf(out, "  a real run would need about %s on its largest rank (exchange at a "
+                         "balanced load)\n", a);
     }
     int *node_of = malloc((size_t)R * sizeof *node_of), *first = malloc((size_t)R * sizeof *first);
     if (node_of == NULL || first == NULL) {
@@ -529,7 +541,7 @@ void moe_report_memory(FILE *out, const moe_results *res, bool color)
 /* memory: largest figures over ranks, then every rank and every node. */
 static json_t *memory_json(const moe_results *res)
 {
-    int R = res->ranks;
+    int R = res->processes;
     if (res->mem_estimate == NULL)
         return json_null();
     int64_t est_max = 0, rss_max = 0, base_max = 0;
@@ -577,6 +589,16 @@ static json_t *memory_json(const moe_results *res)
 void moe_report_placement(FILE *out, const moe_results *res)
 {
     int R = res->ranks;
+    if (res->planned) { /* --ranks: nothing ran there */
+        int nodes = R > 0 ? res->placement[R - 1].node + 1 : 0, per = 0;
+        for (int r = 0; r < R; r++)
+            per += res->placement[r].node == 0;
+        fprintf(out, "Placement (planned with --ranks, not launched): %d ranks, %d node%s of %d, "
+                     "planned by %d process%s\n\n",
+                R, nodes, nodes == 1 ? "" : "s", per, res->processes,
+                res->processes == 1 ? "" : "es");
+        return;
+    }
     fprintf(out, "Placement (hwloc): where each rank runs\n");
     fprintf(out, "  %5s %-20s %5s %8s %5s %6s  %s\n", "rank", "host", "node", "package", "numa", "cores",
             "bound to PUs");
@@ -730,12 +752,13 @@ static json_t *environment_json(const moe_results *res)
 {
     const moe_environment *env = &res->env;
     json_t *hosts = json_array();
-    for (int r = 0; r < res->ranks; r++) {
+    const moe_placement *pl = proc_placement(res);
+    for (int r = 0; r < res->processes; r++) {
         int seen = 0;
         for (int q = 0; q < r && !seen; q++)
-            seen = strcmp(res->placement[q].host, res->placement[r].host) == 0;
+            seen = strcmp(pl[q].host, pl[r].host) == 0;
         if (!seen)
-            json_array_append_new(hosts, json_string(res->placement[r].host));
+            json_array_append_new(hosts, json_string(pl[r].host));
     }
     json_t *warnings = json_array();
     each_warning(res, append_warning, warnings);
@@ -861,6 +884,8 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
         json_array_append_new(cfs, json_real(cfg->cf_list[i]));
     json_object_set_new(config, "capacity_factors", cfs);
     json_object_set_new(config, "predict_only", json_boolean(cfg->predict_only));
+    json_object_set_new(config, "planned_ranks", json_boolean(res->planned));
+    json_object_set_new(config, "processes", json_integer(res->processes));
     json_object_set_new(config, "logits_file",
                         cfg->logits_file ? json_string(cfg->logits_file) : json_null());
     json_object_set_new(config, "score", json_string(moe_score_name(cfg->score)));

@@ -113,12 +113,50 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->mem_baseline_rss = mem ? mem + 2 * R : NULL;
     r->mem_budget = mem ? mem + 3 * R : NULL;
     r->mem_full_run = -1;
+    r->processes = R;
     if (!mem || !reach || !r->rerouted_in || !r->experts_per_token || !r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
         !r->dispatch_bytes || !r->combine_bytes || !r->rows) {
         moe_results_free(r);
         return MOE_ENOMEM;
     }
     return MOE_OK;
+}
+
+int moe_results_set_processes(moe_results *r, int P)
+{
+    int64_t *mem = calloc((size_t)P * 4, sizeof *mem);
+    moe_placement *pl = calloc((size_t)P, sizeof *pl);
+    if (mem == NULL || pl == NULL) {
+        free(mem);
+        free(pl);
+        return MOE_ENOMEM;
+    }
+    free(r->mem_estimate);
+    free(r->proc_placement);
+    r->mem_estimate = mem;
+    r->mem_peak_rss = mem + P;
+    r->mem_baseline_rss = mem + 2 * P;
+    r->mem_budget = mem + 3 * P;
+    r->proc_placement = pl;
+    r->processes = P;
+    r->planned = true;
+    return MOE_OK;
+}
+
+void moe_results_traffic(moe_results *r, int64_t served, int64_t payload_bytes)
+{
+    int R = r->ranks;
+    int64_t all_rows = 0;
+    for (int s = 0; s < R; s++)
+        for (int d = 0; d < R; d++) {
+            int64_t rows = r->rows[(int64_t)s * R + d];
+            r->dispatch_bytes[(int64_t)s * R + d] = rows * r->row_bytes;
+            r->combine_bytes[(int64_t)d * R + s] = rows * r->row_bytes_combine;
+            all_rows += rows;
+        }
+    r->metadata_bytes = all_rows * (r->row_bytes - payload_bytes);
+    r->dedup_saving = served * (payload_bytes + r->row_bytes_combine) -
+                      all_rows * (r->row_bytes + r->row_bytes_combine);
 }
 
 void moe_results_free(moe_results *r)
@@ -141,6 +179,8 @@ void moe_results_free(moe_results *r)
     free(r->placement);
     free(r->by_class_per_rank);
     free(r->mem_estimate);
+    free(r->proc_placement);
+    r->proc_placement = NULL;
     free(r->rerouted_in);
     free(r->experts_per_token);
     free(r->reach_ranks);

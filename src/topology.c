@@ -158,3 +158,19 @@ int moe_topology_warnings(char *buf, size_t len, const moe_placement *placement,
 #undef WARN
     return n;
 }
+
+void moe_topology_planned(moe_placement *out, int R, int ranks_per_node)
+{
+    for (int r = 0; r < R; r++) {
+        moe_placement *p = &out[r];
+        memset(p, 0, sizeof *p);
+        p->rank = r;
+        p->node = ranks_per_node > 0 ? r / ranks_per_node : 0;
+        snprintf(p->host, sizeof p->host, "planned-%d", p->node);
+        p->package = p->numa = p->core_first = -1;
+        p->cores = 0;
+        p->core_mask = 0;
+        snprintf(p->cpuset, sizeof p->cpuset, "planned");
+        p->bound = false;
+    }
+}

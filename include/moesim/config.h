@@ -18,6 +18,8 @@
 /* Largest hidden or FFN size: a row of floats must fit an int count of bytes. */
 #define MOE_MAX_WIDTH (INT64_C(1) << 24)
 #define MOE_MAX_EXPERTS 65536
+/* --ranks: rank 0 holds a few R x R matrices of int64 (rows, bytes, the two-level stages) */
+#define MOE_MAX_PLAN_RANKS 4096
 /* Most capacity factors one run can sweep (--capacity-factor 1.0,1.25,...). */
 #define MOE_MAX_CF 16
 /* Largest --topk-scale and --min-capacity: beyond them a value is surely a typo. */
@@ -84,6 +86,7 @@ typedef struct moe_config {
     int iters, warmup;      /*                                          --iters 5, --warmup 1 */
     bool quiet;             /* no progress line, no text report         --quiet */
     bool predict_only;      /* stop after the prediction                --predict-only */
+    int plan_ranks;         /* plan this many ranks, 0 = the launched     --ranks (predict-only) */
     double skew;            /* Zipf-like popularity exponent            --skew 0 */
     int hot_experts;        /* experts 0..n-1 made hot                  --hot-experts 0 */
     double hot_share;       /* share of tokens routed to a hot expert   --hot-share 0.5 */

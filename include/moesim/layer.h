@@ -74,6 +74,13 @@ int moe_layer_results(moe_layer *layer, moe_results *res, const double *phase_se
 int moe_layer_gather_routing(moe_layer *layer, moe_route_record **records, int64_t *count,
                              char *msg, size_t msglen);
 
+/* What --predict-only --ranks needs to plan other rank counts (plan.h), gathered on rank 0
+ * (NULL elsewhere; caller frees): under token choice the router's choices *expert (N, k) and,
+ * for the probs, choice and random policies, their gates *gate (N, k); under expert choice every
+ * pair's gate *gate (N, E); for reroute and expert choice the selection scores *sel (N, E). What a configuration does not use stays NULL. */
+int moe_layer_gather_plan(moe_layer *layer, int32_t **expert, float **gate, float **sel,
+                          char *msg, size_t msglen);
+
 /* Gather y (N, d) on rank 0 into *y (malloc'd, caller frees; NULL elsewhere). */
 int moe_layer_gather_output(moe_layer *layer, float **y, char *msg, size_t msglen);
 

@@ -183,7 +183,12 @@ typedef struct moe_results {
     bool projected;                       /* --network given                                  */
     char network[128];
     double proj_flat_dispatch, proj_flat_combine, proj_hier_dispatch, proj_hier_combine;
-    /* memory, per rank (R): the estimate made before allocating, the peak RSS (getrusage), the RSS
+    /* --ranks: the R ranks above are planned, not launched; `processes` ran (they are R
+     * otherwise), where proc_placement says (NULL: placement); the memory arrays are theirs */
+    bool planned;
+    int processes;
+    moe_placement *proc_placement;
+    /* memory, per process (processes): the estimate made before allocating, the peak RSS (getrusage), the RSS
      * before moesim allocated anything (MPI and libraries), and the node's budget */
     int64_t *mem_estimate, *mem_peak_rss, *mem_baseline_rss, *mem_budget;
     bool mem_budget_given;                /* --max-memory, else MemAvailable */
@@ -196,6 +201,15 @@ typedef struct moe_results {
 
 /* Allocate the arrays for E experts, R ranks and n_cf ablation rows (zeroed). 0 or MOE_ENOMEM. */
 int moe_results_init(moe_results *r, int E, int R, int n_cf);
+/* --ranks: the R ranks are planned by P processes: the memory arrays become P entries (zeroed)
+ * and proc_placement P placements (zeroed). 0 or MOE_ENOMEM. */
+int moe_results_set_processes(moe_results *r, int P);
+
+/* The per-rank rows (r->rows, R x R) as bytes: dispatch rows of r->row_bytes, the combine the
+ * transpose in rows of r->row_bytes_combine; metadata_bytes (the dispatch rows' bytes beyond
+ * payload_bytes each) and dedup_saving (against one payload row per served assignment each way). */
+void moe_results_traffic(moe_results *r, int64_t served, int64_t payload_bytes);
+
 /* Free the arrays; accepts a zeroed or NULL struct. */
 void moe_results_free(moe_results *r);
 

@@ -62,6 +62,11 @@ void moe_traffic_by_class(moe_class_traffic *out, moe_class_traffic *per_rank, c
 int moe_topology_describe(moe_placement *out, const char *topology_spec, int local_rank, char *msg,
                           size_t msglen);
 
+/* Ranks planned with --ranks, never launched: rank r on node r / ranks_per_node (all on node 0
+ * when ranks_per_node is 0), host "planned-<node>", package, NUMA node and cores unknown (-1),
+ * unbound; so traffic within a node is same_node. out has R entries. */
+void moe_topology_planned(moe_placement *out, int R, int ranks_per_node);
+
 /* Warnings about a set of placements on one line each into buf (empty if none): ranks that are
  * unbound, and ranks of one node whose bindings share a core (among the first 64 cores). Returns
  * the number of warnings. */
