@@ -97,7 +97,8 @@ void moe_layer_logits(moe_layer *L, float *z)
     if (L->z_file != NULL)
         memcpy(z, L->z_file, (size_t)(L->n * L->E) * sizeof *z);
     else
-        moe_router_logits(z, L->h_route ? L->h_route : L->h, L->w_router, L->n, L->d, L->E);
+        moe_router_logits(z, L->h_route ? L->h_route : L->h, L->w_router, L->first, L->n, L->d,
+                          L->E, L->router_scratch);
     if (L->has_bias)
         moe_workload_add_bias(z, L->bias, L->n, L->E);
     if (L->z_noise != NULL) /* Shazeer 2017: H = z + N(0,1) softplus(h W_noise^T) */
@@ -407,9 +408,11 @@ static int logits_by_chunks(moe_layer *L, char *msg, size_t msglen)
         if (c->input_jitter > 0.0)
             moe_router_jitter(L->h, L->h, L->first + off, count, L->d, c->input_jitter, c->seed);
         if (c->logits_file == NULL)
-            moe_router_logits(L->z_file + off * L->E, L->h, L->w_router, count, L->d, L->E);
+            moe_router_logits(L->z_file + off * L->E, L->h, L->w_router, L->first + off, count,
+                              L->d, L->E, L->router_scratch);
         if (L->z_noise != NULL)
-            moe_router_logits(L->z_noise + off * L->E, L->h, L->w_noise, count, L->d, L->E);
+            moe_router_logits(L->z_noise + off * L->E, L->h, L->w_noise, L->first + off, count,
+                              L->d, L->E, L->router_scratch);
     }
     return rc;
 }
@@ -514,7 +517,8 @@ static void prepare_router(moe_layer *L)
     if (L->h_route != NULL)
         moe_router_jitter(L->h_route, L->h, L->first, L->n, L->d, c->input_jitter, c->seed);
     if (L->z_noise != NULL)
-        moe_router_logits(L->z_noise, L->h_route ? L->h_route : L->h, L->w_noise, L->n, L->d, L->E);
+        moe_router_logits(L->z_noise, L->h_route ? L->h_route : L->h, L->w_noise, L->first, L->n,
+                          L->d, L->E, L->router_scratch);
 }
 
 /* Group-limited routing with only --group-top-k: one group per node (node-limited routing,
@@ -817,6 +821,8 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->h = alloc_bytes(L, (size_t)(L->h_rows * L->d), sizeof(float), &rc);
     L->y = alloc_bytes(L, cfg->predict_only ? 0 : nd, sizeof(float), &rc); /* no output without a step */
     L->w_router = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
+    L->router_scratch =
+        alloc_bytes(L, (size_t)MOE_ROUTER_BLOCK * (size_t)(L->d + L->E), sizeof(float), &rc);
     L->bias = alloc_bytes(L, En, sizeof(float), &rc);
     if (cfg->expert_bias_file != NULL)
         L->sel_bias = alloc_bytes(L, En, sizeof(float), &rc);
@@ -1026,7 +1032,7 @@ void moe_layer_destroy(moe_layer *L)
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
     void *owned[] = {L->placement, L->node_of_rank, L->count_matrix, L->raw_counts,
-                     L->h, L->y, L->w_router, L->z_file, L->bias, L->sel_bias, L->probs, L->expert, L->gate, L->flag, L->slot,
+                     L->h, L->y, L->w_router, L->router_scratch, L->z_file, L->bias, L->sel_bias, L->probs, L->expert, L->gate, L->flag, L->slot,
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act,

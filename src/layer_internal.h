@@ -65,6 +65,7 @@ struct moe_layer {
     /* source side */
     float *h;          /* (n, d) token states                                     */
     float *w_router;   /* (E, d)                                                  */
+    float *router_scratch; /* (MOE_ROUTER_BLOCK, d + E): partial blocks of the logits    */
     float *z_file;     /* (n, E) replayed logits (--logits-file), else NULL       */
     float *bias;       /* (E) router bias of the workload (skew, hot experts)     */
     float *sel_bias;   /* (E) selection bias (--expert-bias-file), else NULL   */

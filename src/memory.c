@@ -63,8 +63,9 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     m->tokens = cfg->predict_only ? mul3(moe_predict_chunk_rows(n, d), d, F)
                                   : mul3(2, moe_bytes_mul(n, d), F);
     int64_t nE = moe_bytes_mul(n, E);
-    /* W, the workload bias (and the selection bias), the scores (and replayed logits) */
-    m->router = moe_bytes_add(mul3(E, d, F),
+    /* W and the logits' block scratch, the workload bias (and the selection bias), the scores
+     * (and replayed logits) */
+    m->router = moe_bytes_add(moe_bytes_add(mul3(E, d, F), mul3(MOE_ROUTER_BLOCK, d + E, F)),
                               moe_bytes_add(mul3(cfg->expert_bias_file ? 2 : 1, E, F),
                                             mul3(cfg->logits_file || cfg->predict_only ? 2 : 1,
                                                  nE, F)));

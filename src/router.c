@@ -6,13 +6,25 @@
 #include <math.h>
 #include <string.h>
 
-void moe_router_logits(float *z, const float *h, const float *w, int64_t n, int64_t d, int E)
+void moe_router_logits(float *z, const float *h, const float *w, int64_t first, int64_t n,
+                       int64_t d, int E, float *scratch)
 {
-    if (n == 0)
-        return;
-    /* z (n, E) = h (n, d) * W^T (d, E) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, E, (int)d, 1.0f, h, (int)d, w,
-                (int)d, 0.0f, z, E);
+    const int64_t B = MOE_ROUTER_BLOCK;
+    float *hs = scratch, *zs = scratch + B * d;
+    for (int64_t start = first - first % B; start < first + n; start += B) {
+        int64_t lo = start > first ? start : first, hi = start + B < first + n ? start + B : first + n;
+        if (lo == start && hi == start + B) { /* a whole block: z (B, E) = h (B, d) * W^T (d, E) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, E, (int)d, 1.0f,
+                        h + (lo - first) * d, (int)d, w, (int)d, 0.0f, z + (lo - first) * E, E);
+            continue;
+        }
+        /* a partial block: its rows at their place in the block, the others zero */
+        memset(hs, 0, (size_t)(B * d) * sizeof *hs);
+        memcpy(hs + (lo - start) * d, h + (lo - first) * d, (size_t)((hi - lo) * d) * sizeof *hs);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, E, (int)d, 1.0f, hs, (int)d, w,
+                    (int)d, 0.0f, zs, E);
+        memcpy(z + (lo - first) * E, zs + (lo - start) * E, (size_t)((hi - lo) * E) * sizeof *z);
+    }
 }
 
 void moe_router_logits_ref(float *z, const float *h, const float *w, int64_t n, int64_t d, int E)

@@ -42,7 +42,9 @@ START_TEST(test_switch_aux_worked_check)
     float *gate = malloc((size_t)T * sizeof *gate);
     int32_t *ex = malloc((size_t)T * sizeof *ex);
 
-    moe_router_logits(z, h, w, T, D, E);
+    float *scratch = malloc((size_t)MOE_ROUTER_BLOCK * (D + E) * sizeof *scratch);
+    moe_router_logits(z, h, w, 0, T, D, E, scratch);
+    free(scratch);
     moe_router_logits_ref(zr, h, w, T, D, E);
     /* Routing must not depend on float error: the smallest gap between a token's best and second
      * logit in this data is 5.4e-4 (numpy), while |sgemm - ref| is bounded by 16 * 2^-24 * sum |h w|

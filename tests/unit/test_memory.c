@@ -133,6 +133,9 @@ static int64_t results_bytes(int64_t R, int64_t E)
     return 2 * one + 24 * R * R;
 }
 
+/* The router's block scratch for the small layer (d 4, E 4): MOE_ROUTER_BLOCK (d + E) F */
+#define BLK (MOE_ROUTER_BLOCK * (4 + 4) * 4)
+
 START_TEST(test_fixed_hand)
 {
     moe_config cfg;
@@ -140,7 +143,7 @@ START_TEST(test_fixed_hand)
     moe_mem_estimate m;
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
     ck_assert_int_eq(m.tokens, 128);      /* h and y: 2 n d F = 2 * 4 * 4 * 4 */
-    ck_assert_int_eq(m.router, 144);      /* W: E d F = 64; bias: E F = 16; p: n E F = 64 */
+    ck_assert_int_eq(m.router, 144 + BLK); /* W: E d F = 64; bias: E F = 16; p: n E F = 64 */
     ck_assert_int_eq(m.assignments, 144); /* n k 18 = 8 * 18 */
     ck_assert_int_eq(m.experts, 512);     /* 2 n_le f d F = 2 * 2 * 8 * 4 * 4 */
     /* 8 (4E + (3 + 4) R + 2 R n_le + R^2) = 8 (16 + 14 + 8 + 4) */
@@ -153,14 +156,14 @@ START_TEST(test_fixed_hand)
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.exchange, 0);
     ck_assert_int_eq(m.staging, 0);
-    ck_assert_int_eq(m.total, 128 + 144 + 144 + 512 + 336 + m.results);
+    ck_assert_int_eq(m.total, 128 + 144 + BLK + 144 + 512 + 336 + m.results);
 
     /* rank 1: no results, no dumps; everything else the same */
     moe_mem_estimate m1;
     moe_memory_fixed(&m1, &cfg, 2, 1, 4, 2);
     ck_assert_int_eq(m1.results, 0);
     ck_assert_int_eq(m1.dumps, 0);
-    ck_assert_int_eq(m1.total, 128 + 144 + 144 + 512 + 336);
+    ck_assert_int_eq(m1.total, 128 + 144 + BLK + 144 + 512 + 336);
 }
 END_TEST
 
@@ -173,7 +176,7 @@ START_TEST(test_fixed_options_hand)
     /* replayed logits: a second (n, E) float array in the router part, 144 + 64 */
     cfg.logits_file = "z.npy";
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
-    ck_assert_int_eq(m.router, 208);
+    ck_assert_int_eq(m.router, 208 + BLK);
     cfg.logits_file = NULL;
 
     /* ffn = 0 means f = 2d = 8: the same experts part as f = 8 */
@@ -197,7 +200,7 @@ START_TEST(test_fixed_options_hand)
     cfg.dump_routing = "r.npy";
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
     ck_assert_int_eq(m.dumps, 128 + 128);
-    ck_assert_int_eq(m.total, 128 + 144 + 144 + 512 + 336 + results_bytes(2, 4) + 256);
+    ck_assert_int_eq(m.total, 128 + 144 + BLK + 144 + 512 + 336 + results_bytes(2, 4) + 256);
     moe_memory_fixed(&m, &cfg, 2, 1, 4, 2);
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.results, 0);
@@ -209,8 +212,8 @@ START_TEST(test_fixed_options_hand)
     ck_assert_int_eq(m.experts, 0);
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.tokens, 64);
-    ck_assert_int_eq(m.router, 144 + 64);
-    ck_assert_int_eq(m.total, 64 + 208 + 144 + 336 + results_bytes(2, 4));
+    ck_assert_int_eq(m.router, 144 + 64 + BLK);
+    ck_assert_int_eq(m.total, 64 + 208 + BLK + 144 + 336 + results_bytes(2, 4));
     /* a wide layer: the chunk, 64 MiB of rows, not n d F */
     cfg.hidden = 1 << 20;
     moe_memory_fixed(&m, &cfg, 2, 0, 1000, 2);
@@ -237,12 +240,12 @@ START_TEST(test_fixed_one_rank_hand)
     moe_mem_estimate m;
     moe_memory_fixed(&m, &cfg, 1, 0, 8, 4);
     ck_assert_int_eq(m.tokens, 128);
-    ck_assert_int_eq(m.router, 176);
+    ck_assert_int_eq(m.router, 176 + 32 * (2 + 4) * 4);
     ck_assert_int_eq(m.assignments, 144);
     ck_assert_int_eq(m.experts, 192);
     ck_assert_int_eq(m.counts, 256);
     ck_assert_int_eq(m.results, results_bytes(1, 4));
-    ck_assert_int_eq(m.total, 128 + 176 + 144 + 192 + 256 + results_bytes(1, 4));
+    ck_assert_int_eq(m.total, 128 + 176 + 32 * (2 + 4) * 4 + 144 + 192 + 256 + results_bytes(1, 4));
 }
 END_TEST
 
@@ -265,7 +268,8 @@ START_TEST(test_fixed_overflow_issue)
         /* the parts that do fit are exact: h and y 2 * 50 * 2^24 * 4 = 6710886400;
          * W alone is 2^16 * 2^24 * 4 = 2^42 */
         ck_assert_int_eq(m.tokens, INT64_C(6710886400));
-        ck_assert_int_eq(m.router, (INT64_C(1) << 42) + 65536 * 4 + 50 * 65536 * 4);
+        ck_assert_int_eq(m.router, (INT64_C(1) << 42) + 65536 * 4 + 50 * 65536 * 4 +
+                                     32 * (INT64_C(16777216) + 65536) * 4);
         const int64_t parts[] = {m.tokens,  m.router, m.assignments, m.experts, m.exchange,
                                  m.results, m.dumps,  m.counts,      m.staging, m.total};
         for (size_t i = 0; i < sizeof parts / sizeof *parts; i++)

@@ -28,17 +28,45 @@ START_TEST(test_logits_hand)
     const float h[] = {1, 2, 3, 4};
     const float w[] = {1, 0, 0, 1, 1, 1};
     const float want[] = {1, 2, 3, 3, 4, 7};
-    float z[6];
-    moe_router_logits(z, h, w, 2, 2, 3);
+    float z[6], scratch[MOE_ROUTER_BLOCK * (2 + 3)];
+    moe_router_logits(z, h, w, 0, 2, 2, 3, scratch);
     ck_assert_mem_eq(z, want, sizeof want);
     memset(z, 0, sizeof z);
     moe_router_logits_ref(z, h, w, 2, 2, 3);
     ck_assert_mem_eq(z, want, sizeof want);
     /* n = 0 touches nothing. */
     z[0] = 42.0f;
-    moe_router_logits(z, h, w, 0, 2, 3);
+    moe_router_logits(z, h, w, 5, 0, 2, 3, scratch);
     moe_router_logits_ref(z, h, w, 0, 2, 3);
     ck_assert(z[0] == 42.0f);
+}
+END_TEST
+
+START_TEST(test_logits_split_invariant)
+{
+    /* A token's logits do not depend on how the batch is split into calls: N = 1001 tokens (E 12,
+     * the shape where OpenBLAS's Haswell sgemm rounds rows by call size) computed whole, then in
+     * pieces of 1, 7, 31, 250, 333 and 500 rows starting anywhere, give the same floats. */
+    enum { N = 1001, D = 24, NE = 12 };
+    float *h = malloc(sizeof(float) * N * D), *w = malloc(sizeof(float) * NE * D);
+    float *z = malloc(sizeof(float) * N * NE), *z2 = malloc(sizeof(float) * N * NE);
+    float *scratch = malloc(sizeof(float) * MOE_ROUTER_BLOCK * (D + NE));
+    g_state = 5;
+    for (int i = 0; i < N * D; i++)
+        h[i] = (float)next_gauss();
+    for (int i = 0; i < NE * D; i++)
+        w[i] = (float)next_gauss();
+    moe_router_logits(z, h, w, 0, N, D, NE, scratch);
+    static const int64_t pieces[] = {1, 7, 31, 250, 333, 500};
+    for (size_t q = 0; q < sizeof pieces / sizeof *pieces; q++) {
+        for (int64_t off = 0; off < N; off += pieces[q]) {
+            int64_t c = off + pieces[q] > N ? N - off : pieces[q];
+            moe_router_logits(z2 + off * NE, h + off * D, w, off, c, D, NE, scratch);
+        }
+        EXPECT_MSG(memcmp(z, z2, sizeof(float) * N * NE) == 0,
+                   "pieces of %lld rows: logits differ from the whole batch's", (long long)pieces[q]);
+    }
+    free(h), free(w), free(z), free(z2), free(scratch);
 }
 END_TEST
 
@@ -56,11 +84,13 @@ START_TEST(test_logits_vs_ref)
         int E = shapes[s][2];
         float *h = malloc((size_t)(n * d) * sizeof *h), *w = malloc((size_t)(E * d) * sizeof *w);
         float *z = malloc((size_t)(n * E) * sizeof *z), *zr = malloc((size_t)(n * E) * sizeof *zr);
+        float *scratch = malloc((size_t)(MOE_ROUTER_BLOCK * (d + E)) * sizeof *scratch);
         for (int64_t i = 0; i < n * d; i++)
             h[i] = (float)next_gauss();
         for (int64_t i = 0; i < E * d; i++)
             w[i] = (float)(next_gauss() / sqrt((double)d));
-        moe_router_logits(z, h, w, n, d, E);
+        moe_router_logits(z, h, w, 3 * (int64_t)s, n, d, E, scratch);
+        free(scratch);
         moe_router_logits_ref(zr, h, w, n, d, E);
         const double u = 0x1.0p-24, gamma = d * u / (1 - d * u);
         for (int64_t t = 0; t < n; t++)
@@ -697,6 +727,7 @@ static Suite *router_suite(void)
     TCase *tc = tcase_create("logits");
     tcase_add_test(tc, test_logits_hand);
     tcase_add_test(tc, test_logits_vs_ref);
+    tcase_add_test(tc, test_logits_split_invariant);
     suite_add_tcase(s, tc);
     tc = tcase_create("softmax");
     tcase_add_test(tc, test_softmax_hand_and_extremes);
