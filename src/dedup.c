@@ -145,7 +145,7 @@ void moe_dedup_fan_out(moe_layer *L)
      * the per-expert regroup */
     int64_t row = L->ex.row_out_bytes, payload = moe_wire_row_bytes(L->wire_out, L->d);
     int M = L->meta_slots;
-    for (int64_t le = 0; le < L->n_le; le++)
+    for (int64_t le = 0; le < L->n_ls; le++) /* every local slot, replicas included */
         L->placed[le] = 0;
     for (int64_t j = 0; j < L->dd_n_recv; j++) {
         const uint8_t *src = (const uint8_t *)L->dd_recv + j * row;

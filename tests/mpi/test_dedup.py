@@ -105,16 +105,21 @@ def main():
 
     # replicas give a rank more slots than ceil(E / R): E 8 + 4 replicas on 4 ranks is 3 slots a
     # rank, so a token with k = 4 can use 3 entries on one rank (M = min(k, ceil((E + N) / R)))
-    rep = BASE + ["--top-k", 4, "--redundant-experts", 4, "--hot-experts", 2, "--capacity-factor", 0]
-    pe = ck.guard("replicas per-expert", mt.run_full, exe, 4, rep, wd, "rep_pe", routing=False)
-    pr = ck.guard("replicas per-rank", mt.run_full, exe, 4, rep + ["--dispatch", "per-rank"], wd,
-                  "rep_pr", routing=False)
-    if pe is not None and pr is not None:
-        rows = np.array(pr.json["traffic"]["rows"])
-        ck.check(np.array_equal(np.array(pr.json["traffic"]["dispatch_bytes"]),
-                                rows * (4 * D + 8 * 3)),
-                 "replicas: 3 metadata entries a row (3 slots a rank)")
-        ck.close(pr.y, pe.y, "replicas: per-rank y as per-expert's", rtol=Y_RTOL, atol=Y_ATOL)
+    # (and R = 1: 12 slots on one rank); two timed steps after a warm-up, so that every step
+    # starts the owner's fan-out from clean per-slot cursors
+    for R, M in ((4, 3), (1, 4)):
+        rep = BASE + ["--top-k", 4, "--redundant-experts", 4, "--hot-experts", 2,
+                      "--capacity-factor", 0, "--iters", 2, "--warmup", 1]
+        tag = "replicas_R%d" % R
+        pe = ck.guard(tag + " per-expert", mt.run_full, exe, R, rep, wd, tag + "_pe", routing=False)
+        pr = ck.guard(tag + " per-rank", mt.run_full, exe, R, rep + ["--dispatch", "per-rank"], wd,
+                      tag + "_pr", routing=False)
+        if pe is not None and pr is not None:
+            rows = np.array(pr.json["traffic"]["rows"])
+            ck.check(np.array_equal(np.array(pr.json["traffic"]["dispatch_bytes"]),
+                                    rows * (4 * D + 8 * M)),
+                     tag + ": %d metadata entries a row" % M)
+            ck.close(pr.y, pe.y, tag + ": per-rank y as per-expert's", rtol=Y_RTOL, atol=Y_ATOL)
 
     # the two-level exchange moves the same rows
     a = BASE + ["--top-k", 3, "--dispatch", "per-rank", "--ranks-per-node", 2]
