@@ -18,6 +18,8 @@ void moe_plan_free(moe_plan *p)
     free(p->accepted);
     free(p->rerouted_in);
     free(p->rows);
+    free(p->node_of_rank);
+    free(p->node_rows);
     free(p->rank_rows);
     free(p->importance);
     moe_expert_map_free(&p->map);
@@ -48,6 +50,8 @@ static int decide_group(plan_scratch *s, const moe_plan_spec *sp, const int32_t 
             serving[i] = (int32_t)(i % E);
         return 0;
     }
+    if (n == 0) /* an empty group (expert may then be NULL) */
+        return 0;
     memcpy(serving, expert + base, (size_t)(n * k) * sizeof *serving);
     for (int e = 0; e < E; e++)
         s->caps[e] = cap;
@@ -94,8 +98,10 @@ static void scratch_free(plan_scratch *s)
 
 /* The traffic and the computed rows of the decided batch. */
 static void count_rows(moe_plan *p, const moe_plan_spec *sp, const plan_scratch *s, int64_t *last,
-                       int64_t *slot_rows)
+                       int64_t *slot_rows, int64_t *last_node)
 {
+    for (int b = 0; b < p->n_nodes; b++)
+        last_node[b] = -1;
     int R = sp->R, E = sp->E;
     int64_t A = sp->routing == MOE_ROUTING_EXPERT_CHOICE ? E : sp->k;
     for (int r = 0; r < R; r++)
@@ -116,6 +122,11 @@ static void count_rows(moe_plan *p, const moe_plan_spec *sp, const plan_scratch 
             if (!sp->per_rank || last[dst] != t) {
                 p->rows[(int64_t)src * R + dst]++;
                 last[dst] = t;
+            }
+            int node = p->node_of_rank[dst];
+            if (p->node_rows != NULL && last_node[node] != t) {
+                p->node_rows[(int64_t)src * p->n_nodes + node]++;
+                last_node[node] = t;
             }
         }
     }
@@ -154,6 +165,14 @@ int moe_plan_build(moe_plan *out, const moe_plan_spec *sp, const int32_t *expert
     out->rows = grab(RR, sizeof(int64_t), &rc);
     out->rank_rows = grab((size_t)R, sizeof(double), &rc);
     double *loads = grab((size_t)E, sizeof(double), &rc);
+    int rpn = sp->ranks_per_node > 0 ? sp->ranks_per_node : R;
+    out->n_nodes = (R + rpn - 1) / rpn;
+    out->node_of_rank = grab((size_t)R, sizeof(int), &rc);
+    for (int r = 0; rc == MOE_OK && r < R; r++)
+        out->node_of_rank[r] = r / rpn;
+    if (sp->per_rank)
+        out->node_rows = grab((size_t)R * (size_t)out->n_nodes, sizeof(int64_t), &rc);
+    int64_t *last_node = grab((size_t)out->n_nodes, sizeof(int64_t), &rc);
     if (ec && gate != NULL)
         out->importance = grab((size_t)E, sizeof(double), &rc);
     int64_t *last = grab((size_t)R, sizeof(int64_t), &rc), *slot_rows = NULL;
@@ -230,11 +249,12 @@ int moe_plan_build(moe_plan *out, const moe_plan_spec *sp, const int32_t *expert
         moe_fail(rc, msg, msglen, "out of memory planning %d ranks", R);
         goto done;
     }
-    count_rows(out, sp, &s, last, slot_rows);
+    count_rows(out, sp, &s, last, slot_rows, last_node);
 done:
     scratch_free(&s);
     free(loads);
     free(last);
+    free(last_node);
     free(slot_rows);
     free(groups);
     if (rc != MOE_OK)
