@@ -7,9 +7,11 @@
 #include "moesim/error.h"
 #include "moesim/expert.h"
 #include "moesim/loss.h"
+#include "moesim/projection.h"
 #include "moesim/router.h"
 #include "moesim/stats.h"
 #include "moesim/tokens.h"
+#include "moesim/wire.h"
 #include "moesim/xsum.h"
 
 #include <limits.h>
@@ -186,6 +188,53 @@ done:
     return rc;
 }
 
+/* Collective: each source's rows per destination node under per-rank dispatch (distinct (token,
+ * node) pairs of its served slots), gathered on rank 0 into res->node_rows with their size. */
+static int node_rows_figures(moe_layer *L, moe_results *res, char *msg, size_t msglen)
+{
+    int R = L->R, nodes = 0;
+    for (int r = 0; r < R; r++)
+        nodes = L->node_of_rank[r] + 1 > nodes ? L->node_of_rank[r] + 1 : nodes;
+    int64_t *mine = calloc((size_t)nodes, sizeof *mine), *seen = malloc((size_t)nodes * sizeof *seen);
+    int64_t *all = res != NULL ? calloc((size_t)R * (size_t)nodes, sizeof *all) : NULL;
+    int rc = mine && seen && (res == NULL || all) ? MOE_OK
+                                                  : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    for (int b = 0; b < nodes; b++)
+        seen[b] = -1;
+    for (int64_t t = 0; t < L->n; t++)
+        for (int c = 0; c < L->A; c++) {
+            int64_t i = t * L->A + c;
+            if (!L->flag[i])
+                continue;
+            int b = L->node_of_rank[L->owner_of[L->phys[i]]];
+            if (seen[b] != t) {
+                seen[b] = t;
+                mine[b]++;
+            }
+        }
+    int mrc = MPI_Gather(mine, nodes, MPI_INT64_T, all, nodes, MPI_INT64_T, 0, L->comm);
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
+    if (res != NULL) {
+        free(res->node_rows);
+        res->node_rows = all;
+        all = NULL;
+        res->n_nodes = nodes;
+        res->node_row_bytes = moe_wire_row_bytes(L->wire_out, L->d) +
+                              (int64_t)moe_nodex_meta_slots(L->A, &L->map, L->node_of_rank, R) *
+                                  MOE_NODEX_ENTRY_BYTES;
+    }
+done:
+    free(mine);
+    free(seen);
+    free(all);
+    return rc;
+}
+
 /* Collective: the rows each rank sends each rank, gathered on rank 0 (res NULL elsewhere), and
  * the bytes as they travel: dispatch rows in the --wire format (with per-rank metadata), the
  * combine the transpose in the --wire-combine format; the metadata's share and what per-rank
@@ -214,8 +263,10 @@ static int traffic_figures(moe_layer *L, moe_results *res, char *msg, size_t msg
     MOE_MPI_CHECK(MPI_Gather(L->per_rank ? L->dd_send_rows : L->send_rows, R, MPI_INT64_T,
                              res ? res->rows : NULL, R, MPI_INT64_T, 0, L->comm),
                   msg, msglen);
-    if (res == NULL)
-        return MOE_OK;
+    /* per-rank rows: the node rows the two-level exchange sends, one per (token, node) */
+    int rc = L->per_rank ? node_rows_figures(L, res, msg, msglen) : MOE_OK;
+    if (rc != MOE_OK || res == NULL)
+        return rc;
     res->wire = L->wire_out;
     res->wire_combine = L->wire_back;
     res->row_bytes = L->ex.row_out_bytes;
@@ -385,6 +436,11 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
         res->combine_bytes_per_second = tc > 0 ? (double)total / tc : 0.0;
         res->dispatch_a2a = moe_a2a_bandwidth_of(res->dispatch_bytes, L->placement, R, td);
         res->combine_a2a = moe_a2a_bandwidth_of(res->combine_bytes, L->placement, R, tc);
+        if (L->nodex && res->node_rows != NULL) { /* what leaves a node is the node rows */
+            int64_t off = moe_node_rows_off_node(res->node_rows, res->n_nodes, L->placement, R);
+            res->dispatch_a2a.off_node_bytes = off * res->node_row_bytes;
+            res->combine_a2a.off_node_bytes = off * res->row_bytes_combine;
+        }
     }
 done:
     free(col);

@@ -210,6 +210,8 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
         if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
             return rc;
         rc = moe_dedup_plan(L, msg, msglen);
+        if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK && L->nodex)
+            rc = moe_nodex_plan(L, msg, msglen);
     }
     if (L->hier == NULL)
         return rc; /* the callers agree on it before the next collective */
@@ -799,7 +801,10 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         return rc;
     if ((rc = resolve_groups(L, msg, msglen)) != MOE_OK)
         return rc;
-    if (cfg->hierarchical) {
+    /* per-rank rows under the two-level exchange cross it once per node instead (nodex.c,
+     * created once the experts are placed) */
+    L->nodex = cfg->hierarchical && L->per_rank;
+    if (cfg->hierarchical && !L->nodex) {
         rc = moe_hier_create(&L->hier, comm, L->node_of_rank, L->ex.row_out, L->ex.row_out_bytes,
                              msg, msglen);
         /* rows that come back in another format need a two-level exchange of their own */
@@ -921,6 +926,8 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     /* where the experts live, planned from the loads, then their weights */
     if ((rc = place_experts(L, msg, msglen)) != MOE_OK)
         return rc;
+    if (L->nodex && (rc = moe_nodex_create(L, msg, msglen)) != MOE_OK)
+        return rc;
     return moe_layer_set_capacity_factor(L, cfg->capacity_factor, msg, msglen);
 }
 
@@ -974,6 +981,8 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
         raw_bytes = rows * unit > raw_bytes ? rows * unit : raw_bytes;
     }
     L->mem.staging = (int64_t)(moe_hier_staging_bytes(L->hier) + moe_hier_staging_bytes(L->hier_back));
+    if (L->nodex)
+        L->mem.staging += moe_nodex_buffer_bytes(L);
     L->mem.protocol = protocol_bytes(L);
     moe_memory_exchange(&L->mem, cfg, L->n_send, L->n_recv, L->rows_x);
     if ((rc = check_memory(L, L->mem.total, "the exchange and expert buffers", msg, msglen)) !=
@@ -1019,6 +1028,8 @@ void moe_layer_destroy(moe_layer *L)
         return;
     moe_hier_destroy(L->hier);
     moe_hier_destroy(L->hier_back);
+    if (L->nodex)
+        moe_nodex_destroy(L);
     moe_decider_destroy(L->decider);
     moe_expert_map_free(&L->map);
     if (L->mapped) {
@@ -1092,6 +1103,8 @@ void moe_layer_memory(const moe_layer *L, moe_mem_estimate *estimate, int64_t *b
 static int exchange(moe_layer *L, const void *send, void *recv, bool reverse, char *msg,
                     size_t msglen)
 {
+    if (L->nodex) /* per-rank rows once per node across the leaders (nodex.c) */
+        return reverse ? moe_nodex_combine(L, msg, msglen) : moe_nodex_dispatch(L, msg, msglen);
     moe_hier *h = reverse && L->hier_back != NULL ? L->hier_back : L->hier;
     if (h != NULL)
         return moe_hier_exchange(h, send, recv, reverse, msg, msglen);
@@ -1237,6 +1250,8 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     double dispatch[3], combine[3]; /* wait, exchange, raw baseline */
     if (L->per_rank) { /* one row per (token, rank): dedup.c */
         moe_dedup_pack(L);
+        if (L->nodex)
+            moe_nodex_pack(L);
         t[3] = MPI_Wtime();
         if ((rc = exchange_timed(L, L->dd_send, L->dd_recv, false, dispatch, msg, msglen)) !=
             MOE_OK)
@@ -1252,7 +1267,10 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
                                  msglen)) != MOE_OK)
             return rc;
         t[8] = MPI_Wtime();
-        moe_dedup_combine(L, L->y);
+        if (L->nodex)
+            moe_nodex_combine_y(L, L->y);
+        else
+            moe_dedup_combine(L, L->y);
         t[9] = MPI_Wtime();
     } else {
     if (enc_out) {

@@ -58,6 +58,30 @@ struct moe_layer {
     void *dd_send, *dd_recv, *dd_back_send, *dd_back_recv; /* travelling rows, grown */
     int64_t *dd_fan;          /* (dd_n_recv, meta_slots) x row of each entry, -1 unused */
     int64_t dd_cap_send, dd_cap_recv, dd_cap_back_send, dd_cap_back_recv, dd_cap_fan;
+    /* --dispatch per-rank --a2a hierarchical (nodex.c): a token once per destination node across
+     * the leaders' stage, fanned out to the node's ranks by its leader */
+    bool nodex;
+    int n_nodes;
+    int *nx_leader;           /* (n_nodes) each node's lowest rank */
+    MPI_Comm nx_node;         /* my node's ranks, rank order */
+    int nx_size, *nx_member;  /* their number; their ranks */
+    int *nx_cnt, *nx_dsp;     /* (nx_size) leader: per-rank rows each member receives, offsets */
+    moe_hier *nx_hier, *nx_hier_back; /* node rows; their results (the combine rows' type) */
+    MPI_Datatype nx_row;
+    int nx_meta;              /* entries per node row */
+    int64_t nx_row_bytes;
+    int64_t *nx_send_rows;    /* (R) node rows to each rank: nonzero at leaders only */
+    int64_t *nx_node_rows;    /* (n_nodes) node rows to each node */
+    int64_t *nx_cur;          /* (2R) pack cursors; the leader's placed rows per member */
+    int64_t *nx_seen;         /* (n_nodes) plan scratch */
+    float *nx_one;            /* (d) one decoded result */
+    int64_t nx_n_send, nx_n_recv, nx_n_expand;
+    void *nx_send, *nx_recv, *nx_expand, *nx_back_send, *nx_back_recv, *nx_gather;
+    int64_t *nx_tok;          /* (nx_n_send) the token of each node row out */
+    int64_t *nx_fan;          /* (nx_n_recv, nx_meta) leader: the expanded row of each rank of a
+                               * node row, -1 after the last */
+    int64_t nx_cap_send, nx_cap_recv, nx_cap_expand, nx_cap_back_send, nx_cap_back_recv,
+        nx_cap_gather, nx_cap_tok, nx_cap_fan;
     int64_t exch_bytes;    /* the part sized by the capacity factor */
     moe_mem_estimate mem;  /* what this rank allocates, estimated before allocating it */
     int64_t budget;        /* the node's memory budget in bytes (-1: unknown) */
@@ -116,6 +140,17 @@ struct moe_layer {
 /* z (n, E) = the router's logits: computed (h W^T, h jittered) or replayed, plus the workload's
  * bias, plus the noise of --noisy-top-k. Not collective. */
 void moe_layer_logits(moe_layer *L, float *z);
+
+/* Per-node dispatch (nodex.c): create after the experts are placed; plan after the per-rank
+ * plan (collective); pack after moe_dedup_pack; the two exchanges; y. */
+int moe_nodex_create(moe_layer *L, char *msg, size_t msglen);
+void moe_nodex_destroy(moe_layer *L);
+int moe_nodex_plan(moe_layer *L, char *msg, size_t msglen);
+int64_t moe_nodex_buffer_bytes(const moe_layer *L);
+void moe_nodex_pack(moe_layer *L);
+int moe_nodex_dispatch(moe_layer *L, char *msg, size_t msglen);
+int moe_nodex_combine(moe_layer *L, char *msg, size_t msglen);
+void moe_nodex_combine_y(moe_layer *L, float *y);
 
 /* Deduplicated dispatch (dedup.c; its row sizes in wire.h). The plan after every decision
  * (collective: the arriving row counts); then the step's pieces. */

@@ -589,3 +589,19 @@ done:
     fclose(f);
     return rc;
 }
+
+int moe_nodex_meta_slots(int slots_per_token, const moe_expert_map *map, const int *node_of_rank,
+                         int R)
+{
+    int most = 0, nodes = 0;
+    for (int r = 0; r < R; r++)
+        nodes = node_of_rank[r] + 1 > nodes ? node_of_rank[r] + 1 : nodes;
+    for (int b = 0; b < nodes; b++) {
+        int slots = 0;
+        for (int r = 0; r < R; r++)
+            if (node_of_rank[r] == b)
+                slots += map->first_slot[r + 1] - map->first_slot[r];
+        most = slots > most ? slots : most;
+    }
+    return slots_per_token < most ? slots_per_token : most;
+}

@@ -59,7 +59,8 @@ int moe_planned_build(moe_layer *layer, const moe_config *cfg, moe_plan *plan, M
                               .per_rank = cfg->dispatch == MOE_DISPATCH_PER_RANK,
                               .placement = cfg->placement,
                               .redundant = cfg->redundant_experts,
-                              .loads = loads};
+                              .loads = loads,
+                              .ranks_per_node = cfg->ranks_per_node};
         rc = moe_plan_build(plan, &spec, expert, gate, sel, msg, msglen);
     }
     free(loads);
@@ -99,6 +100,17 @@ void moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan
     res->row_bytes_combine = moe_wire_row_bytes(cfg->wire_combine, cfg->hidden);
     memcpy(res->rows, p->rows, (size_t)R * (size_t)R * sizeof *res->rows);
     moe_results_traffic(res, p->served, payload);
+    free(res->node_rows);
+    res->node_rows = NULL;
+    if (p->node_rows != NULL) { /* the two-level exchange's rows, once per (token, node) */
+        size_t n = (size_t)R * (size_t)p->n_nodes;
+        res->node_rows = malloc(n * sizeof *res->node_rows);
+        if (res->node_rows != NULL)
+            memcpy(res->node_rows, p->node_rows, n * sizeof *res->node_rows);
+        res->n_nodes = p->n_nodes;
+        res->node_row_bytes =
+            payload + (int64_t)moe_nodex_meta_slots(A, m, p->node_of_rank, R) * MOE_NODEX_ENTRY_BYTES;
+    }
     /* balance: the counts the planned decision gives (they differ from the processes' under
      * expert choice with local scope), and the rows the planned ranks compute */
     double cv2 = res->balance.importance_cv2, z = res->balance.z_loss;

@@ -206,3 +206,56 @@ void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const 
         }
     }
 }
+
+void moe_hier_schedule_nodes(int64_t *stage0, int64_t *stage1, int64_t *stage2,
+                             const int64_t *node_rows, int n_nodes, const int64_t *rows,
+                             int64_t node_bytes, int64_t rank_bytes,
+                             const moe_placement *placement, int R, bool reverse)
+{
+    size_t n = (size_t)R * (size_t)R;
+    memset(stage0, 0, n * sizeof *stage0);
+    memset(stage1, 0, n * sizeof *stage1);
+    memset(stage2, 0, n * sizeof *stage2);
+    int *leader = malloc((size_t)(n_nodes > 0 ? n_nodes : 1) * sizeof *leader);
+    if (leader == NULL)
+        return;
+    for (int b = 0; b < n_nodes; b++)
+        leader[b] = -1;
+    for (int r = R - 1; r >= 0; r--)
+        if (placement[r].node >= 0 && placement[r].node < n_nodes)
+            leader[placement[r].node] = r;
+    for (int s = 0; s < R; s++) {
+        int ls = leader[placement[s].node];
+        for (int b = 0; b < n_nodes; b++) {
+            int64_t v = node_rows[(int64_t)s * n_nodes + b] * node_bytes;
+            if (v == 0 || leader[b] < 0)
+                continue;
+            if (!reverse) {
+                stage0[(int64_t)s * R + ls] += v;
+                stage1[(int64_t)ls * R + leader[b]] += v;
+            } else {
+                stage1[(int64_t)leader[b] * R + ls] += v;
+                stage2[(int64_t)ls * R + s] += v;
+            }
+        }
+        for (int d = 0; d < R; d++) {
+            int64_t v = rows[(int64_t)s * R + d] * rank_bytes;
+            int ld = leader[placement[d].node];
+            if (!reverse)
+                stage2[(int64_t)ld * R + d] += v;
+            else
+                stage0[(int64_t)d * R + ld] += v;
+        }
+    }
+    free(leader);
+}
+
+int64_t moe_node_rows_off_node(const int64_t *node_rows, int n_nodes,
+                               const moe_placement *placement, int R)
+{
+    int64_t off = 0;
+    for (int s = 0; s < R; s++)
+        for (int b = 0; b < n_nodes; b++)
+            off += b != placement[s].node ? node_rows[(int64_t)s * n_nodes + b] : 0;
+    return off;
+}

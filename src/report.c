@@ -4,6 +4,7 @@
 #include "moesim/error.h"
 #include "moesim/fileout.h"
 #include "moesim/memory.h"
+#include "moesim/projection.h"
 #include "moesim/topology.h"
 
 #include <errno.h>
@@ -204,6 +205,24 @@ static void reach_lines(FILE *out, const moe_results *res)
     histogram_line(out, "  tokens by nodes reached, unlimited:", res->reach_nodes_unlimited, R);
 }
 
+/* Per-rank rows: what the two-level exchange's leaders' stage carries, once per (token, node). */
+static void node_rows_line(FILE *out, const moe_results *res)
+{
+    if (res->node_rows == NULL || res->n_nodes < 2)
+        return;
+    int R = res->ranks;
+    int64_t rank_off = 0, node_off = moe_node_rows_off_node(res->node_rows, res->n_nodes,
+                                                            res->placement, R);
+    for (int s = 0; s < R; s++)
+        for (int d = 0; d < R; d++)
+            rank_off += res->placement[s].node != res->placement[d].node ? res->rows[(int64_t)s * R + d]
+                                                                         : 0;
+    char nb[32];
+    human_bytes(nb, sizeof nb, (double)(node_off * res->node_row_bytes));
+    fprintf(out, "  two-level: %lld rows cross nodes once per (token, node), %s, against %lld "
+                 "per-rank rows\n", (long long)node_off, nb, (long long)rank_off);
+}
+
 void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color)
 {
     const char *bold = color ? "\033[1m" : "", *hot = color ? "\033[31m" : "",
@@ -362,6 +381,7 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     } else {
         fprintf(out, "  (%d x %d matrix: see --json traffic.dispatch_bytes)\n", R, R);
     }
+    node_rows_line(out, res);
 
     fprintf(out, "\n%sPhase times%s, ms: each rank's median over %d iterations, then min/mean/max over ranks\n",
             bold, off, cfg->iters);
@@ -1021,6 +1041,19 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                         json_integer(res->metadata_bytes));
     json_object_set_new(json_object_get(root, "traffic"), "dedup_saving",
                         json_integer(res->dedup_saving));
+    json_t *node_rows = json_null();
+    if (res->node_rows != NULL) {
+        node_rows = json_array();
+        for (int s = 0; s < R; s++) {
+            json_t *row = json_array();
+            for (int b = 0; b < res->n_nodes; b++)
+                json_array_append_new(row, json_integer(res->node_rows[(int64_t)s * res->n_nodes + b]));
+            json_array_append_new(node_rows, row);
+        }
+    }
+    json_object_set_new(json_object_get(root, "traffic"), "node_rows", node_rows);
+    json_object_set_new(json_object_get(root, "traffic"), "node_row_bytes",
+                        res->node_rows != NULL ? json_integer(res->node_row_bytes) : json_null());
     json_object_set_new(
         root, "wire",
         json_pack("{s:s, s:s, s:I, s:I, s:o}", "dispatch", moe_wire_name(cfg->wire), "combine",
@@ -1212,6 +1245,7 @@ void moe_report_planned_traffic(FILE *out, const moe_results *res)
     fprintf(out, "Traffic, planned (nothing moved): dispatch %lld rows, %s (%s off-rank, %s "
                  "off-node)\n",
             (long long)rows, tb, rb, nb);
+    node_rows_line(out, res);
     if (res->projected) {
         fprintf(out, "  projected onto %s: flat dispatch %.3f ms, combine %.3f ms; two-level %.3f / "
                      "%.3f ms\n",

@@ -181,6 +181,8 @@ void moe_results_free(moe_results *r)
     free(r->mem_estimate);
     free(r->proc_placement);
     r->proc_placement = NULL;
+    free(r->node_rows);
+    r->node_rows = NULL;
     free(r->rerouted_in);
     free(r->experts_per_token);
     free(r->reach_ranks);

@@ -79,6 +79,11 @@ static inline int32_t moe_expert_map_slot(const moe_expert_map *m, int64_t token
     return m->replica_slot[m->replica_start[expert] + (j < 0 ? j + n : j)];
 }
 
+/* Metadata entries of a per-node row (--dispatch per-rank --a2a hierarchical): min(slots per
+ * token, the most slots one node holds), nodes from node_of_rank (R entries, 0 .. nodes-1). */
+int moe_nodex_meta_slots(int slots_per_token, const moe_expert_map *map, const int *node_of_rank,
+                         int R);
+
 /* Slots whose logical expert already has a replica of lower index on the same rank (0 when no rank
  * holds two copies of one expert). */
 int moe_expert_map_colocated(const moe_expert_map *m);

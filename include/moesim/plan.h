@@ -33,6 +33,7 @@ typedef struct moe_plan_spec {
     moe_place_kind placement;
     int redundant;     /* replicas (eplb)                                         */
     const double *loads; /* (E) what EPLB plans from; NULL: this batch's routed counts */
+    int ranks_per_node;  /* nodes of this many ranks (0: one node), for the per-node rows */
 } moe_plan_spec;
 
 typedef struct moe_plan {
@@ -44,6 +45,10 @@ typedef struct moe_plan {
     int64_t *accepted;     /* (E) served by each expert (rerouted rows where they are served)   */
     int64_t *rerouted_in;  /* (E) of them, rows that reached e by a reroute                     */
     int64_t *rows;         /* (R, R) rows dispatched [src][dst], diagonal included              */
+    int n_nodes;           /* ceil(R / ranks_per_node), or 1                                     */
+    int *node_of_rank;     /* (R)                                                                */
+    int64_t *node_rows;    /* (R, n_nodes) per_rank: distinct (token, node) of each source's
+                            * served slots, the two-level exchange's rows (nodex.c); else NULL */
     double *rank_rows;     /* (R) rows each rank's experts compute (padding included)          */
     double *importance;    /* (E) expert choice: the gates of the pairs each expert took (the
                             * importance; token choice has it before the decision, so NULL)  */

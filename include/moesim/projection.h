@@ -15,6 +15,7 @@
 #include "moesim/topology.h"
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct moe_network {
@@ -50,5 +51,23 @@ double moe_project_stage(const int64_t *bytes, const moe_placement *placement, i
  * rank. Rows that stay on one rank (leader to itself) appear on the diagonal. */
 void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const int64_t *bytes,
                        const moe_placement *placement, int R);
+
+/* The same stages for per-rank rows under the two-level exchange (nodex.c), which cross the
+ * leaders' stage once per (token, destination node): node_rows (R, n_nodes) [src][node], rows
+ * (R, R) the per-rank rows they become at the destination leader, node_bytes and rank_bytes their
+ * sizes. Dispatch (reverse false): stage0 [s][leader(s)] += s's node rows x node_bytes, stage1
+ * [leader(s)][leader(b)] += node_rows[s][b] x node_bytes, stage2 [leader(node(d))][d] += rows[s][d]
+ * x rank_bytes. Combine (reverse true), the way back: stage0 [d][leader(d)] += rows[s][d] x
+ * rank_bytes, stage1 [leader(b)][leader(s)] and stage2 [leader(s)][s] the node rows x node_bytes.
+ * Nodes are placement[].node, 0 .. n_nodes-1; a node's leader its lowest rank. Each stage (R, R),
+ * overwritten. */
+/* Of node_rows (R, n_nodes) [src][node], those bound for another node than their source's. */
+int64_t moe_node_rows_off_node(const int64_t *node_rows, int n_nodes,
+                               const moe_placement *placement, int R);
+
+void moe_hier_schedule_nodes(int64_t *stage0, int64_t *stage1, int64_t *stage2,
+                             const int64_t *node_rows, int n_nodes, const int64_t *rows,
+                             int64_t node_bytes, int64_t rank_bytes,
+                             const moe_placement *placement, int R, bool reverse);
 
 #endif

@@ -150,6 +150,11 @@ typedef struct moe_results {
     int64_t *dispatch_bytes, *combine_bytes;
     int64_t *rows;                        /* (R, R) rows dispatched [src][dst], diagonal included */
     bool per_rank;                        /* --dispatch per-rank: a row per (token, rank)        */
+    /* --dispatch per-rank: the rows of the two-level exchange's leaders' stage, one per (token,
+     * destination node) (nodex.c), and their size; NULL otherwise (owned, freed with the rest) */
+    int n_nodes;
+    int64_t *node_rows;                   /* (R, n_nodes) [src][node]                            */
+    int64_t node_row_bytes;
     /* placement (--placement, --redundant-experts): P physical slots, each a logical expert on a
      * rank (allocated when filled; freed by moe_results_free) */
     int n_slots;

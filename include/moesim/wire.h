@@ -45,6 +45,11 @@ int64_t moe_wire_row_bytes(moe_wire w, int64_t d);
 int moe_dedup_meta_slots(int slots_per_token, int P, int R);
 int64_t moe_dedup_row_bytes(int64_t payload_bytes, int meta_slots);
 
+/* With --a2a hierarchical a per-rank dispatch crosses the leaders' stage once per (token,
+ * destination node) (nodex.c): a node row is the payload and min(slots per token, most slots on
+ * one node) entries of (int32 destination rank, int32 its local expert id, float32 gate). */
+#define MOE_NODEX_ENTRY_BYTES 12
+
 /* Encode n rows of d floats into dst, (n, row_bytes(w, d)) bytes, row i of dst from row rows[i]
  * of src (a gather; rows == NULL: row i). src (·, d) row-major; rows (n) or NULL. */
 void moe_wire_encode_rows(void *dst, const float *src, const int64_t *rows, int64_t n, int64_t d,

@@ -18,7 +18,8 @@ rank), against --dispatch per-expert on the same batch:
   - --wire fp8 rows: payload d + 4 ceil(d/128);
   - with replicas a rank holds ceil((E + N) / R) slots, more than ceil(E / R): the rows carry that
     many entries and y is still per-expert's;
-  - --a2a hierarchical (--ranks-per-node 2, R = 4) gives y bit for bit equal to the flat exchange;
+  - --a2a hierarchical (--ranks-per-node 2, R = 4) gives y within the same tolerance of the flat
+    exchange's (it crosses nodes once per node and sums inside the node first: test_nodex.py);
   - --mode dispatch: y = h + sum gate h within the same tolerance.
 """
 
@@ -126,8 +127,8 @@ def main():
     flat = ck.guard("hier flat", mt.run_full, exe, 4, a, wd, "hflat", routing=False)
     hier = ck.guard("hier", mt.run_full, exe, 4, a + ["--a2a", "hierarchical"], wd, "hhier",
                     routing=False)
-    if flat is not None and hier is not None:
-        ck.check(np.array_equal(flat.y, hier.y), "per-rank: two-level y == flat y, bit for bit")
+    if flat is not None and hier is not None: # once per node: the node sums first
+        ck.close(hier.y, flat.y, "per-rank: two-level y as flat y", rtol=Y_RTOL, atol=Y_ATOL)
 
     # identity experts
     dm = ck.guard("dispatch mode", mt.run_full, exe, 3,

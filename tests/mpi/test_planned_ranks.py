@@ -2,7 +2,8 @@
 R-process --predict-only run's.
 
 For layers covering both capacity scopes, every drop policy, expert choice, per-rank rows with fp8
-on the wire, strided and EPLB placement with replicas (from the batch and from a loads file),
+on the wire, strided and EPLB placement with replicas (from the batch and from a loads file), per-rank rows
+under the two-level exchange (node rows),
 padding, group-limited routing with one group per node and a capacity-factor list, and for
 R = 1 .. 4: `mpirun -n P moesim ... --predict-only --ranks R` (P = 1, and 2 where R >= 2) against
 `mpirun -n R moesim ... --predict-only`:
@@ -54,6 +55,8 @@ def layers(loads_path):
         ("expert_choice_global", ["--routing", "expert-choice", "--skew", "0.8"], (4,)),
         ("groups_per_node", ["--group-top-k", 1, "--ranks-per-node", 2, "--min-capacity", 70],
          (3, 4)),
+        ("per_rank_two_level", ["--dispatch", "per-rank", "--a2a", "hierarchical", "--top-k", 3,
+                                "--ranks-per-node", 2, "--wire", "fp8"], (3, 4)),
         ("eplb_file", ["--placement", "eplb", "--eplb-from", loads_path, "--dispatch", "per-rank",
                        "--ranks-per-node", 2], (4,)),
     ]
@@ -81,7 +84,8 @@ def compare(ck, tag, plan, run, R):
     ck.equal(run["config"]["planned_ranks"], False, tag + ": a launched run's planned_ranks")
     for key in ("experts", "ablation", "load_balance", "replication"):
         close_tree(ck, plan[key], run[key], tag + ": " + key)
-    for key in ("rows", "dispatch_bytes", "combine_bytes", "metadata_bytes", "dedup_saving"):
+    for key in ("rows", "dispatch_bytes", "combine_bytes", "metadata_bytes", "dedup_saving",
+                "node_rows", "node_row_bytes"):
         ck.equal(plan["traffic"][key], run["traffic"][key], tag + ": traffic." + key)
     for block in ("by_class", "by_class_hierarchical"):
         p, r = plan["traffic"][block], run["traffic"][block]

@@ -607,6 +607,29 @@ START_TEST(test_loads_unreadable)
 }
 END_TEST
 
+START_TEST(test_nodex_meta_slots)
+{
+    /* E 8 contiguous on R 4 (2 slots a rank): nodes {0, 1} {2, 3} hold 4 slots each, so a node row
+     * has min(k, 4) entries; one node of 4 ranks 8; nodes {0} {1, 2, 3} the larger, 6. With EPLB
+     * and 4 replicas (12 slots, 3 a rank) nodes of 2 hold 6. */
+    moe_expert_map m;
+    char msg[256];
+    ck_assert_int_eq(moe_expert_map_build(&m, MOE_PLACE_CONTIGUOUS, 8, 4, 0, NULL, msg, sizeof msg),
+                     MOE_OK);
+    const int pairs[4] = {0, 0, 1, 1}, one[4] = {0, 0, 0, 0}, lop[4] = {0, 1, 1, 1};
+    EXPECT_EQ(moe_nodex_meta_slots(3, &m, pairs, 4), 3);
+    EXPECT_EQ(moe_nodex_meta_slots(8, &m, pairs, 4), 4);
+    EXPECT_EQ(moe_nodex_meta_slots(8, &m, one, 4), 8);
+    EXPECT_EQ(moe_nodex_meta_slots(8, &m, lop, 4), 6);
+    moe_expert_map_free(&m);
+    const double loads[8] = {8, 1, 1, 1, 1, 1, 1, 1};
+    ck_assert_int_eq(moe_expert_map_build(&m, MOE_PLACE_EPLB, 8, 4, 4, loads, msg, sizeof msg),
+                     MOE_OK);
+    EXPECT_EQ(moe_nodex_meta_slots(8, &m, pairs, 4), 6);
+    moe_expert_map_free(&m);
+}
+END_TEST
+
 static Suite *placement_suite(void)
 {
     Suite *s = suite_create("placement");
@@ -629,6 +652,7 @@ static Suite *placement_suite(void)
     tcase_add_test(tc, test_loads_csv_good);
     tcase_add_loop_test(tc, test_loads_bad, 0, N_OF(bad_files));
     tcase_add_test(tc, test_loads_unreadable);
+    tcase_add_test(tc, test_nodex_meta_slots);
     suite_add_tcase(s, tc);
     return s;
 }

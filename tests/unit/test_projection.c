@@ -529,6 +529,42 @@ START_TEST(test_hier_schedule_random)
 }
 END_TEST
 
+START_TEST(test_hier_schedule_nodes_hand)
+{
+    /* R = 3, nodes {0, 1} and {2}: leaders 0 and 2. node_rows (3, 2) = [[2, 1], [3, 4], [0, 5]]
+     * (rows per (token, node)); per-rank rows (3, 3) = [[1, 2, 1], [2, 3, 4], [0, 0, 5]]; node rows
+     * of 10 bytes, per-rank rows of 7.
+     * dispatch: stage 0 [s][leader(s)] = s's node rows x 10: [0][0] 30, [1][0] 70, [2][2] 50;
+     *   stage 1 [leader(s)][leader(b)]: [0][0] (2 + 3) 10 = 50, [0][2] (1 + 4) 10 = 50,
+     *   [2][2] 5 x 10 = 50; stage 2 [leader(node(d))][d] = column sums x 7: [0][0] 3 x 7 = 21,
+     *   [0][1] 5 x 7 = 35, [2][2] 10 x 7 = 70.
+     * combine (node and rank rows of 4 bytes): stage 0 [d][leader(d)] = 12, 20, 40; stage 1
+     *   [leader(b)][leader(s)]: [0][0] 20, [2][0] 20, [2][2] 20; stage 2 [leader(s)][s] 12, 28, 20.
+     * off node: node rows of a source bound elsewhere: 1 + 4 + 0 = 5. */
+    moe_placement p[3] = {place(0, 0, 0, 0), place(1, 0, 0, 0), place(2, 1, 0, 0)};
+    static const int64_t nrows[6] = {2, 1, 3, 4, 0, 5};
+    static const int64_t rows[9] = {1, 2, 1, 2, 3, 4, 0, 0, 5};
+    int64_t s0[9], s1[9], s2[9];
+    for (int i = 0; i < 9; i++)
+        s0[i] = s1[i] = s2[i] = -99; /* every entry is written */
+    moe_hier_schedule_nodes(s0, s1, s2, nrows, 2, rows, 10, 7, p, 3, false);
+    static const int64_t w0[9] = {30, 0, 0, 70, 0, 0, 0, 0, 50};
+    static const int64_t w1[9] = {50, 0, 50, 0, 0, 0, 0, 0, 50};
+    static const int64_t w2[9] = {21, 35, 0, 0, 0, 0, 0, 0, 70};
+    expect_matrix(s0, w0, 3, "dispatch stage0");
+    expect_matrix(s1, w1, 3, "dispatch stage1");
+    expect_matrix(s2, w2, 3, "dispatch stage2");
+    moe_hier_schedule_nodes(s0, s1, s2, nrows, 2, rows, 4, 4, p, 3, true);
+    static const int64_t c0[9] = {12, 0, 0, 20, 0, 0, 0, 0, 40};
+    static const int64_t c1[9] = {20, 0, 0, 0, 0, 0, 20, 0, 20};
+    static const int64_t c2[9] = {12, 28, 0, 0, 0, 0, 0, 0, 20};
+    expect_matrix(s0, c0, 3, "combine stage0");
+    expect_matrix(s1, c1, 3, "combine stage1");
+    expect_matrix(s2, c2, 3, "combine stage2");
+    EXPECT_EQ(moe_node_rows_off_node(nrows, 2, p, 3), 5);
+}
+END_TEST
+
 START_TEST(test_hier_projection_hand)
 {
     /* The two-level projection of a hand case is the sum of its three stages' times.
@@ -587,6 +623,7 @@ static Suite *projection_suite(void)
     tcase_add_test(tc, test_hier_schedule_degenerate);
     tcase_add_test(tc, test_hier_schedule_random);
     tcase_add_test(tc, test_hier_projection_hand);
+    tcase_add_test(tc, test_hier_schedule_nodes_hand);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -566,6 +566,27 @@ START_TEST(test_warnings)
 }
 END_TEST
 
+START_TEST(test_planned_placement)
+{
+    /* --ranks: 5 planned ranks in nodes of 2 are on nodes 0 0 1 1 2, unbound, hosts planned-<node>,
+     * NUMA and package unknown, so two ranks of one node are same_node; without nodes, node 0. */
+    moe_placement p[5];
+    moe_topology_planned(p, 5, 2);
+    const int nodes[5] = {0, 0, 1, 1, 2};
+    for (int r = 0; r < 5; r++) {
+        EXPECT_EQ(p[r].rank, r);
+        EXPECT_EQ(p[r].node, nodes[r]);
+        EXPECT(!p[r].bound && p[r].numa == -1 && p[r].package == -1);
+    }
+    ck_assert_str_eq(p[4].host, "planned-2");
+    EXPECT_EQ(moe_locality_of(&p[0], &p[1]), MOE_LOC_SAME_NODE);
+    EXPECT_EQ(moe_locality_of(&p[1], &p[2]), MOE_LOC_OTHER_NODE);
+    EXPECT_EQ(moe_locality_of(&p[3], &p[3]), MOE_LOC_SAME_RANK);
+    moe_topology_planned(p, 5, 0);
+    EXPECT_EQ(p[4].node, 0);
+}
+END_TEST
+
 static Suite *topology_suite(void)
 {
     Suite *s = suite_create("topology");
@@ -585,6 +606,7 @@ static Suite *topology_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("warnings");
     tcase_add_test(tc, test_warnings);
+    tcase_add_test(tc, test_planned_placement);
     suite_add_tcase(s, tc);
     return s;
 }
