@@ -193,17 +193,21 @@ void moe_dedup_fan_in(moe_layer *L, const float *out)
     }
 }
 
-void moe_dedup_combine(moe_layer *L, float *y)
+void moe_dedup_add_back(moe_layer *L, float *y, const void *rows, const int64_t *tok, int64_t count)
 {
     int64_t back = L->ex.row_back_bytes;
     float *row = L->dd_sum;
     memcpy(y, L->h, (size_t)(L->n * L->d) * sizeof(float));
-    /* destination-major: a token's contributions are added in rank order */
-    for (int64_t p = 0; p < L->dd_n_send; p++) {
-        moe_wire_decode_rows(row, (const uint8_t *)L->dd_back_recv + p * back, 1, L->d,
-                             L->wire_back);
-        float *o = y + L->dd_tok[p] * L->d;
+    for (int64_t p = 0; p < count; p++) {
+        moe_wire_decode_rows(row, (const uint8_t *)rows + p * back, 1, L->d, L->wire_back);
+        float *o = y + tok[p] * L->d;
         for (int64_t x = 0; x < L->d; x++)
             o[x] += row[x];
     }
+}
+
+void moe_dedup_combine(moe_layer *L, float *y)
+{
+    /* destination-major: a token's contributions are added in rank order */
+    moe_dedup_add_back(L, y, L->dd_back_recv, L->dd_tok, L->dd_n_send);
 }

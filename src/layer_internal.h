@@ -159,6 +159,10 @@ void moe_dedup_pack(moe_layer *L);
 void moe_dedup_fan_out(moe_layer *L);
 void moe_dedup_fan_in(moe_layer *L, const float *out);
 void moe_dedup_combine(moe_layer *L, float *y);
+/* y = h + the decoded combine rows (count of them, in --wire-combine), row p added at token tok[p]
+ * in order */
+void moe_dedup_add_back(moe_layer *L, float *y, const void *rows, const int64_t *tok,
+                        int64_t count);
 
 /* Capacity of every local expert summed over groups, or MOE_CAPACITY_UNLIMITED. */
 int64_t moe_layer_expert_capacity(const moe_layer *L);

@@ -310,15 +310,6 @@ int moe_nodex_combine(moe_layer *L, char *msg, size_t msglen)
 
 void moe_nodex_combine_y(moe_layer *L, float *y)
 {
-    int64_t back = L->ex.row_back_bytes;
-    float *row = L->dd_sum;
-    memcpy(y, L->h, (size_t)(L->n * L->d) * sizeof(float));
     /* node-major: a token's contributions are added in node order */
-    for (int64_t i = 0; i < L->nx_n_send; i++) {
-        moe_wire_decode_rows(row, (const uint8_t *)L->nx_back_recv + i * back, 1, L->d,
-                             L->wire_back);
-        float *o = y + L->nx_tok[i] * L->d;
-        for (int64_t x = 0; x < L->d; x++)
-            o[x] += row[x];
-    }
+    moe_dedup_add_back(L, y, L->nx_back_recv, L->nx_tok, L->nx_n_send);
 }

@@ -1257,6 +1257,17 @@ def hier_schedule(m, nodes):
     return st
 
 
+def identity_expert_y(seed, N, d, routing):
+    """--mode dispatch's y: h + sum over the served assignments of gate * h (float64), for
+    generated tokens and a run's routing CSV (read_routing)."""
+    h = gen_tokens(seed, N, d).astype(np.float64)
+    y = h.copy()
+    for t, g, acc in zip(routing["token"], routing["gate"], routing["accepted"]):
+        if acc:
+            y[t] += float(g) * h[t]
+    return y
+
+
 def write_network(path, name, classes):
     """A network file (docs/projection.md) from {class: (latency_us, bandwidth_GBps)}."""
     lines = ["# written by the tests", "name = %s" % name]
