@@ -1,6 +1,6 @@
 /* Expert FFN: y = GELU(x W1^T) W2^T, d -> f -> d, no biases.
  * Shapes: x, y (m, d); W1 (f, d); W2 (d, f); act (m, f) scratch; all row-major.
- * GELU is the exact form x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016). */
+ * GELU is x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016), erf from moe_erf. */
 #ifndef MOESIM_EXPERT_H
 #define MOESIM_EXPERT_H
 
@@ -11,12 +11,24 @@
  * of order one, as a trained layer's are. */
 void moe_expert_init(float *w1, float *w2, uint64_t seed, int e, int64_t d, int64_t f);
 
+/* erf in float, vectorizable (no call, no branch): the Maclaurin series below |x| = 0.5, above it
+ * Abramowitz & Stegun 7.1.26 with its own exp; |moe_erf(x) - erf(x)| <= 5e-7 on every float
+ * (tests/unit/test_expert.c sweeps the range against double erf); NaN stays NaN. moe_erf_ref is
+ * the C library's erff. */
+float moe_erf(float x);
+float moe_erf_ref(float x);
+
+/* GELU with moe_erf (the expert phase), and its _ref twin with erff. */
 float moe_gelu(float x);
+float moe_gelu_ref(float x);
+
+/* a[i] = moe_gelu(a[i]) for n values: the loop the expert phase runs, vectorized. */
+void moe_gelu_rows(float *a, int64_t n);
 
 /* Two cblas_sgemm calls around an elementwise GELU. m may be 0. */
 void moe_expert_forward(float *y, float *act, const float *x, const float *w1, const float *w2,
                         int64_t m, int64_t d, int64_t f);
-/* Plain-loop twin, accumulating in double. */
+/* Plain-loop twin, accumulating in double, with moe_gelu_ref. */
 void moe_expert_forward_ref(float *y, float *act, const float *x, const float *w1, const float *w2,
                             int64_t m, int64_t d, int64_t f);
 
