@@ -179,13 +179,29 @@ double moe_project_stage(const int64_t *bytes, const moe_placement *placement, i
     return worst;
 }
 
-/* Lowest rank on r's node. */
-static int leader_of(const moe_placement *placement, int R, int r)
+/* leader[r] = the lowest rank on r's node, for every rank: O(R) with a first-rank table per node
+ * index (nodes are placement[].node, 0 .. R-1; another value falls back to a scan). */
+static void leaders_of(int *leader, const moe_placement *placement, int R)
 {
-    for (int i = 0; i < R; i++)
-        if (placement[i].node == placement[r].node)
-            return i;
-    return r;
+    int *first = malloc((size_t)(R > 0 ? R : 1) * sizeof *first);
+    for (int q = 0; first != NULL && q < R; q++)
+        first[q] = -1;
+    for (int r = 0; r < R; r++) {
+        int node = placement[r].node;
+        if (first != NULL && node >= 0 && node < R) {
+            if (first[node] < 0)
+                first[node] = r;
+            leader[r] = first[node];
+        } else { /* out of range or no table: the scan */
+            leader[r] = r;
+            for (int i = 0; i < r; i++)
+                if (placement[i].node == node) {
+                    leader[r] = i;
+                    break;
+                }
+        }
+    }
+    free(first);
 }
 
 void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const int64_t *bytes,
@@ -195,16 +211,21 @@ void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const 
     memset(stage0, 0, n * sizeof *stage0);
     memset(stage1, 0, n * sizeof *stage1);
     memset(stage2, 0, n * sizeof *stage2);
+    int *leader = malloc((size_t)(R > 0 ? R : 1) * sizeof *leader);
+    if (leader == NULL)
+        return;
+    leaders_of(leader, placement, R);
     for (int s = 0; s < R; s++) {
-        int ls = leader_of(placement, R, s);
+        int ls = leader[s];
         for (int d = 0; d < R; d++) {
             int64_t b = bytes[(int64_t)s * R + d];
-            int ld = leader_of(placement, R, d);
+            int ld = leader[d];
             stage0[(int64_t)s * R + ls] += b;  /* gather to the source node's leader  */
             stage1[(int64_t)ls * R + ld] += b; /* leader to leader (diagonal: stays)  */
             stage2[(int64_t)ld * R + d] += b;  /* scatter from the destination leader */
         }
     }
+    free(leader);
 }
 
 void moe_hier_schedule_nodes(int64_t *stage0, int64_t *stage1, int64_t *stage2,
