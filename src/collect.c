@@ -398,10 +398,16 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
                     col[i] += moe_phase_in_step(q) ? it[q] : 0.0;
             }
         }
-        moe_summary s = moe_summarize(col, iters);
+        /* a phase not run in some iterations (the raw baselines under --raw-baseline first
+         * or off) has NaN there: its figures are over the iterations that ran it */
+        int ran = 0;
+        for (int i = 0; i < iters; i++)
+            if (!isnan(col[i]))
+                col[ran++] = col[i];
+        moe_summary s = ran > 0 ? moe_summarize(col, ran) : (moe_summary){INFINITY, NAN, -INFINITY};
         lo[p] = s.min;
         hi[p] = s.max;
-        med[p] = moe_median(col, iters);
+        med[p] = ran > 0 ? moe_median(col, ran) : NAN;
     }
     {
         int mrc = MPI_Gather(med, P, MPI_DOUBLE, all, P, MPI_DOUBLE, 0, L->comm);
@@ -419,7 +425,10 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
             for (int r = 0; r < R; r++)
                 one[r] = all[(int64_t)r * P + p];
             moe_summary s = moe_summarize(one, R);
-            moe_spread sp = {lo_all[p], hi_all[p]};
+            moe_spread sp = {isfinite(lo_all[p]) ? lo_all[p] : NAN,
+                             isfinite(hi_all[p]) ? hi_all[p] : NAN};
+            if (isnan(s.mean)) /* not run on any iteration */
+                s = (moe_summary){NAN, NAN, NAN};
             if (p < MOE_PHASE_COUNT) {
                 res->phase[p] = s;
                 res->phase_iter[p] = sp;

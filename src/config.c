@@ -66,6 +66,12 @@ static const char *const routing_names[] = {"token-choice", "expert-choice"};
 static const char *const mode_names[] = {"forward", "dispatch"};
 static const char *const wire_names[] = {"fp32", "bf16", "fp8"}; /* moe_wire order */
 static const char *const dispatch_names[] = {"per-expert", "per-rank"};
+static const char *const raw_names[] = {"first", "on", "off"}; /* moe_raw_baseline order */
+
+const char *moe_raw_baseline_name(moe_raw_baseline r)
+{
+    return r >= MOE_RAW_FIRST && r <= MOE_RAW_OFF ? raw_names[r] : "unknown";
+}
 
 const char *moe_dispatch_name(moe_dispatch_kind k)
 {
@@ -230,6 +236,9 @@ const char *moe_config_usage(void)
            "  --mode M               forward (default): the layer's step; dispatch: the same with\n"
            "                         identity experts (each returns its input), so the step is\n"
            "                         the exchange (Megatron's dispatch_only benchmark)\n"
+           "  --raw-baseline B       when a plain MPI_Alltoallv of the same bytes is timed beside\n"
+           "                         each exchange: first (the first timed iteration, default),\n"
+           "                         on (every step), off (never)\n"
            "  --placement P          where experts live: contiguous blocks (default), strided (e on\n"
            "                         rank e mod R), eplb (packed by load, DeepSeek's EPLB)\n"
            "  --redundant-experts N  N extra replicas of the most loaded experts, placed by EPLB\n"
@@ -275,7 +284,7 @@ enum {
     OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
-    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS
+    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE
 };
 
 static const struct option long_options[] = {
@@ -312,6 +321,7 @@ static const struct option long_options[] = {
     {"logits-file", required_argument, NULL, OPT_LOGITS_FILE},
     {"predict-only", no_argument, NULL, OPT_PREDICT_ONLY},
     {"ranks", required_argument, NULL, OPT_RANKS},
+    {"raw-baseline", required_argument, NULL, OPT_RAW_BASELINE},
     {"topology", required_argument, NULL, OPT_TOPOLOGY},
     {"ranks-per-node", required_argument, NULL, OPT_RANKS_PER_NODE},
     {"a2a", required_argument, NULL, OPT_A2A},
@@ -956,6 +966,10 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_MODE:
             rc = parse_choice(name, optarg, mode_names, 2, &choice, msg, msglen);
             cfg->mode = (moe_mode)choice;
+            break;
+        case OPT_RAW_BASELINE:
+            rc = parse_choice(name, optarg, raw_names, 3, &choice, msg, msglen);
+            cfg->raw_baseline = (moe_raw_baseline)choice;
             break;
         case OPT_ITERS:
             rc = parse_int(name, optarg, 1, 1000000, &v, msg, msglen);

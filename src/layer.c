@@ -1140,12 +1140,15 @@ static int exchange_timed(moe_layer *L, const void *send, void *recv, bool rever
     if ((rc = exchange(L, send, recv, reverse, msg, msglen)) != MOE_OK)
         return rc;
     double t2 = MPI_Wtime();
+    seconds[0] = t1 - t0;
+    seconds[1] = t2 - t1;
+    seconds[2] = NAN; /* not run this step (--raw-baseline) */
+    if (!L->raw_this_step)
+        return MOE_OK;
     MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
     double t3 = MPI_Wtime();
     if ((rc = raw_exchange(L, send, L->rawbuf, reverse, msg, msglen)) != MOE_OK)
         return rc;
-    seconds[0] = t1 - t0;
-    seconds[1] = t2 - t1;
     seconds[2] = MPI_Wtime() - t3;
     return MOE_OK;
 }
@@ -1237,6 +1240,9 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     t[0] = MPI_Wtime();
     route(L);
     t[1] = MPI_Wtime();
+    /* the ranks' skew is the barrier's, not the count exchange's */
+    MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
+    double counts_start = MPI_Wtime();
     if ((rc = decide(L, msg, msglen)) != MOE_OK)
         return rc;
     if (L->n_send != planned_send || L->n_recv != planned_recv)
@@ -1317,7 +1323,8 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
 
     if (seconds != NULL) {
         seconds[MOE_PHASE_ROUTER] = t[1] - t[0];
-        seconds[MOE_PHASE_COUNTS] = t[2] - t[1];
+        seconds[MOE_PHASE_COUNT_WAIT] = counts_start - t[1];
+        seconds[MOE_PHASE_COUNTS] = t[2] - counts_start;
         seconds[MOE_PHASE_PACK] = t[3] - t[2];
         seconds[MOE_PHASE_DISPATCH_WAIT] = dispatch[0];
         seconds[MOE_PHASE_DISPATCH] = dispatch[1];
@@ -1331,6 +1338,11 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
         seconds[MOE_PHASE_SHARED] = t[10] - t[9];
     }
     return MOE_OK;
+}
+
+void moe_layer_set_raw_baseline(moe_layer *L, bool run)
+{
+    L->raw_this_step = run;
 }
 
 void moe_layer_workload(const moe_layer *L, const float **bias, double *hot_bias, double *hot_share)

@@ -387,7 +387,10 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             bold, off, cfg->iters);
     fprintf(out, "  %-15s %9s %9s %9s  %s\n", "phase", "min", "mean", "max", "");
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
-        if (p != MOE_PHASE_SHARED || res->shared_experts > 0)
+        if (isnan(res->phase[p].mean)) /* the raw baselines with --raw-baseline off */
+            fprintf(out, "  %-15s %9s %9s %9s  %s (not run: --raw-baseline off)\n",
+                    moe_phase_name(p), "-", "-", "-", moe_phase_what(p));
+        else if (p != MOE_PHASE_SHARED || res->shared_experts > 0)
             fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", moe_phase_name(p),
                     res->phase[p].min * 1e3, res->phase[p].mean * 1e3, res->phase[p].max * 1e3,
                     moe_phase_what(p));
@@ -412,10 +415,14 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
         fprintf(out, "  bytes off-rank %s / %s, off-node %s / %s (dispatch / combine)\n",
                 offr, offr_c, offn, offn_c);
     double rd = res->phase[MOE_PHASE_DISPATCH_RAW].max, rc = res->phase[MOE_PHASE_COMBINE_RAW].max;
-    fprintf(out, "  %s exchange over raw MPI_Alltoallv of the same bytes (slowest ranks): dispatch %.2fx, combine %.2fx\n",
-            res->hierarchical ? "two-level" : "flat",
-            rd > 0 ? res->phase[MOE_PHASE_DISPATCH].max / rd : 0.0,
-            rc > 0 ? res->phase[MOE_PHASE_COMBINE].max / rc : 0.0);
+    if (!(rd > 0) || !(rc > 0))
+        fprintf(out, "  no raw MPI_Alltoallv baseline (--raw-baseline %s)\n",
+                moe_raw_baseline_name(cfg->raw_baseline));
+    else
+        fprintf(out, "  %s exchange over raw MPI_Alltoallv of the same bytes (slowest ranks): "
+                     "dispatch %.2fx, combine %.2fx\n",
+                res->hierarchical ? "two-level" : "flat", res->phase[MOE_PHASE_DISPATCH].max / rd,
+                res->phase[MOE_PHASE_COMBINE].max / rc);
     each_warning(res, print_warning, out);
 
     fprintf(out, "\n%sTraffic by locality%s (dispatch + combine; a message = one nonzero rank-to-rank block)\n",
@@ -916,6 +923,8 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                                                  : json_null());
     json_object_set_new(config, "routing", json_string(moe_routing_name(cfg->routing)));
     json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
+    json_object_set_new(config, "raw_baseline",
+                        json_string(moe_raw_baseline_name(cfg->raw_baseline)));
     json_object_set_new(config, "dispatch", json_string(moe_dispatch_name(cfg->dispatch)));
     json_object_set_new(config, "placement", json_string(moe_place_kind_name(cfg->placement)));
     json_object_set_new(config, "redundant_experts", json_integer(cfg->redundant_experts));

@@ -35,6 +35,15 @@ typedef enum moe_mode {
 
 const char *moe_mode_name(moe_mode m);
 
+/* When the raw MPI_Alltoallv baselines run (--raw-baseline). */
+typedef enum moe_raw_baseline {
+    MOE_RAW_FIRST = 0, /* after the exchanges of the first timed iteration only */
+    MOE_RAW_ON = 1,    /* after every exchange, warm-up included                */
+    MOE_RAW_OFF = 2    /* never: the run's communication is the step's          */
+} moe_raw_baseline;
+
+const char *moe_raw_baseline_name(moe_raw_baseline r);
+
 /* What travels in dispatch (--dispatch). */
 typedef enum moe_dispatch_kind {
     MOE_DISPATCH_PER_EXPERT = 0, /* one row per served (token, expert) (Megatron's alltoall)   */
@@ -63,6 +72,7 @@ typedef struct moe_config {
                                       * of shape (1, E) or (E, 1)  --expert-bias-file */
     bool pad_to_capacity;   /* compute the empty slots too              --pad-to-capacity */
     moe_mode mode;          /* forward or dispatch-only                 --mode forward */
+    moe_raw_baseline raw_baseline; /* the raw Alltoallv baselines        --raw-baseline first */
     moe_dispatch_kind dispatch; /* rows per expert or per rank           --dispatch per-expert */
     moe_place_kind placement;   /* where experts live                     --placement contiguous */
     int redundant_experts;      /* extra replicas of the most loaded      --redundant-experts 0 */

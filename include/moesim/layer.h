@@ -13,6 +13,7 @@
 #include "moesim/stats.h"
 
 #include <mpi.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct moe_layer moe_layer;
@@ -80,6 +81,11 @@ int moe_layer_gather_routing(moe_layer *layer, moe_route_record **records, int64
  * pair's gate *gate (N, E); for reroute and expert choice the selection scores *sel (N, E). What a configuration does not use stays NULL. */
 int moe_layer_gather_plan(moe_layer *layer, int32_t **expert, float **gate, float **sel,
                           char *msg, size_t msglen);
+
+/* Whether the next steps run the raw MPI_Alltoallv baselines after each exchange (timed as
+ * dispatch_raw and combine_raw; NaN in those phases otherwise). Not collective, but every rank
+ * must set the same. Off until set. */
+void moe_layer_set_raw_baseline(moe_layer *layer, bool run);
 
 /* Gather y (N, d) on rank 0 into *y (malloc'd, caller frees; NULL elsewhere). */
 int moe_layer_gather_output(moe_layer *layer, float **y, char *msg, size_t msglen);

@@ -18,6 +18,7 @@
  * are timed but not part of the step. */
 #define MOE_PHASES(X)                                                                         \
     X(MOE_PHASE_ROUTER, "router", "logits, scores, top-k", 1)                                 \
+    X(MOE_PHASE_COUNT_WAIT, "count_wait", "barrier: waiting for the slowest router", 1)       \
     X(MOE_PHASE_COUNTS, "count_exchange", "count all-to-alls and capacity decision", 1)       \
     X(MOE_PHASE_PACK, "pack", "copy accepted rows into the send buffer", 1)                   \
     X(MOE_PHASE_DISPATCH_WAIT, "dispatch_wait", "barrier: waiting for the slowest rank", 1)   \

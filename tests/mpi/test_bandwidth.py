@@ -43,7 +43,7 @@ import moetest as mt
 BASE = ["--tokens", 1001, "--hidden", 32, "--experts", 8, "--top-k", 2, "--seed", 7,
         "--iters", 3, "--warmup", 1]
 RTOL = 1e-12
-PHASES = ("router", "count_exchange", "pack", "dispatch_wait", "dispatch", "dispatch_raw",
+PHASES = ("router", "count_wait", "count_exchange", "pack", "dispatch_wait", "dispatch", "dispatch_raw",
           "regroup", "expert", "combine_wait", "combine", "combine_raw", "unpack", "shared")
 ENV_KEYS = ("hosts", "cores", "load_average_start", "load_average_end", "openmpi", "openblas",
             "moesim", "utc", "warnings")
@@ -265,6 +265,39 @@ def open_mpi():
 OPEN_MPI = False
 
 
+def raw_baseline(ck, exe, wd):
+    """--raw-baseline: off runs no baseline (its phases and ratios null, the report says so);
+    first times it once, on the first timed iteration (so each rank's median is that one time and
+    the phase's min and max over ranks are its iter_min and iter_max); on times every step; and
+    count_wait, the barrier before the counts, is timed in every mode."""
+    args = BASE + ["--iters", 4]
+    docs = {}
+    for mode in ("off", "first", "on"):
+        doc, out, _, _ = run_doc(exe, 2, args + ["--raw-baseline", mode], wd, "raw_" + mode)
+        docs[mode] = doc
+        ck.equal(doc["config"]["raw_baseline"], mode, mode + ": config.raw_baseline")
+        cw = doc["timing"]["count_wait"]
+        ck.check(all(is_num(cw[k]) and cw[k] >= 0 for k in ("min", "mean", "max")),
+                 mode + ": timing.count_wait measured", repr(cw))
+        for d in ("dispatch", "combine"):
+            raw, ratio = doc["timing"][d + "_raw"], doc["exchange"][d + "_over_raw"]
+            if mode == "off":
+                ck.check(all(raw[k] is None for k in raw), "off: timing.%s_raw all null" % d,
+                         repr(raw))
+                ck.equal(ratio, None, "off: exchange.%s_over_raw null" % d)
+            else:
+                ck.check(is_num(raw["max"]) and raw["max"] > 0 and is_num(ratio),
+                         mode + ": timing.%s_raw and its ratio measured" % d, repr(raw))
+            if mode == "first":
+                ck.equal((raw["min"], raw["max"]), (raw["iter_min"], raw["iter_max"]),
+                         "first: one %s_raw time per rank (min, max = iter_min, iter_max)" % d)
+        if mode == "off":
+            ck.check("no raw MPI_Alltoallv baseline (--raw-baseline off)" in out,
+                     "off: the report says there is no baseline", out[-1500:])
+    mt.check_refused(ck, exe, "bad_raw_baseline", 1, BASE + ["--raw-baseline", "sometimes"],
+                     ["--raw-baseline", "first", "off"], wd)
+
+
 def main():
     global OPEN_MPI
     exe = mt.moesim_path()
@@ -279,6 +312,7 @@ def main():
         ck.guard("R=%d" % R, case, ck, exe, wd, version, R, extra)
     ck.guard("fake_load", fake_load, ck, exe, wd, version)
     ck.guard("predict_only", predict_only, ck, exe, wd, version)
+    ck.guard("raw_baseline", raw_baseline, ck, exe, wd)
     print("test_bandwidth: %.1f s" % (time.monotonic() - t0))
     ck.finish()
 

@@ -366,7 +366,7 @@ def topology(ck, exe, wd, net_path):
 # ---------------------------------------------------------------------------------------------
 # e. timing, exchange and placement keys
 
-IN_STEP = ["router", "count_exchange", "pack", "dispatch_wait", "dispatch", "regroup", "expert",
+IN_STEP = ["router", "count_wait", "count_exchange", "pack", "dispatch_wait", "dispatch", "regroup", "expert",
            "combine_wait", "combine", "unpack", "shared"]
 RAW = ["dispatch_raw", "combine_raw"]
 PLACEMENT_TYPES = {"rank": int, "host": str, "node": int, "package": (int, type(None)),
@@ -377,7 +377,7 @@ def json_keys(ck, exe, wd):
     # 4096 tokens x 2 x 64 floats: 2 MiB per exchange, so that even at R = 1 the raw copy takes
     # far longer than the rounding of 10 printed digits
     args = ["--tokens", 4096, "--hidden", 64, "--experts", 4, "--top-k", 2, "--iters", 1,
-            "--warmup", 0]
+            "--warmup", 0, "--raw-baseline", "on"]
     for R in (1, 3):
         tag = "JSON R=%d" % R
         res = ck.guard(tag, mt.run_full, exe, R, args, wd, "keys%d" % R, routing=False,

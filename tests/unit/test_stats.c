@@ -149,13 +149,13 @@ END_TEST
 
 START_TEST(test_phase_names)
 {
-    static const char *const want[] = {"router", "count_exchange", "pack", "dispatch_wait",
-                                       "dispatch", "dispatch_raw", "regroup", "expert",
-                                       "combine_wait", "combine", "combine_raw", "unpack",
-                                       "shared"};
+    static const char *const want[] = {"router", "count_wait", "count_exchange", "pack",
+                                       "dispatch_wait", "dispatch", "dispatch_raw", "regroup",
+                                       "expert", "combine_wait", "combine", "combine_raw",
+                                       "unpack", "shared"};
     /* the raw baselines are timed but are not part of the step; the waits are */
-    static const int in_step[] = {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1};
-    ck_assert_int_eq(MOE_PHASE_COUNT, 13);
+    static const int in_step[] = {1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1};
+    ck_assert_int_eq(MOE_PHASE_COUNT, 14);
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
         ck_assert_int_eq(moe_phase_in_step(p), in_step[p]);
     ck_assert_int_eq(moe_phase_in_step(-1), 0);
@@ -165,7 +165,7 @@ START_TEST(test_phase_names)
         ck_assert_str_ne(moe_phase_what(p), "?");
     }
     ck_assert_int_eq(MOE_PHASE_ROUTER, 0);
-    ck_assert_int_eq(MOE_PHASE_UNPACK, 11);
+    ck_assert_int_eq(MOE_PHASE_UNPACK, 12);
     ck_assert_str_eq(moe_phase_name(-1), "?");
     ck_assert_str_eq(moe_phase_name(MOE_PHASE_COUNT), "?");
     ck_assert_str_eq(moe_phase_what(MOE_PHASE_COUNT), "?");
