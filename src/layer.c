@@ -1000,6 +1000,7 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     L->sendbuf = alloc_bytes(L, (size_t)(L->n_send * L->d), sizeof(float), &rc);
     L->recvbuf = alloc_bytes(L, (size_t)(L->n_recv * L->d), sizeof(float), &rc);
     L->rawbuf = alloc_bytes(L, (size_t)((raw_bytes + 3) / 4), sizeof(float), &rc);
+
     L->x = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc); /* zero: the padding */
     /* dispatch mode: identity experts need no activation and return x itself */
     size_t expert_rows = cfg->mode == MOE_MODE_DISPATCH ? 0 : (size_t)L->rows_x;

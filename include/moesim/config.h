@@ -37,7 +37,8 @@ const char *moe_mode_name(moe_mode m);
 
 /* When the raw MPI_Alltoallv baselines run (--raw-baseline). */
 typedef enum moe_raw_baseline {
-    MOE_RAW_FIRST = 0, /* after the exchanges of the first timed iteration only */
+    MOE_RAW_FIRST = 0, /* after the exchanges of the first timed iteration (and, untimed, of
+                        * the last warm-up step, to warm its buffers) */
     MOE_RAW_ON = 1,    /* after every exchange, warm-up included                */
     MOE_RAW_OFF = 2    /* never: the run's communication is the step's          */
 } moe_raw_baseline;
