@@ -673,11 +673,10 @@ static int place_experts(moe_layer *L, char *msg, size_t msglen)
     L->n_ls = L->map.first_slot[L->rank + 1] - L->first_ls;
     if (L->mapped) {
         L->phys = calloc((size_t)(L->n * L->A + 1), sizeof *L->phys);
-        L->send_pos = calloc((size_t)(L->n * L->A + 1), sizeof *L->send_pos);
         L->per_slot = calloc((size_t)P, sizeof *L->per_slot);
         L->acc_slot = calloc((size_t)R * (size_t)(L->n_ls + 1), sizeof *L->acc_slot);
         L->slot_sc = calloc(4 * (size_t)R, sizeof *L->slot_sc);
-        if (!L->phys || !L->send_pos || !L->per_slot || !L->acc_slot || !L->slot_sc)
+        if (!L->phys || !L->per_slot || !L->acc_slot || !L->slot_sc)
             rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory placing experts");
         else {
             L->bytes += (L->n * L->A) * 4 + P * 8 + R * L->n_ls * 8;
@@ -880,6 +879,7 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         L->s_out = alloc_bytes(L, nd, sizeof(float), &rc);
     }
     L->slot = alloc_bytes(L, nk, sizeof(int64_t), &rc);
+    L->send_pos = alloc_bytes(L, nk, sizeof(int64_t), &rc); /* the unpack's scratch */
     L->routed = alloc_bytes(L, En, sizeof(int64_t), &rc);
     L->accepted = alloc_bytes(L, En, sizeof(int64_t), &rc);
     L->per_expert = alloc_bytes(L, En, sizeof(int64_t), &rc);
@@ -1035,7 +1035,6 @@ void moe_layer_destroy(moe_layer *L)
     moe_expert_map_free(&L->map);
     if (L->mapped) {
         free(L->phys);
-        free(L->send_pos);
         free(L->per_slot);
         free(L->acc_slot);
         free(L->slot_sc);
@@ -1044,7 +1043,7 @@ void moe_layer_destroy(moe_layer *L)
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
     void *owned[] = {L->placement, L->node_of_rank, L->count_matrix, L->raw_counts,
-                     L->h, L->y, L->w_router, L->router_scratch, L->z_file, L->bias, L->sel_bias, L->probs, L->expert, L->gate, L->flag, L->slot,
+                     L->h, L->y, L->send_pos, L->w_router, L->router_scratch, L->z_file, L->bias, L->sel_bias, L->probs, L->expert, L->gate, L->flag, L->slot,
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act,
@@ -1312,11 +1311,9 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     t[8] = MPI_Wtime();
     if (enc_back)
         moe_wire_decode_rows(L->sendbuf, L->back_enc, L->n_send, L->d, L->wire_back);
-    if (L->mapped) /* in expert id order per token, as without a placement: the same y */
-        moe_combine_rows_by_expert(L->y, L->h, L->sendbuf, L->slot, L->gate, L->expert, L->n,
-                                   L->n_send, L->A, L->d, L->send_pos);
-    else
-        moe_combine_rows(L->y, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A, L->d);
+    /* one sweep over y, each token's results in expert id order: the same y at any placement */
+    moe_combine_rows_one_pass(L->y, L->h, L->sendbuf, L->slot, L->gate, L->expert, L->n, L->n_send,
+                              L->A, L->d, L->send_pos);
     t[9] = MPI_Wtime();
     }
     add_shared(L, L->y);

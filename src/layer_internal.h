@@ -40,7 +40,7 @@ struct moe_layer {
     bool mapped;              /* not the identity */
     int64_t n_ls, first_ls;   /* my physical slots */
     int32_t *phys;            /* (n*A) the slot serving each served assignment (mapped), else expert */
-    int64_t *send_pos;        /* (n*A) scratch of the combine in expert order (mapped) */
+    int64_t *send_pos;        /* (n*A) scratch of the one-pass unpack (combine.c)          */
     int64_t *per_slot;        /* (P) my served assignments per slot (mapped), else per_expert */
     int64_t *acc_slot;        /* (R, n_ls) rows each source sends my slots (mapped), else acc_owner */
     int *slot_sc, *slot_sd, *slot_rc, *slot_rd; /* (R) the per-slot count exchange */

@@ -348,11 +348,11 @@ static int locality(moe_results *res, const moe_network *net, char *msg)
     double *proj_hier[2] = {&res->proj_hier_dispatch, &res->proj_hier_combine};
     for (int m = 0; m < 2; m++) {
         moe_traffic_by_class(res->by_class, res->by_class_per_rank, matrices[m], res->placement, R);
+        int64_t node_bytes = m == 0 ? res->node_row_bytes : res->row_bytes_combine;
+        int64_t rank_bytes = m == 0 ? res->row_bytes : res->row_bytes_combine;
         if (res->node_rows != NULL) /* per-rank rows: once per node across the leaders */
             moe_hier_schedule_nodes(stage, stage + n, stage + 2 * n, res->node_rows, res->n_nodes,
-                                    res->rows, m == 0 ? res->node_row_bytes : res->row_bytes_combine,
-                                    m == 0 ? res->row_bytes : res->row_bytes_combine,
-                                    res->placement, R, m == 1);
+                                    res->rows, node_bytes, rank_bytes, res->placement, R, m == 1);
         else
             moe_hier_schedule(stage, stage + n, stage + 2 * n, matrices[m], res->placement, R);
         *proj_hier[m] = 0.0;

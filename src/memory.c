@@ -76,11 +76,12 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
         m->router = moe_bytes_add(m->router, moe_bytes_add(mul3(E, d, F), mul3(1, nE, F)));
     if (cfg->input_jitter > 0.0 && !cfg->predict_only)
         m->router = moe_bytes_add(m->router, mul3(n, d, F));
-    /* expert (int32), gate (float), flag and rerouted (uint8), slot (int64) per slot; with a
+    /* expert (int32), gate (float), flag and rerouted (uint8), slot and the unpack's position
+     * (int64) per slot; with a
      * keyed policy or expert choice two capacity keys (24 bytes) per slot; with reroute the
      * router's choices and gates and two flags per assignment */
     int64_t nA = moe_bytes_mul(n, A);
-    m->assignments = moe_bytes_mul(nA, 4 + 4 + 1 + 1 + 8);
+    m->assignments = moe_bytes_mul(nA, 4 + 4 + 1 + 1 + 8 + 8);
     bool keyed = cfg->routing == MOE_ROUTING_EXPERT_CHOICE || cfg->policy == MOE_POLICY_PROBS ||
                  cfg->policy == MOE_POLICY_CHOICE || cfg->policy == MOE_POLICY_RANDOM;
     if (keyed)

@@ -150,7 +150,8 @@ int moe_plan_build(moe_plan *out, const moe_plan_spec *sp, const int32_t *expert
     int R = sp->R, E = sp->E, k = sp->k, rc = MOE_OK;
     if (R < 1 || R > E || sp->N < 0)
         return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "planning %d ranks needs 1 <= ranks <= experts (%d) and a batch (%lld tokens)",
+                        "planning %d ranks needs 1 <= ranks <= experts (%d) and a batch (%lld "
+                        "tokens)",
                         R, E, (long long)sp->N);
     bool ec = sp->routing == MOE_ROUTING_EXPERT_CHOICE;
     int64_t A = ec ? E : k, N = sp->N;

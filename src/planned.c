@@ -36,11 +36,13 @@ int moe_planned_build(moe_layer *layer, const moe_config *cfg, moe_plan *plan, M
     if (rc != MOE_OK)
         return rc;
     double *loads = NULL;
-    if (rank == 0 && cfg->eplb_from != NULL) { /* the loads EPLB plans from, as the layer reads them */
+    /* the loads EPLB plans from, as the layer reads them */
+    if (rank == 0 && cfg->eplb_from != NULL) {
         char inner[768];
         loads = calloc((size_t)cfg->experts, sizeof *loads);
-        rc = loads == NULL ? moe_fail(MOE_ENOMEM, msg, msglen, "out of memory")
-                           : moe_loads_read(cfg->eplb_from, cfg->experts, loads, inner, sizeof inner);
+        rc = loads == NULL
+                 ? moe_fail(MOE_ENOMEM, msg, msglen, "out of memory")
+                 : moe_loads_read(cfg->eplb_from, cfg->experts, loads, inner, sizeof inner);
         if (rc != MOE_OK && loads != NULL)
             moe_fail(MOE_EUSAGE, msg, msglen, "--eplb-from %s", inner);
     }
@@ -87,7 +89,8 @@ void moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan
         memcpy(res->slot_rank, m->rank, (size_t)P * sizeof *res->slot_rank);
     }
     res->overload_before = p->overload_before;
-    res->extra_weight_bytes = (int64_t)(P - E) * 2 * cfg->ffn * cfg->hidden * (int64_t)sizeof(float);
+    res->extra_weight_bytes =
+        (int64_t)(P - E) * 2 * cfg->ffn * cfg->hidden * (int64_t)sizeof(float);
     /* the traffic, in rows of the planned rank count's size */
     bool per_rank = cfg->dispatch == MOE_DISPATCH_PER_RANK;
     int A = cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? E : cfg->top_k;
@@ -108,8 +111,8 @@ void moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan
         if (res->node_rows != NULL)
             memcpy(res->node_rows, p->node_rows, n * sizeof *res->node_rows);
         res->n_nodes = p->n_nodes;
-        res->node_row_bytes =
-            payload + (int64_t)moe_nodex_meta_slots(A, m, p->node_of_rank, R) * MOE_NODEX_ENTRY_BYTES;
+        int Mn = moe_nodex_meta_slots(A, m, p->node_of_rank, R);
+        res->node_row_bytes = payload + (int64_t)Mn * MOE_NODEX_ENTRY_BYTES;
     }
     /* balance: the counts the planned decision gives (they differ from the processes' under
      * expert choice with local scope), and the rows the planned ranks compute */

@@ -12,7 +12,8 @@ void moe_router_logits(float *z, const float *h, const float *w, int64_t first, 
     const int64_t B = MOE_ROUTER_BLOCK;
     float *hs = scratch, *zs = scratch + B * d;
     for (int64_t start = first - first % B; start < first + n; start += B) {
-        int64_t lo = start > first ? start : first, hi = start + B < first + n ? start + B : first + n;
+        int64_t lo = start > first ? start : first;
+        int64_t hi = start + B < first + n ? start + B : first + n;
         if (lo == start && hi == start + B) { /* a whole block: z (B, E) = h (B, d) * W^T (d, E) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, E, (int)d, 1.0f,
                         h + (lo - first) * d, (int)d, w, (int)d, 0.0f, z + (lo - first) * E, E);

@@ -26,4 +26,13 @@ void moe_combine_rows_by_expert(float *out, const float *h, const float *recv, c
                                 const float *gate, const int32_t *expert, int64_t n,
                                 int64_t n_send, int k, int64_t d, int64_t *pos);
 
+/* The same sums in one sweep over out (the unpack phase): for each token, out_t = h_t + its served
+ * assignments' gate * recv rows in increasing expert id, each row of out written while it is in
+ * cache, instead of a copy of h and then k scattered read-modify-writes. Bit for bit
+ * moe_combine_rows_by_expert, and so moe_combine_rows when the rows arrive sorted by expert (as
+ * without a placement). out may alias h; pos is scratch of n * k. */
+void moe_combine_rows_one_pass(float *out, const float *h, const float *recv, const int64_t *slot,
+                               const float *gate, const int32_t *expert, int64_t n,
+                               int64_t n_send, int k, int64_t d, int64_t *pos);
+
 #endif

@@ -5,6 +5,7 @@
 
 #include <check.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,6 +311,71 @@ START_TEST(test_combine_by_expert_order)
 }
 END_TEST
 
+/* The one-pass unpack gives moe_combine_rows' bits on rows sorted by expert (no placement) and
+ * moe_combine_rows_by_expert's on rows in another order, in place too; a token whose assignments
+ * all dropped leaves as h. Random seeded batches, k 1 to 4, d 1 to 40. */
+START_TEST(test_combine_one_pass)
+{
+    g_state = 91;
+    for (int it = 0; it < 200; it++) {
+        int n = 1 + next_int(20), k = 1 + next_int(4), d = 1 + next_int(40);
+        int E = k + (int)((uint32_t)next_u64() % 5);
+        int32_t *expert = malloc(sizeof(int32_t) * n * k);
+        uint8_t *flag = malloc((size_t)(n * k));
+        float *gate = malloc(sizeof(float) * n * k), *h = malloc(sizeof(float) * n * d);
+        for (int t = 0; t < n; t++) /* k distinct experts per token */
+            for (int c = 0; c < k; c++) {
+                int e;
+                bool dup;
+                do {
+                    e = (int)((uint32_t)next_u64() % (uint32_t)E);
+                    dup = false;
+                    for (int q = 0; q < c; q++)
+                        dup |= expert[t * k + q] == e;
+                } while (dup);
+                expert[t * k + c] = e;
+            }
+        for (int i = 0; i < n * k; i++) {
+            flag[i] = (uint32_t)next_u64() % 4 != 0 || (i / k) % 5 == 3 ? (i / k) % 5 != 3 : 0;
+            gate[i] = (float)((uint32_t)next_u64() % 1000) / 997.0f;
+        }
+        for (int i = 0; i < n * d; i++)
+            h[i] = (float)((uint32_t)next_u64() % 2000) / 311.0f - 3.0f;
+        int64_t *slot = malloc(sizeof(int64_t) * n * k), *per = malloc(sizeof(int64_t) * E);
+        int64_t *cursor = malloc(sizeof(int64_t) * E), *pos = malloc(sizeof(int64_t) * n * k);
+        int64_t n_send = moe_dispatch_plan(slot, per, expert, flag, n, k, E, cursor);
+        float *recv = malloc(sizeof(float) * (n * k * d + 1));
+        for (int64_t i = 0; i < n_send * d; i++)
+            recv[i] = (float)((uint32_t)next_u64() % 5000) / 1237.0f - 2.0f;
+        float *want = malloc(sizeof(float) * n * d), *got = malloc(sizeof(float) * n * d);
+        moe_combine_rows(want, h, recv, slot, gate, n, n_send, k, d);
+        moe_combine_rows_one_pass(got, h, recv, slot, gate, expert, n, n_send, k, d, pos);
+        EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0, "iteration %d: one pass differs",
+                   it);
+        for (int t = 0; t < n; t++)
+            if (t % 5 == 3)
+                EXPECT_MSG(memcmp(got + t * d, h + t * d, sizeof(float) * d) == 0,
+                           "iteration %d: token %d dropped everywhere is not h", it, t);
+        float *hh = malloc(sizeof(float) * n * d); /* in place */
+        memcpy(hh, h, sizeof(float) * n * d);
+        moe_combine_rows_one_pass(hh, hh, recv, slot, gate, expert, n, n_send, k, d, pos);
+        EXPECT_MSG(memcmp(hh, want, sizeof(float) * n * d) == 0, "iteration %d: in place", it);
+        /* reversed arrival, as a placement might send them: by_expert's bits */
+        int64_t *slot2 = malloc(sizeof(int64_t) * (n * k + 1));
+        float *recv2 = malloc(sizeof(float) * (n * k * d + 1));
+        for (int64_t i = 0; i < n_send; i++) {
+            slot2[i] = slot[n_send - 1 - i];
+            memcpy(recv2 + i * d, recv + (n_send - 1 - i) * d, sizeof(float) * d);
+        }
+        moe_combine_rows_by_expert(want, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
+        moe_combine_rows_one_pass(got, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
+        EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0, "iteration %d: reversed", it);
+        free(expert), free(flag), free(gate), free(h), free(slot), free(per), free(cursor);
+        free(pos), free(recv), free(want), free(got), free(hh), free(slot2), free(recv2);
+    }
+}
+END_TEST
+
 static Suite *dispatch_combine_suite(void)
 {
     Suite *s = suite_create("dispatch_combine");
@@ -324,6 +390,7 @@ static Suite *dispatch_combine_suite(void)
     tc = tcase_create("combine");
     tcase_add_test(tc, test_combine_hand);
     tcase_add_test(tc, test_dispatch_combine_pipeline);
+    tcase_add_test(tc, test_combine_one_pass);
     suite_add_tcase(s, tc);
     return s;
 }
