@@ -1202,12 +1202,8 @@ int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *m
         rc = moe_exchange_rows(&L->ex, L->recvbuf, L->sendbuf, true, true, msg, msglen);
     }
     if (rc == MOE_OK) {
-        if (L->mapped)
-            moe_combine_rows_by_expert(y32, L->h, L->sendbuf, L->slot, L->gate, L->expert, L->n,
-                                       L->n_send, L->A, L->d, L->send_pos);
-        else
-            moe_combine_rows(y32, L->h, L->sendbuf, L->slot, L->gate, L->n, L->n_send, L->A,
-                             L->d);
+        moe_combine_rows_one_pass(y32, L->h, L->sendbuf, L->slot, L->gate, L->expert, L->n,
+                                  L->n_send, L->A, L->d, L->send_pos);
         add_shared(L, y32);
     }
     if (rc == MOE_OK && L->per_rank)

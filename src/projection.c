@@ -204,17 +204,27 @@ static void leaders_of(int *leader, const moe_placement *placement, int R)
     free(first);
 }
 
-void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const int64_t *bytes,
-                       const moe_placement *placement, int R)
+/* Clear the three (R, R) stages and return each rank's leader (malloc'd; NULL when out of
+ * memory, the stages then left zero). */
+static int *stages_begin(int64_t *stage0, int64_t *stage1, int64_t *stage2,
+                         const moe_placement *placement, int R)
 {
     size_t n = (size_t)R * (size_t)R;
     memset(stage0, 0, n * sizeof *stage0);
     memset(stage1, 0, n * sizeof *stage1);
     memset(stage2, 0, n * sizeof *stage2);
     int *leader = malloc((size_t)(R > 0 ? R : 1) * sizeof *leader);
+    if (leader != NULL)
+        leaders_of(leader, placement, R);
+    return leader;
+}
+
+void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const int64_t *bytes,
+                       const moe_placement *placement, int R)
+{
+    int *leader = stages_begin(stage0, stage1, stage2, placement, R);
     if (leader == NULL)
         return;
-    leaders_of(leader, placement, R);
     for (int s = 0; s < R; s++) {
         int ls = leader[s];
         for (int d = 0; d < R; d++) {
@@ -233,18 +243,19 @@ void moe_hier_schedule_nodes(int64_t *stage0, int64_t *stage1, int64_t *stage2,
                              int64_t node_bytes, int64_t rank_bytes,
                              const moe_placement *placement, int R, bool reverse)
 {
-    size_t n = (size_t)R * (size_t)R;
-    memset(stage0, 0, n * sizeof *stage0);
-    memset(stage1, 0, n * sizeof *stage1);
-    memset(stage2, 0, n * sizeof *stage2);
-    int *leader = malloc((size_t)(n_nodes > 0 ? n_nodes : 1) * sizeof *leader);
-    if (leader == NULL)
+    int *rank_leader = stages_begin(stage0, stage1, stage2, placement, R);
+    int *leader = malloc((size_t)(n_nodes > 0 ? n_nodes : 1) * sizeof *leader); /* of a node */
+    if (rank_leader == NULL || leader == NULL) {
+        free(rank_leader);
+        free(leader);
         return;
+    }
     for (int b = 0; b < n_nodes; b++)
         leader[b] = -1;
-    for (int r = R - 1; r >= 0; r--)
+    for (int r = 0; r < R; r++)
         if (placement[r].node >= 0 && placement[r].node < n_nodes)
-            leader[placement[r].node] = r;
+            leader[placement[r].node] = rank_leader[r];
+    free(rank_leader);
     for (int s = 0; s < R; s++) {
         int ls = leader[placement[s].node];
         for (int b = 0; b < n_nodes; b++) {

@@ -18,19 +18,12 @@ void moe_regroup_from_experts(float *send, const float *y, const int64_t *counts
 void moe_combine_rows(float *out, const float *h, const float *recv, const int64_t *slot,
                       const float *gate, int64_t n, int64_t n_send, int k, int64_t d);
 
-/* moe_combine_rows for rows sent in another order than expert id (a placement): out = h, then
- * for each token its served assignments are added in increasing expert id, so the sums are those
- * moe_combine_rows makes with rows sorted by expert. expert and gate are (n, k); pos is scratch of
- * n * k. */
-void moe_combine_rows_by_expert(float *out, const float *h, const float *recv, const int64_t *slot,
-                                const float *gate, const int32_t *expert, int64_t n,
-                                int64_t n_send, int k, int64_t d, int64_t *pos);
-
-/* The same sums in one sweep over out (the unpack phase): for each token, out_t = h_t + its served
+/* The unpack phase: the same sums in one sweep over out, for each token out_t = h_t + its served
  * assignments' gate * recv rows in increasing expert id, each row of out written while it is in
- * cache, instead of a copy of h and then k scattered read-modify-writes. Bit for bit
- * moe_combine_rows_by_expert, and so moe_combine_rows when the rows arrive sorted by expert (as
- * without a placement). out may alias h; pos is scratch of n * k. */
+ * cache, instead of a copy of h and then k scattered read-modify-writes. Rows may arrive in any
+ * order (a placement sends them by slot): the sums are those moe_combine_rows makes with rows
+ * sorted by expert, bit for bit, so y does not depend on where experts live. out may alias h;
+ * pos is scratch of n * k. */
 void moe_combine_rows_one_pass(float *out, const float *h, const float *recv, const int64_t *slot,
                                const float *gate, const int32_t *expert, int64_t n,
                                int64_t n_send, int k, int64_t d, int64_t *pos);

@@ -306,13 +306,13 @@ START_TEST(test_combine_by_expert_order)
         slot2[i] = slot[n_send - 1 - i];
         memcpy(recv2 + i * d, recv + (n_send - 1 - i) * d, sizeof(float) * d);
     }
-    moe_combine_rows_by_expert(got, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
+    moe_combine_rows_one_pass(got, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
     ck_assert_mem_eq(got, want, sizeof want);
 }
 END_TEST
 
-/* The one-pass unpack gives moe_combine_rows' bits on rows sorted by expert (no placement) and
- * moe_combine_rows_by_expert's on rows in another order, in place too; a token whose assignments
+/* The one-pass unpack gives moe_combine_rows' bits on rows sorted by expert (no placement), and
+ * the same on the rows in reversed order (a placement), in place too; a token whose assignments
  * all dropped leaves as h. Random seeded batches, k 1 to 4, d 1 to 40. */
 START_TEST(test_combine_one_pass)
 {
@@ -360,14 +360,13 @@ START_TEST(test_combine_one_pass)
         memcpy(hh, h, sizeof(float) * n * d);
         moe_combine_rows_one_pass(hh, hh, recv, slot, gate, expert, n, n_send, k, d, pos);
         EXPECT_MSG(memcmp(hh, want, sizeof(float) * n * d) == 0, "iteration %d: in place", it);
-        /* reversed arrival, as a placement might send them: by_expert's bits */
+        /* reversed arrival, as a placement might send them: the same bits */
         int64_t *slot2 = malloc(sizeof(int64_t) * (n * k + 1));
         float *recv2 = malloc(sizeof(float) * (n * k * d + 1));
         for (int64_t i = 0; i < n_send; i++) {
             slot2[i] = slot[n_send - 1 - i];
             memcpy(recv2 + i * d, recv + (n_send - 1 - i) * d, sizeof(float) * d);
         }
-        moe_combine_rows_by_expert(want, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
         moe_combine_rows_one_pass(got, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
         EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0, "iteration %d: reversed", it);
         free(expert), free(flag), free(gate), free(h), free(slot), free(per), free(cursor);
