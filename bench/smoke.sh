@@ -12,6 +12,8 @@ fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MOESIM_NO_TTY=1
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
+# Open MPI's session directories under a root of this test's own (tests/mpi/moetest.py says why)
+export OMPI_MCA_orte_tmpdir_base=$tmp/ompi
 
 set -- mpirun --oversubscribe -n 2 "$bench" --tokens 512 --hidden 64 --experts 4 --iters 2 \
     --warmup 1 --json "$tmp/bench.json"

@@ -46,6 +46,18 @@ def cores():
     return len(os.sched_getaffinity(0))
 
 
+def _session_base():
+    import atexit
+    import shutil
+    import tempfile
+    base = tempfile.mkdtemp(prefix="moesim-ompi-")
+    atexit.register(shutil.rmtree, base, True)
+    return base
+
+
+_SESSION_BASE = _session_base()
+
+
 def clean_env(**extra):
     """The environment without Slurm's and Open MPI's root permission variables, so a test sees
     what the script itself adds; plus `extra`."""
@@ -53,7 +65,10 @@ def clean_env(**extra):
            if not k.startswith("SLURM_") and k not in (
                "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
                "OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
-    env.update({"OPENBLAS_NUM_THREADS": "1", "MOESIM_NO_TTY": "1"})
+    env.update({"OPENBLAS_NUM_THREADS": "1", "MOESIM_NO_TTY": "1",
+                # Open MPI's session directories under a root of this test's own: two mpiruns
+                # creating the shared per-user one at once fail in Open MPI 4.1 (moetest.py)
+                "OMPI_MCA_orte_tmpdir_base": _SESSION_BASE})
     env.update(extra)
     return env
 

@@ -50,6 +50,20 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "OMPI_MCA_odls_base_sigkill_timeout": "0"}
 
 
+def _session_base():
+    """A session-directory root of this test's own for Open MPI: meson runs tests in parallel, and
+    Open MPI 4.1's mpirun fails ("A call to mkdir was unable to create the desired directory:
+    /tmp/ompi.<host>.<uid> ... File exists") when two of them create the shared per-user one at
+    the same moment. Short (under /tmp, PMIx puts sockets there), removed at exit."""
+    import atexit
+    base = tempfile.mkdtemp(prefix="moesim-ompi-")
+    atexit.register(shutil.rmtree, base, True)
+    return base
+
+
+MPI_ENV["OMPI_MCA_orte_tmpdir_base"] = _session_base()
+
+
 # ---------------------------------------------------------------------------------------------
 # Running moesim
 
