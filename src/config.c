@@ -67,6 +67,29 @@ static const char *const mode_names[] = {"forward", "dispatch"};
 static const char *const wire_names[] = {"fp32", "bf16", "fp8"}; /* moe_wire order */
 static const char *const dispatch_names[] = {"per-expert", "per-rank"};
 static const char *const raw_names[] = {"first", "on", "off"}; /* moe_raw_baseline order */
+static const char *const regroup_names[] = {"auto", "alltoallw", "slots", "copy"};
+
+const char *moe_regroup_name(moe_regroup_kind r)
+{
+    return r >= MOE_REGROUP_AUTO && r <= MOE_REGROUP_COPY ? regroup_names[r] : "unknown";
+}
+
+moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R)
+{
+    if (cfg->hierarchical || cfg->dispatch == MOE_DISPATCH_PER_RANK)
+        return MOE_REGROUP_COPY;
+    if (cfg->regroup != MOE_REGROUP_AUTO)
+        return cfg->regroup;
+    /* Measured here (docs/model.md): one MPI_Alltoallw into the blocks is as fast as the plain
+     * MPI_Alltoallv of the same bytes, while one Alltoallv per slot pays a collective's latency
+     * per slot. Slots when there is one slot a rank (that one Alltoallv is the plain one), or when
+     * a rank's rows out could pass Alltoallw's int byte displacements. */
+    int slots = (int)(((int64_t)cfg->experts + cfg->redundant_experts + R - 1) / R);
+    int64_t n = (cfg->tokens + R - 1) / R;
+    int64_t A = cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? cfg->experts : cfg->top_k;
+    double bytes = (double)n * (double)A * (double)cfg->hidden * (double)sizeof(float);
+    return slots <= 1 || bytes > (double)INT_MAX ? MOE_REGROUP_SLOTS : MOE_REGROUP_W;
+}
 
 const char *moe_raw_baseline_name(moe_raw_baseline r)
 {
@@ -240,6 +263,10 @@ const char *moe_config_usage(void)
            "                         each exchange: first (the first timed iteration, after an\n"
            "                         untimed one in the last warm-up step; default),\n"
            "                         on (every step), off (never)\n"
+           "  --regroup G            how arriving rows reach each expert's block: alltoallw (one\n"
+           "                         MPI_Alltoallw scatters them there), slots (one Alltoallv per\n"
+           "                         local expert), copy (staging buffer and two copies), auto\n"
+           "                         (default: chosen per shape, docs/model.md)\n"
            "  --placement P          where experts live: contiguous blocks (default), strided (e on\n"
            "                         rank e mod R), eplb (packed by load, DeepSeek's EPLB)\n"
            "  --redundant-experts N  N extra replicas of the most loaded experts, placed by EPLB\n"
@@ -285,7 +312,7 @@ enum {
     OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
-    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE
+    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP
 };
 
 static const struct option long_options[] = {
@@ -323,6 +350,7 @@ static const struct option long_options[] = {
     {"predict-only", no_argument, NULL, OPT_PREDICT_ONLY},
     {"ranks", required_argument, NULL, OPT_RANKS},
     {"raw-baseline", required_argument, NULL, OPT_RAW_BASELINE},
+    {"regroup", required_argument, NULL, OPT_REGROUP},
     {"topology", required_argument, NULL, OPT_TOPOLOGY},
     {"ranks-per-node", required_argument, NULL, OPT_RANKS_PER_NODE},
     {"a2a", required_argument, NULL, OPT_A2A},
@@ -972,6 +1000,10 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             rc = parse_choice(name, optarg, raw_names, 3, &choice, msg, msglen);
             cfg->raw_baseline = (moe_raw_baseline)choice;
             break;
+        case OPT_REGROUP:
+            rc = parse_choice(name, optarg, regroup_names, 4, &choice, msg, msglen);
+            cfg->regroup = (moe_regroup_kind)choice;
+            break;
         case OPT_ITERS:
             rc = parse_int(name, optarg, 1, 1000000, &v, msg, msglen);
             cfg->iters = (int)v;
@@ -1312,6 +1344,13 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         cfg->experts, cfg->redundant_experts, nranks,
                         cfg->redundant_experts + (nranks - (cfg->experts + cfg->redundant_experts) %
                                                               nranks));
+    if ((cfg->regroup == MOE_REGROUP_W || cfg->regroup == MOE_REGROUP_SLOTS) &&
+        (cfg->hierarchical || cfg->dispatch == MOE_DISPATCH_PER_RANK))
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--regroup %s delivers one flat exchange of per-expert rows into the "
+                        "experts' blocks: not with %s (use --regroup auto or copy)",
+                        moe_regroup_name(cfg->regroup),
+                        cfg->hierarchical ? "--a2a hierarchical" : "--dispatch per-rank");
     if (cfg->hot_experts >= cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--hot-experts %d must be smaller than the number of experts (%d)",

@@ -1,5 +1,6 @@
 #include "moesim/exchange.h"
 
+#include "moesim/config.h"
 #include "moesim/error.h"
 #include "moesim/tokens.h"
 
@@ -100,6 +101,11 @@ int moe_exchange_set_wire(moe_exchange *ex, int64_t out_bytes, int64_t back_byte
 
 void moe_exchange_free(moe_exchange *ex)
 {
+    /* the block types first: the ones not built are the row itself */
+    if (ex->blk_types != NULL)
+        for (int r = 0; r < ex->nranks; r++)
+            if (ex->blk_types[r] != ex->row && ex->blk_types[r] != MPI_DATATYPE_NULL)
+                MPI_Type_free(&ex->blk_types[r]);
     if (ex->row_out != ex->row && ex->row_out != MPI_DATATYPE_NULL && ex->row_out != 0)
         MPI_Type_free(&ex->row_out);
     if (ex->row_back != ex->row && ex->row_back != MPI_DATATYPE_NULL && ex->row_back != 0)
@@ -107,6 +113,10 @@ void moe_exchange_free(moe_exchange *ex)
     if (ex->row != MPI_DATATYPE_NULL && ex->row != 0)
         MPI_Type_free(&ex->row);
     free(ex->cnt_scounts);
+    free(ex->blk_types);
+    free(ex->blk_rows);
+    free(ex->blk_w);
+    free(ex->blk_s);
     memset(ex, 0, sizeof *ex);
     ex->row = MPI_DATATYPE_NULL;
 }
@@ -164,5 +174,157 @@ int moe_exchange_rows(moe_exchange *ex, const void *send, void *recv, bool rever
         MOE_MPI_CHECK(MPI_Alltoallv(send, ex->rcounts, ex->rdispls, t, recv, ex->scounts,
                                     ex->sdispls, t, ex->comm),
                       msg, msglen);
+    return MOE_OK;
+}
+
+int moe_exchange_blocks_init(moe_exchange *ex, int kind, int slots_max, char *msg, size_t msglen)
+{
+    int R = ex->nranks;
+    ex->blk_kind = kind;
+    ex->blk_slots = slots_max;
+    if (kind == MOE_REGROUP_W) {
+        ex->blk_types = malloc((size_t)R * sizeof *ex->blk_types);
+        ex->blk_rows = malloc((size_t)R * sizeof *ex->blk_rows);
+        ex->blk_w = calloc((size_t)R * 4, sizeof *ex->blk_w);
+        if (ex->blk_types == NULL || ex->blk_rows == NULL || ex->blk_w == NULL)
+            return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+        for (int r = 0; r < R; r++)
+            ex->blk_types[r] = ex->blk_rows[r] = ex->row;
+    } else {
+        ex->blk_s = calloc((size_t)R * 4 * (size_t)(slots_max > 0 ? slots_max : 1),
+                           sizeof *ex->blk_s);
+        if (ex->blk_s == NULL)
+            return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+    }
+    return MOE_OK;
+}
+
+/* alltoallw: one datatype per source, its rows' runs at their places in the blocks */
+static int plan_alltoallw(moe_exchange *ex, const int64_t *arrive, int n_ls,
+                          const int64_t *block_start, int64_t *placed, char *msg, size_t msglen)
+{
+    int R = ex->nranks, *bw = ex->blk_w;
+    for (int r = 0; r < R; r++) {
+        int64_t bytes = (int64_t)ex->sdispls[r] * ex->row_bytes;
+        if (bytes > INT_MAX)
+            return moe_fail(MOE_ERANGE, msg, msglen,
+                            "--regroup alltoallw: rows beyond %d bytes of the send buffer cannot "
+                            "be addressed by MPI_Alltoallw's int displacements; use --regroup "
+                            "slots",
+                            INT_MAX);
+        bw[r] = ex->scounts[r];
+        bw[R + r] = (int)bytes;
+    }
+    int *len = malloc((size_t)(n_ls > 0 ? n_ls : 1) * sizeof *len);
+    MPI_Aint *at = malloc((size_t)(n_ls > 0 ? n_ls : 1) * sizeof *at);
+    if (len == NULL || at == NULL) {
+        free(len);
+        free(at);
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+    }
+    int rc = MOE_OK;
+    for (int s = 0; s < R && rc == MOE_OK; s++) {
+        if (ex->blk_types[s] != ex->row)
+            MPI_Type_free(&ex->blk_types[s]);
+        ex->blk_types[s] = ex->row;
+        int runs = 0;
+        for (int j = 0; j < n_ls; j++) {
+            int64_t rows = arrive[(int64_t)s * n_ls + j];
+            if (rows > 0) {
+                len[runs] = (int)rows;
+                at[runs++] = (MPI_Aint)((block_start[j] + placed[j]) * ex->row_bytes);
+            }
+            placed[j] += rows;
+        }
+        bw[2 * R + s] = runs > 0;
+        bw[3 * R + s] = 0;
+        if (runs == 0)
+            continue;
+        MPI_Datatype t;
+        int mrc = MPI_Type_create_hindexed(runs, len, at, ex->row, &t);
+        if (mrc == MPI_SUCCESS && (mrc = MPI_Type_commit(&t)) == MPI_SUCCESS)
+            ex->blk_types[s] = t;
+        if (mrc != MPI_SUCCESS)
+            rc = moe_mpi_fail(mrc, "MPI_Type_create_hindexed", __FILE__, __LINE__, msg, msglen);
+    }
+    free(len);
+    free(at);
+    return rc;
+}
+
+int moe_exchange_blocks_plan(moe_exchange *ex, const int64_t *slot_rows, const int *first_slot,
+                             const int64_t *arrive, int n_ls, const int64_t *block_start,
+                             char *msg, size_t msglen)
+{
+    int R = ex->nranks;
+    int64_t *placed = calloc((size_t)(n_ls > 0 ? n_ls : 1), sizeof *placed);
+    if (placed == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+    int rc = MOE_OK;
+    if (ex->blk_kind == MOE_REGROUP_W) {
+        rc = plan_alltoallw(ex, arrive, n_ls, block_start, placed, msg, msglen);
+        free(placed);
+        return rc;
+    }
+    /* slots: exchange j carries every rank's j-th slot; rows in int, as moe_exchange_set_rows
+     * checked their totals */
+    int64_t *at = calloc((size_t)R, sizeof *at);
+    if (at == NULL) {
+        free(placed);
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+    }
+    int64_t off = 0;
+    for (int r = 0; r < R; r++) { /* where rank r's first slot starts in the send order */
+        at[r] = off;
+        for (int p = first_slot[r]; p < first_slot[r + 1]; p++)
+            off += slot_rows[p];
+    }
+    for (int j = 0; j < ex->blk_slots; j++) {
+        int *sc = ex->blk_s + (int64_t)j * 4 * R, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+        for (int r = 0; r < R; r++) {
+            int p = first_slot[r] + j;
+            int64_t rows = p < first_slot[r + 1] ? slot_rows[p] : 0;
+            sc[r] = (int)rows;
+            sd[r] = (int)at[r];
+            at[r] += rows;
+        }
+        for (int s = 0; s < R; s++) {
+            int64_t rows = j < n_ls ? arrive[(int64_t)s * n_ls + j] : 0;
+            rcn[s] = (int)rows;
+            rd[s] = j < n_ls ? (int)(block_start[j] + placed[j]) : 0;
+            if (j < n_ls)
+                placed[j] += rows;
+        }
+    }
+    free(at);
+    free(placed);
+    return rc;
+}
+
+int moe_exchange_blocks(moe_exchange *ex, const void *send, void *recv, bool reverse, char *msg,
+                        size_t msglen)
+{
+    int R = ex->nranks;
+    if (ex->blk_kind == MOE_REGROUP_W) {
+        int *cnt = ex->blk_w, *dsp = cnt + R, *one = cnt + 2 * R, *zero = cnt + 3 * R;
+        if (!reverse)
+            MOE_MPI_CHECK(MPI_Alltoallw(send, cnt, dsp, ex->blk_rows, recv, one, zero,
+                                        ex->blk_types, ex->comm),
+                          msg, msglen);
+        else
+            MOE_MPI_CHECK(MPI_Alltoallw(send, one, zero, ex->blk_types, recv, cnt, dsp,
+                                        ex->blk_rows, ex->comm),
+                          msg, msglen);
+        return MOE_OK;
+    }
+    for (int j = 0; j < ex->blk_slots; j++) {
+        int *sc = ex->blk_s + (int64_t)j * 4 * R, *sd = sc + R, *rcn = sc + 2 * R, *rd = sc + 3 * R;
+        if (!reverse)
+            MOE_MPI_CHECK(MPI_Alltoallv(send, sc, sd, ex->row, recv, rcn, rd, ex->row, ex->comm),
+                          msg, msglen);
+        else
+            MOE_MPI_CHECK(MPI_Alltoallv(send, rcn, rd, ex->row, recv, sc, sd, ex->row, ex->comm),
+                          msg, msglen);
+    }
     return MOE_OK;
 }

@@ -155,6 +155,8 @@ static void route(moe_layer *L)
     select_experts(L, L->probs);
 }
 
+static void layout_experts(moe_layer *L);
+
 /* Phase 2: counts to owners, owners decide acceptance under capacity, verdicts back, send plan. */
 static int decide(moe_layer *L, char *msg, size_t msglen)
 {
@@ -212,6 +214,11 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
         rc = moe_dedup_plan(L, msg, msglen);
         if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK && L->nodex)
             rc = moe_nodex_plan(L, msg, msglen);
+    }
+    if (rc == MOE_OK && L->ex.blk_kind != 0) { /* where each source's rows land in the blocks */
+        layout_experts(L);
+        rc = moe_exchange_blocks_plan(&L->ex, L->per_slot, L->map.first_slot, L->acc_slot,
+                                      (int)L->n_ls, L->x_start, msg, msglen);
     }
     if (L->hier == NULL)
         return rc; /* the callers agree on it before the next collective */
@@ -703,6 +710,15 @@ static int place_experts(moe_layer *L, char *msg, size_t msglen)
         L->owner_of[p] = L->map.rank[p];
         L->local_of[p] = p - L->map.first_slot[L->map.rank[p]];
     }
+    /* rows straight into the experts' blocks, as many exchanges as the busiest rank's slots */
+    L->regroup = moe_config_regroup(c, R);
+    if (rc == MOE_OK && L->regroup != MOE_REGROUP_COPY && !c->predict_only) {
+        int most = 0;
+        for (int r = 0; r < R; r++)
+            if (L->map.first_slot[r + 1] - L->map.first_slot[r] > most)
+                most = L->map.first_slot[r + 1] - L->map.first_slot[r];
+        rc = moe_exchange_blocks_init(&L->ex, (int)L->regroup, most, msg, msglen);
+    }
     /* this rank's experts: one per local slot, with its logical expert's weights */
     bool weights = !c->predict_only && c->mode == MOE_MODE_FORWARD;
     size_t w = weights ? (size_t)L->n_ls * (size_t)(L->f * L->d) : 0;
@@ -984,7 +1000,8 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     if (L->nodex)
         L->mem.staging += moe_nodex_buffer_bytes(L);
     L->mem.protocol = protocol_bytes(L);
-    moe_memory_exchange(&L->mem, cfg, L->n_send, L->n_recv, L->rows_x);
+    moe_memory_exchange(&L->mem, cfg, L->n_send, L->regroup == MOE_REGROUP_COPY ? L->n_recv : 0,
+                        L->n_recv, L->rows_x);
     if ((rc = check_memory(L, L->mem.total, "the exchange and expert buffers", msg, msglen)) !=
         MOE_OK)
         return rc;
@@ -998,7 +1015,10 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     L->bytes -= L->exch_bytes;
     int64_t before = L->bytes;
     L->sendbuf = alloc_bytes(L, (size_t)(L->n_send * L->d), sizeof(float), &rc);
-    L->recvbuf = alloc_bytes(L, (size_t)(L->n_recv * L->d), sizeof(float), &rc);
+    /* staged arrivals: only where rows do not go straight into the experts' blocks */
+    L->recvbuf = L->regroup == MOE_REGROUP_COPY
+                     ? alloc_bytes(L, (size_t)(L->n_recv * L->d), sizeof(float), &rc)
+                     : NULL;
     L->rawbuf = alloc_bytes(L, (size_t)((raw_bytes + 3) / 4), sizeof(float), &rc);
 
     L->x = alloc_bytes(L, (size_t)(L->rows_x * L->d), sizeof(float), &rc); /* zero: the padding */
@@ -1137,7 +1157,10 @@ static int exchange_timed(moe_layer *L, const void *send, void *recv, bool rever
     double t0 = MPI_Wtime();
     MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
     double t1 = MPI_Wtime();
-    if ((rc = exchange(L, send, recv, reverse, msg, msglen)) != MOE_OK)
+    /* fp32 rows straight into the experts' blocks, or out of them (--regroup alltoallw, slots) */
+    bool blocks = L->ex.blk_kind != 0 && !(reverse ? L->wire_back : L->wire_out);
+    if ((rc = blocks ? moe_exchange_blocks(&L->ex, send, recv, reverse, msg, msglen)
+                     : exchange(L, send, recv, reverse, msg, msglen)) != MOE_OK)
         return rc;
     double t2 = MPI_Wtime();
     seconds[0] = t1 - t0;
@@ -1151,6 +1174,26 @@ static int exchange_timed(moe_layer *L, const void *send, void *recv, bool rever
         return rc;
     seconds[2] = MPI_Wtime() - t3;
     return MOE_OK;
+}
+
+/* Encoded rows between their arrival order (source-major, slots inside) and the experts' blocks:
+ * decoded into the blocks, or encoded out of them; one pass, no fp32 staging. */
+static void wire_blocks(moe_layer *L, uint8_t *arrival, float *blocks, moe_wire w, bool decode)
+{
+    int64_t rb = moe_wire_row_bytes(w, L->d), d = L->d, n_ls = L->n_ls;
+    for (int64_t ls = 0; ls < n_ls; ls++)
+        L->placed[ls] = 0;
+    for (int s = 0; s < L->R; s++)
+        for (int64_t ls = 0; ls < n_ls; ls++) {
+            int64_t rows = L->acc_slot[s * n_ls + ls];
+            float *block = blocks + (L->x_start[ls] + L->placed[ls]) * d;
+            if (rows > 0 && decode)
+                moe_wire_decode_rows(block, arrival, rows, d, w);
+            else if (rows > 0)
+                moe_wire_encode_rows(arrival, block, NULL, rows, d, w);
+            L->placed[ls] += rows;
+            arrival += rows * rb;
+        }
 }
 
 /* Shared experts (DeepSeekMoE): every token, on its own rank, gate 1, after the routed sum. */
@@ -1192,9 +1235,15 @@ int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *m
     /* per (token, expert) rows, whatever --dispatch: the reference is the plain exchange */
     if (L->per_rank)
         rc = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
-    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK)
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK && L->ex.blk_kind != 0) {
+        /* fp32 rows straight into the blocks and back out of them */
+        rc = moe_exchange_blocks(&L->ex, L->sendbuf, L->x, false, msg, msglen);
+        if (rc == MOE_OK)
+            rc = moe_exchange_blocks(&L->ex, run_experts(L), L->sendbuf, true, msg, msglen);
+    } else if (rc == MOE_OK) {
         rc = moe_exchange_rows(&L->ex, L->sendbuf, L->recvbuf, false, true, msg, msglen);
-    if (rc == MOE_OK) {
+    }
+    if (rc == MOE_OK && L->ex.blk_kind == 0) {
         moe_regroup_to_experts(L->x, L->recvbuf, L->acc_slot, L->R, (int)L->n_ls, L->x_start,
                                L->d, L->placed);
         moe_regroup_from_experts(L->recvbuf, run_experts(L), L->acc_slot, L->R, (int)L->n_ls,
@@ -1275,6 +1324,7 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
             moe_dedup_combine(L, L->y);
         t[9] = MPI_Wtime();
     } else {
+    bool direct = L->regroup != MOE_REGROUP_COPY; /* rows straight into the blocks, and back */
     if (enc_out) {
         for (int64_t i = 0; i < L->n_send; i++)
             L->send_tok[i] = L->slot[i] / L->A;
@@ -1284,23 +1334,34 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     }
     t[3] = MPI_Wtime();
     if ((rc = exchange_timed(L, enc_out ? (void *)L->send_enc : L->sendbuf,
-                             enc_out ? (void *)L->recv_enc : L->recvbuf, false, dispatch, msg,
-                             msglen)) != MOE_OK)
+                             enc_out ? (void *)L->recv_enc : direct ? L->x : L->recvbuf, false,
+                             dispatch, msg, msglen)) != MOE_OK)
         return rc;
     t[4] = MPI_Wtime();
-    if (enc_out)
-        moe_wire_decode_rows(L->recvbuf, L->recv_enc, L->n_recv, L->d, L->wire_out);
-    moe_regroup_to_experts(L->x, L->recvbuf, L->acc_slot, L->R, (int)L->n_ls, L->x_start, L->d,
-                           L->placed);
+    if (direct && enc_out) /* decoded where the experts read them */
+        wire_blocks(L, L->recv_enc, L->x, L->wire_out, true);
+    if (!direct) {
+        if (enc_out)
+            moe_wire_decode_rows(L->recvbuf, L->recv_enc, L->n_recv, L->d, L->wire_out);
+        moe_regroup_to_experts(L->x, L->recvbuf, L->acc_slot, L->R, (int)L->n_ls, L->x_start,
+                               L->d, L->placed);
+    }
     t[5] = MPI_Wtime();
     const float *expert_out = run_experts(L); /* --mode dispatch: each returns its input */
     t[6] = MPI_Wtime();
-    moe_regroup_from_experts(L->recvbuf, expert_out, L->acc_slot, L->R, (int)L->n_ls, L->x_start,
-                             L->d, L->placed);
-    if (enc_back)
-        moe_wire_encode_rows(L->rback_enc, L->recvbuf, NULL, L->n_recv, L->d, L->wire_back);
+    if (direct && enc_back)
+        wire_blocks(L, L->rback_enc, (float *)expert_out, L->wire_back, false);
+    if (!direct) {
+        moe_regroup_from_experts(L->recvbuf, expert_out, L->acc_slot, L->R, (int)L->n_ls,
+                                 L->x_start, L->d, L->placed);
+        if (enc_back)
+            moe_wire_encode_rows(L->rback_enc, L->recvbuf, NULL, L->n_recv, L->d, L->wire_back);
+    }
     t[7] = MPI_Wtime();
-    if ((rc = exchange_timed(L, enc_back ? (void *)L->rback_enc : L->recvbuf,
+    if ((rc = exchange_timed(L,
+                             enc_back ? (const void *)L->rback_enc
+                             : direct ? (const void *)expert_out
+                                      : (const void *)L->recvbuf,
                              enc_back ? (void *)L->back_enc : L->sendbuf, true, combine, msg,
                              msglen)) != MOE_OK)
         return rc;

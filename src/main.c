@@ -537,6 +537,10 @@ int main(int argc, char **argv)
         if (planned) /* owners, placement, traffic, balance and memory of the planned ranks */
             moe_planned_results(&res, &cfg, &plan);
         res.hierarchical = cfg.hierarchical;
+        res.regroup = cfg.dispatch == MOE_DISPATCH_PER_RANK
+                          ? "fan-out"
+                          : moe_regroup_name(moe_config_regroup(&cfg, planned ? cfg.plan_ranks
+                                                                              : nranks));
         res.env = env;
         if (!cfg.quiet) {
             moe_report_placement(report_out, &res);

@@ -124,18 +124,18 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     sum_parts(m);
 }
 
-void moe_memory_exchange(moe_mem_estimate *m, const moe_config *cfg, int64_t n_send, int64_t n_recv,
-                         int64_t rows_x)
+void moe_memory_exchange(moe_mem_estimate *m, const moe_config *cfg, int64_t n_send,
+                         int64_t n_staged, int64_t n_recv, int64_t rows_x)
 {
     int64_t d = cfg->hidden, f = cfg->ffn > 0 ? cfg->ffn : moe_bytes_mul(2, cfg->hidden);
     int64_t F = (int64_t)sizeof(float);
     if (cfg->predict_only) {
         m->exchange = m->staging = 0;
     } else {
-        /* send, receive, the raw baseline's own buffer (the larger of the two), and per computed
-         * row: expert input (d), activation (f), output (d) */
+        /* send, the staged arrivals, the raw baseline's own buffer (the larger direction), and
+         * per computed row: expert input (d), activation (f), output (d) */
         int64_t raw = n_send > n_recv ? n_send : n_recv;
-        int64_t rows = moe_bytes_add(moe_bytes_add(n_send, n_recv), raw);
+        int64_t rows = moe_bytes_add(moe_bytes_add(n_send, n_staged), raw);
         /* identity experts (--mode dispatch) keep only their input x */
         int64_t per_row = cfg->mode == MOE_MODE_DISPATCH ? d : moe_bytes_add(moe_bytes_mul(2, d), f);
         m->exchange = moe_bytes_add(mul3(rows, d, F), mul3(rows_x, per_row, F));
@@ -156,6 +156,7 @@ void moe_memory_exchange_balanced(moe_mem_estimate *m, const moe_config *cfg, in
 {
     int64_t k = cfg->top_k, E = cfg->experts;
     int64_t rows = moe_bytes_mul(n, k);
+    bool staged = moe_config_regroup(cfg, R) == MOE_REGROUP_COPY;
     /* the capacity caps what a rank's experts can accept: n_le * C, C summed over groups (in
      * local scope R groups of the mean N / R tokens, rounded down: a balanced load) */
     if (cfg->capacity_factor > 0.0) {
@@ -169,11 +170,11 @@ void moe_memory_exchange_balanced(moe_mem_estimate *m, const moe_config *cfg, in
         if (hold < rows)
             rows = hold;
         if (cfg->pad_to_capacity) { /* every slot is computed, filled or not */
-            moe_memory_exchange(m, cfg, rows, rows, hold);
+            moe_memory_exchange(m, cfg, rows, staged ? rows : 0, rows, hold);
             return;
         }
     }
-    moe_memory_exchange(m, cfg, rows, rows, rows);
+    moe_memory_exchange(m, cfg, rows, staged ? rows : 0, rows, rows);
 }
 
 int moe_memory_parse_size(const char *text, int64_t *bytes, double *percent, char *msg,

@@ -423,6 +423,12 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                      "dispatch %.2fx, combine %.2fx\n",
                 res->hierarchical ? "two-level" : "flat", res->phase[MOE_PHASE_DISPATCH].max / rd,
                 res->phase[MOE_PHASE_COMBINE].max / rc);
+    if (res->regroup != NULL && strcmp(res->regroup, "alltoallw") == 0)
+        fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallw, no regroup copy; "
+                     "--regroup)\n");
+    else if (res->regroup != NULL && strcmp(res->regroup, "slots") == 0)
+        fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallv per local expert, no "
+                     "regroup copy; --regroup)\n");
     each_warning(res, print_warning, out);
 
     fprintf(out, "\n%sTraffic by locality%s (dispatch + combine; a message = one nonzero rank-to-rank block)\n",
@@ -923,6 +929,7 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                                                  : json_null());
     json_object_set_new(config, "routing", json_string(moe_routing_name(cfg->routing)));
     json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
+    json_object_set_new(config, "regroup", json_string(moe_regroup_name(cfg->regroup)));
     json_object_set_new(config, "raw_baseline",
                         json_string(moe_raw_baseline_name(cfg->raw_baseline)));
     json_object_set_new(config, "dispatch", json_string(moe_dispatch_name(cfg->dispatch)));
@@ -1114,7 +1121,9 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     }
     double rd = res->phase[MOE_PHASE_DISPATCH_RAW].max, rcb = res->phase[MOE_PHASE_COMBINE_RAW].max;
     json_object_set_new(root, "exchange",
-                        json_pack("{s:s, s:o, s:o}", "a2a", res->hierarchical ? "hierarchical" : "flat",
+                        json_pack("{s:s, s:s, s:o, s:o}", "a2a",
+                                  res->hierarchical ? "hierarchical" : "flat", "regroup",
+                                  res->regroup != NULL ? res->regroup : "copy",
                                   "dispatch_over_raw",
                                   rd > 0 ? num(res->phase[MOE_PHASE_DISPATCH].max / rd) : json_null(),
                                   "combine_over_raw",

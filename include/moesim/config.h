@@ -45,6 +45,20 @@ typedef enum moe_raw_baseline {
 
 const char *moe_raw_baseline_name(moe_raw_baseline r);
 
+/* How arriving rows reach the experts' blocks (--regroup): the owner computes each local expert
+ * on one contiguous block of rows, while each source's rows arrive together. */
+typedef enum moe_regroup_kind {
+    MOE_REGROUP_AUTO = 0,   /* chosen per shape (moe_regroup_choose, dispatch.h)          */
+    MOE_REGROUP_W = 1,      /* one MPI_Alltoallw whose receive datatypes scatter each
+                             * source's rows into the blocks; the combine sends from them */
+    MOE_REGROUP_SLOTS = 2,  /* one MPI_Alltoallv per local-expert slot, straight into its
+                             * block; the combine the same way back                        */
+    MOE_REGROUP_COPY = 3    /* one MPI_Alltoallv into a staging buffer, copied to the blocks
+                             * and back (the layout of the two-level exchange)             */
+} moe_regroup_kind;
+
+const char *moe_regroup_name(moe_regroup_kind r);
+
 /* What travels in dispatch (--dispatch). */
 typedef enum moe_dispatch_kind {
     MOE_DISPATCH_PER_EXPERT = 0, /* one row per served (token, expert) (Megatron's alltoall)   */
@@ -74,6 +88,7 @@ typedef struct moe_config {
     bool pad_to_capacity;   /* compute the empty slots too              --pad-to-capacity */
     moe_mode mode;          /* forward or dispatch-only                 --mode forward */
     moe_raw_baseline raw_baseline; /* the raw Alltoallv baselines        --raw-baseline first */
+    moe_regroup_kind regroup;   /* arriving rows to expert blocks          --regroup auto */
     moe_dispatch_kind dispatch; /* rows per expert or per rank           --dispatch per-expert */
     moe_place_kind placement;   /* where experts live                     --placement contiguous */
     int redundant_experts;      /* extra replicas of the most loaded      --redundant-experts 0 */
@@ -163,5 +178,10 @@ bool moe_config_dump_is_npy(const char *path);
 
 /* The --help text. */
 const char *moe_config_usage(void);
+
+/* What --regroup does at R ranks: copy wherever rows do not arrive from one flat exchange of
+ * per-expert rows (--a2a hierarchical, --dispatch per-rank), the option when given, else the
+ * choice of docs/model.md for the shape. Pure. */
+moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R);
 
 #endif

@@ -41,6 +41,14 @@ typedef struct moe_exchange {
     int *cnt_scounts, *cnt_sdispls, *cnt_rcounts, *cnt_rdispls;
     /* row exchange, in rows: dispatch direction; combine swaps send and receive */
     int *scounts, *sdispls, *rcounts, *rdispls;
+    /* rows straight into the experts' blocks and back out of them (--regroup alltoallw, slots):
+     * blk_kind is MOE_REGROUP_W or MOE_REGROUP_SLOTS once moe_exchange_blocks_init ran, else 0 */
+    int blk_kind, blk_slots;
+    MPI_Datatype *blk_types; /* (R) alltoallw: each source's rows scattered into the blocks */
+    MPI_Datatype *blk_rows;  /* (R) alltoallw: the fp32 row, for the contiguous side */
+    int *blk_w;              /* (4R) alltoallw: rows and byte offsets of the contiguous side;
+                              * 1 or 0 and 0 for the block side */
+    int *blk_s;              /* (blk_slots, 4R) slots: scounts, sdispls, rcounts, rdispls in rows */
 } moe_exchange;
 
 /* Set up for rows of d floats and E experts in contiguous blocks over the ranks of comm. */
@@ -69,5 +77,20 @@ int moe_exchange_set_rows(moe_exchange *ex, const int64_t *send_rows, const int6
  * reverse; with fp32 true, the fp32 row either way (the reference exchange of --wire). */
 int moe_exchange_rows(moe_exchange *ex, const void *send, void *recv, bool reverse, bool fp32,
                       char *msg, size_t msglen);
+
+/* Rows straight into the experts' blocks (--regroup alltoallw or slots; kind is one of the two):
+ * arrays for slots_max local-expert slots on the busiest rank. Not collective. */
+int moe_exchange_blocks_init(moe_exchange *ex, int kind, int slots_max, char *msg, size_t msglen);
+/* The plan of one step's rows, after moe_exchange_set_rows. Sender side: slot_rows[p] rows leave
+ * for slot p, in slot order (slots rank-major, first_slot (R + 1) the first slot of each rank).
+ * Owner side: arrive (R, n_ls) the rows each source sends each of my n_ls slots, slot j's block
+ * starting at row block_start[j]; each source's rows are placed in source order. Not collective. */
+int moe_exchange_blocks_plan(moe_exchange *ex, const int64_t *slot_rows, const int *first_slot,
+                             const int64_t *arrive, int n_ls, const int64_t *block_start,
+                             char *msg, size_t msglen);
+/* The fp32 rows of dispatch from send (slot order) straight into the blocks (recv); reverse = true
+ * sends the blocks (send) back into the slot order (recv). Collective. */
+int moe_exchange_blocks(moe_exchange *ex, const void *send, void *recv, bool reverse, char *msg,
+                        size_t msglen);
 
 #endif

@@ -42,10 +42,11 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
                       int64_t n_le);
 
 /* The exchange buffers once their row counts are known: n_send rows leave this rank, n_recv
- * arrive, rows_x are computed (n_recv, or the full capacity when padding); updates total. Under
- * --predict-only nothing is allocated. */
-void moe_memory_exchange(moe_mem_estimate *m, const moe_config *cfg, int64_t n_send, int64_t n_recv,
-                         int64_t rows_x);
+ * arrive, n_staged of them through a staging buffer (n_recv with --regroup copy, else 0: they land
+ * in the experts' blocks), rows_x are computed (n_recv, or the full capacity when padding);
+ * updates total. Under --predict-only nothing is allocated. */
+void moe_memory_exchange(moe_mem_estimate *m, const moe_config *cfg, int64_t n_send,
+                         int64_t n_staged, int64_t n_recv, int64_t rows_x);
 
 /* The exchange at the mean load of a balanced router (every rank sends and receives n k rows,
  * fewer if the capacity cannot hold them): what any routing needs at least on average, so a run

@@ -24,7 +24,7 @@
     X(MOE_PHASE_DISPATCH_WAIT, "dispatch_wait", "barrier: waiting for the slowest rank", 1)   \
     X(MOE_PHASE_DISPATCH, "dispatch", "token rows to expert owners", 1)                       \
     X(MOE_PHASE_DISPATCH_RAW, "dispatch_raw", "baseline: raw MPI_Alltoallv, same bytes", 0)   \
-    X(MOE_PHASE_REGROUP, "regroup", "owner: rows to expert-major and back", 1)                \
+    X(MOE_PHASE_REGROUP, "regroup", "owner: rows to the experts' blocks and back (copy, wire codec, fan-out)", 1)                \
     X(MOE_PHASE_EXPERT, "expert", "expert FFNs (two sgemm + GELU)", 1)                        \
     X(MOE_PHASE_COMBINE_WAIT, "combine_wait", "barrier: waiting for the slowest expert rank", 1) \
     X(MOE_PHASE_COMBINE, "combine", "expert outputs back to sources", 1)                      \
@@ -186,6 +186,8 @@ typedef struct moe_results {
     moe_class_traffic by_class_hier[MOE_LOC_COUNT];   /* the same over the three two-level stages */
     moe_class_traffic *by_class_per_rank;             /* (R, MOE_LOC_COUNT), flat, by source rank */
     bool hierarchical;                    /* which exchange ran                               */
+    const char *regroup;                  /* how rows reached the experts' blocks (--regroup):
+                                           * alltoallw, slots, copy, or fan-out (per-rank rows) */
     bool projected;                       /* --network given                                  */
     char network[128];
     double proj_flat_dispatch, proj_flat_combine, proj_hier_dispatch, proj_hier_combine;

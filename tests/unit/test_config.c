@@ -1917,6 +1917,44 @@ START_TEST(test_mode_option)
 }
 END_TEST
 
+/* --regroup: parsed, and what it does at R ranks (moe_config_regroup), by hand. */
+START_TEST(test_regroup_option)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.regroup, MOE_REGROUP_AUTO);
+    /* defaults: 8192 tokens, d 512, 8 experts, top-2: 4 slots a rank at R = 2, rows out at most
+     * 4096 x 2 x 2 KiB = 16 MiB: one Alltoallw */
+    ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_W);
+    /* one expert a rank: the one Alltoallv of slots is the plain exchange */
+    ck_assert_int_eq(moe_config_regroup(&cfg, 8), MOE_REGROUP_SLOTS);
+    /* ... unless replicas give a rank two slots: (8 + 8) / 8 = 2 */
+    cfg.redundant_experts = 8;
+    ck_assert_int_eq(moe_config_regroup(&cfg, 8), MOE_REGROUP_W);
+    cfg.redundant_experts = 0;
+    /* rows out that could pass Alltoallw's int byte displacements: 2^20 tokens a rank x 2 x
+     * 2 KiB = 4 GiB */
+    cfg.tokens = INT64_C(1) << 21;
+    ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_SLOTS);
+    for (int g = 1; g <= 3; g++) {
+        static const char *const names[] = {"auto", "alltoallw", "slots", "copy"};
+        ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--regroup", names[g], NULL), MOE_OK);
+        ck_assert_int_eq(cfg.regroup, g);
+        ck_assert_str_eq(moe_regroup_name(cfg.regroup), names[g]);
+        ck_assert_int_eq(moe_config_regroup(&cfg, 2), g); /* as given */
+    }
+    /* rows that do not arrive from one flat exchange of per-expert rows: staged */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--a2a", "hierarchical", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_COPY);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--dispatch", "per-rank", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_COPY);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--regroup", "scatter", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--regroup must be"));
+    ck_assert_ptr_nonnull(strstr(moe_config_usage(), "  --regroup G "));
+}
+END_TEST
+
 /* Issue 10's exchange and placement options: parsed, defaults, refusals naming the option. */
 START_TEST(test_exchange_options)
 {
@@ -2105,6 +2143,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_usage_lists_layer_options);
     tcase_add_test(tc, test_mode_option);
     tcase_add_test(tc, test_exchange_options);
+    tcase_add_test(tc, test_regroup_option);
     tcase_add_test(tc, test_group_limit_off);
     suite_add_tcase(s, tc);
     return s;

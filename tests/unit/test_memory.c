@@ -299,31 +299,35 @@ START_TEST(test_exchange_hand)
     int64_t fixed = m.total;
     /* 10 rows out, 6 in, raw baseline max(10, 6) = 10: 26 rows of d F = 16 bytes = 416;
      * 6 computed rows of (2d + f) F = 64 bytes = 384 */
-    moe_memory_exchange(&m, &cfg, 10, 6, 6);
+    moe_memory_exchange(&m, &cfg, 10, 6, 6, 6);
     ck_assert_int_eq(m.exchange, 800);
     ck_assert_int_eq(m.total, fixed + 800);
+    /* rows straight into the blocks (--regroup alltoallw, slots): no staged arrivals, so
+     * 10 + 0 + 10 = 20 rows of 16 bytes = 320, plus the same 384 */
+    moe_memory_exchange(&m, &cfg, 10, 0, 6, 6);
+    ck_assert_int_eq(m.exchange, 704);
     /* a second call replaces the exchange, it does not add to it */
-    moe_memory_exchange(&m, &cfg, 2, 5, 0); /* rows 2 + 5 + 5 = 12: 192 */
+    moe_memory_exchange(&m, &cfg, 2, 5, 5, 0); /* rows 2 + 5 + 5 = 12: 192 */
     ck_assert_int_eq(m.exchange, 192);
     ck_assert_int_eq(m.total, fixed + 192);
     /* staging set by the caller counts in the total */
     m.staging = 1000;
-    moe_memory_exchange(&m, &cfg, 0, 0, 0);
+    moe_memory_exchange(&m, &cfg, 0, 0, 0, 0);
     ck_assert_int_eq(m.exchange, 0);
     ck_assert_int_eq(m.total, fixed + 1000);
     /* ffn = 0: f = 2d = 8, the same as above */
     cfg.ffn = 0;
-    moe_memory_exchange(&m, &cfg, 10, 6, 6);
+    moe_memory_exchange(&m, &cfg, 10, 6, 6, 6);
     ck_assert_int_eq(m.exchange, 800);
     /* --predict-only: nothing, and the staging is cleared too */
     cfg.predict_only = true;
-    moe_memory_exchange(&m, &cfg, 10, 6, 6);
+    moe_memory_exchange(&m, &cfg, 10, 6, 6, 6);
     ck_assert_int_eq(m.exchange, 0);
     ck_assert_int_eq(m.staging, 0);
     ck_assert_int_eq(m.total, fixed);
     /* saturation: 2^62 rows */
     cfg.predict_only = false;
-    moe_memory_exchange(&m, &cfg, INT64_C(1) << 62, 0, 0);
+    moe_memory_exchange(&m, &cfg, INT64_C(1) << 62, 0, 0, 0);
     ck_assert_int_eq(m.exchange, MOE_BYTES_MAX);
     ck_assert_int_eq(m.total, MOE_BYTES_MAX);
 }
@@ -337,8 +341,17 @@ START_TEST(test_exchange_balanced_hand)
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
     int64_t fixed = m.total;
 
-    /* dropless: n k = 8 rows each way, 8 computed: 24 * 16 + 8 * 64 = 896 */
+    /* rows straight into the experts' blocks (the default here, --regroup auto is alltoallw):
+     * dropless, n k = 8 rows out and the raw baseline's 8, no staged arrivals, 8 computed:
+     * 16 * 16 + 8 * 64 = 768 */
     cfg.capacity_factor = 0.0;
+    ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_W);
+    moe_memory_exchange_balanced(&m, &cfg, 2, 4, 2);
+    ck_assert_int_eq(m.exchange, 768);
+    /* the staged exchange (--regroup copy) keeps 8 more rows for the arrivals, as below */
+    cfg.regroup = MOE_REGROUP_COPY;
+
+    /* dropless: n k = 8 rows each way, 8 computed: 24 * 16 + 8 * 64 = 896 */
     moe_memory_exchange_balanced(&m, &cfg, 2, 4, 2);
     ck_assert_int_eq(m.exchange, 896);
     ck_assert_int_eq(m.total, fixed + 896);
