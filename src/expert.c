@@ -16,15 +16,18 @@ void moe_expert_init(float *w1, float *w2, uint64_t seed, int e, int64_t d, int6
 }
 
 /* A float's bits and back; selecting by integer masks keeps the loops free of float compares,
- * which GCC does not if-convert under -ftrapping-math, so they vectorize. */
-static inline int32_t bits_of(float x)
+ * which GCC does not if-convert under -ftrapping-math, so they vectorize. Every helper is forced
+ * inline: GCC does not inline a default-target function into the AVX2 clone of moe_gelu_rows on
+ * its own, and a call per element keeps the loop scalar (2.7 ns an element here). */
+#define INLINE static inline __attribute__((always_inline))
+INLINE int32_t bits_of(float x)
 {
     int32_t i;
     memcpy(&i, &x, sizeof i);
     return i;
 }
 
-static inline float float_of(int32_t i)
+INLINE float float_of(int32_t i)
 {
     float x;
     memcpy(&x, &i, sizeof x);
@@ -32,14 +35,14 @@ static inline float float_of(int32_t i)
 }
 
 /* m ? a : b, m all ones or zero */
-static inline float pick(int32_t m, float a, float b)
+INLINE float pick(int32_t m, float a, float b)
 {
     return float_of((bits_of(a) & m) | (bits_of(b) & ~m));
 }
 
 /* e^-y for 0 <= y <= 87: -y = -k ln 2 + r with |r| <= ln 2 / 2, e^r by its Taylor polynomial to
  * r^7 (truncation below 3e-9 relative), 2^-k from the exponent bits. */
-static inline float exp_neg(float y)
+INLINE float exp_neg(float y)
 {
     const float log2e = 1.44269504f, ln2_hi = 0.693145752f, ln2_lo = 1.42860677e-6f;
     float k = (float)(int)(y * log2e + 0.5f); /* round to nearest: y >= 0 */
@@ -55,7 +58,7 @@ static inline float exp_neg(float y)
     return p * float_of((127 - (int32_t)k) << 23);
 }
 
-static inline float erf_fast(float x)
+INLINE float erf_fast(float x)
 {
     float a = fabsf(x), z2 = x * x;
     int32_t ia = bits_of(a);
@@ -103,9 +106,11 @@ float moe_gelu_ref(float x)
     return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
 }
 
-/* Cloned for AVX2 + FMA where the CPU has them (chosen at load time), SSE2 otherwise. */
+/* Cloned for x86-64-v3 (AVX2, FMA) where the CPU has it, SSE2 otherwise, chosen at load time by
+ * the CPU's features. ("arch=haswell" is chosen by CPU model instead, so an AMD CPU with AVX2 got
+ * the SSE2 clone: 2.7 ns an element against 1.26 here.) */
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target_clones("arch=haswell", "default")))
+__attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 void moe_gelu_rows(float *a, int64_t n)
 {

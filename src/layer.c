@@ -1395,6 +1395,24 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     return MOE_OK;
 }
 
+int moe_layer_exchange(moe_layer *L, bool reverse, char *msg, size_t msglen)
+{
+    if (L->per_rank)
+        return reverse ? exchange(L, L->dd_back_send, L->dd_back_recv, true, msg, msglen)
+                       : exchange(L, L->dd_send, L->dd_recv, false, msg, msglen);
+    bool direct = L->regroup != MOE_REGROUP_COPY;
+    if (!reverse && L->wire_out != MOE_WIRE_FP32)
+        return exchange(L, L->send_enc, L->recv_enc, false, msg, msglen);
+    if (reverse && L->wire_back != MOE_WIRE_FP32)
+        return exchange(L, L->rback_enc, L->back_enc, true, msg, msglen);
+    const float *out = L->cfg.mode == MOE_MODE_DISPATCH ? L->x : L->yexp;
+    if (direct)
+        return reverse ? moe_exchange_blocks(&L->ex, out, L->sendbuf, true, msg, msglen)
+                       : moe_exchange_blocks(&L->ex, L->sendbuf, L->x, false, msg, msglen);
+    return reverse ? exchange(L, L->recvbuf, L->sendbuf, true, msg, msglen)
+                   : exchange(L, L->sendbuf, L->recvbuf, false, msg, msglen);
+}
+
 void moe_layer_set_raw_baseline(moe_layer *L, bool run)
 {
     L->raw_this_step = run;

@@ -117,6 +117,12 @@ void moe_layer_memory(const moe_layer *layer, moe_mem_estimate *estimate, int64_
  * collective. */
 const moe_expert_map *moe_layer_expert_map(const moe_layer *layer);
 
+/* The step's exchange alone, on the layer's own buffers and the rows of its last step: the
+ * dispatch, or the combine when reverse (the very calls moe_layer_step times as `dispatch` and
+ * `combine`, without their barriers). For benchmarks: it overwrites what the step's next phase
+ * reads, so run a step again before reading y. Collective. */
+int moe_layer_exchange(moe_layer *layer, bool reverse, char *msg, size_t msglen);
+
 /* The configuration the layer runs (resolved). Not collective. */
 const moe_config *moe_layer_config(const moe_layer *layer);
 
