@@ -25,7 +25,7 @@ if [ "$rc" -ne 0 ]; then
     echo "FAIL: moe_bench exited $rc"
     exit 1
 fi
-if ! grep -Eq '^# summary: .*: (PASS|FAIL) ' "$tmp/out"; then
+if ! grep -Eq '^# summary: (PASS|FAIL) \([0-9]+ of [0-9]+ goals met' "$tmp/out"; then
     echo "FAIL: no summary line with a verdict"
     exit 1
 fi

@@ -235,6 +235,55 @@ done:
     return rc;
 }
 
+/* Collective: each rank's nonzero row counts to each destination, gathered on rank 0 into
+ * res->rows as blocks (res NULL elsewhere): O(nonzero blocks) there, never R x R. */
+static int gather_traffic(moe_layer *L, moe_results *res, const int64_t *send_rows, char *msg,
+                       size_t msglen)
+{
+    int R = L->R, mine = 0;
+    int64_t *pairs = malloc(2 * (size_t)R * sizeof *pairs); /* (dst, rows) */
+    int *counts = res != NULL ? malloc(2 * (size_t)R * sizeof *counts) : NULL;
+    int64_t *all = NULL;
+    int rc = pairs && (res == NULL || counts) ? MOE_OK
+                                              : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    for (int d = 0; rc == MOE_OK && d < R; d++)
+        if (send_rows[d] != 0) {
+            pairs[2 * mine] = d;
+            pairs[2 * mine + 1] = send_rows[d];
+            mine++;
+        }
+    mine *= 2;
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    MOE_MPI_CHECK(MPI_Gather(&mine, 1, MPI_INT, counts, 1, MPI_INT, 0, L->comm), msg, msglen);
+    int64_t total = 0;
+    int *displs = counts != NULL ? counts + R : NULL;
+    for (int r = 0; res != NULL && r < R; r++) {
+        displs[r] = (int)total; /* at most 2 R^2 entries: within int up to R = 32768 */
+        total += counts[r];
+    }
+    if (res != NULL && (all = malloc((size_t)(total > 0 ? total : 1) * sizeof *all)) == NULL)
+        rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory gathering the traffic");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    MOE_MPI_CHECK(MPI_Gatherv(pairs, mine, MPI_INT64_T, all, counts, displs, MPI_INT64_T, 0,
+                              L->comm),
+                  msg, msglen);
+    if (res != NULL) {
+        moe_blocks_clear(&res->rows);
+        for (int s = 0; rc == MOE_OK && s < R; s++)
+            for (int j = displs[s]; j < displs[s] + counts[s]; j += 2)
+                if (moe_blocks_push(&res->rows, s, (int)all[j], all[j + 1]) != MOE_OK)
+                    rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the traffic blocks");
+        moe_blocks_normalize(&res->rows);
+    }
+done:
+    free(pairs);
+    free(counts);
+    free(all);
+    return rc;
+}
+
 /* Collective: the rows each rank sends each rank, gathered on rank 0 (res NULL elsewhere), and
  * the bytes as they travel: dispatch rows in the --wire format (with per-rank metadata), the
  * combine the transpose in the --wire-combine format; the metadata's share and what per-rank
@@ -242,7 +291,6 @@ done:
  * the decision, so --predict-only has it too. */
 static int traffic_figures(moe_layer *L, moe_results *res, char *msg, size_t msglen)
 {
-    int R = L->R;
     if (res != NULL && res->slot_expert == NULL) { /* the placement, for the report */
         int P = L->map.P;
         res->slot_expert = malloc(2 * (size_t)P * sizeof *res->slot_expert);
@@ -260,11 +308,10 @@ static int traffic_figures(moe_layer *L, moe_results *res, char *msg, size_t msg
         served_mine += L->accepted[e];
     MOE_MPI_CHECK(MPI_Reduce(&served_mine, &served, 1, MPI_INT64_T, MPI_SUM, 0, L->comm), msg,
                   msglen);
-    MOE_MPI_CHECK(MPI_Gather(L->per_rank ? L->dd_send_rows : L->send_rows, R, MPI_INT64_T,
-                             res ? res->rows : NULL, R, MPI_INT64_T, 0, L->comm),
-                  msg, msglen);
+    int rc = gather_traffic(L, res, L->per_rank ? L->dd_send_rows : L->send_rows, msg, msglen);
     /* per-rank rows: the node rows the two-level exchange sends, one per (token, node) */
-    int rc = L->per_rank ? node_rows_figures(L, res, msg, msglen) : MOE_OK;
+    if (rc == MOE_OK && L->per_rank)
+        rc = node_rows_figures(L, res, msg, msglen);
     if (rc != MOE_OK || res == NULL)
         return rc;
     res->wire = L->wire_out;
@@ -272,7 +319,8 @@ static int traffic_figures(moe_layer *L, moe_results *res, char *msg, size_t msg
     res->row_bytes = L->ex.row_out_bytes;
     res->row_bytes_combine = L->ex.row_back_bytes;
     res->per_rank = L->per_rank;
-    moe_results_traffic(res, served, moe_wire_row_bytes(L->wire_out, L->d));
+    if (moe_results_traffic(res, served, moe_wire_row_bytes(L->wire_out, L->d)) != MOE_OK)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the traffic blocks");
     return MOE_OK;
 }
 
@@ -437,14 +485,12 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
                 res->step_iter = sp;
             }
         }
-        int64_t total = 0;
-        for (int64_t i = 0; i < (int64_t)R * R; i++)
-            total += res->dispatch_bytes[i];
+        int64_t total = moe_blocks_total(&res->dispatch_bytes);
         double td = res->phase[MOE_PHASE_DISPATCH].max, tc = res->phase[MOE_PHASE_COMBINE].max;
         res->dispatch_bytes_per_second = td > 0 ? (double)total / td : 0.0;
         res->combine_bytes_per_second = tc > 0 ? (double)total / tc : 0.0;
-        res->dispatch_a2a = moe_a2a_bandwidth_of(res->dispatch_bytes, L->placement, R, td);
-        res->combine_a2a = moe_a2a_bandwidth_of(res->combine_bytes, L->placement, R, tc);
+        res->dispatch_a2a = moe_a2a_bandwidth_blocks(&res->dispatch_bytes, L->placement, R, td);
+        res->combine_a2a = moe_a2a_bandwidth_blocks(&res->combine_bytes, L->placement, R, tc);
         if (L->nodex && res->node_rows != NULL) { /* what leaves a node is the node rows */
             int64_t off = moe_node_rows_off_node(res->node_rows, res->n_nodes, L->placement, R);
             res->dispatch_a2a.off_node_bytes = off * res->node_row_bytes;

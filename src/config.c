@@ -68,6 +68,13 @@ static const char *const wire_names[] = {"fp32", "bf16", "fp8"}; /* moe_wire ord
 static const char *const dispatch_names[] = {"per-expert", "per-rank"};
 static const char *const raw_names[] = {"first", "on", "off"}; /* moe_raw_baseline order */
 static const char *const regroup_names[] = {"auto", "alltoallw", "slots", "copy"};
+static const char *const matrix_names[] = {"auto", "full", "summary"};
+
+bool moe_config_full_matrix(const moe_config *cfg, int R)
+{
+    return cfg->traffic_matrix == MOE_MATRIX_FULL ||
+           (cfg->traffic_matrix == MOE_MATRIX_AUTO && R <= MOE_FULL_MATRIX_RANKS);
+}
 
 const char *moe_regroup_name(moe_regroup_kind r)
 {
@@ -267,6 +274,9 @@ const char *moe_config_usage(void)
            "                         MPI_Alltoallw scatters them there), slots (one Alltoallv per\n"
            "                         local expert), copy (staging buffer and two copies), auto\n"
            "                         (default: chosen per shape, docs/model.md)\n"
+           "  --traffic-matrix M     full: the JSON holds the R x R traffic matrices; summary:\n"
+           "                         per-rank sums and per-class totals only; auto (default):\n"
+           "                         full up to 1024 ranks\n"
            "  --placement P          where experts live: contiguous blocks (default), strided (e on\n"
            "                         rank e mod R), eplb (packed by load, DeepSeek's EPLB)\n"
            "  --redundant-experts N  N extra replicas of the most loaded experts, placed by EPLB\n"
@@ -312,7 +322,7 @@ enum {
     OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
-    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP
+    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX
 };
 
 static const struct option long_options[] = {
@@ -351,6 +361,7 @@ static const struct option long_options[] = {
     {"ranks", required_argument, NULL, OPT_RANKS},
     {"raw-baseline", required_argument, NULL, OPT_RAW_BASELINE},
     {"regroup", required_argument, NULL, OPT_REGROUP},
+    {"traffic-matrix", required_argument, NULL, OPT_TRAFFIC_MATRIX},
     {"topology", required_argument, NULL, OPT_TOPOLOGY},
     {"ranks-per-node", required_argument, NULL, OPT_RANKS_PER_NODE},
     {"a2a", required_argument, NULL, OPT_A2A},
@@ -1003,6 +1014,10 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_REGROUP:
             rc = parse_choice(name, optarg, regroup_names, 4, &choice, msg, msglen);
             cfg->regroup = (moe_regroup_kind)choice;
+            break;
+        case OPT_TRAFFIC_MATRIX:
+            rc = parse_choice(name, optarg, matrix_names, 3, &choice, msg, msglen);
+            cfg->traffic_matrix = (moe_matrix_kind)choice;
             break;
         case OPT_ITERS:
             rc = parse_int(name, optarg, 1, 1000000, &v, msg, msglen);

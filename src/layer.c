@@ -805,9 +805,14 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         return rc;
     L->placement = calloc((size_t)L->R, sizeof *L->placement);
     L->node_of_rank = calloc((size_t)L->R, sizeof *L->node_of_rank);
-    L->count_matrix = calloc((size_t)L->R * (size_t)L->R, sizeof *L->count_matrix);
+    /* the whole count matrix only where the two-level exchange plans from it: per-rank memory
+     * stays O(R + E) with the flat one */
+    L->count_matrix = cfg->hierarchical
+                          ? calloc((size_t)L->R * (size_t)L->R, sizeof *L->count_matrix)
+                          : NULL;
     L->raw_counts = calloc((size_t)L->R * 8, sizeof *L->raw_counts);
-    rc = L->placement && L->node_of_rank && L->count_matrix && L->raw_counts
+    rc = L->placement && L->node_of_rank && (L->count_matrix || !cfg->hierarchical) &&
+                 L->raw_counts
              ? MOE_OK
              : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)

@@ -265,24 +265,26 @@ static int write_outputs(const moe_config *cfg, const moe_results *res, const du
 /* Predict drops and empty slots for every capacity factor from the router statistics and the
  * exchanged counts, before any token row moves; rank 0 fills res (ablation rows, P, routed). */
 static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, int rank, int nranks,
-                   const moe_plan *plan, MPI_Comm comm, char *msg)
+                   moe_plan *plan, MPI_Comm comm, char *msg)
 {
-    int E = cfg->experts, k = cfg->top_k;
+    int E = cfg->experts, k = cfg->top_k, nprocs = nranks;
+    MPI_Comm_size(comm, &nprocs); /* --ranks: fewer processes than the ranks planned */
     double *P = calloc((size_t)E, sizeof *P), *q = calloc((size_t)E, sizeof *q);
-    int64_t *loads = rank == 0 ? calloc((size_t)nranks * (size_t)E, sizeof *loads) : NULL;
+    /* the processes' routed counts; --ranks: the plan's own per capacity group (n_groups x E)
+     * instead */
+    int64_t *gathered = rank == 0 ? calloc((size_t)nprocs * (size_t)E, sizeof *gathered) : NULL;
+    int64_t *loads = plan != NULL ? plan->loads : gathered;
     int64_t *groups = calloc((size_t)nranks, sizeof *groups);
     int64_t *caps = calloc((size_t)nranks, sizeof *caps);
-    int rc = P && q && groups && caps && (rank != 0 || loads)
+    int rc = P && q && groups && caps && (rank != 0 || gathered)
                  ? MOE_OK
                  : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
     if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) == MOE_OK)
-        rc = moe_layer_router_stats(layer, P, loads, msg, MSG_LEN);
-    if (rc == MOE_OK && rank == 0 && plan != NULL) /* --ranks: by the planned ranks' sources */
-        memcpy(loads, plan->loads, (size_t)nranks * (size_t)E * sizeof *loads);
+        rc = moe_layer_router_stats(layer, P, gathered, msg, MSG_LEN);
     if (rc == MOE_OK && rank == 0) {
         /* groups: the whole batch (global) or one per source rank (local) */
         int n_groups = moe_capacity_groups(groups, cfg->scope, cfg->tokens, nranks);
-        if (n_groups == 1)
+        if (n_groups == 1 && plan == NULL) /* the plan's loads are per group already */
             for (int s = 1; s < nranks; s++)
                 for (int e = 0; e < E; e++)
                     loads[e] += loads[(int64_t)s * E + e];
@@ -328,7 +330,7 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
     }
     free(P);
     free(q);
-    free(loads);
+    free(gathered);
     free(groups);
     free(caps);
     return moe_agree(comm, rc, msg, MSG_LEN);
@@ -338,36 +340,37 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
  * onto a cluster (net may be NULL). */
 static int locality(moe_results *res, const moe_network *net, char *msg)
 {
-    int R = res->ranks;
-    size_t n = (size_t)R * (size_t)R;
-    int64_t *stage = malloc(3 * n * sizeof *stage);
-    if (stage == NULL)
-        return moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for the traffic classes");
-    const int64_t *matrices[2] = {res->dispatch_bytes, res->combine_bytes};
+    int R = res->ranks, rc = MOE_OK;
+    moe_blocks stage[3] = {{0}};
+    const moe_blocks *matrices[2] = {&res->dispatch_bytes, &res->combine_bytes};
     double *proj_flat[2] = {&res->proj_flat_dispatch, &res->proj_flat_combine};
     double *proj_hier[2] = {&res->proj_hier_dispatch, &res->proj_hier_combine};
-    for (int m = 0; m < 2; m++) {
-        moe_traffic_by_class(res->by_class, res->by_class_per_rank, matrices[m], res->placement, R);
+    for (int m = 0; m < 2 && rc == MOE_OK; m++) {
+        moe_traffic_by_class_blocks(res->by_class, res->by_class_per_rank, matrices[m],
+                                    res->placement);
         int64_t node_bytes = m == 0 ? res->node_row_bytes : res->row_bytes_combine;
         int64_t rank_bytes = m == 0 ? res->row_bytes : res->row_bytes_combine;
         if (res->node_rows != NULL) /* per-rank rows: once per node across the leaders */
-            moe_hier_schedule_nodes(stage, stage + n, stage + 2 * n, res->node_rows, res->n_nodes,
-                                    res->rows, node_bytes, rank_bytes, res->placement, R, m == 1);
+            rc = moe_hier_schedule_nodes_blocks(stage, res->node_rows, res->n_nodes, &res->rows,
+                                                node_bytes, rank_bytes, res->placement, R, m == 1);
         else
-            moe_hier_schedule(stage, stage + n, stage + 2 * n, matrices[m], res->placement, R);
+            rc = moe_hier_schedule_blocks(stage, matrices[m], res->placement, R);
         *proj_hier[m] = 0.0;
-        for (int st = 0; st < 3; st++) {
-            moe_traffic_by_class(res->by_class_hier, NULL, stage + st * n, res->placement, R);
+        for (int st = 0; st < 3 && rc == MOE_OK; st++) {
+            moe_traffic_by_class_blocks(res->by_class_hier, NULL, &stage[st], res->placement);
             if (net != NULL)
-                *proj_hier[m] += moe_project_stage(stage + st * n, res->placement, R, net);
+                *proj_hier[m] += moe_project_stage_blocks(&stage[st], res->placement, R, net);
         }
         if (net != NULL)
-            *proj_flat[m] = moe_project_stage(matrices[m], res->placement, R, net);
+            *proj_flat[m] = moe_project_stage_blocks(matrices[m], res->placement, R, net);
     }
     res->projected = net != NULL;
     if (net != NULL)
         snprintf(res->network, sizeof res->network, "%s", net->name);
-    free(stage);
+    for (int st = 0; st < 3; st++)
+        moe_blocks_free(&stage[st]);
+    if (rc != MOE_OK)
+        return moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for the traffic classes");
     return MOE_OK;
 }
 
@@ -431,9 +434,7 @@ static void record_measurement(moe_ablation_row *row, const moe_results *r)
     row->rerouted = r->rerouted;
     row->empty_slots = r->empty_slots;
     row->flops_wasted = r->flops_wasted;
-    row->dispatch_bytes = 0;
-    for (int64_t i = 0; i < (int64_t)r->ranks * r->ranks; i++)
-        row->dispatch_bytes += r->dispatch_bytes[i];
+    row->dispatch_bytes = moe_blocks_total(&r->dispatch_bytes);
     row->dispatch = r->phase[MOE_PHASE_DISPATCH];
     row->combine = r->phase[MOE_PHASE_COMBINE];
     row->expert = r->phase[MOE_PHASE_EXPERT];
@@ -520,6 +521,7 @@ int main(int argc, char **argv)
         goto out;
     /* With an output on standard output, the text report moves to stderr. */
     FILE *report_out = outputs_use_stdout(&cfg) ? stderr : stdout;
+    bool plan_failed = false;
     if (rank == 0) {
         const float *bias;
         moe_layer_workload(layer, &bias, &res.hot_bias, &res.hot_share);
@@ -534,9 +536,11 @@ int main(int argc, char **argv)
         res.top_k = cfg.top_k;
         memcpy(planned ? res.proc_placement : res.placement, moe_layer_placement(layer),
                (size_t)nranks * sizeof *res.placement);
-        if (planned) /* owners, placement, traffic, balance and memory of the planned ranks */
-            moe_planned_results(&res, &cfg, &plan);
+        /* owners, placement, traffic, balance and memory of the planned ranks */
+        if (planned && moe_planned_results(&res, &cfg, &plan) != MOE_OK)
+            plan_failed = true;
         res.hierarchical = cfg.hierarchical;
+        res.matrix_full = moe_config_full_matrix(&cfg, planned ? cfg.plan_ranks : nranks);
         res.regroup = cfg.dispatch == MOE_DISPATCH_PER_RANK
                           ? "fan-out"
                           : moe_regroup_name(moe_config_regroup(&cfg, planned ? cfg.plan_ranks
@@ -550,7 +554,9 @@ int main(int argc, char **argv)
     }
     /* --predict-only: the traffic the decision makes and its projection, with nothing moved */
     if (cfg.predict_only) {
-        rc = planned ? MOE_OK : moe_layer_traffic(layer, &res, msg, MSG_LEN);
+        rc = plan_failed  ? moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for the planned traffic")
+             : planned ? MOE_OK
+                       : moe_layer_traffic(layer, &res, msg, MSG_LEN);
         if (rc == MOE_OK && rank == 0)
             rc = locality(&res, cfg.network ? &net : NULL, msg);
         if ((rc = moe_agree(comm, rc, msg, MSG_LEN)) != MOE_OK)

@@ -17,7 +17,7 @@ void moe_plan_free(moe_plan *p)
     free(p->routed);
     free(p->accepted);
     free(p->rerouted_in);
-    free(p->rows);
+    moe_blocks_free(&p->rows);
     free(p->node_of_rank);
     free(p->node_rows);
     free(p->rank_rows);
@@ -97,7 +97,7 @@ static void scratch_free(plan_scratch *s)
 }
 
 /* The traffic and the computed rows of the decided batch. */
-static void count_rows(moe_plan *p, const moe_plan_spec *sp, const plan_scratch *s, int64_t *last,
+static int count_rows(moe_plan *p, const moe_plan_spec *sp, const plan_scratch *s, int64_t *last,
                        int64_t *slot_rows, int64_t *last_node)
 {
     for (int b = 0; b < p->n_nodes; b++)
@@ -120,7 +120,8 @@ static void count_rows(moe_plan *p, const moe_plan_spec *sp, const plan_scratch 
             slot_rows[slot]++;
             /* per rank: the first served slot of this token on dst makes its row */
             if (!sp->per_rank || last[dst] != t) {
-                p->rows[(int64_t)src * R + dst]++;
+                if (moe_blocks_push(&p->rows, src, dst, 1) != MOE_OK)
+                    return MOE_ENOMEM;
                 last[dst] = t;
             }
             int node = p->node_of_rank[dst];
@@ -141,6 +142,8 @@ static void count_rows(moe_plan *p, const moe_plan_spec *sp, const plan_scratch 
         }
         p->rank_rows[p->map.rank[q]] += (double)share;
     }
+    moe_blocks_normalize(&p->rows);
+    return MOE_OK;
 }
 
 int moe_plan_build(moe_plan *out, const moe_plan_spec *sp, const int32_t *expert,
@@ -155,15 +158,16 @@ int moe_plan_build(moe_plan *out, const moe_plan_spec *sp, const int32_t *expert
                         R, E, (long long)sp->N);
     bool ec = sp->routing == MOE_ROUTING_EXPERT_CHOICE;
     int64_t A = ec ? E : k, N = sp->N;
-    size_t slots = (size_t)(N * A), RR = (size_t)R * (size_t)R;
+    size_t slots = (size_t)(N * A);
     out->R = R;
     out->E = E;
     out->group_cap = grab((size_t)R, sizeof(int64_t), &rc);
-    out->loads = grab((size_t)R * (size_t)E, sizeof(int64_t), &rc);
+    /* one row of loads per capacity group: R in local scope, the whole batch's in global */
+    int64_t load_rows = sp->scope == MOE_SCOPE_LOCAL ? R : 1;
+    out->loads = grab((size_t)load_rows * (size_t)E, sizeof(int64_t), &rc);
     out->routed = grab((size_t)E, sizeof(int64_t), &rc);
     out->accepted = grab((size_t)E, sizeof(int64_t), &rc);
     out->rerouted_in = grab((size_t)E, sizeof(int64_t), &rc);
-    out->rows = grab(RR, sizeof(int64_t), &rc);
     out->rank_rows = grab((size_t)R, sizeof(double), &rc);
     double *loads = grab((size_t)E, sizeof(double), &rc);
     int rpn = sp->ranks_per_node > 0 ? sp->ranks_per_node : R;
@@ -233,7 +237,7 @@ int moe_plan_build(moe_plan *out, const moe_plan_spec *sp, const int32_t *expert
     /* what each source routed before capacity (expert choice: what the experts took) */
     memset(out->routed, 0, (size_t)E * sizeof *out->routed);
     for (int64_t t = 0; t < N; t++) {
-        int64_t *row = out->loads + (int64_t)moe_partition_owner(N, R, t) * E;
+        int64_t *row = out->loads + (load_rows > 1 ? (int64_t)moe_partition_owner(N, R, t) : 0) * E;
         for (int64_t c = 0; c < A; c++) {
             int64_t i = t * A + c;
             if (ec && !s.flag[i])
@@ -250,7 +254,8 @@ int moe_plan_build(moe_plan *out, const moe_plan_spec *sp, const int32_t *expert
         moe_fail(rc, msg, msglen, "out of memory planning %d ranks", R);
         goto done;
     }
-    count_rows(out, sp, &s, last, slot_rows, last_node);
+    if ((rc = count_rows(out, sp, &s, last, slot_rows, last_node)) != MOE_OK)
+        moe_fail(rc, msg, msglen, "out of memory planning %d ranks", R);
 done:
     scratch_free(&s);
     free(loads);

@@ -72,7 +72,7 @@ int moe_planned_build(moe_layer *layer, const moe_config *cfg, moe_plan *plan, M
     return moe_agree(comm, rc, msg, msglen);
 }
 
-void moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan *p)
+int moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan *p)
 {
     int E = cfg->experts, R = p->R, P = p->map.P;
     const moe_expert_map *m = &p->map;
@@ -101,8 +101,9 @@ void moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan
     res->row_bytes =
         per_rank ? moe_dedup_row_bytes(payload, moe_dedup_meta_slots(A, P, R)) : payload;
     res->row_bytes_combine = moe_wire_row_bytes(cfg->wire_combine, cfg->hidden);
-    memcpy(res->rows, p->rows, (size_t)R * (size_t)R * sizeof *res->rows);
-    moe_results_traffic(res, p->served, payload);
+    if (moe_blocks_scaled(&res->rows, &p->rows, 1, false) != MOE_OK ||
+        moe_results_traffic(res, p->served, payload) != MOE_OK)
+        return MOE_ENOMEM;
     free(res->node_rows);
     res->node_rows = NULL;
     if (p->node_rows != NULL) { /* the two-level exchange's rows, once per (token, node) */
@@ -134,4 +135,5 @@ void moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan
         moe_memory_exchange_balanced(&est, &full, R, n, n_le);
         res->mem_full_run = est.total > res->mem_full_run ? est.total : res->mem_full_run;
     }
+    return MOE_OK;
 }

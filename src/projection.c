@@ -156,27 +156,40 @@ int moe_network_load(const char *path, moe_network *out, char *msg, size_t msgle
     return rc;
 }
 
+double moe_project_stage_blocks(const moe_blocks *bytes, const moe_placement *placement, int R,
+                                const moe_network *net)
+{
+    /* each rank's sends and receives, one term per message */
+    double *send = calloc(2 * (size_t)(R > 0 ? R : 1), sizeof *send), *recv = send + R;
+    if (send == NULL)
+        return NAN;
+    for (int64_t i = 0; i < bytes->n; i++) {
+        const moe_block *e = &bytes->v[i];
+        if (e->val <= 0)
+            continue;
+        moe_locality c = moe_locality_of(&placement[e->src], &placement[e->dst]);
+        double t = net->latency[c] + (double)e->val / net->bandwidth[c];
+        send[e->src] += t;
+        recv[e->dst] += t;
+    }
+    double worst = 0.0;
+    for (int r = 0; r < R; r++) {
+        double t = send[r] > recv[r] ? send[r] : recv[r];
+        worst = t > worst ? t : worst;
+    }
+    free(send);
+    return worst;
+}
+
 double moe_project_stage(const int64_t *bytes, const moe_placement *placement, int R,
                          const moe_network *net)
 {
-    double worst = 0.0;
-    for (int r = 0; r < R; r++) {
-        double send = 0.0, recv = 0.0;
-        for (int o = 0; o < R; o++) {
-            int64_t out_b = bytes[(int64_t)r * R + o], in_b = bytes[(int64_t)o * R + r];
-            if (out_b > 0) {
-                moe_locality c = moe_locality_of(&placement[r], &placement[o]);
-                send += net->latency[c] + (double)out_b / net->bandwidth[c];
-            }
-            if (in_b > 0) {
-                moe_locality c = moe_locality_of(&placement[o], &placement[r]);
-                recv += net->latency[c] + (double)in_b / net->bandwidth[c];
-            }
-        }
-        double t = send > recv ? send : recv;
-        worst = t > worst ? t : worst;
-    }
-    return worst;
+    moe_blocks b = {0};
+    double t = moe_blocks_from_dense(&b, bytes, R, 1, false) == MOE_OK
+                   ? moe_project_stage_blocks(&b, placement, R, net)
+                   : NAN;
+    moe_blocks_free(&b);
+    return t;
 }
 
 /* leader[r] = the lowest rank on r's node, for every rank: O(R) with a first-rank table per node
@@ -204,38 +217,105 @@ static void leaders_of(int *leader, const moe_placement *placement, int R)
     free(first);
 }
 
-/* Clear the three (R, R) stages and return each rank's leader (malloc'd; NULL when out of
- * memory, the stages then left zero). */
-static int *stages_begin(int64_t *stage0, int64_t *stage1, int64_t *stage2,
-                         const moe_placement *placement, int R)
+/* The three stages as dense matrices, for the dense API. */
+static void stages_dense(int64_t *stage0, int64_t *stage1, int64_t *stage2, const moe_blocks *st,
+                         int R)
 {
-    size_t n = (size_t)R * (size_t)R;
-    memset(stage0, 0, n * sizeof *stage0);
-    memset(stage1, 0, n * sizeof *stage1);
-    memset(stage2, 0, n * sizeof *stage2);
+    moe_blocks_to_dense(stage0, &st[0], R);
+    moe_blocks_to_dense(stage1, &st[1], R);
+    moe_blocks_to_dense(stage2, &st[2], R);
+}
+
+static int push3(moe_blocks *st, int a0, int b0, int a1, int b1, int a2, int b2, int64_t v)
+{
+    if (moe_blocks_push(&st[0], a0, b0, v) != MOE_OK ||
+        moe_blocks_push(&st[1], a1, b1, v) != MOE_OK ||
+        moe_blocks_push(&st[2], a2, b2, v) != MOE_OK)
+        return MOE_ENOMEM;
+    return MOE_OK;
+}
+
+int moe_hier_schedule_blocks(moe_blocks *st, const moe_blocks *bytes,
+                             const moe_placement *placement, int R)
+{
     int *leader = malloc((size_t)(R > 0 ? R : 1) * sizeof *leader);
-    if (leader != NULL)
-        leaders_of(leader, placement, R);
-    return leader;
+    if (leader == NULL)
+        return MOE_ENOMEM;
+    leaders_of(leader, placement, R);
+    int rc = MOE_OK;
+    for (int i = 0; i < 3; i++)
+        moe_blocks_clear(&st[i]);
+    for (int64_t i = 0; i < bytes->n && rc == MOE_OK; i++) {
+        const moe_block *e = &bytes->v[i];
+        int ls = leader[e->src], ld = leader[e->dst];
+        /* gather to the source node's leader, leader to leader (diagonal: stays), scatter from the
+         * destination leader */
+        rc = push3(st, e->src, ls, ls, ld, ld, e->dst, e->val);
+    }
+    free(leader);
+    for (int i = 0; i < 3; i++)
+        moe_blocks_normalize(&st[i]);
+    return rc;
 }
 
 void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const int64_t *bytes,
                        const moe_placement *placement, int R)
 {
-    int *leader = stages_begin(stage0, stage1, stage2, placement, R);
-    if (leader == NULL)
-        return;
-    for (int s = 0; s < R; s++) {
-        int ls = leader[s];
-        for (int d = 0; d < R; d++) {
-            int64_t b = bytes[(int64_t)s * R + d];
-            int ld = leader[d];
-            stage0[(int64_t)s * R + ls] += b;  /* gather to the source node's leader  */
-            stage1[(int64_t)ls * R + ld] += b; /* leader to leader (diagonal: stays)  */
-            stage2[(int64_t)ld * R + d] += b;  /* scatter from the destination leader */
+    moe_blocks b = {0}, st[3] = {{0}};
+    if (moe_blocks_from_dense(&b, bytes, R, 1, false) == MOE_OK &&
+        moe_hier_schedule_blocks(st, &b, placement, R) == MOE_OK)
+        stages_dense(stage0, stage1, stage2, st, R);
+    moe_blocks_free(&b);
+    for (int i = 0; i < 3; i++)
+        moe_blocks_free(&st[i]);
+}
+
+int moe_hier_schedule_nodes_blocks(moe_blocks *st, const int64_t *node_rows, int n_nodes,
+                                   const moe_blocks *rows, int64_t node_bytes, int64_t rank_bytes,
+                                   const moe_placement *placement, int R, bool reverse)
+{
+    int *rank_leader = malloc((size_t)(R > 0 ? R : 1) * sizeof *rank_leader);
+    int *leader = malloc((size_t)(n_nodes > 0 ? n_nodes : 1) * sizeof *leader); /* of a node */
+    int rc = rank_leader != NULL && leader != NULL ? MOE_OK : MOE_ENOMEM;
+    for (int i = 0; i < 3; i++)
+        moe_blocks_clear(&st[i]);
+    if (rc == MOE_OK) {
+        leaders_of(rank_leader, placement, R);
+        for (int b = 0; b < n_nodes; b++)
+            leader[b] = -1;
+        for (int r = 0; r < R; r++)
+            if (placement[r].node >= 0 && placement[r].node < n_nodes)
+                leader[placement[r].node] = rank_leader[r];
+    }
+    for (int s = 0; s < R && rc == MOE_OK; s++) {
+        int ls = leader[placement[s].node];
+        for (int b = 0; b < n_nodes && rc == MOE_OK; b++) {
+            int64_t v = node_rows[(int64_t)s * n_nodes + b] * node_bytes;
+            if (v == 0 || leader[b] < 0)
+                continue;
+            if (!reverse)
+                rc = moe_blocks_push(&st[0], s, ls, v) != MOE_OK ||
+                             moe_blocks_push(&st[1], ls, leader[b], v) != MOE_OK
+                         ? MOE_ENOMEM
+                         : MOE_OK;
+            else
+                rc = moe_blocks_push(&st[1], leader[b], ls, v) != MOE_OK ||
+                             moe_blocks_push(&st[2], ls, s, v) != MOE_OK
+                         ? MOE_ENOMEM
+                         : MOE_OK;
         }
     }
+    for (int64_t i = 0; i < rows->n && rc == MOE_OK; i++) {
+        const moe_block *e = &rows->v[i];
+        int64_t v = e->val * rank_bytes;
+        int ld = leader[placement[e->dst].node];
+        rc = reverse ? moe_blocks_push(&st[0], e->dst, ld, v) : moe_blocks_push(&st[2], ld, e->dst, v);
+    }
+    free(rank_leader);
     free(leader);
+    for (int i = 0; i < 3; i++)
+        moe_blocks_normalize(&st[i]);
+    return rc;
 }
 
 void moe_hier_schedule_nodes(int64_t *stage0, int64_t *stage1, int64_t *stage2,
@@ -243,43 +323,14 @@ void moe_hier_schedule_nodes(int64_t *stage0, int64_t *stage1, int64_t *stage2,
                              int64_t node_bytes, int64_t rank_bytes,
                              const moe_placement *placement, int R, bool reverse)
 {
-    int *rank_leader = stages_begin(stage0, stage1, stage2, placement, R);
-    int *leader = malloc((size_t)(n_nodes > 0 ? n_nodes : 1) * sizeof *leader); /* of a node */
-    if (rank_leader == NULL || leader == NULL) {
-        free(rank_leader);
-        free(leader);
-        return;
-    }
-    for (int b = 0; b < n_nodes; b++)
-        leader[b] = -1;
-    for (int r = 0; r < R; r++)
-        if (placement[r].node >= 0 && placement[r].node < n_nodes)
-            leader[placement[r].node] = rank_leader[r];
-    free(rank_leader);
-    for (int s = 0; s < R; s++) {
-        int ls = leader[placement[s].node];
-        for (int b = 0; b < n_nodes; b++) {
-            int64_t v = node_rows[(int64_t)s * n_nodes + b] * node_bytes;
-            if (v == 0 || leader[b] < 0)
-                continue;
-            if (!reverse) {
-                stage0[(int64_t)s * R + ls] += v;
-                stage1[(int64_t)ls * R + leader[b]] += v;
-            } else {
-                stage1[(int64_t)leader[b] * R + ls] += v;
-                stage2[(int64_t)ls * R + s] += v;
-            }
-        }
-        for (int d = 0; d < R; d++) {
-            int64_t v = rows[(int64_t)s * R + d] * rank_bytes;
-            int ld = leader[placement[d].node];
-            if (!reverse)
-                stage2[(int64_t)ld * R + d] += v;
-            else
-                stage0[(int64_t)d * R + ld] += v;
-        }
-    }
-    free(leader);
+    moe_blocks b = {0}, st[3] = {{0}};
+    if (moe_blocks_from_dense(&b, rows, R, 1, false) == MOE_OK &&
+        moe_hier_schedule_nodes_blocks(st, node_rows, n_nodes, &b, node_bytes, rank_bytes,
+                                       placement, R, reverse) == MOE_OK)
+        stages_dense(stage0, stage1, stage2, st, R);
+    moe_blocks_free(&b);
+    for (int i = 0; i < 3; i++)
+        moe_blocks_free(&st[i]);
 }
 
 int64_t moe_node_rows_off_node(const int64_t *node_rows, int n_nodes,

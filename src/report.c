@@ -213,10 +213,10 @@ static void node_rows_line(FILE *out, const moe_results *res)
     int R = res->ranks;
     int64_t rank_off = 0, node_off = moe_node_rows_off_node(res->node_rows, res->n_nodes,
                                                             res->placement, R);
-    for (int s = 0; s < R; s++)
-        for (int d = 0; d < R; d++)
-            rank_off += res->placement[s].node != res->placement[d].node ? res->rows[(int64_t)s * R + d]
-                                                                         : 0;
+    for (int64_t i = 0; i < res->rows.n; i++) {
+        const moe_block *e = &res->rows.v[i];
+        rank_off += res->placement[e->src].node != res->placement[e->dst].node ? e->val : 0;
+    }
     char nb[32];
     human_bytes(nb, sizeof nb, (double)(node_off * res->node_row_bytes));
     fprintf(out, "  two-level: %lld rows cross nodes once per (token, node), %s, against %lld "
@@ -357,11 +357,11 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                 (long long)res->max_expert_load, need);
 
     int64_t total = 0, off_rank = 0;
-    for (int s = 0; s < R; s++)
-        for (int r = 0; r < R; r++) {
-            total += res->dispatch_bytes[(int64_t)s * R + r];
-            off_rank += s != r ? res->dispatch_bytes[(int64_t)s * R + r] : 0;
-        }
+    for (int64_t i = 0; i < res->dispatch_bytes.n; i++) {
+        const moe_block *e = &res->dispatch_bytes.v[i];
+        total += e->val;
+        off_rank += e->src != e->dst ? e->val : 0;
+    }
     char tb[32], ob[32];
     human_bytes(tb, sizeof tb, (double)total);
     human_bytes(ob, sizeof ob, (double)off_rank);
@@ -372,14 +372,22 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
         for (int r = 0; r < R; r++)
             fprintf(out, " %9s%-2d", "r", r);
         fprintf(out, "\n");
+        int64_t i = 0; /* the blocks in row order: fill the gaps with zeros */
         for (int s = 0; s < R; s++) {
             fprintf(out, "  r%-5d", s);
-            for (int r = 0; r < R; r++)
-                fprintf(out, " %11.1f", res->dispatch_bytes[(int64_t)s * R + r] / 1024.0);
+            for (int r = 0; r < R; r++) {
+                const moe_block *e = i < res->dispatch_bytes.n ? &res->dispatch_bytes.v[i] : NULL;
+                bool here = e != NULL && e->src == s && e->dst == r;
+                fprintf(out, " %11.1f", here ? (double)e->val / 1024.0 : 0.0);
+                i += here;
+            }
             fprintf(out, "\n");
         }
     } else {
-        fprintf(out, "  (%d x %d matrix: see --json traffic.dispatch_bytes)\n", R, R);
+        fprintf(out, res->matrix_full ? "  (%d x %d matrix: see --json traffic.dispatch_bytes)\n"
+                                      : "  (%d x %d matrix summarised in --json: per-rank sums; "
+                                        "--traffic-matrix full keeps it)\n",
+                R, R);
     }
     node_rows_line(out, res);
 
@@ -812,16 +820,39 @@ static json_t *classes_json(const moe_class_traffic *t)
     return o;
 }
 
-static json_t *matrix_json(const int64_t *m, int R)
+/* The dense R x R matrix of normalized blocks, row by row; null when the run summarised it
+ * (--traffic-matrix). */
+static json_t *matrix_json(const moe_blocks *b, int R, bool full)
 {
+    if (!full)
+        return json_null();
     json_t *rows = json_array();
+    int64_t i = 0;
     for (int s = 0; s < R; s++) {
         json_t *row = json_array();
-        for (int r = 0; r < R; r++)
-            json_array_append_new(row, json_integer(m[(int64_t)s * R + r]));
+        for (int r = 0; r < R; r++) {
+            bool here = i < b->n && b->v[i].src == s && b->v[i].dst == r;
+            json_array_append_new(row, json_integer(here ? b->v[i].val : 0));
+            i += here;
+        }
         json_array_append_new(rows, row);
     }
     return rows;
+}
+
+/* Per rank: what it sends (by_src) or receives, summed over the blocks. */
+static json_t *rank_sums_json(const moe_blocks *b, int R, bool by_src)
+{
+    int64_t *sum = calloc((size_t)(R > 0 ? R : 1), sizeof *sum);
+    if (sum == NULL)
+        return NULL;
+    for (int64_t i = 0; i < b->n; i++)
+        sum[by_src ? b->v[i].src : b->v[i].dst] += b->v[i].val;
+    json_t *a = json_array();
+    for (int r = 0; r < R; r++)
+        json_array_append_new(a, json_integer(sum[r]));
+    free(sum);
+    return a;
 }
 
 static json_t *doubles_json(const double *v, int n)
@@ -1049,10 +1080,19 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                                   num(res->flops_useful), "flops_wasted", num(res->flops_wasted), "padded",
                                   res->padded, "flops_shared", num(res->flops_shared)));
     json_object_set_new(root, "traffic",
-                        json_pack("{s:o, s:o, s:o}", "dispatch_bytes",
-                                  matrix_json(res->dispatch_bytes, R), "combine_bytes",
-                                  matrix_json(res->combine_bytes, R), "rows",
-                                  matrix_json(res->rows, R)));
+                        json_pack("{s:o, s:o, s:o, s:s, s:I, s:o, s:o, s:o, s:o}",
+                                  "dispatch_bytes",
+                                  matrix_json(&res->dispatch_bytes, R, res->matrix_full),
+                                  "combine_bytes",
+                                  matrix_json(&res->combine_bytes, R, res->matrix_full), "rows",
+                                  matrix_json(&res->rows, R, res->matrix_full), "matrix",
+                                  res->matrix_full ? "full" : "summary", "nonzero_blocks",
+                                  (json_int_t)res->rows.n, "rows_sent",
+                                  rank_sums_json(&res->rows, R, true), "rows_received",
+                                  rank_sums_json(&res->rows, R, false), "dispatch_bytes_sent",
+                                  rank_sums_json(&res->dispatch_bytes, R, true),
+                                  "dispatch_bytes_received",
+                                  rank_sums_json(&res->dispatch_bytes, R, false)));
     json_object_set_new(json_object_get(root, "traffic"), "metadata_bytes",
                         json_integer(res->metadata_bytes));
     json_object_set_new(json_object_get(root, "traffic"), "dedup_saving",
@@ -1246,16 +1286,13 @@ int moe_report_routing_csv(const char *path, const moe_route_record *records, in
 
 void moe_report_planned_traffic(FILE *out, const moe_results *res)
 {
-    int R = res->ranks;
-    int64_t total = 0, off_rank = 0, off_node = 0, rows = 0;
-    for (int s = 0; s < R; s++)
-        for (int r = 0; r < R; r++) {
-            int64_t b = res->dispatch_bytes[(int64_t)s * R + r];
-            total += b;
-            rows += res->rows[(int64_t)s * R + r];
-            off_rank += s != r ? b : 0;
-            off_node += res->placement[s].node != res->placement[r].node ? b : 0;
-        }
+    int64_t total = 0, off_rank = 0, off_node = 0, rows = moe_blocks_total(&res->rows);
+    for (int64_t i = 0; i < res->dispatch_bytes.n; i++) {
+        const moe_block *e = &res->dispatch_bytes.v[i];
+        total += e->val;
+        off_rank += e->src != e->dst ? e->val : 0;
+        off_node += res->placement[e->src].node != res->placement[e->dst].node ? e->val : 0;
+    }
     char tb[32], rb[32], nb[32];
     human_bytes(tb, sizeof tb, (double)total);
     human_bytes(rb, sizeof rb, (double)off_rank);

@@ -92,9 +92,6 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->capacity = calloc((size_t)E, sizeof *r->capacity);
     r->f = calloc((size_t)E, sizeof *r->f);
     r->P = calloc((size_t)E, sizeof *r->P);
-    r->dispatch_bytes = calloc((size_t)R * (size_t)R, sizeof *r->dispatch_bytes);
-    r->combine_bytes = calloc((size_t)R * (size_t)R, sizeof *r->combine_bytes);
-    r->rows = calloc((size_t)R * (size_t)R, sizeof *r->rows);
     r->router_bias = calloc((size_t)E, sizeof *r->router_bias);
     r->placement = calloc((size_t)R, sizeof *r->placement);
     r->by_class_per_rank = calloc((size_t)R * MOE_LOC_COUNT, sizeof *r->by_class_per_rank);
@@ -114,8 +111,7 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf)
     r->mem_budget = mem ? mem + 3 * R : NULL;
     r->mem_full_run = -1;
     r->processes = R;
-    if (!mem || !reach || !r->rerouted_in || !r->experts_per_token || !r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P ||
-        !r->dispatch_bytes || !r->combine_bytes || !r->rows) {
+    if (!mem || !reach || !r->rerouted_in || !r->experts_per_token || !r->placement || !r->by_class_per_rank || !r->router_bias || !r->ablation || !r->owner || !r->routed || !r->accepted || !r->capacity || !r->f || !r->P) {
         moe_results_free(r);
         return MOE_ENOMEM;
     }
@@ -143,20 +139,16 @@ int moe_results_set_processes(moe_results *r, int P)
     return MOE_OK;
 }
 
-void moe_results_traffic(moe_results *r, int64_t served, int64_t payload_bytes)
+int moe_results_traffic(moe_results *r, int64_t served, int64_t payload_bytes)
 {
-    int R = r->ranks;
-    int64_t all_rows = 0;
-    for (int s = 0; s < R; s++)
-        for (int d = 0; d < R; d++) {
-            int64_t rows = r->rows[(int64_t)s * R + d];
-            r->dispatch_bytes[(int64_t)s * R + d] = rows * r->row_bytes;
-            r->combine_bytes[(int64_t)d * R + s] = rows * r->row_bytes_combine;
-            all_rows += rows;
-        }
+    int64_t all_rows = moe_blocks_total(&r->rows);
     r->metadata_bytes = all_rows * (r->row_bytes - payload_bytes);
     r->dedup_saving = served * (payload_bytes + r->row_bytes_combine) -
                       all_rows * (r->row_bytes + r->row_bytes_combine);
+    if (moe_blocks_scaled(&r->dispatch_bytes, &r->rows, r->row_bytes, false) != MOE_OK ||
+        moe_blocks_scaled(&r->combine_bytes, &r->rows, r->row_bytes_combine, true) != MOE_OK)
+        return MOE_ENOMEM;
+    return MOE_OK;
 }
 
 void moe_results_free(moe_results *r)
@@ -169,10 +161,9 @@ void moe_results_free(moe_results *r)
     free(r->capacity);
     free(r->f);
     free(r->P);
-    free(r->dispatch_bytes);
-    free(r->combine_bytes);
-    free(r->rows);
-    r->rows = NULL;
+    moe_blocks_free(&r->dispatch_bytes);
+    moe_blocks_free(&r->combine_bytes);
+    moe_blocks_free(&r->rows);
     free(r->slot_expert);
     r->slot_expert = r->slot_rank = NULL;
     free(r->router_bias);
@@ -197,7 +188,6 @@ void moe_results_free(moe_results *r)
     r->owner = NULL;
     r->routed = r->accepted = r->capacity = NULL;
     r->f = r->P = NULL;
-    r->dispatch_bytes = r->combine_bytes = NULL;
 }
 
 void moe_results_totals(moe_results *r, double flops_per_row)
@@ -225,25 +215,37 @@ double moe_spread_ratio(moe_spread s)
     return (s.iter_max - s.iter_min) / s.iter_min;
 }
 
-moe_a2a_bandwidth moe_a2a_bandwidth_of(const int64_t *bytes, const moe_placement *placement,
-                                       int R, double seconds)
+moe_a2a_bandwidth moe_a2a_bandwidth_blocks(const moe_blocks *bytes,
+                                           const moe_placement *placement, int R, double seconds)
 {
     moe_a2a_bandwidth b = {0};
-    for (int s = 0; s < R; s++) {
-        int64_t row = 0;
-        for (int d = 0; d < R; d++) {
-            int64_t v = bytes[(int64_t)s * R + d];
-            row += v;
-            b.off_rank_bytes += s != d ? v : 0;
-            b.off_node_bytes += placement[s].node != placement[d].node ? v : 0;
+    int64_t row = 0;
+    for (int64_t i = 0; i < bytes->n; i++) { /* sorted by source: one run per sending rank */
+        const moe_block *e = &bytes->v[i];
+        row += e->val;
+        b.off_rank_bytes += e->src != e->dst ? e->val : 0;
+        b.off_node_bytes += placement[e->src].node != placement[e->dst].node ? e->val : 0;
+        if (i + 1 == bytes->n || bytes->v[i + 1].src != e->src) {
+            b.send_bytes = row > b.send_bytes ? row : b.send_bytes;
+            row = 0;
         }
-        b.send_bytes = row > b.send_bytes ? row : b.send_bytes;
     }
     /* nccl-tests: algBw = count * nranks * typesize / sec, the bytes one rank sends (its own block
      * included); busBw = algBw * (nranks - 1) / nranks, the share that crosses a link */
     b.algbw = seconds > 0.0 ? (double)b.send_bytes / seconds : 0.0;
     b.busbw = R > 0 ? b.algbw * (double)(R - 1) / (double)R : 0.0;
     return b;
+}
+
+moe_a2a_bandwidth moe_a2a_bandwidth_of(const int64_t *bytes, const moe_placement *placement,
+                                       int R, double seconds)
+{
+    moe_blocks b = {0};
+    moe_a2a_bandwidth out = {0};
+    if (moe_blocks_from_dense(&b, bytes, R, 1, false) == MOE_OK)
+        out = moe_a2a_bandwidth_blocks(&b, placement, R, seconds);
+    moe_blocks_free(&b);
+    return out;
 }
 
 int moe_run_warnings(char *buf, size_t len, const moe_results *r)

@@ -31,22 +31,30 @@ moe_locality moe_locality_of(const moe_placement *a, const moe_placement *b)
     return MOE_LOC_SAME_NODE;
 }
 
+void moe_traffic_by_class_blocks(moe_class_traffic *out, moe_class_traffic *per_rank,
+                                 const moe_blocks *bytes, const moe_placement *placement)
+{
+    for (int64_t i = 0; i < bytes->n; i++) {
+        const moe_block *e = &bytes->v[i];
+        if (e->val <= 0)
+            continue;
+        moe_locality c = moe_locality_of(&placement[e->src], &placement[e->dst]);
+        out[c].bytes += e->val;
+        out[c].messages += 1;
+        if (per_rank != NULL) {
+            per_rank[(int64_t)e->src * MOE_LOC_COUNT + c].bytes += e->val;
+            per_rank[(int64_t)e->src * MOE_LOC_COUNT + c].messages += 1;
+        }
+    }
+}
+
 void moe_traffic_by_class(moe_class_traffic *out, moe_class_traffic *per_rank, const int64_t *bytes,
                           const moe_placement *placement, int R)
 {
-    for (int s = 0; s < R; s++)
-        for (int d = 0; d < R; d++) {
-            int64_t b = bytes[(int64_t)s * R + d];
-            if (b <= 0)
-                continue;
-            moe_locality c = moe_locality_of(&placement[s], &placement[d]);
-            out[c].bytes += b;
-            out[c].messages += 1;
-            if (per_rank != NULL) {
-                per_rank[(int64_t)s * MOE_LOC_COUNT + c].bytes += b;
-                per_rank[(int64_t)s * MOE_LOC_COUNT + c].messages += 1;
-            }
-        }
+    moe_blocks b = {0};
+    if (moe_blocks_from_dense(&b, bytes, R, 1, false) == MOE_OK)
+        moe_traffic_by_class_blocks(out, per_rank, &b, placement);
+    moe_blocks_free(&b);
 }
 
 /* Logical index of the only object of `type` whose cpuset contains set, or -1. */

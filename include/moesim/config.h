@@ -18,8 +18,11 @@
 /* Largest hidden or FFN size: a row of floats must fit an int count of bytes. */
 #define MOE_MAX_WIDTH (INT64_C(1) << 24)
 #define MOE_MAX_EXPERTS 65536
-/* --ranks: rank 0 holds a few R x R matrices of int64 (rows, bytes, the two-level stages) */
-#define MOE_MAX_PLAN_RANKS 4096
+/* --ranks: the traffic is held as nonzero blocks (blocks.h), so rank 0 needs O(R E) at most */
+#define MOE_MAX_PLAN_RANKS 65536
+/* --traffic-matrix auto: the JSON holds the dense R x R traffic matrices up to this many ranks,
+ * per-rank sums beyond (2 R^2 integers are 476 MiB of JSON at R = 4096) */
+#define MOE_FULL_MATRIX_RANKS 1024
 /* Most capacity factors one run can sweep (--capacity-factor 1.0,1.25,...). */
 #define MOE_MAX_CF 16
 /* Largest --topk-scale and --min-capacity: beyond them a value is surely a typo. */
@@ -59,6 +62,13 @@ typedef enum moe_regroup_kind {
 
 const char *moe_regroup_name(moe_regroup_kind r);
 
+/* What the JSON holds of the rank-to-rank traffic (--traffic-matrix). */
+typedef enum moe_matrix_kind {
+    MOE_MATRIX_AUTO = 0,    /* full up to MOE_FULL_MATRIX_RANKS ranks, else summary */
+    MOE_MATRIX_FULL = 1,    /* the dense R x R matrices                            */
+    MOE_MATRIX_SUMMARY = 2  /* per-rank sums and per-class totals only             */
+} moe_matrix_kind;
+
 /* What travels in dispatch (--dispatch). */
 typedef enum moe_dispatch_kind {
     MOE_DISPATCH_PER_EXPERT = 0, /* one row per served (token, expert) (Megatron's alltoall)   */
@@ -89,6 +99,7 @@ typedef struct moe_config {
     moe_mode mode;          /* forward or dispatch-only                 --mode forward */
     moe_raw_baseline raw_baseline; /* the raw Alltoallv baselines        --raw-baseline first */
     moe_regroup_kind regroup;   /* arriving rows to expert blocks          --regroup auto */
+    moe_matrix_kind traffic_matrix; /* R x R traffic in the JSON           --traffic-matrix auto */
     moe_dispatch_kind dispatch; /* rows per expert or per rank           --dispatch per-expert */
     moe_place_kind placement;   /* where experts live                     --placement contiguous */
     int redundant_experts;      /* extra replicas of the most loaded      --redundant-experts 0 */
@@ -183,5 +194,8 @@ const char *moe_config_usage(void);
  * per-expert rows (--a2a hierarchical, --dispatch per-rank), the option when given, else the
  * choice of docs/model.md for the shape. Pure. */
 moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R);
+
+/* Whether a run of R ranks writes the full traffic matrices (--traffic-matrix). Pure. */
+bool moe_config_full_matrix(const moe_config *cfg, int R);
 
 #endif

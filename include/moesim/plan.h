@@ -10,6 +10,7 @@
 #ifndef MOESIM_PLAN_H
 #define MOESIM_PLAN_H
 
+#include "moesim/blocks.h"
 #include "moesim/capacity.h"
 #include "moesim/placement.h"
 #include "moesim/router.h"
@@ -39,12 +40,13 @@ typedef struct moe_plan_spec {
 typedef struct moe_plan {
     int R, E, n_groups;
     int64_t *group_cap;    /* (n_groups) slots per expert in each group; MOE_CAPACITY_UNLIMITED */
-    int64_t *loads;        /* (R, E) routed before capacity by source rank (expert choice: the
-                            * pairs the experts took), what the prediction counts              */
+    int64_t *loads;        /* (n_groups, E) routed before capacity in each capacity group: by
+                            * source rank in local scope, the batch's in global (expert choice:
+                            * the pairs the experts took), what the prediction counts          */
     int64_t *routed;       /* (E) the same summed over ranks                                    */
     int64_t *accepted;     /* (E) served by each expert (rerouted rows where they are served)   */
     int64_t *rerouted_in;  /* (E) of them, rows that reached e by a reroute                     */
-    int64_t *rows;         /* (R, R) rows dispatched [src][dst], diagonal included              */
+    moe_blocks rows;       /* rows dispatched [src][dst], diagonal included, nonzero blocks     */
     int n_nodes;           /* ceil(R / ranks_per_node), or 1                                     */
     int *node_of_rank;     /* (R)                                                                */
     int64_t *node_rows;    /* (R, n_nodes) per_rank: distinct (token, node) of each source's

@@ -24,6 +24,6 @@ int moe_planned_build(moe_layer *layer, const moe_config *cfg, moe_plan *plan, M
  * the planned ranks, moe_results_set_processes done): owners, the planned placement, the traffic
  * as its rows travel, the replication figures, the balance counts and rank overload, and the
  * largest planned rank's memory for a real run. */
-void moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan *plan);
+int moe_planned_results(moe_results *res, const moe_config *cfg, const moe_plan *plan);
 
 #endif

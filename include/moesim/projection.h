@@ -43,6 +43,9 @@ int moe_network_load(const char *path, moe_network *out, char *msg, size_t msgle
 /* Seconds for one stage: bytes is (R, R) [src][dst]. */
 double moe_project_stage(const int64_t *bytes, const moe_placement *placement, int R,
                          const moe_network *net);
+/* The same from the matrix's nonzero blocks (blocks.h); NAN when out of memory. */
+double moe_project_stage_blocks(const moe_blocks *bytes, const moe_placement *placement, int R,
+                                const moe_network *net);
 
 /* The three byte matrices of the two-level exchange of `bytes` (each (R, R), written): stage 0,
  * every rank sends all its rows (for every destination) to its node's leader; stage 1, each leader
@@ -51,6 +54,9 @@ double moe_project_stage(const int64_t *bytes, const moe_placement *placement, i
  * rank. Rows that stay on one rank (leader to itself) appear on the diagonal. */
 void moe_hier_schedule(int64_t *stage0, int64_t *stage1, int64_t *stage2, const int64_t *bytes,
                        const moe_placement *placement, int R);
+/* The same on nonzero blocks: stage[0..2] replaced (normalized). MOE_OK or MOE_ENOMEM. */
+int moe_hier_schedule_blocks(moe_blocks *stage, const moe_blocks *bytes,
+                             const moe_placement *placement, int R);
 
 /* The same stages for per-rank rows under the two-level exchange (nodex.c), which cross the
  * leaders' stage once per (token, destination node): node_rows (R, n_nodes) [src][node], rows
@@ -69,5 +75,10 @@ void moe_hier_schedule_nodes(int64_t *stage0, int64_t *stage1, int64_t *stage2,
                              const int64_t *node_rows, int n_nodes, const int64_t *rows,
                              int64_t node_bytes, int64_t rank_bytes,
                              const moe_placement *placement, int R, bool reverse);
+/* The same with the per-rank rows as nonzero blocks; stage[0..2] replaced (normalized). MOE_OK or
+ * MOE_ENOMEM. */
+int moe_hier_schedule_nodes_blocks(moe_blocks *stage, const int64_t *node_rows, int n_nodes,
+                                   const moe_blocks *rows, int64_t node_bytes, int64_t rank_bytes,
+                                   const moe_placement *placement, int R, bool reverse);
 
 #endif

@@ -106,6 +106,9 @@ typedef struct moe_a2a_bandwidth {
  * positive; busbw is 0 at R = 1 (nothing crosses a link). */
 moe_a2a_bandwidth moe_a2a_bandwidth_of(const int64_t *bytes, const moe_placement *placement,
                                        int R, double seconds);
+/* The same from the nonzero blocks of the matrix (normalized, blocks.h). */
+moe_a2a_bandwidth moe_a2a_bandwidth_blocks(const moe_blocks *bytes,
+                                           const moe_placement *placement, int R, double seconds);
 
 /* What the run ran on, probed by the driver on rank 0 (driver.h). */
 typedef struct moe_environment {
@@ -147,9 +150,11 @@ typedef struct moe_results {
     double cf_needed;                     /* the cf a static-shape system needs to drop nothing */
     double flops_useful, flops_wasted;    /* flops_wasted: empty slots times FLOPs per row     */
     bool padded;                          /* empty slots were computed (--pad-to-capacity)     */
-    /* traffic (R, R): [src][dst] bytes of token rows */
-    int64_t *dispatch_bytes, *combine_bytes;
-    int64_t *rows;                        /* (R, R) rows dispatched [src][dst], diagonal included */
+    /* traffic [src][dst] as nonzero blocks (blocks.h; a dense R x R matrix would not fit at large
+     * R): rows dispatched (diagonal included), their bytes, and the combine's bytes (the
+     * transpose, in the combine's row format) */
+    moe_blocks rows, dispatch_bytes, combine_bytes;
+    bool matrix_full;                     /* the JSON holds them as dense R x R matrices       */
     bool per_rank;                        /* --dispatch per-rank: a row per (token, rank)        */
     /* --dispatch per-rank: the rows of the two-level exchange's leaders' stage, one per (token,
      * destination node) (nodex.c), and their size; NULL otherwise (owned, freed with the rest) */
@@ -213,10 +218,11 @@ int moe_results_init(moe_results *r, int E, int R, int n_cf);
  * and proc_placement P placements (zeroed). 0 or MOE_ENOMEM. */
 int moe_results_set_processes(moe_results *r, int P);
 
-/* The per-rank rows (r->rows, R x R) as bytes: dispatch rows of r->row_bytes, the combine the
+/* The rows (r->rows, normalized blocks) as bytes: dispatch rows of r->row_bytes, the combine the
  * transpose in rows of r->row_bytes_combine; metadata_bytes (the dispatch rows' bytes beyond
- * payload_bytes each) and dedup_saving (against one payload row per served assignment each way). */
-void moe_results_traffic(moe_results *r, int64_t served, int64_t payload_bytes);
+ * payload_bytes each) and dedup_saving (against one payload row per served assignment each way).
+ * MOE_OK or MOE_ENOMEM. */
+int moe_results_traffic(moe_results *r, int64_t served, int64_t payload_bytes);
 
 /* Free the arrays; accepts a zeroed or NULL struct. */
 void moe_results_free(moe_results *r);

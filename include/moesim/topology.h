@@ -4,6 +4,8 @@
 #ifndef MOESIM_TOPOLOGY_H
 #define MOESIM_TOPOLOGY_H
 
+#include "moesim/blocks.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -52,6 +54,9 @@ typedef struct moe_class_traffic {
  * per_rank is not NULL it is (R, MOE_LOC_COUNT) and receives the same split by source rank. */
 void moe_traffic_by_class(moe_class_traffic *out, moe_class_traffic *per_rank, const int64_t *bytes,
                           const moe_placement *placement, int R);
+/* The same from the nonzero blocks of the matrix (blocks.h). */
+void moe_traffic_by_class_blocks(moe_class_traffic *out, moe_class_traffic *per_rank,
+                                 const moe_blocks *bytes, const moe_placement *placement);
 
 /* Describe this process: host, and from hwloc its binding and the package, NUMA node and cores it
  * covers. topology_spec: NULL for the real machine; a path ending in ".xml" for an hwloc XML export;

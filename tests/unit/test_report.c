@@ -145,10 +145,9 @@ static void small_results(moe_results *r, moe_config *cfg)
     r->dropped_tokens = 1;
     moe_results_totals(r, 4.0 * 4 * 8);
     const int64_t bytes[] = {64, 32, 16, 96};
-    for (int i = 0; i < 4; i++) {
-        r->dispatch_bytes[i] = bytes[i];
-        r->combine_bytes[i] = bytes[i];
-    }
+    ck_assert_int_eq(moe_blocks_from_dense(&r->dispatch_bytes, bytes, 2, 1, false), MOE_OK);
+    ck_assert_int_eq(moe_blocks_from_dense(&r->combine_bytes, bytes, 2, 1, false), MOE_OK);
+    r->matrix_full = true;
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
         r->phase[p] = (moe_summary){0.001 * p, 0.0015 * p, 0.002 * p};
     r->step = (moe_summary){0.03, 0.04, 0.05};

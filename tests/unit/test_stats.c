@@ -93,17 +93,31 @@ START_TEST(test_results_init_free_totals)
     ck_assert_int_eq(moe_results_init(&r, 3, 2, 1), MOE_OK);
     ck_assert_int_eq(r.experts, 3);
     ck_assert_int_eq(r.ranks, 2);
-    ck_assert(r.owner && r.routed && r.accepted && r.capacity && r.f && r.P && r.dispatch_bytes &&
-              r.combine_bytes);
+    ck_assert(r.owner && r.routed && r.accepted && r.capacity && r.f && r.P);
+    /* the traffic is a list of nonzero blocks, empty until filled */
+    ck_assert(r.rows.n == 0 && r.dispatch_bytes.n == 0 && r.combine_bytes.n == 0);
     /* zeroed: arrays and scalars */
     for (int e = 0; e < 3; e++)
         ck_assert(r.owner[e] == 0 && r.routed[e] == 0 && r.accepted[e] == 0 && r.capacity[e] == 0 &&
                   r.f[e] == 0.0 && r.P[e] == 0.0);
-    for (int i = 0; i < 4; i++)
-        ck_assert(r.dispatch_bytes[i] == 0 && r.combine_bytes[i] == 0);
     ck_assert(r.aux_loss == 0.0 && r.dropped_tokens == 0 && !r.padded && r.phase[0].max == 0.0);
-    r.dispatch_bytes[3] = 1; /* the (R, R) matrices are really R*R long */
-    r.combine_bytes[3] = 1;
+    /* rows (2, 2) {{3, 0}, {1, 2}} in rows of 10 bytes out, 4 back: dispatch the same times 10,
+     * combine the transpose times 4; metadata 6 bytes a row (payload 4) */
+    ck_assert_int_eq(moe_blocks_push(&r.rows, 1, 1, 2), MOE_OK);
+    ck_assert_int_eq(moe_blocks_push(&r.rows, 0, 0, 3), MOE_OK);
+    ck_assert_int_eq(moe_blocks_push(&r.rows, 1, 0, 1), MOE_OK);
+    moe_blocks_normalize(&r.rows);
+    r.row_bytes = 10;
+    r.row_bytes_combine = 4;
+    ck_assert_int_eq(moe_results_traffic(&r, 6, 4), MOE_OK);
+    int64_t dense[4];
+    moe_blocks_to_dense(dense, &r.dispatch_bytes, 2);
+    ck_assert(dense[0] == 30 && dense[1] == 0 && dense[2] == 10 && dense[3] == 20);
+    moe_blocks_to_dense(dense, &r.combine_bytes, 2);
+    ck_assert(dense[0] == 12 && dense[1] == 4 && dense[2] == 0 && dense[3] == 8);
+    ck_assert_int_eq(r.metadata_bytes, 6 * 6);
+    /* served 6 x (4 + 4) - 6 rows x (10 + 4) */
+    ck_assert_int_eq(r.dedup_saving, 48 - 84);
 
     /* With a capacity: routed [10, 5, 7], accepted [8, 5, 6], capacity 8 each.
      * assignments 22, dropped 3, slots 24, empty 24 - 19 = 5; FLOPs 19 and 5 rows of 60. */
@@ -138,7 +152,7 @@ START_TEST(test_results_init_free_totals)
     ck_assert_int_eq(r.slots, 22);
 
     moe_results_free(&r);
-    ck_assert(r.owner == NULL && r.routed == NULL && r.dispatch_bytes == NULL);
+    ck_assert(r.owner == NULL && r.routed == NULL && r.dispatch_bytes.v == NULL && r.rows.n == 0);
     moe_results_free(&r); /* twice is harmless: the pointers were cleared */
     moe_results_free(NULL);
     moe_results r0;
