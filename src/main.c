@@ -134,6 +134,9 @@ static int check_outputs(const moe_config *cfg, int rank, MPI_Comm comm, char *m
     return moe_agree(comm, rc, msg, MSG_LEN);
 }
 
+/* Seconds this process spent inside moe_layer_step (environment.step_seconds). */
+static double g_step_seconds;
+
 static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double *seconds, int rank,
                      MPI_Comm comm, char *msg)
 {
@@ -146,7 +149,9 @@ static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double 
         moe_layer_set_raw_baseline(layer, cfg->raw_baseline == MOE_RAW_ON ||
                                               (cfg->raw_baseline == MOE_RAW_FIRST &&
                                                (i == cfg->warmup || i + 1 == cfg->warmup)));
+        double t0 = MPI_Wtime();
         int rc = moe_layer_step(layer, dst, msg, MSG_LEN);
+        g_step_seconds += MPI_Wtime() - t0;
         if (rc != MOE_OK)
             return rc;
         char phase[64];
@@ -444,6 +449,7 @@ static void record_measurement(moe_ablation_row *row, const moe_results *r)
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
+    double wall_start = MPI_Wtime();
     MPI_Comm comm = MPI_COMM_WORLD;
     MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
     int rank, nranks;
@@ -608,6 +614,8 @@ int main(int argc, char **argv)
         rc = check_interrupt(comm, "before writing the outputs", msg);
     if (rc == MOE_OK && rank == 0) {
         res.env.load_end = moe_driver_load_average();
+        res.env.wall_seconds = MPI_Wtime() - wall_start;
+        res.env.step_seconds = g_step_seconds;
         rc = write_outputs(&cfg, &res, &dump, msg);
         bool color = report_out == stdout && moe_driver_stdout_is_terminal() &&
                      getenv("NO_COLOR") == NULL;

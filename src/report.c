@@ -404,6 +404,12 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                     moe_phase_what(p));
     fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", "step", res->step.min * 1e3,
             res->step.mean * 1e3, res->step.max * 1e3, "sum of the phases; the slowest rank sets the pace");
+    if (res->env.wall_seconds > 0.0)
+        fprintf(out, "  run: %.2f s on rank 0, %.2f s of it in %d steps, %.1f%% outside them "
+                     "(set-up, reductions, outputs)\n",
+                res->env.wall_seconds, res->env.step_seconds,
+                (cfg->iters + cfg->warmup) * (cfg->n_cf > 0 ? cfg->n_cf : 1),
+                100.0 * (1.0 - res->env.step_seconds / res->env.wall_seconds));
     fprintf(out, "  all-to-all: dispatch %.2f GB/s, combine %.2f GB/s (matrix bytes / slowest rank's time)\n",
             res->dispatch_bytes_per_second / 1e9, res->combine_bytes_per_second / 1e9);
     /* busiest sender's bytes / slowest rank's time, and that times (R-1)/R (docs/model.md) */
@@ -803,11 +809,15 @@ static json_t *environment_json(const moe_results *res)
     }
     json_t *warnings = json_array();
     each_warning(res, append_warning, warnings);
-    return json_pack("{s:o, s:o, s:o, s:o, s:s, s:s, s:s, s:o, s:o}", "hosts", hosts, "cores",
-                     env->cores > 0 ? json_integer(env->cores) : json_null(), "load_average_start",
-                     num(env->load_start), "load_average_end", num(env->load_end), "openmpi",
-                     env->mpi_library, "openblas", env->openblas, "moesim", MOE_VERSION, "utc",
-                     env->utc[0] ? json_string(env->utc) : json_null(), "warnings", warnings);
+    double outside = env->wall_seconds > 0.0 ? 1.0 - env->step_seconds / env->wall_seconds : NAN;
+    return json_pack("{s:o, s:o, s:o, s:o, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o}", "hosts", hosts,
+                     "cores", env->cores > 0 ? json_integer(env->cores) : json_null(),
+                     "load_average_start", num(env->load_start), "load_average_end",
+                     num(env->load_end), "openmpi", env->mpi_library, "openblas", env->openblas,
+                     "moesim", MOE_VERSION, "utc",
+                     env->utc[0] ? json_string(env->utc) : json_null(), "warnings", warnings,
+                     "wall_seconds", num(env->wall_seconds), "step_seconds",
+                     num(env->step_seconds), "outside_steps_fraction", num(outside));
 }
 
 static json_t *classes_json(const moe_class_traffic *t)

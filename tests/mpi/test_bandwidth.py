@@ -46,7 +46,7 @@ RTOL = 1e-12
 PHASES = ("router", "count_wait", "count_exchange", "pack", "dispatch_wait", "dispatch", "dispatch_raw",
           "regroup", "expert", "combine_wait", "combine", "combine_raw", "unpack", "shared")
 ENV_KEYS = ("hosts", "cores", "load_average_start", "load_average_end", "openmpi", "openblas",
-            "moesim", "utc", "warnings")
+            "moesim", "utc", "warnings", "wall_seconds", "step_seconds", "outside_steps_fraction")
 
 
 def is_num(v):
@@ -169,6 +169,19 @@ def check_environment(ck, doc, tag, version, before, after):
                  "%s not in [%s, %s]" % (env["utc"], before, after))
     except ValueError:
         ck.check(False, tag + ": utc parses as YYYY-MM-DDTHH:MM:SSZ", repr(env.get("utc")))
+    # the run's wall time: within what this script saw, the steps inside it, the share outside
+    wall, steps, out = env.get("wall_seconds"), env.get("step_seconds"), env.get("outside_steps_fraction")
+    if ck.check(is_num(wall) and is_num(steps) and is_num(out), tag + ": wall, step seconds and "
+                "the outside share are numbers", repr((wall, steps, out))):
+        ck.check(0 < wall <= after - before + 1, tag + ": wall_seconds within the run",
+                 "%s s, the run took %.2f s" % (wall, after - before))
+        ck.check(0 <= steps <= wall, tag + ": 0 <= step_seconds <= wall_seconds", repr((steps, wall)))
+        ck.close(out, 1 - steps / wall, tag + ": outside_steps_fraction = 1 - steps / wall",
+                 rtol=1e-9, atol=1e-12)
+        if doc["timing"] is None: # --predict-only runs no step
+            ck.equal(steps, 0, tag + ": no step under --predict-only")
+        else: # every step of the run is inside: at least iters x the median step of rank 0
+            ck.check(steps > 0, tag + ": steps ran", repr(steps))
     w = env.get("warnings")
     if ck.check(isinstance(w, list) and all(isinstance(x, str) for x in w),
                 tag + ": warnings a list of strings", repr(w)):
