@@ -102,10 +102,15 @@ int moe_exchange_set_wire(moe_exchange *ex, int64_t out_bytes, int64_t back_byte
 void moe_exchange_free(moe_exchange *ex)
 {
     /* the block types first: the ones not built are the row itself */
-    if (ex->blk_types != NULL)
-        for (int r = 0; r < ex->nranks; r++)
-            if (ex->blk_types[r] != ex->row && ex->blk_types[r] != MPI_DATATYPE_NULL)
-                MPI_Type_free(&ex->blk_types[r]);
+    for (int r = 0; r < ex->nranks; r++) {
+        if (ex->blk_types != NULL && ex->blk_types[r] != ex->row &&
+            ex->blk_types[r] != MPI_DATATYPE_NULL)
+            MPI_Type_free(&ex->blk_types[r]);
+        if (ex->blk_send != NULL && ex->blk_send[r] != ex->row &&
+            ex->blk_send[r] != MPI_DATATYPE_NULL)
+            MPI_Type_free(&ex->blk_send[r]);
+    }
+    free(ex->blk_send);
     if (ex->row_out != ex->row && ex->row_out != MPI_DATATYPE_NULL && ex->row_out != 0)
         MPI_Type_free(&ex->row_out);
     if (ex->row_back != ex->row && ex->row_back != MPI_DATATYPE_NULL && ex->row_back != 0)
@@ -185,7 +190,7 @@ int moe_exchange_blocks_init(moe_exchange *ex, int kind, int slots_max, char *ms
     if (kind == MOE_REGROUP_W) {
         ex->blk_types = malloc((size_t)R * sizeof *ex->blk_types);
         ex->blk_rows = malloc((size_t)R * sizeof *ex->blk_rows);
-        ex->blk_w = calloc((size_t)R * 4, sizeof *ex->blk_w);
+        ex->blk_w = calloc((size_t)R * 5, sizeof *ex->blk_w);
         if (ex->blk_types == NULL || ex->blk_rows == NULL || ex->blk_w == NULL)
             return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
         for (int r = 0; r < R; r++)
@@ -301,13 +306,58 @@ int moe_exchange_blocks_plan(moe_exchange *ex, const int64_t *slot_rows, const i
     return rc;
 }
 
+int moe_exchange_blocks_plan_send(moe_exchange *ex, const int64_t *row_of, const int64_t *send_rows,
+                                  char *msg, size_t msglen)
+{
+    int R = ex->nranks;
+    if (ex->blk_send == NULL) {
+        ex->blk_send = malloc((size_t)R * sizeof *ex->blk_send);
+        if (ex->blk_send == NULL)
+            return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+        for (int r = 0; r < R; r++)
+            ex->blk_send[r] = ex->row;
+    }
+    int64_t most = 0;
+    for (int r = 0; r < R; r++)
+        most = send_rows[r] > most ? send_rows[r] : most;
+    MPI_Aint *at = malloc((size_t)(most > 0 ? most : 1) * sizeof *at);
+    if (at == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+    int rc = MOE_OK;
+    int64_t i = 0;
+    for (int r = 0; r < R && rc == MOE_OK; r++) {
+        if (ex->blk_send[r] != ex->row)
+            MPI_Type_free(&ex->blk_send[r]);
+        ex->blk_send[r] = ex->row;
+        for (int64_t j = 0; j < send_rows[r]; j++)
+            at[j] = (MPI_Aint)(row_of[i + j] * ex->row_bytes);
+        i += send_rows[r];
+        ex->blk_w[4 * R + r] = send_rows[r] > 0;
+        if (send_rows[r] == 0)
+            continue;
+        MPI_Datatype t;
+        int mrc = MPI_Type_create_hindexed_block((int)send_rows[r], 1, at, ex->row, &t);
+        if (mrc == MPI_SUCCESS && (mrc = MPI_Type_commit(&t)) == MPI_SUCCESS)
+            ex->blk_send[r] = t;
+        if (mrc != MPI_SUCCESS)
+            rc = moe_mpi_fail(mrc, "MPI_Type_create_hindexed_block", __FILE__, __LINE__, msg,
+                              msglen);
+    }
+    free(at);
+    return rc;
+}
+
 int moe_exchange_blocks(moe_exchange *ex, const void *send, void *recv, bool reverse, char *msg,
                         size_t msglen)
 {
     int R = ex->nranks;
     if (ex->blk_kind == MOE_REGROUP_W) {
         int *cnt = ex->blk_w, *dsp = cnt + R, *one = cnt + 2 * R, *zero = cnt + 3 * R;
-        if (!reverse)
+        if (!reverse && ex->blk_send != NULL) /* rows gathered from the token states by MPI */
+            MOE_MPI_CHECK(MPI_Alltoallw(send, cnt + 4 * R, zero, ex->blk_send, recv, one, zero,
+                                        ex->blk_types, ex->comm),
+                          msg, msglen);
+        else if (!reverse)
             MOE_MPI_CHECK(MPI_Alltoallw(send, cnt, dsp, ex->blk_rows, recv, one, zero,
                                         ex->blk_types, ex->comm),
                           msg, msglen);

@@ -219,6 +219,12 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
         layout_experts(L);
         rc = moe_exchange_blocks_plan(&L->ex, L->per_slot, L->map.first_slot, L->acc_slot,
                                       (int)L->n_ls, L->x_start, msg, msglen);
+        /* fp32 rows need no pack: MPI gathers them from h (send_pos is free until the unpack) */
+        if (rc == MOE_OK && L->ex.blk_kind == MOE_REGROUP_W && L->wire_out == MOE_WIRE_FP32) {
+            for (int64_t i = 0; i < L->n_send; i++)
+                L->send_pos[i] = L->slot[i] / L->A;
+            rc = moe_exchange_blocks_plan_send(&L->ex, L->send_pos, L->send_rows, msg, msglen);
+        }
     }
     if (L->hier == NULL)
         return rc; /* the callers agree on it before the next collective */
@@ -1175,7 +1181,10 @@ static int exchange_timed(moe_layer *L, const void *send, void *recv, bool rever
         return MOE_OK;
     MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
     double t3 = MPI_Wtime();
-    if ((rc = raw_exchange(L, send, L->rawbuf, reverse, msg, msglen)) != MOE_OK)
+    /* the same bytes from a contiguous buffer of the same size (the token states h, which MPI
+     * gathers rows from without a pack, hold fewer rows than are sent) */
+    const void *raw_send = send == (const void *)L->h ? (const void *)L->sendbuf : send;
+    if ((rc = raw_exchange(L, raw_send, L->rawbuf, reverse, msg, msglen)) != MOE_OK)
         return rc;
     seconds[2] = MPI_Wtime() - t3;
     return MOE_OK;
@@ -1242,7 +1251,8 @@ int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *m
         rc = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK && L->ex.blk_kind != 0) {
         /* fp32 rows straight into the blocks and back out of them */
-        rc = moe_exchange_blocks(&L->ex, L->sendbuf, L->x, false, msg, msglen);
+        rc = moe_exchange_blocks(&L->ex, L->ex.blk_send != NULL ? (void *)L->h : L->sendbuf,
+                                 L->x, false, msg, msglen);
         if (rc == MOE_OK)
             rc = moe_exchange_blocks(&L->ex, run_experts(L), L->sendbuf, true, msg, msglen);
     } else if (rc == MOE_OK) {
@@ -1334,11 +1344,13 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
         for (int64_t i = 0; i < L->n_send; i++)
             L->send_tok[i] = L->slot[i] / L->A;
         moe_wire_encode_rows(L->send_enc, L->h, L->send_tok, L->n_send, L->d, L->wire_out);
-    } else {
+    } else if (L->ex.blk_send == NULL) { /* else MPI gathers the rows from h itself */
         moe_pack_rows(L->sendbuf, L->h, L->slot, L->n_send, L->A, L->d);
     }
     t[3] = MPI_Wtime();
-    if ((rc = exchange_timed(L, enc_out ? (void *)L->send_enc : L->sendbuf,
+    if ((rc = exchange_timed(L, enc_out ? (void *)L->send_enc
+                                : L->ex.blk_send != NULL ? (void *)L->h
+                                                         : L->sendbuf,
                              enc_out ? (void *)L->recv_enc : direct ? L->x : L->recvbuf, false,
                              dispatch, msg, msglen)) != MOE_OK)
         return rc;
@@ -1413,7 +1425,9 @@ int moe_layer_exchange(moe_layer *L, bool reverse, char *msg, size_t msglen)
     const float *out = L->cfg.mode == MOE_MODE_DISPATCH ? L->x : L->yexp;
     if (direct)
         return reverse ? moe_exchange_blocks(&L->ex, out, L->sendbuf, true, msg, msglen)
-                       : moe_exchange_blocks(&L->ex, L->sendbuf, L->x, false, msg, msglen);
+                       : moe_exchange_blocks(&L->ex,
+                                             L->ex.blk_send != NULL ? (void *)L->h : L->sendbuf,
+                                             L->x, false, msg, msglen);
     return reverse ? exchange(L, L->recvbuf, L->sendbuf, true, msg, msglen)
                    : exchange(L, L->sendbuf, L->recvbuf, false, msg, msglen);
 }

@@ -46,9 +46,12 @@ typedef struct moe_exchange {
     int blk_kind, blk_slots;
     MPI_Datatype *blk_types; /* (R) alltoallw: each source's rows scattered into the blocks */
     MPI_Datatype *blk_rows;  /* (R) alltoallw: the fp32 row, for the contiguous side */
-    int *blk_w;              /* (4R) alltoallw: rows and byte offsets of the contiguous side;
-                              * 1 or 0 and 0 for the block side */
+    int *blk_w;              /* (5R) alltoallw: rows and byte offsets of the contiguous side;
+                              * 1 or 0 and 0 for the block side; 1 or 0 for the send types */
     int *blk_s;              /* (blk_slots, 4R) slots: scounts, sdispls, rcounts, rdispls in rows */
+    MPI_Datatype *blk_send;  /* (R) alltoallw with moe_exchange_blocks_plan_send: the rows for
+                              * each destination gathered straight from the token states; NULL
+                              * when the dispatch sends a packed buffer */
 } moe_exchange;
 
 /* Set up for rows of d floats and E experts in contiguous blocks over the ranks of comm. */
@@ -88,8 +91,14 @@ int moe_exchange_blocks_init(moe_exchange *ex, int kind, int slots_max, char *ms
 int moe_exchange_blocks_plan(moe_exchange *ex, const int64_t *slot_rows, const int *first_slot,
                              const int64_t *arrive, int n_ls, const int64_t *block_start,
                              char *msg, size_t msglen);
-/* The fp32 rows of dispatch from send (slot order) straight into the blocks (recv); reverse = true
- * sends the blocks (send) back into the slot order (recv). Collective. */
+/* Alltoallw only: the dispatch sends without a pack, every row straight from the token states:
+ * row i of the send order (slot order, rank-major) is row_of[i] of them, send_rows[r] rows for
+ * rank r. After moe_exchange_blocks_plan; replaces the previous step's types. Not collective. */
+int moe_exchange_blocks_plan_send(moe_exchange *ex, const int64_t *row_of, const int64_t *send_rows,
+                                  char *msg, size_t msglen);
+/* The fp32 rows of dispatch from send (slot order; the token states themselves after
+ * moe_exchange_blocks_plan_send) straight into the blocks (recv); reverse = true sends the blocks
+ * (send) back into the slot order (recv). Collective. */
 int moe_exchange_blocks(moe_exchange *ex, const void *send, void *recv, bool reverse, char *msg,
                         size_t msglen);
 
