@@ -695,8 +695,12 @@ int moe_layer_balance(moe_layer *L, moe_balance *b, char *msg, size_t msglen)
     int E = L->E, R = L->R;
     /* per expert: the importance sum (E), then the z-loss sum in two parts, exactly */
     moe_xsum *sums = calloc((size_t)E + 2, sizeof *sums);
-    float *z = malloc((size_t)(L->n * E + 1) * sizeof *z);
-    double *lse = malloc((size_t)(L->n + 1) * sizeof *lse), *out = calloc((size_t)E + 2, sizeof *out);
+    /* the logits a chunk of rows at a time (about 4 MiB): a whole (n, E) copy is 1 GiB at
+     * n = E = 16384 */
+    int64_t chunk = ((int64_t)1 << 20) / E > 0 ? ((int64_t)1 << 20) / E : 1;
+    chunk = chunk < L->n ? chunk : (L->n > 0 ? L->n : 1);
+    float *z = malloc((size_t)(chunk * E + 1) * sizeof *z);
+    double *lse = malloc((size_t)(chunk + 1) * sizeof *lse), *out = calloc((size_t)E + 2, sizeof *out);
     int64_t *routed = calloc((size_t)E, sizeof *routed), *routed_all = calloc((size_t)E, sizeof *routed);
     double *rows = L->rank == 0 ? calloc((size_t)R, sizeof *rows) : NULL;
     int rc = sums && z && lse && out && routed && routed_all && (L->rank != 0 || rows)
@@ -709,16 +713,19 @@ int moe_layer_balance(moe_layer *L, moe_balance *b, char *msg, size_t msglen)
     /* z-loss terms lse^2 in double, each split into two floats (48 of its 53 bits) so that the
      * exact sum keeps them. Replayed logits can reach 3.4e38, whose square no float holds: terms
      * from 2^100 up are summed apart, scaled by 2^-160 (exactly), and scaled back at the end. */
-    moe_layer_logits(L, z);
-    moe_logsumexp_rows(lse, z, L->n, E);
-    for (int64_t t = 0; t < L->n; t++) {
-        double v = lse[t] * lse[t];
-        int big = v >= 0x1p100;
-        if (big)
-            v = ldexp(v, -160);
-        float hi = (float)v;
-        moe_xsum_add(&sums[E + big], hi);
-        moe_xsum_add(&sums[E + big], (float)(v - (double)hi));
+    for (int64_t t0 = 0; t0 < L->n; t0 += chunk) {
+        int64_t m = L->n - t0 < chunk ? L->n - t0 : chunk;
+        moe_layer_logits_rows(L, z, t0, m);
+        moe_logsumexp_rows(lse, z, m, E);
+        for (int64_t t = 0; t < m; t++) {
+            double v = lse[t] * lse[t];
+            int big = v >= 0x1p100;
+            if (big)
+                v = ldexp(v, -160);
+            float hi = (float)v;
+            moe_xsum_add(&sums[E + big], hi);
+            moe_xsum_add(&sums[E + big], (float)(v - (double)hi));
+        }
     }
     if ((rc = reduce_xsums(L, sums, E + 2, out, msg, msglen)) != MOE_OK)
         goto done;

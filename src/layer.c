@@ -92,17 +92,23 @@ static int check_memory(moe_layer *L, int64_t need, const char *what, char *msg,
 }
 
 /* z (n, E) = the router's logits: computed (h W^T) or replayed, plus the workload's bias. */
+void moe_layer_logits_rows(moe_layer *L, float *z, int64_t t0, int64_t count)
+{
+    int64_t E = L->E;
+    if (L->z_file != NULL)
+        memcpy(z, L->z_file + t0 * E, (size_t)(count * E) * sizeof *z);
+    else /* blocks aligned to the global token index: the same floats however the rows are cut */
+        moe_router_logits(z, (L->h_route ? L->h_route : L->h) + t0 * L->d, L->w_router,
+                          L->first + t0, count, L->d, L->E, L->router_scratch);
+    if (L->has_bias)
+        moe_workload_add_bias(z, L->bias, count, L->E);
+    if (L->z_noise != NULL) /* Shazeer 2017: H = z + N(0,1) softplus(h W_noise^T) */
+        moe_router_add_noise(z, L->z_noise + t0 * E, L->first + t0, count, L->E, L->cfg.seed);
+}
+
 void moe_layer_logits(moe_layer *L, float *z)
 {
-    if (L->z_file != NULL)
-        memcpy(z, L->z_file, (size_t)(L->n * L->E) * sizeof *z);
-    else
-        moe_router_logits(z, L->h_route ? L->h_route : L->h, L->w_router, L->first, L->n, L->d,
-                          L->E, L->router_scratch);
-    if (L->has_bias)
-        moe_workload_add_bias(z, L->bias, L->n, L->E);
-    if (L->z_noise != NULL) /* Shazeer 2017: H = z + N(0,1) softplus(h W_noise^T) */
-        moe_router_add_noise(z, L->z_noise, L->first, L->n, L->E, L->cfg.seed);
+    moe_layer_logits_rows(L, z, 0, L->n);
 }
 
 /* Scores in place of the logits z (n, E), then top-k into L->expert and L->gate: chosen by score +

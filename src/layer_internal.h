@@ -142,6 +142,9 @@ struct moe_layer {
 /* z (n, E) = the router's logits: computed (h W^T, h jittered) or replayed, plus the workload's
  * bias, plus the noise of --noisy-top-k. Not collective. */
 void moe_layer_logits(moe_layer *L, float *z);
+/* The same for local tokens [t0, t0 + count) into z (count, E): the same floats as those rows of
+ * the whole. Not under --predict-only without its replayed or computed logits (h is a chunk). */
+void moe_layer_logits_rows(moe_layer *L, float *z, int64_t t0, int64_t count);
 
 /* Per-node dispatch (nodex.c): create after the experts are placed; plan after the per-rank
  * plan (collective); pack after moe_dedup_pack; the two exchanges; y. */
