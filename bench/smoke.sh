@@ -13,7 +13,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MOESIM_NO_TTY=1
 tmp=$(mktemp -d) || exit 1
 trap 'rm -rf "$tmp"' EXIT
 # Open MPI's session directories under a root of this test's own (tests/mpi/moetest.py says why)
-export OMPI_MCA_orte_tmpdir_base=$tmp/ompi
+export OMPI_MCA_orte_tmpdir_base="$tmp/ompi"
 
 set -- mpirun --oversubscribe -n 2 "$bench" --tokens 512 --hidden 64 --experts 4 --iters 2 \
     --warmup 1 --json "$tmp/bench.json"
@@ -47,5 +47,33 @@ fi
 if [ "$(grep -c '^moe_bench: error:' "$tmp/err")" -ne 1 ]; then
     echo "FAIL: expected exactly one 'moe_bench: error:' line"
     exit 1
+fi
+# bench/run.sh lists its runs (goals, scaling, planning) without running them; goals.py refuses a
+# missing input with exit 2 and one error line. Timings are never judged here.
+here=$(cd "$(dirname "$0")" && pwd)
+build=$(cd "$(dirname "$bench")/.." && pwd)
+set -- bash "$here/run.sh" --dry-run --build "$build"
+echo "+ $*"
+if ! "$@" >"$tmp/out" 2>"$tmp/err"; then
+    cat "$tmp/out" "$tmp/err"
+    echo "FAIL: run.sh --dry-run failed"
+    exit 1
+fi
+for want in "moe_bench --tokens 8192" "peer.py --tokens 128" "--ranks 16384" "--tokens 8192 --hidden 1024"; do
+    if ! grep -qe "$want" "$tmp/out"; then
+        cat "$tmp/out"
+        echo "FAIL: run.sh --dry-run does not list '$want'"
+        exit 1
+    fi
+done
+if command -v python3 >/dev/null 2>&1; then
+    python3 "$here/goals.py" goals --shape A 0.3 "$tmp/none.json" "$tmp/none.json" \
+        "$tmp/none.json" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+    if [ "$rc" -ne 2 ] || [ "$(grep -c '^goals.py: error:' "$tmp/err")" -ne 1 ]; then
+        cat "$tmp/out" "$tmp/err"
+        echo "FAIL: goals.py on a missing file exited $rc, expected 2 with one error line"
+        exit 1
+    fi
 fi
 echo "PASS"
