@@ -24,7 +24,7 @@
     X(MOE_PHASE_DISPATCH_WAIT, "dispatch_wait", "barrier: waiting for the slowest rank", 1)   \
     X(MOE_PHASE_DISPATCH, "dispatch", "token rows to expert owners", 1)                       \
     X(MOE_PHASE_DISPATCH_RAW, "dispatch_raw", "baseline: raw MPI_Alltoallv, same bytes", 0)   \
-    X(MOE_PHASE_REGROUP, "regroup", "owner: rows to the experts' blocks and back (copy, wire codec, fan-out)", 1)                \
+    X(MOE_PHASE_REGROUP, "regroup", "owner: rows into the experts' blocks and back", 1)                \
     X(MOE_PHASE_EXPERT, "expert", "expert FFNs (two sgemm + GELU)", 1)                        \
     X(MOE_PHASE_COMBINE_WAIT, "combine_wait", "barrier: waiting for the slowest expert rank", 1) \
     X(MOE_PHASE_COMBINE, "combine", "expert outputs back to sources", 1)                      \
