@@ -971,6 +971,10 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "routing", json_string(moe_routing_name(cfg->routing)));
     json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
     json_object_set_new(config, "regroup", json_string(moe_regroup_name(cfg->regroup)));
+    json_object_set_new(config, "traffic_matrix",
+                        json_string(cfg->traffic_matrix == MOE_MATRIX_FULL      ? "full"
+                                    : cfg->traffic_matrix == MOE_MATRIX_SUMMARY ? "summary"
+                                                                                : "auto"));
     json_object_set_new(config, "raw_baseline",
                         json_string(moe_raw_baseline_name(cfg->raw_baseline)));
     json_object_set_new(config, "dispatch", json_string(moe_dispatch_name(cfg->dispatch)));

@@ -28,6 +28,12 @@ SAME = ["by_class", "by_class_hierarchical", "by_class_per_rank", "metadata_byte
 
 def compare(ck, tag, full, summ):
     tf, ts = full.json["traffic"], summ.json["traffic"]
+    # as given: summary or auto (above 1024 ranks), full or auto (up to 1024)
+    ck.check(summ.json["config"]["traffic_matrix"] in ("auto", "summary"),
+             tag + ": config.traffic_matrix of the summarised run",
+             summ.json["config"]["traffic_matrix"])
+    ck.check(full.json["config"]["traffic_matrix"] in ("auto", "full"),
+             tag + ": config.traffic_matrix of the full run", full.json["config"]["traffic_matrix"])
     ck.equal(tf["matrix"], "full", tag + ": full says so")
     ck.equal(ts["matrix"], "summary", tag + ": summary says so")
     for key in ("rows", "dispatch_bytes", "combine_bytes"):
@@ -69,6 +75,9 @@ def main():
                         routing=False, output=False)
         if full is not None and summ is not None:
             compare(ck, tag, full, summ)
+            ck.equal(summ.json["config"]["traffic_matrix"], "summary",
+                     tag + ": config.traffic_matrix as given")
+            ck.equal(full.json["config"]["traffic_matrix"], "auto", tag + ": the default is auto")
 
     # planned ranks: auto switches above 1024
     def plan(R, extra, tag):
