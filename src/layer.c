@@ -515,12 +515,39 @@ static int discover_placement(moe_layer *L, char *msg, size_t msglen)
         for (int r = 0; r < R; r++)
             L->node_of_rank[r] = -1 - L->node_of_rank[r];
     }
+    /* one hwloc load per node: the node's first rank describes every rank of it by pid */
+    int node_rank = 0, node_size = 1;
+    MOE_MPI_CHECK(MPI_Comm_rank(L->node, &node_rank), msg, msglen);
+    MOE_MPI_CHECK(MPI_Comm_size(L->node, &node_size), msg, msglen);
+    int me[2] = {(int)getpid(), local_rank};
+    /* on the first: the gathered (pid, local rank) pairs, then the pids, then the local ranks */
+    int *ids = node_rank == 0 ? malloc(4 * (size_t)node_size * sizeof *ids) : NULL;
+    moe_placement *all = node_rank == 0 ? malloc((size_t)node_size * sizeof *all) : NULL;
+    rc = node_rank == 0 && (!ids || !all) ? moe_fail(MOE_ENOMEM, msg, msglen, "out of memory")
+                                          : MOE_OK;
+    mrc = MPI_Gather(me, 2, MPI_INT, ids, 2, MPI_INT, 0, L->node);
+    if (mrc != MPI_SUCCESS)
+        rc = moe_mpi_fail(mrc, "MPI_Gather", __FILE__, __LINE__, msg, msglen);
+    if (rc == MOE_OK && node_rank == 0) {
+        int *pids = ids + 2 * node_size, *lranks = ids + 3 * node_size;
+        for (int i = 0; i < node_size; i++) {
+            pids[i] = i == 0 ? 0 : ids[2 * i]; /* 0: this process */
+            lranks[i] = ids[2 * i + 1];
+        }
+        rc = moe_topology_describe_many(all, node_size, pids, lranks, L->cfg.topology, msg,
+                                        msglen);
+    }
     moe_placement mine;
-    rc = moe_topology_describe(&mine, L->cfg.topology, local_rank, msg, msglen);
-    mine.rank = L->rank;
-    mine.node = L->node_of_rank[L->rank];
+    mrc = MPI_Scatter(all, (int)sizeof mine, MPI_BYTE, &mine, (int)sizeof mine, MPI_BYTE, 0,
+                      L->node);
+    free(ids);
+    free(all);
+    if (rc == MOE_OK && mrc != MPI_SUCCESS)
+        rc = moe_mpi_fail(mrc, "MPI_Scatter", __FILE__, __LINE__, msg, msglen);
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         return rc;
+    mine.rank = L->rank;
+    mine.node = L->node_of_rank[L->rank];
     mrc = MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, L->placement, (int)sizeof mine, MPI_BYTE,
                         L->comm);
     if (mrc != MPI_SUCCESS)

@@ -72,19 +72,62 @@ static int only_container(hwloc_topology_t topo, hwloc_obj_type_t type, hwloc_co
     return found;
 }
 
-int moe_topology_describe(moe_placement *out, const char *topology_spec, int local_rank, char *msg,
-                          size_t msglen)
+/* One process's placement in a loaded topology: its binding from hwloc (pid 0: this process) or,
+ * on a loaded description, the core of its local rank. */
+static void describe_one(moe_placement *out, hwloc_topology_t topo, bool loaded, int pid,
+                         int local_rank, const char *host, hwloc_bitmap_t set)
 {
     memset(out, 0, sizeof *out);
     out->package = out->numa = out->core_first = -1;
-    if (gethostname(out->host, sizeof out->host) != 0)
-        snprintf(out->host, sizeof out->host, "unknown");
-    out->host[sizeof out->host - 1] = '\0';
+    snprintf(out->host, sizeof out->host, "%s", host);
+    hwloc_const_cpuset_t whole = hwloc_topology_get_topology_cpuset(topo);
+    int n_cores = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+    if (loaded) {
+        /* No real binding exists in a loaded topology: place as --map-by core --bind-to core. */
+        if (n_cores > 0)
+            hwloc_bitmap_copy(set, hwloc_get_obj_by_type(topo, HWLOC_OBJ_CORE,
+                                                         (unsigned)(local_rank % n_cores))
+                                       ->cpuset);
+        else
+            hwloc_bitmap_copy(set, whole);
+    } else if ((pid == 0 ? hwloc_get_cpubind(topo, set, HWLOC_CPUBIND_PROCESS)
+                         : hwloc_get_proc_cpubind(topo, (hwloc_pid_t)pid, set,
+                                                  HWLOC_CPUBIND_PROCESS)) != 0) {
+        hwloc_bitmap_copy(set, whole); /* binding unknown: treat as unbound */
+    }
+    hwloc_bitmap_and(set, set, whole);
+    out->bound = !hwloc_bitmap_isequal(set, whole) || n_cores <= 1;
+    out->package = only_container(topo, HWLOC_OBJ_PACKAGE, set);
+    out->numa = only_container(topo, HWLOC_OBJ_NUMANODE, set);
+    for (int i = 0; i < n_cores; i++) {
+        hwloc_obj_t core = hwloc_get_obj_by_type(topo, HWLOC_OBJ_CORE, (unsigned)i);
+        if (!hwloc_bitmap_intersects(core->cpuset, set))
+            continue;
+        if (out->core_first < 0)
+            out->core_first = i;
+        out->cores++;
+        if (i < 64)
+            out->core_mask |= UINT64_C(1) << i;
+    }
+    if (!out->bound)
+        snprintf(out->cpuset, sizeof out->cpuset, "all");
+    else if (hwloc_bitmap_list_snprintf(out->cpuset, sizeof out->cpuset, set) >=
+             (int)sizeof out->cpuset)
+        strcpy(out->cpuset + sizeof out->cpuset - 4, "...");
+}
+
+int moe_topology_describe_many(moe_placement *out, int count, const int *pids,
+                               const int *local_ranks, const char *topology_spec, char *msg,
+                               size_t msglen)
+{
+    char host[64];
+    if (gethostname(host, sizeof host) != 0)
+        snprintf(host, sizeof host, "unknown");
+    host[sizeof host - 1] = '\0';
 
     hwloc_topology_t topo;
     if (hwloc_topology_init(&topo) != 0)
         return moe_fail(MOE_ENOMEM, msg, msglen, "hwloc could not initialise a topology");
-    int rc = MOE_OK;
     if (topology_spec != NULL) {
         size_t n = strlen(topology_spec);
         int bad = n >= 4 && strcmp(topology_spec + n - 4, ".xml") == 0
@@ -104,45 +147,19 @@ int moe_topology_describe(moe_placement *out, const char *topology_spec, int loc
                         topology_spec ? " " : "", topology_spec ? topology_spec : "");
     }
     hwloc_bitmap_t set = hwloc_bitmap_alloc();
-    hwloc_const_cpuset_t whole = hwloc_topology_get_topology_cpuset(topo);
-    int n_cores = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
-    if (set == NULL) {
-        rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory in hwloc");
-    } else if (topology_spec != NULL) {
-        /* No real binding exists in a loaded topology: place as --map-by core --bind-to core. */
-        if (n_cores > 0)
-            hwloc_bitmap_copy(set, hwloc_get_obj_by_type(topo, HWLOC_OBJ_CORE,
-                                                         (unsigned)(local_rank % n_cores))
-                                       ->cpuset);
-        else
-            hwloc_bitmap_copy(set, whole);
-    } else if (hwloc_get_cpubind(topo, set, HWLOC_CPUBIND_PROCESS) != 0) {
-        hwloc_bitmap_copy(set, whole); /* binding unknown: treat as unbound */
-    }
-    if (rc == MOE_OK) {
-        hwloc_bitmap_and(set, set, whole);
-        out->bound = !hwloc_bitmap_isequal(set, whole) || n_cores <= 1;
-        out->package = only_container(topo, HWLOC_OBJ_PACKAGE, set);
-        out->numa = only_container(topo, HWLOC_OBJ_NUMANODE, set);
-        for (int i = 0; i < n_cores; i++) {
-            hwloc_obj_t core = hwloc_get_obj_by_type(topo, HWLOC_OBJ_CORE, (unsigned)i);
-            if (!hwloc_bitmap_intersects(core->cpuset, set))
-                continue;
-            if (out->core_first < 0)
-                out->core_first = i;
-            out->cores++;
-            if (i < 64)
-                out->core_mask |= UINT64_C(1) << i;
-        }
-        if (!out->bound)
-            snprintf(out->cpuset, sizeof out->cpuset, "all");
-        else if (hwloc_bitmap_list_snprintf(out->cpuset, sizeof out->cpuset, set) >=
-                 (int)sizeof out->cpuset)
-            strcpy(out->cpuset + sizeof out->cpuset - 4, "...");
-    }
+    int rc = set == NULL ? moe_fail(MOE_ENOMEM, msg, msglen, "out of memory in hwloc") : MOE_OK;
+    for (int i = 0; rc == MOE_OK && i < count; i++)
+        describe_one(&out[i], topo, topology_spec != NULL, pids ? pids[i] : 0,
+                     local_ranks ? local_ranks[i] : i, host, set);
     hwloc_bitmap_free(set);
     hwloc_topology_destroy(topo);
     return rc;
+}
+
+int moe_topology_describe(moe_placement *out, const char *topology_spec, int local_rank, char *msg,
+                          size_t msglen)
+{
+    return moe_topology_describe_many(out, 1, NULL, &local_rank, topology_spec, msg, msglen);
 }
 
 int moe_topology_warnings(char *buf, size_t len, const moe_placement *placement, int R)

@@ -299,6 +299,32 @@ START_TEST(test_describe_two_sockets)
 }
 END_TEST
 
+START_TEST(test_describe_many_matches_one)
+{
+    /* one load for a node's ranks: each entry equals the one-process description of the same
+     * local rank (loaded topology), and a pid entry equals describing that process itself (the
+     * real machine: this process's pid twice, and 0 for "this process") */
+    int lr[5] = {3, 0, 17, 9, 3};
+    moe_placement many[5], one;
+    char msg[256] = "";
+    EXPECT(moe_topology_describe_many(many, 5, NULL, lr, "package:2 numa:2 core:4 pu:1", msg,
+                                      sizeof msg) == MOE_OK);
+    for (int i = 0; i < 5; i++) {
+        describe_ok(&one, "package:2 numa:2 core:4 pu:1", lr[i]);
+        EXPECT_MSG(memcmp(&one, &many[i], sizeof one) == 0, "entry %d (local rank %d) differs", i,
+                   lr[i]);
+    }
+    int pids[3] = {0, (int)getpid(), (int)getpid()};
+    EXPECT(moe_topology_describe_many(many, 3, pids, NULL, NULL, msg, sizeof msg) == MOE_OK);
+    describe_ok(&one, NULL, 0);
+    for (int i = 0; i < 3; i++)
+        EXPECT_MSG(memcmp(&one, &many[i], sizeof one) == 0, "pid entry %d differs: cpuset '%s'", i,
+                   many[i].cpuset);
+    EXPECT(moe_topology_describe_many(many, 2, NULL, NULL, "bogus:3", msg, sizeof msg) ==
+           MOE_EUSAGE);
+}
+END_TEST
+
 START_TEST(test_describe_small_layouts)
 {
     /* 1 package, 2 cores of 2 PUs (hyper-threads): core i mod 2 is PUs 2c and 2c+1; hwloc adds
@@ -599,6 +625,7 @@ static Suite *topology_suite(void)
     tc = tcase_create("describe");
     tcase_add_test(tc, test_describe_two_sockets);
     tcase_add_test(tc, test_describe_small_layouts);
+    tcase_add_test(tc, test_describe_many_matches_one);
     tcase_add_test(tc, test_describe_classifies_a_known_matrix);
     tcase_add_test(tc, test_describe_xml_round_trip);
     tcase_add_test(tc, test_describe_refusals);
