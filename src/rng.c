@@ -30,6 +30,18 @@ double moe_rng_normal(uint64_t seed, uint64_t stream, uint64_t counter)
     return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
 }
 
+void moe_rng_fill_uniform(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t first,
+                          double bound)
+{
+    /* the key once, then one mix per element: about 1 ns an element against the normal's 40 */
+    uint64_t key = moe_rng_mix(seed ^ moe_rng_mix(stream + MOE_GOLDEN));
+    uint64_t c = (first + 1) * MOE_GOLDEN;
+    for (size_t i = 0; i < n; i++, c += MOE_GOLDEN) {
+        double u = ((double)(moe_rng_mix(key + c) >> 11) + 0.5) * 0x1.0p-53;
+        out[i] = (float)(bound * (2.0 * u - 1.0));
+    }
+}
+
 void moe_rng_fill_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t first,
                          double scale)
 {

@@ -6,9 +6,11 @@
 
 #include <stdint.h>
 
-/* Weights of expert e from (seed, e): W1 ~ N(0, 1/d) from stream MOE_STREAM_EXPERT + 2e, W2 ~ N(0, 1/f)
- * from stream MOE_STREAM_EXPERT + 2e + 1, counters in row-major order. The scales keep activations
- * of order one, as a trained layer's are. */
+/* Weights of expert e from (seed, e): W1 ~ U(-sqrt(3/d), sqrt(3/d)) from stream
+ * MOE_STREAM_EXPERT + 2e, W2 ~ U(-sqrt(3/f), sqrt(3/f)) from stream MOE_STREAM_EXPERT + 2e + 1
+ * (moe_rng_fill_uniform), counters in row-major order. Variances 1/d and 1/f keep activations of
+ * order one, as a trained layer's are; uniform rather than normal because a run's set-up is mostly
+ * these weights (1 ns a weight against the normal's 40). */
 void moe_expert_init(float *w1, float *w2, uint64_t seed, int e, int64_t d, int64_t f);
 
 /* erf in float, vectorizable (no call, no branch): the Maclaurin series below |x| = 0.5, above it

@@ -8,7 +8,8 @@
  *   u64(k, s, i)  = mix(key(k, s) + (i + 1) * 0x9E3779B97F4A7C15)
  *   uniform(x)    = ((x >> 11) + 0.5) * 2^-53, in (0, 1)
  *   normal(k,s,i) = sqrt(-2 ln u1) * cos(2 pi u2), u1 = uniform(u64(k,s,2i)), u2 = uniform(u64(k,s,2i+1))
- *                   computed in double, rounded once to float. */
+ *                   computed in double, rounded once to float.
+ *   symmetric(k,s,i) = b * (2 uniform(u64(k,s,i)) - 1), in double, rounded once to float: U(-b, b). */
 #ifndef MOESIM_RNG_H
 #define MOESIM_RNG_H
 
@@ -35,5 +36,10 @@ double moe_rng_normal(uint64_t seed, uint64_t stream, uint64_t counter);
 /* out[i] = scale * normal(seed, stream, first + i) rounded to float, for i in [0, n). */
 void moe_rng_fill_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t first,
                          double scale);
+
+/* out[i] = bound * (2 uniform(seed, stream, first + i) - 1) rounded to float, for i in [0, n):
+ * uniform on (-bound, bound), variance bound^2 / 3. */
+void moe_rng_fill_uniform(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t first,
+                          double bound);
 
 #endif

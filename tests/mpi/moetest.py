@@ -350,9 +350,16 @@ def gen_router(seed, E, d):
     return fill_normal(seed, 2, 0, E * d, 1.0 / math.sqrt(d)).reshape(E, d)
 
 
+def fill_uniform(seed, stream, first, n, bound):
+    """bound * (2 uniform(seed, stream, first + i) - 1) in float64, rounded once to float32."""
+    i = np.arange(first, first + n, dtype=np.uint64)
+    return (bound * (2.0 * uniform(u64(seed, stream, i)) - 1.0)).astype(np.float32)
+
+
 def gen_expert(seed, e, d, f):
-    w1 = fill_normal(seed, 0x100 + 2 * e, 0, f * d, 1.0 / math.sqrt(d)).reshape(f, d)
-    w2 = fill_normal(seed, 0x101 + 2 * e, 0, d * f, 1.0 / math.sqrt(f)).reshape(d, f)
+    """W1 ~ U(-sqrt(3/d), sqrt(3/d)), W2 ~ U(-sqrt(3/f), sqrt(3/f)) (docs/generator.md)."""
+    w1 = fill_uniform(seed, 0x100 + 2 * e, 0, f * d, math.sqrt(3.0 / d)).reshape(f, d)
+    w2 = fill_uniform(seed, 0x101 + 2 * e, 0, d * f, math.sqrt(3.0 / f)).reshape(d, f)
     return w1, w2
 
 

@@ -105,11 +105,11 @@ START_TEST(test_init_determinism_and_streams)
     moe_expert_init(b1, b2, 7, 3, D, F);
     ck_assert_mem_eq(a1, b1, sizeof a1);
     ck_assert_mem_eq(a2, b2, sizeof a2);
-    /* The documented streams and scales, bitwise: W1 from stream 0x100 + 2e with 1/sqrt(d), W2
-     * from 0x100 + 2e + 1 with 1/sqrt(f), counters in row-major order. */
-    moe_rng_fill_normal(w, F * D, 7, MOE_STREAM_EXPERT + 6, 0, 1.0 / sqrt((double)D));
+    /* The documented streams and bounds, bitwise: W1 from stream 0x100 + 2e, U(-b, b) with
+     * b = sqrt(3/d), W2 from 0x100 + 2e + 1 with sqrt(3/f), counters in row-major order. */
+    moe_rng_fill_uniform(w, F * D, 7, MOE_STREAM_EXPERT + 6, 0, sqrt(3.0 / D));
     ck_assert_mem_eq(a1, w, sizeof a1);
-    moe_rng_fill_normal(w, D * F, 7, MOE_STREAM_EXPERT + 7, 0, 1.0 / sqrt((double)F));
+    moe_rng_fill_uniform(w, D * F, 7, MOE_STREAM_EXPERT + 7, 0, sqrt(3.0 / F));
     ck_assert_mem_eq(a2, w, sizeof a2);
     /* Another expert, another seed: different weights. */
     moe_expert_init(b1, b2, 7, 4, D, F);
@@ -121,9 +121,10 @@ END_TEST
 
 START_TEST(test_init_scale)
 {
-    /* W1 ~ N(0, 1/d), W2 ~ N(0, 1/f). With n = f d = 131072 samples, the sample standard deviation
-     * has relative standard error 1/sqrt(2n) = 0.002; allow 1% (5 sigma). Mean: standard error
-     * std/sqrt(n); allow 5 of them. */
+    /* W1 ~ U(-sqrt(3/d), sqrt(3/d)), W2 likewise with f: standard deviations 1/sqrt(d) and
+     * 1/sqrt(f). With n = f d = 131072 samples the sample standard deviation of a uniform has
+     * relative standard error sqrt(0.8 / (4n)) = 0.0012; allow 1%. Mean: standard error
+     * std/sqrt(n); allow 5 of them. Every weight within the bound. */
     enum { D = 256, F = 512 };
     float *w1 = malloc((size_t)F * D * sizeof *w1), *w2 = malloc((size_t)D * F * sizeof *w2);
     moe_expert_init(w1, w2, 1, 0, D, F);
@@ -132,6 +133,7 @@ START_TEST(test_init_scale)
     for (int m = 0; m < 2; m++) {
         double s1 = 0, s2 = 0, n = (double)F * D;
         for (int64_t i = 0; i < (int64_t)F * D; i++) {
+            EXPECT(fabs((double)ws[m][i]) <= sqrt(3.0) * want_std[m]);
             s1 += ws[m][i];
             s2 += (double)ws[m][i] * ws[m][i];
         }

@@ -59,6 +59,33 @@ START_TEST(test_uniform_spec)
 }
 END_TEST
 
+START_TEST(test_fill_uniform_spec)
+{
+    /* the expert weights' generator: bound * (2 uniform(u64(seed, s, first + i)) - 1), in double,
+     * rounded once to float; slices agree with the whole (any rank can fill any part), every value
+     * lies in [-bound, bound], and the moments are those of U(-b, b): mean 0, variance b^2 / 3 */
+    enum { N = 1 << 16 };
+    static float w[N], part[100];
+    const double b = sqrt(3.0 / 512.0);
+    moe_rng_fill_uniform(w, N, 3, 0x105, 0, b);
+    moe_rng_fill_uniform(part, 100, 3, 0x105, 1000, b);
+    double sum = 0, sq = 0;
+    for (size_t i = 0; i < N; i++) {
+        double u = moe_rng_uniform(3, 0x105, i);
+        EXPECT_MSG(w[i] == (float)(b * (2.0 * u - 1.0)), "element %zu: %g", i, (double)w[i]);
+        EXPECT(fabs((double)w[i]) <= b);
+        sum += w[i];
+        sq += (double)w[i] * w[i];
+    }
+    for (size_t i = 0; i < 100; i++)
+        EXPECT(part[i] == w[1000 + i]);
+    double mean = sum / N, var = sq / N - mean * mean;
+    /* standard errors: b / sqrt(3 N) for the mean, 0.89 (b^2 / 3) / sqrt(N) = 0.35% for the variance */
+    EXPECT_MSG(fabs(mean) < 5.0 * b / sqrt(3.0 * N), "mean %g", mean);
+    EXPECT_MSG(fabs(var / (b * b / 3.0) - 1.0) < 0.02, "variance %g, expected %g", var, b * b / 3.0);
+}
+END_TEST
+
 START_TEST(test_determinism)
 {
     /* A pure function of (seed, stream, counter): calling again, in any order, gives the same. */
@@ -159,6 +186,7 @@ static Suite *rng_suite(void)
     tcase_add_test(tc, test_uniform_spec);
     suite_add_tcase(s, tc);
     tc = tcase_create("properties");
+    tcase_add_test(tc, test_fill_uniform_spec);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_streams_and_seeds_differ);
     tcase_add_test(tc, test_fill_normal_matches_normal);
