@@ -58,11 +58,19 @@ static void install_signal_handlers(void)
 }
 
 /* Collective, at a phase boundary: if a signal reached any rank, every rank stops here. */
+static int interrupted(int any, const char *phase, char *msg);
+
 static int check_interrupt(MPI_Comm comm, const char *phase, char *msg)
 {
     int mine = g_signal, any = 0;
     if (MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, comm) != MPI_SUCCESS)
         return moe_fail(MOE_EMPI, msg, MSG_LEN, "MPI_Allreduce failed while checking for signals");
+    return interrupted(any, phase, msg);
+}
+
+/* MOE_OK when no rank had a signal (any == 0), else the agreed stop. */
+static int interrupted(int any, const char *phase, char *msg)
+{
     if (any == 0)
         return MOE_OK;
     g_agreed_signal = any;
@@ -142,7 +150,14 @@ static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double 
 {
     int total = cfg->warmup + cfg->iters;
     int progress = rank == 0 && !cfg->quiet && moe_driver_stdout_is_terminal();
-    for (int i = 0; i < total; i++) {
+    /* The signals are agreed by an MPI_Iallreduce started after each step and completed after the
+     * next: it progresses inside the next step's collectives, so no rank waits for the others'
+     * end of step outside the steps (a blocking agreement costs a step's skew every step). A signal
+     * therefore stops every rank after the step it arrived in or the one after. */
+    MPI_Request agree = MPI_REQUEST_NULL;
+    int mine = 0, any = 0;
+    int rc = MOE_OK;
+    for (int i = 0; i < total && rc == MOE_OK; i++) {
         double *dst = i < cfg->warmup ? NULL : seconds + (int64_t)(i - cfg->warmup) * MOE_PHASE_COUNT;
         /* first: on the first timed iteration, and once before it untimed, in the last warm-up
          * step (the first call on its buffers costs Open MPI several times a warm one) */
@@ -150,13 +165,26 @@ static int run_steps(moe_layer *layer, const moe_config *cfg, double cf, double 
                                               (cfg->raw_baseline == MOE_RAW_FIRST &&
                                                (i == cfg->warmup || i + 1 == cfg->warmup)));
         double t0 = MPI_Wtime();
-        int rc = moe_layer_step(layer, dst, msg, MSG_LEN);
+        rc = moe_layer_step(layer, dst, msg, MSG_LEN);
         g_step_seconds += MPI_Wtime() - t0;
         if (rc != MOE_OK)
             return rc;
         char phase[64];
         snprintf(phase, sizeof phase, "after step %d of %d (cf %g)", i + 1, total, cf);
-        if ((rc = check_interrupt(comm, phase, msg)) != MOE_OK) {
+        if (agree != MPI_REQUEST_NULL) {
+            if (MPI_Wait(&agree, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+                return moe_fail(MOE_EMPI, msg, MSG_LEN, "MPI_Iallreduce failed while checking for "
+                                                        "signals");
+            rc = interrupted(any, phase, msg);
+        }
+        mine = g_signal;
+        if (rc == MOE_OK && i + 1 < total &&
+            MPI_Iallreduce(&mine, &any, 1, MPI_INT, MPI_MAX, comm, &agree) != MPI_SUCCESS)
+            return moe_fail(MOE_EMPI, msg, MSG_LEN, "MPI_Iallreduce failed while checking for "
+                                                    "signals");
+        if (rc == MOE_OK && i + 1 == total)
+            rc = check_interrupt(comm, phase, msg);
+        if (rc != MOE_OK) {
             if (progress)
                 fprintf(stderr, "\r%40s\r", "");
             return rc;
