@@ -39,9 +39,13 @@ struct moe_hier {
     int *local_of_rank; /* (R) index of each rank within its node, rank order */
     int *members;       /* (node_size) ranks of this node, rank order; members[0] is the leader */
     int *ints;          /* one block carved into the int arrays of dir[0] and dir[1] */
-    /* plan scratch, int64: row_sum, col_sum, intra_row (R each); per node n_row, n_col, n_intra,
-     * g_row, g_col, cursor (n_nodes each); ycur (node_size) */
+    /* plan scratch, int64, 4 R + 6 n_nodes: the full-matrix plan's sums (2 R); the block plan's
+     * member sums (2 node_size), cursor (n_nodes) and ycur (node_size) */
     int64_t *scratch;
+    /* the counts planned from: this node's members' rows and columns on its leader
+     * ((node_size, R) each), this rank's own row and column elsewhere ((1, R)) */
+    int64_t *blk_rows, *blk_cols;
+    int64_t n_pack_fwd, n_unpack_fwd, n_pack_back; /* copy list lengths of the last plan */
     hier_dir dir[2]; /* [0] forward (counts), [1] reverse (transpose) */
     hier_copy *copies;
     int64_t copies_cap;
@@ -66,6 +70,7 @@ void moe_hier_destroy(moe_hier *h)
     free(h->members);
     free(h->ints);
     free(h->scratch);
+    free(h->blk_rows);
     free(h->copies);
     free(h->staging);
     free(h);
@@ -125,6 +130,11 @@ static int hier_alloc(moe_hier *h, const int *node_of_rank, char *msg, size_t ms
     for (int r = 0, j = 0; r < R; r++)
         if (node_of_rank[r] == h->node)
             h->members[j++] = r;
+    size_t held = h->leader ? (size_t)h->node_size : 1;
+    h->blk_rows = malloc(2 * held * (size_t)R * sizeof(int64_t));
+    if (h->blk_rows == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the hierarchical exchange");
+    h->blk_cols = h->blk_rows + held * (size_t)R;
     for (int dir = 0; dir < 2; dir++) {
         int *p = h->ints + dir * per_dir, m = h->node_size, n = h->n_nodes;
         hier_dir *D = &h->dir[dir];
@@ -215,10 +225,17 @@ int moe_hier_create(moe_hier **out, MPI_Comm comm, const int *node_of_rank, MPI_
 
 /* ---------------------------------------------------------------- plan */
 
-/* Rows from s to t in direction dir: forward counts, reverse its transpose. */
-static inline int64_t count_of(const int64_t *counts, int R, int dir, int s, int t)
+/* The counts a plan reads, held as this node's blocks: rows[j * R + t] = C[members[j]][t] (what
+ * member j sends) and cols[j * R + s] = C[s][members[j]] (what it receives); a non-leader holds its
+ * own row and column (j = 0 only). Direction 0 is C, direction 1 its transpose. */
+static inline int64_t member_out(const moe_hier *h, int dir, int j, int t)
 {
-    return dir == 0 ? counts[(int64_t)s * R + t] : counts[(int64_t)t * R + s];
+    return (dir == 0 ? h->blk_rows : h->blk_cols)[(int64_t)j * h->R + t];
+}
+
+static inline int64_t member_in(const moe_hier *h, int dir, int s, int j)
+{
+    return (dir == 0 ? h->blk_cols : h->blk_rows)[(int64_t)j * h->R + s];
 }
 
 /* Append a copy, extending the previous one when both sides continue it. */
@@ -248,29 +265,31 @@ static void prefix(int *counts, int *displs, const int64_t *sizes, int n)
     }
 }
 
-/* Fill direction dir of a validated plan. ycur: (node_size), cursor: (n_nodes) scratch. */
-static void plan_dir(moe_hier *h, int dir, const int64_t *counts, const int64_t *row_sum,
-                     const int64_t *col_sum, int64_t *ycur, int64_t *cursor)
+/* Fill direction dir of a validated plan from the blocks. out_m/in_m: (node_size) rows each
+ * member sends and receives in direction 0; ycur: (node_size), cursor: (n_nodes) scratch. A
+ * leader's work is O(node_size x R). */
+static void plan_dir(moe_hier *h, int dir, const int64_t *out_m, const int64_t *in_m,
+                     int64_t *ycur, int64_t *cursor)
 {
     hier_dir *D = &h->dir[dir];
     int R = h->R, m = h->node_size, n = h->n_nodes, me = h->node;
     const int *node_of = h->node_of_rank;
-    /* row_sum/col_sum are of the forward matrix; the reverse swaps them */
-    const int64_t *out_rows = dir == 0 ? row_sum : col_sum, *in_rows = dir == 0 ? col_sum : row_sum;
+    /* the reverse swaps what is sent and received */
+    const int64_t *out_rows = dir == 0 ? out_m : in_m, *in_rows = dir == 0 ? in_m : out_m;
     D->n_pack = D->n_unpack = 0;
     if (!h->leader) {
-        D->send_rows = (int)out_rows[h->rank];
-        D->recv_rows = (int)in_rows[h->rank];
+        D->send_rows = (int)out_rows[0];
+        D->recv_rows = (int)in_rows[0];
         return;
     }
     D->send_rows = D->recv_rows = 0;
 
     /* stages 0 and 2: one block per member, the leader's own block is not sent */
     for (int j = 0; j < m; j++)
-        ycur[j] = j == 0 ? 0 : out_rows[h->members[j]];
+        ycur[j] = j == 0 ? 0 : out_rows[j];
     prefix(D->gather_counts, D->gather_displs, ycur, m);
     for (int j = 0; j < m; j++)
-        ycur[j] = j == 0 ? 0 : in_rows[h->members[j]];
+        ycur[j] = j == 0 ? 0 : in_rows[j];
     prefix(D->scatter_counts, D->scatter_displs, ycur, m);
 
     /* stage 1: block (me -> b) holds what my members send to b's ranks, and (a -> me) likewise */
@@ -278,23 +297,23 @@ static void plan_dir(moe_hier *h, int dir, const int64_t *counts, const int64_t 
     for (int j = 0; j < m; j++)
         for (int t = 0; t < R; t++)
             if (node_of[t] != me)
-                cursor[node_of[t]] += count_of(counts, R, dir, h->members[j], t);
+                cursor[node_of[t]] += member_out(h, dir, j, t);
     prefix(D->x_scounts, D->x_sdispls, cursor, n);
     memset(cursor, 0, (size_t)n * sizeof *cursor);
-    for (int s = 0; s < R; s++)
-        if (node_of[s] != me)
-            for (int j = 0; j < m; j++)
-                cursor[node_of[s]] += count_of(counts, R, dir, s, h->members[j]);
+    for (int j = 0; j < m; j++)
+        for (int s = 0; s < R; s++)
+            if (node_of[s] != me)
+                cursor[node_of[s]] += member_in(h, dir, s, j);
     prefix(D->x_rcounts, D->x_rdispls, cursor, n);
 
     /* pack: block (me -> b) is [s in me, rank order][t in b, rank order]; s reads its own send
      * buffer (the leader) or its block of the gather buffer */
     memset(cursor, 0, (size_t)n * sizeof *cursor);
     for (int j = 0; j < m; j++) {
-        int s = h->members[j], src = j == 0 ? SRC_SEND : SRC_GATHER;
+        int src = j == 0 ? SRC_SEND : SRC_GATHER;
         int64_t base = j == 0 ? 0 : D->gather_displs[j], p = 0;
         for (int t = 0; t < R; t++) {
-            int64_t c = count_of(counts, R, dir, s, t);
+            int64_t c = member_out(h, dir, j, t);
             int b = node_of[t];
             if (c > 0 && b != me) {
                 emit(D->pack, &D->n_pack, src, base + p, DST_XSEND, D->x_sdispls[b] + cursor[b], c);
@@ -305,21 +324,25 @@ static void plan_dir(moe_hier *h, int dir, const int64_t *counts, const int64_t 
     }
 
     /* unpack: member t's block is [s in global rank order], the flat receive layout. Rows from
-     * my own node come from the send or gather buffer; from node a, from s's sub-block of block
-     * (a -> me), which starts at cursor[a] and lists my members in rank order. */
+     * my own node come from the send or gather buffer at their place in s's send buffer (the
+     * rows s sends to the ranks before t); from node a, from s's sub-block of block (a -> me),
+     * which starts at cursor[a] and lists my members in rank order. */
     memset(cursor, 0, (size_t)n * sizeof *cursor);
     memset(ycur, 0, (size_t)m * sizeof *ycur);
     for (int s = 0; s < R; s++) {
-        int a = node_of[s];
-        int64_t p = 0, run = 0; /* p: position in s's send buffer; run: in its sub-block */
-        for (int t = 0; t < R; t++) {
-            int64_t c = count_of(counts, R, dir, s, t);
-            if (node_of[t] == me && c > 0) {
-                int jt = h->local_of_rank[t];
+        int a = node_of[s], js = h->local_of_rank[s];
+        int64_t p = 0, run = 0; /* p: position in s's send buffer (s in my node); run: in its sub-block */
+        int t_done = 0;
+        for (int jt = 0; jt < m; jt++) {
+            int t = h->members[jt];
+            int64_t c = member_in(h, dir, s, jt);
+            if (a == me) /* the rows s sends to the ranks before t */
+                for (; t_done < t; t_done++)
+                    p += member_out(h, dir, js, t_done);
+            if (c > 0) {
                 int src, dst = jt == 0 ? DST_RECV : DST_SCATTER;
                 int64_t src_off, dst_off = (jt == 0 ? 0 : D->scatter_displs[jt]) + ycur[jt];
                 if (a == me) {
-                    int js = h->local_of_rank[s];
                     src = js == 0 ? SRC_SEND : SRC_GATHER;
                     src_off = (js == 0 ? 0 : D->gather_displs[js]) + p;
                 } else {
@@ -330,7 +353,6 @@ static void plan_dir(moe_hier *h, int dir, const int64_t *counts, const int64_t 
                 emit(D->unpack, &D->n_unpack, src, src_off, dst, dst_off, c);
                 ycur[jt] += c;
             }
-            p += c;
         }
         if (a != me)
             cursor[a] += run;
@@ -345,74 +367,92 @@ static int too_many(const char *what, int who, int64_t rows, char *msg, size_t m
                     what, who, (long long)rows, INT_MAX);
 }
 
-int moe_hier_plan(moe_hier *h, const int64_t *counts, char *msg, size_t msglen)
+/* Check the counts this rank holds, and on a leader its node's stages: entries, each member's
+ * rows out and in, the gather, the scatter and the rows crossing the node boundary must each be
+ * non-negative and fit an int. out_m, in_m: (node_size) filled with each member's sums. */
+static int validate_blocks(const moe_hier *h, int64_t *out_m, int64_t *in_m, char *msg,
+                           size_t msglen)
 {
-    int R = h->R, n = h->n_nodes, me = h->node;
-    const int *node_of = h->node_of_rank;
-    int64_t *row_sum = h->scratch, *col_sum = row_sum + R, *intra_row = col_sum + R;
-    int64_t *n_row = intra_row + R, *n_col = n_row + n, *n_intra = n_col + n;
-    int64_t *g_row = n_intra + n, *g_col = g_row + n, *cursor = g_col + n;
-    int64_t *ycur = cursor + n;
-
-    /* 1. validate, for every rank, so every rank reaches the same verdict. Sums stay far from
-     * int64 overflow: an entry is checked before it is added, a rank's sum before a node's. */
-    memset(row_sum, 0, 3 * (size_t)R * sizeof *row_sum);
-    /* nonzero (s, t) by where they lie: pack and unpack bounds for both directions */
-    int64_t nz_in_out = 0, nz_out_in = 0, nz_to_me = 0, nz_from_me = 0;
-    for (int s = 0; s < R; s++)
+    int R = h->R, me = h->node, held = h->leader ? h->node_size : 1;
+    int64_t g_row = 0, g_col = 0, x_out = 0, x_in = 0;
+    for (int j = 0; j < held; j++) {
+        int r = h->leader ? h->members[j] : h->rank;
+        out_m[j] = in_m[j] = 0;
         for (int t = 0; t < R; t++) {
-            int64_t c = counts[(int64_t)s * R + t];
-            if (c < 0)
+            int64_t o = h->blk_rows[(int64_t)j * R + t], i = h->blk_cols[(int64_t)j * R + t];
+            if (o < 0 || i < 0)
                 return moe_fail(MOE_EINVAL, msg, msglen,
                                 "hierarchical exchange: negative count %lld from rank %d to %d",
-                                (long long)c, s, t);
-            if (c > INT_MAX)
-                return too_many("the pair from rank", s, c, msg, msglen);
-            row_sum[s] += c;
-            col_sum[t] += c;
-            if (node_of[s] == node_of[t])
-                intra_row[s] += c;
-            if (c > 0) {
-                bool s_in = node_of[s] == me, t_in = node_of[t] == me;
-                nz_in_out += s_in && !t_in;
-                nz_out_in += !s_in && t_in;
-                nz_to_me += t_in;
-                nz_from_me += s_in;
+                                (long long)(o < 0 ? o : i), o < 0 ? r : t, o < 0 ? t : r);
+            if (o > INT_MAX || i > INT_MAX)
+                return too_many("the pair from rank", o > INT_MAX ? r : t, o > INT_MAX ? o : i, msg,
+                                msglen);
+            out_m[j] += o;
+            in_m[j] += i;
+            if (h->node_of_rank[t] != me) {
+                x_out += o;
+                x_in += i;
             }
         }
-    memset(n_row, 0, 5 * (size_t)n * sizeof *n_row);
-    for (int r = 0; r < R; r++) {
-        if (row_sum[r] > INT_MAX)
-            return too_many("sending rank", r, row_sum[r], msg, msglen);
-        if (col_sum[r] > INT_MAX)
-            return too_many("receiving rank", r, col_sum[r], msg, msglen);
-        int k = node_of[r];
-        n_row[k] += row_sum[r];
-        n_col[k] += col_sum[r];
-        n_intra[k] += intra_row[r];
-        if (h->local_of_rank[r] != 0) { /* the leader's own rows are not gathered or scattered */
-            g_row[k] += row_sum[r];
-            g_col[k] += col_sum[r];
+        if (out_m[j] > INT_MAX)
+            return too_many("sending rank", r, out_m[j], msg, msglen);
+        if (in_m[j] > INT_MAX)
+            return too_many("receiving rank", r, in_m[j], msg, msglen);
+        if (j > 0) { /* the leader's own rows are not gathered or scattered */
+            g_row += out_m[j];
+            g_col += in_m[j];
         }
     }
-    for (int k = 0; k < n; k++) {
-        if (g_row[k] > INT_MAX || g_col[k] > INT_MAX)
-            return too_many("the leader gathering or scattering node", k,
-                            g_row[k] > g_col[k] ? g_row[k] : g_col[k], msg, msglen);
-        if (n_row[k] - n_intra[k] > INT_MAX || n_col[k] - n_intra[k] > INT_MAX)
-            return too_many("the leader exchanging for node", k,
-                            n_row[k] > n_col[k] ? n_row[k] - n_intra[k] : n_col[k] - n_intra[k],
-                            msg, msglen);
-    }
+    if (!h->leader)
+        return MOE_OK;
+    if (g_row > INT_MAX || g_col > INT_MAX)
+        return too_many("the leader gathering or scattering node", me, g_row > g_col ? g_row : g_col,
+                        msg, msglen);
+    if (x_out > INT_MAX || x_in > INT_MAX)
+        return too_many("the leader exchanging for node", me, x_out > x_in ? x_out : x_in, msg,
+                        msglen);
+    return MOE_OK;
+}
 
-    /* 2. this rank's staging, in rows: gather | xrecv | xsend (reused for scatter) */
+/* Plan both directions from the blocks held, validated by validate_blocks into the first
+ * 2 node_size entries of the scratch (out_m, in_m): staging, copy lists, statistics. */
+static int plan_blocks(moe_hier *h, char *msg, size_t msglen)
+{
+    int R = h->R, n = h->n_nodes, m = h->node_size, me = h->node;
+    int64_t *out_m = h->scratch, *in_m = out_m + m, *cursor = in_m + m, *ycur = cursor + n;
+
+    /* 1. this rank's staging, in rows: gather | xrecv | xsend (reused for scatter), and the copy
+     * lists' bounds: nonzero pairs from my node out of it, into it from outside, to my members and
+     * from them */
     int64_t g = 0, x = 0, sy = 0, n_copies = 0;
     if (h->leader) {
-        int64_t xsend_fwd = n_row[me] - n_intra[me], xrecv_fwd = n_col[me] - n_intra[me];
-        g = g_row[me] > g_col[me] ? g_row[me] : g_col[me];
-        x = xrecv_fwd > xsend_fwd ? xrecv_fwd : xsend_fwd;
+        int64_t g_row = 0, g_col = 0, x_out = 0, x_in = 0;
+        int64_t nz_in_out = 0, nz_out_in = 0, nz_to_me = 0, nz_from_me = 0;
+        for (int j = 0; j < m; j++) {
+            if (j > 0) {
+                g_row += out_m[j];
+                g_col += in_m[j];
+            }
+            for (int t = 0; t < R; t++) {
+                int64_t o = h->blk_rows[(int64_t)j * R + t], i = h->blk_cols[(int64_t)j * R + t];
+                bool away = h->node_of_rank[t] != me;
+                if (away) {
+                    x_out += o;
+                    x_in += i;
+                }
+                nz_from_me += o > 0;
+                nz_to_me += i > 0;
+                nz_in_out += o > 0 && away;
+                nz_out_in += i > 0 && away;
+            }
+        }
+        g = g_row > g_col ? g_row : g_col;
+        x = x_in > x_out ? x_in : x_out;
         sy = x > g ? x : g; /* xsend of one direction is xrecv of the other; scatter is gather's */
         n_copies = nz_in_out + nz_out_in + nz_to_me + nz_from_me;
+        h->n_pack_fwd = nz_in_out;
+        h->n_unpack_fwd = nz_to_me;
+        h->n_pack_back = nz_out_in;
     }
     int64_t rows = g + x + sy;
     if (rows > 0 && (uint64_t)h->row_bytes > SIZE_MAX / 2 / (uint64_t)rows)
@@ -422,7 +462,7 @@ int moe_hier_plan(moe_hier *h, const int64_t *counts, char *msg, size_t msglen)
                         (long long)rows, (long long)h->row_bytes);
     size_t need = h->leader ? (size_t)rows * (size_t)h->row_bytes + 64 : 0;
 
-    /* 3. grow: allocate everything new first, so a failure leaves the previous plan whole */
+    /* 2. grow: allocate everything new first, so a failure leaves the previous plan whole */
     hier_copy *copies = NULL;
     char *staging = NULL;
     if (n_copies > h->copies_cap) {
@@ -455,13 +495,13 @@ int moe_hier_plan(moe_hier *h, const int64_t *counts, char *msg, size_t msglen)
     h->xsend_buf = h->leader ? h->xrecv_buf + x * h->row_bytes : NULL;
     h->scatter_buf = h->xsend_buf;
     h->dir[0].pack = h->copies;
-    h->dir[0].unpack = h->dir[0].pack + nz_in_out;
-    h->dir[1].pack = h->dir[0].unpack + nz_to_me;
-    h->dir[1].unpack = h->dir[1].pack + nz_out_in;
+    h->dir[0].unpack = h->dir[0].pack + (h->leader ? h->n_pack_fwd : 0);
+    h->dir[1].pack = h->dir[0].unpack + (h->leader ? h->n_unpack_fwd : 0);
+    h->dir[1].unpack = h->dir[1].pack + (h->leader ? h->n_pack_back : 0);
 
-    /* 4. fill both directions */
+    /* 3. fill both directions */
     for (int dir = 0; dir < 2; dir++)
-        plan_dir(h, dir, counts, row_sum, col_sum, ycur, cursor);
+        plan_dir(h, dir, out_m, in_m, ycur, cursor);
     h->planned = true;
 
     /* statistics of the forward direction */
@@ -486,6 +526,98 @@ int moe_hier_plan(moe_hier *h, const int64_t *counts, char *msg, size_t msglen)
             st->copy_bytes += F->unpack[i].rows * h->row_bytes;
     }
     return MOE_OK;
+}
+
+int moe_hier_plan(moe_hier *h, const int64_t *counts, char *msg, size_t msglen)
+{
+    int R = h->R;
+    /* 1. validate, for every rank, so every rank reaches the same verdict without communicating:
+     * a rank's entries, its sums, and each node's stages (node sums in the first n_nodes entries
+     * of the scratch arrays) */
+    int64_t *row_sum = h->scratch, *col_sum = row_sum + R;
+    memset(row_sum, 0, 2 * (size_t)R * sizeof *row_sum);
+    for (int s = 0; s < R; s++)
+        for (int t = 0; t < R; t++) {
+            int64_t c = counts[(int64_t)s * R + t];
+            if (c < 0)
+                return moe_fail(MOE_EINVAL, msg, msglen,
+                                "hierarchical exchange: negative count %lld from rank %d to %d",
+                                (long long)c, s, t);
+            if (c > INT_MAX)
+                return too_many("the pair from rank", s, c, msg, msglen);
+            row_sum[s] += c;
+            col_sum[t] += c;
+        }
+    for (int r = 0; r < R; r++) {
+        if (row_sum[r] > INT_MAX)
+            return too_many("sending rank", r, row_sum[r], msg, msglen);
+        if (col_sum[r] > INT_MAX)
+            return too_many("receiving rank", r, col_sum[r], msg, msglen);
+    }
+    /* per node: gathered, scattered (members other than the leader), out of and into it */
+    int64_t *node_sum = calloc(4 * (size_t)h->n_nodes, sizeof *node_sum);
+    if (node_sum == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the hierarchical plan");
+    for (int s = 0; s < R; s++) {
+        int a = h->node_of_rank[s];
+        if (h->local_of_rank[s] != 0) {
+            node_sum[4 * a] += row_sum[s];
+            node_sum[4 * a + 1] += col_sum[s];
+        }
+        for (int t = 0; t < R; t++) {
+            int b = h->node_of_rank[t];
+            if (a != b) {
+                node_sum[4 * a + 2] += counts[(int64_t)s * R + t];
+                node_sum[4 * b + 3] += counts[(int64_t)s * R + t];
+            }
+        }
+    }
+    int rc = MOE_OK;
+    for (int k = 0; k < h->n_nodes && rc == MOE_OK; k++) {
+        const int64_t *q = node_sum + 4 * k;
+        if (q[0] > INT_MAX || q[1] > INT_MAX)
+            rc = too_many("the leader gathering or scattering node", k, q[0] > q[1] ? q[0] : q[1],
+                          msg, msglen);
+        else if (q[2] > INT_MAX || q[3] > INT_MAX)
+            rc = too_many("the leader exchanging for node", k, q[2] > q[3] ? q[2] : q[3], msg,
+                          msglen);
+    }
+    free(node_sum);
+    if (rc != MOE_OK)
+        return rc;
+    /* 2. this node's blocks, then the plan */
+    int held = h->leader ? h->node_size : 1;
+    for (int j = 0; j < held; j++) {
+        int r = h->leader ? h->members[j] : h->rank;
+        memcpy(h->blk_rows + (int64_t)j * R, counts + (int64_t)r * R, (size_t)R * sizeof *counts);
+        for (int s = 0; s < R; s++)
+            h->blk_cols[(int64_t)j * R + s] = counts[(int64_t)s * R + r];
+    }
+    rc = validate_blocks(h, h->scratch, h->scratch + h->node_size, msg, msglen); /* the sums */
+    return rc == MOE_OK ? plan_blocks(h, msg, msglen) : rc;
+}
+
+int moe_hier_plan_rows(moe_hier *h, const int64_t *send_rows, const int64_t *recv_rows, char *msg,
+                       size_t msglen)
+{
+    int R = h->R, rc = MOE_OK, mrc;
+    /* the node's rows and columns to its leader, in member order (the node communicator's) */
+    mrc = MPI_Gather(send_rows, R, MPI_INT64_T, h->blk_rows, R, MPI_INT64_T, 0, h->node_comm);
+    if (mrc == MPI_SUCCESS)
+        mrc = MPI_Gather(recv_rows, R, MPI_INT64_T, h->blk_cols, R, MPI_INT64_T, 0, h->node_comm);
+    if (mrc != MPI_SUCCESS)
+        rc = moe_mpi_fail(mrc, "MPI_Gather(hierarchical counts)", __FILE__, __LINE__, msg, msglen);
+    if (rc == MOE_OK && !h->leader) { /* a non-leader plans from its own row and column */
+        memcpy(h->blk_rows, send_rows, (size_t)R * sizeof *send_rows);
+        memcpy(h->blk_cols, recv_rows, (size_t)R * sizeof *recv_rows);
+    }
+    /* agreed before anything changes: on a refusal every rank keeps its previous plan */
+    if (rc == MOE_OK)
+        rc = validate_blocks(h, h->scratch, h->scratch + h->node_size, msg, msglen);
+    if ((rc = moe_agree(h->comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    rc = plan_blocks(h, msg, msglen);
+    return moe_agree(h->comm, rc, msg, msglen);
 }
 
 void moe_hier_stats_get(const moe_hier *h, moe_hier_stats *out)
@@ -555,5 +687,9 @@ int moe_hier_exchange(moe_hier *h, const void *send, void *recv, bool reverse, c
 
 size_t moe_hier_staging_bytes(const moe_hier *h)
 {
-    return h == NULL ? 0 : h->staging_bytes + (size_t)h->copies_cap * sizeof(hier_copy);
+    if (h == NULL)
+        return 0;
+    size_t held = h->leader ? (size_t)h->node_size : 1; /* the counts' blocks */
+    return h->staging_bytes + (size_t)h->copies_cap * sizeof(hier_copy) +
+           2 * held * (size_t)h->R * sizeof(int64_t);
 }

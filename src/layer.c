@@ -234,17 +234,16 @@ static int decide(moe_layer *L, char *msg, size_t msglen)
     }
     if (L->hier == NULL)
         return rc; /* the callers agree on it before the next collective */
-    /* The two-level exchange gathers the whole count matrix next: agree first, or a rank whose
-     * counts do not fit would leave the others waiting in MPI_Allgather. */
+    /* The two-level exchange plans collectively next: agree first, or a rank whose counts do not
+     * fit would leave the others waiting in its gathers. */
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         return rc;
-    /* The two-level exchange needs the whole count matrix on every rank (its leaders reorder). */
-    MOE_MPI_CHECK(MPI_Allgather(L->per_rank ? L->dd_send_rows : L->send_rows, L->R, MPI_INT64_T,
-                                L->count_matrix, L->R, MPI_INT64_T, L->comm),
-                  msg, msglen);
-    rc = moe_hier_plan(L->hier, L->count_matrix, msg, msglen);
+    /* each node's leader plans from its members' rows and columns: no rank holds R x R counts */
+    const int64_t *out = L->per_rank ? L->dd_send_rows : L->send_rows;
+    const int64_t *in = L->per_rank ? L->dd_recv_rows : L->recv_rows;
+    rc = moe_hier_plan_rows(L->hier, out, in, msg, msglen);
     if (rc == MOE_OK && L->hier_back != NULL)
-        rc = moe_hier_plan(L->hier_back, L->count_matrix, msg, msglen);
+        rc = moe_hier_plan_rows(L->hier_back, out, in, msg, msglen);
     if (rc == MOE_OK && moe_driver_fault("hier_plan", L->rank))
         rc = moe_fail(MOE_ENOMEM, msg, msglen, "injected fault (MOESIM_FAULT=hier_plan)");
     return rc;
@@ -844,14 +843,8 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         return rc;
     L->placement = calloc((size_t)L->R, sizeof *L->placement);
     L->node_of_rank = calloc((size_t)L->R, sizeof *L->node_of_rank);
-    /* the whole count matrix only where the two-level exchange plans from it: per-rank memory
-     * stays O(R + E) with the flat one */
-    L->count_matrix = cfg->hierarchical
-                          ? calloc((size_t)L->R * (size_t)L->R, sizeof *L->count_matrix)
-                          : NULL;
     L->raw_counts = calloc((size_t)L->R * 8, sizeof *L->raw_counts);
-    rc = L->placement && L->node_of_rank && (L->count_matrix || !cfg->hierarchical) &&
-                 L->raw_counts
+    rc = L->placement && L->node_of_rank && L->raw_counts
              ? MOE_OK
              : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
     if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
@@ -1106,7 +1099,7 @@ void moe_layer_destroy(moe_layer *L)
     moe_exchange_free(&L->ex);
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
-    void *owned[] = {L->placement, L->node_of_rank, L->count_matrix, L->raw_counts,
+    void *owned[] = {L->placement, L->node_of_rank, L->raw_counts,
                      L->h, L->y, L->send_pos, L->w_router, L->router_scratch, L->z_file, L->bias, L->sel_bias, L->probs, L->expert, L->gate, L->flag, L->slot,
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,

@@ -23,7 +23,6 @@ struct moe_layer {
     moe_placement *placement; /* (R) where every rank runs, the same on every rank */
     int *node_of_rank;        /* (R) */
     moe_hier *hier;           /* the two-level exchange, with --a2a hierarchical */
-    int64_t *count_matrix;    /* (R, R) dispatch rows [src][dst], for the two-level plan */
     int *raw_counts;          /* (8, R) raw baselines: scounts, sdispls, rcounts, rdispls of the
                                * dispatch, then the same for the combine (its rows may differ) */
     MPI_Datatype raw_type, raw_type_back; /* MPI_BYTE, or the row types when bytes overflow an int */
@@ -71,6 +70,7 @@ struct moe_layer {
     int nx_meta;              /* entries per node row */
     int64_t nx_row_bytes;
     int64_t *nx_send_rows;    /* (R) node rows to each rank: nonzero at leaders only */
+    int64_t *nx_recv_rows;    /* (R) node rows from each rank: nonzero at leaders only */
     int64_t *nx_node_rows;    /* (n_nodes) node rows to each node */
     int64_t *nx_cur;          /* (2R) pack cursors; the leader's placed rows per member */
     int64_t *nx_seen;         /* (n_nodes) plan scratch */

@@ -99,11 +99,11 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
             m->experts, moe_bytes_add(mul3(2 * S, fs, moe_bytes_mul(d, F)),
                                       mul3(n, moe_bytes_add(fs, d), F)));
     /* per expert: routed, accepted, per_expert, scratch; per rank: send/recv rows, group
-     * capacities, the owner's counts (R, n_le) twice, and the (R, R) count matrix */
+     * capacities, the owner's counts (R, n_le) twice (the two-level plan's blocks are in staging) */
     int64_t RR = moe_bytes_mul(R, R);
     m->counts = moe_bytes_mul(8, moe_bytes_add(moe_bytes_mul(4, E),
                                                moe_bytes_add(moe_bytes_mul(3 + 4, R),
-                                                             moe_bytes_add(mul3(2, R, n_le), RR))));
+                                                             mul3(2, R, n_le))));
     if (rank == 0) {
         /* two results (the first cf and the others), each two (R, R) int64 matrices and eight
          * per-expert arrays; the placement and the per-rank locality classes */

@@ -48,7 +48,8 @@ int moe_nodex_create(moe_layer *L, char *msg, size_t msglen)
     for (int r = 0; r < R; r++)
         L->n_nodes = L->node_of_rank[r] + 1 > L->n_nodes ? L->node_of_rank[r] + 1 : L->n_nodes;
     L->nx_leader = calloc((size_t)L->n_nodes, sizeof *L->nx_leader);
-    L->nx_send_rows = calloc((size_t)R, sizeof *L->nx_send_rows);
+    L->nx_send_rows = calloc(2 * (size_t)R, sizeof *L->nx_send_rows);
+    L->nx_recv_rows = L->nx_send_rows == NULL ? NULL : L->nx_send_rows + R;
     L->nx_node_rows = calloc((size_t)L->n_nodes, sizeof *L->nx_node_rows);
     L->nx_cur = calloc(2 * (size_t)R, sizeof *L->nx_cur);
     L->nx_seen = calloc((size_t)L->n_nodes, sizeof *L->nx_seen);
@@ -155,22 +156,21 @@ int moe_nodex_plan(moe_layer *L, char *msg, size_t msglen)
         L->nx_send_rows[L->nx_leader[b]] = L->nx_node_rows[b];
         L->nx_n_send += L->nx_node_rows[b];
     }
-    /* every source's node rows, for the two-level plan (its rows all end at leaders) */
-    MOE_MPI_CHECK(MPI_Allgather(L->nx_send_rows, R, MPI_INT64_T, L->count_matrix, R, MPI_INT64_T,
-                                L->comm),
+    /* the node rows each source sends me, for the two-level plan (its rows all end at leaders) */
+    MOE_MPI_CHECK(MPI_Alltoall(L->nx_send_rows, 1, MPI_INT64_T, L->nx_recv_rows, 1, MPI_INT64_T,
+                               L->comm),
                   msg, msglen);
     if (L->cfg.predict_only) /* the counts are the plan */
         return MOE_OK;
-    int rc = moe_hier_plan(L->nx_hier, L->count_matrix, msg, msglen);
+    int rc = moe_hier_plan_rows(L->nx_hier, L->nx_send_rows, L->nx_recv_rows, msg, msglen);
     if (rc == MOE_OK)
-        rc = moe_hier_plan(L->nx_hier_back, L->count_matrix, msg, msglen);
-    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
-        return rc;
+        rc = moe_hier_plan_rows(L->nx_hier_back, L->nx_send_rows, L->nx_recv_rows, msg, msglen);
+    if (rc != MOE_OK)
+        return rc; /* agreed by the plans */
     /* the leader: node rows arriving, and each member's per-rank rows (its dd_n_recv) */
     int64_t in = 0;
-    if (L->rank == L->nx_leader[L->node_of_rank[L->rank]])
-        for (int s = 0; s < R; s++)
-            in += L->count_matrix[(int64_t)s * R + L->rank];
+    for (int s = 0; s < R; s++)
+        in += L->nx_recv_rows[s];
     L->nx_n_recv = in;
     int mine = L->dd_n_recv > INT_MAX ? -1 : (int)L->dd_n_recv;
     MOE_MPI_CHECK(MPI_Gather(&mine, 1, MPI_INT, L->nx_cnt, 1, MPI_INT, 0, L->nx_node), msg, msglen);

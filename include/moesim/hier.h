@@ -59,6 +59,17 @@ int moe_hier_create(moe_hier **out, MPI_Comm comm, const int *node_of_rank, MPI_
  * buffers or the copy lists must grow. */
 int moe_hier_plan(moe_hier *h, const int64_t *counts, char *msg, size_t msglen);
 
+/* Collective over the comm of moe_hier_create. The same plan from what each rank knows of the
+ * matrix: send_rows (R), the rows it sends to each rank (its row of C), and recv_rows (R), the
+ * rows it receives from each (its column). The node's rows and columns are gathered to its leader
+ * (MPI_Gather on the node communicator), so a leader holds 2 x node_size x R counts and plans in
+ * O(node_size x R), a non-leader 2 R and O(R): no rank needs the R x R matrix. Validation as
+ * above, each rank checking what it holds (a leader its node's stages); the verdict is agreed
+ * (moe_agree) before any plan changes, so every rank returns the same code and, on a refusal,
+ * keeps its previous plan. MOE_ENOMEM is agreed too, but ranks that had the memory have planned. */
+int moe_hier_plan_rows(moe_hier *h, const int64_t *send_rows, const int64_t *recv_rows, char *msg,
+                       size_t msglen);
+
 /* Collective. Same contract as MPI_Alltoallv with rows: send holds this rank's rows grouped by
  * destination in rank order (counts[me][0], counts[me][1], ...), recv receives rows grouped by
  * source in rank order (counts[0][me], counts[1][me], ...); they must not overlap. reverse = true
@@ -75,7 +86,8 @@ void moe_hier_stats_get(const moe_hier *h, moe_hier_stats *out);
 /* Accepts NULL; frees the communicators and buffers (not the row datatype). */
 void moe_hier_destroy(moe_hier *h);
 
-/* Bytes of staging and copy plans held for the current plan (0 for NULL). Not collective. */
+/* Bytes of staging, copy plans and count blocks held for the current plan (0 for NULL). Not
+ * collective. */
 size_t moe_hier_staging_bytes(const moe_hier *h);
 
 #endif

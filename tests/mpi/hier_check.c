@@ -1,6 +1,8 @@
 /* hier_check: the hierarchical all-to-all (moe_hier_exchange) against the flat MPI_Alltoallv of the
  * same rows with the same row datatype, bit for bit (memcmp), in both directions, for several node
- * layouts, row sizes and seeded count matrices; and the refusals of moe_hier_create/moe_hier_plan.
+ * layouts, row sizes and seeded count matrices, planned from the whole matrix (moe_hier_plan) and
+ * from each rank's own row and column (moe_hier_plan_rows); and the refusals of moe_hier_create,
+ * moe_hier_plan and moe_hier_plan_rows.
  *
  *   mpirun -n R hier_check            correctness; one line per case on rank 0; exit 0 or 1
  *   mpirun -n R hier_check --time [MiB]
@@ -170,6 +172,30 @@ static int run_dir(moe_hier *h, MPI_Datatype row, const int64_t *C, int dir, int
     return moe_agree(MPI_COMM_WORLD, ok ? MOE_OK : MOE_EINVAL, msg, msglen) == MOE_OK;
 }
 
+/* moe_hier_plan_rows from this rank's row and column of C (collective; agreed inside). */
+static int plan_own(moe_hier *h, const int64_t *C, char *msg, size_t msglen)
+{
+    int64_t *col = malloc((size_t)R * sizeof *col);
+    int ok = col != NULL;
+    if (!agree_ok(ok)) {
+        free(col);
+        return MOE_ENOMEM;
+    }
+    for (int s = 0; s < R; s++)
+        col[s] = C[(int64_t)s * R + rank];
+    int rc = moe_hier_plan_rows(h, C + (int64_t)rank * R, col, msg, msglen);
+    free(col);
+    return rc;
+}
+
+/* Both planners refuse C with the same code, on every rank. */
+static int both_refuse(moe_hier *h, const int64_t *C, int code, char *msg, size_t msglen)
+{
+    int full = moe_hier_plan(h, C, msg, msglen);
+    int own = plan_own(h, C, msg, msglen);
+    return full == code && own == code;
+}
+
 /* Plans the hierarchical path must refuse, the same way on every rank. Returns 1 if all did. */
 static int check_refusals(moe_hier *h, const int *node, char *line, size_t linelen)
 {
@@ -178,9 +204,9 @@ static int check_refusals(moe_hier *h, const int *node, char *line, size_t linel
     int ok = bad != NULL, n = 0;
     if (ok) {
         bad[R - 1] = (int64_t)INT_MAX + 1; /* one pair beyond int */
-        ok = moe_hier_plan(h, bad, msg, sizeof msg) == MOE_ERANGE, n++;
+        ok = both_refuse(h, bad, MOE_ERANGE, msg, sizeof msg), n++;
         bad[R - 1] = -1;
-        ok = ok && moe_hier_plan(h, bad, msg, sizeof msg) == MOE_EINVAL, n++;
+        ok = both_refuse(h, bad, MOE_EINVAL, msg, sizeof msg) && ok, n++;
         bad[R - 1] = 0;
         /* a node of >= 3 ranks, leader l and non-leaders p, q: p sends 2^30 rows to l and 1 to
          * q, q sends 2^30 - 1 to l. Every rank sends and receives at most INT_MAX rows (the flat
@@ -197,7 +223,7 @@ static int check_refusals(moe_hier *h, const int *node, char *line, size_t linel
 #define AT(s, t) bad[transpose ? (int64_t)(t) * R + (s) : (int64_t)(s) * R + (t)]
                     AT(p, l) = 1 << 30, AT(p, q) = 1, AT(q, l) = (1 << 30) - 1;
 #undef AT
-                    ok = ok && moe_hier_plan(h, bad, msg, sizeof msg) == MOE_ERANGE, n++;
+                    ok = both_refuse(h, bad, MOE_ERANGE, msg, sizeof msg) && ok, n++;
                     memset(bad, 0, (size_t)R * R * sizeof *bad);
                 }
                 break;
@@ -218,7 +244,7 @@ static int check_refusals(moe_hier *h, const int *node, char *line, size_t linel
             }
         if (a2 > 0 && bnode >= 0) {
             bad[0 * R + b1] = bad[(int64_t)a2 * R + b2] = 1 << 30;
-            ok = ok && moe_hier_plan(h, bad, msg, sizeof msg) == MOE_ERANGE, n++;
+            ok = both_refuse(h, bad, MOE_ERANGE, msg, sizeof msg) && ok, n++;
         }
     }
     free(bad);
@@ -415,9 +441,22 @@ int main(int argc, char **argv)
                 }
                 ok = ok && run_dir(h, row, C, 0, d, msg, sizeof msg);
                 ok = ok && run_dir(h, row, C, 1, d, msg, sizeof msg);
+                /* the same plan from each rank's own row and column (what the layer passes) */
+                moe_hier_stats st, st_full;
+                moe_hier_stats_get(h, &st_full);
+                if (ok) {
+                    rc = plan_own(h, C, msg, sizeof msg);
+                    ok = rc == MOE_OK;
+                }
+                ok = ok && run_dir(h, row, C, 0, d, msg, sizeof msg);
+                ok = ok && run_dir(h, row, C, 1, d, msg, sizeof msg);
                 /* statistics summed over ranks, and what the layout implies about them */
-                moe_hier_stats st;
                 moe_hier_stats_get(h, &st);
+                if (ok && !agree_ok(memcmp(&st, &st_full, sizeof st) == 0)) {
+                    ok = 0;
+                    snprintf(msg, sizeof msg, "moe_hier_plan_rows and moe_hier_plan disagree on "
+                                              "the statistics");
+                }
                 int64_t mine[4] = {st.messages[0], st.messages[1], st.messages[2], st.copy_bytes},
                         sum[4];
                 MPI_Allreduce(mine, sum, 4, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
