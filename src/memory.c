@@ -100,19 +100,24 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
                                       mul3(n, moe_bytes_add(fs, d), F)));
     /* per expert: routed, accepted, per_expert, scratch; per rank: send/recv rows, group
      * capacities, the owner's counts (R, n_le) twice (the two-level plan's blocks are in staging) */
-    int64_t RR = moe_bytes_mul(R, R);
     m->counts = moe_bytes_mul(8, moe_bytes_add(moe_bytes_mul(4, E),
                                                moe_bytes_add(moe_bytes_mul(3 + 4, R),
                                                              mul3(2, R, n_le))));
     if (rank == 0) {
-        /* two results (the first cf and the others), each two (R, R) int64 matrices and eight
-         * per-expert arrays; the placement and the per-rank locality classes */
-        int64_t one = moe_bytes_add(moe_bytes_mul(16, RR), moe_bytes_mul(64, E));
+        /* the traffic as nonzero rank pairs (blocks.h, 16 bytes each): at most
+         * B = min(R^2, N A + R) of them (every routed assignment, and each rank's own rows) */
+        int64_t RR = moe_bytes_mul(R, R), NA = moe_bytes_add(mul3(cfg->tokens, A, 1), R);
+        int64_t B16 = moe_bytes_mul(16, RR < NA ? RR : NA);
+        /* two results (the first cf and the others), each three pair lists (rows, dispatch and
+         * combine bytes) and eight per-expert arrays; the placement and the per-rank locality
+         * classes */
+        int64_t one = moe_bytes_add(moe_bytes_mul(3, B16), moe_bytes_mul(64, E));
         one = moe_bytes_add(one, moe_bytes_mul(R, (int64_t)sizeof(moe_placement) +
                                                       8 * MOE_LOC_COUNT * 2));
         m->results = moe_bytes_mul(2, one);
-        /* the two-level stage matrices of the locality figures: 3 (R, R) int64 */
-        m->results = moe_bytes_add(m->results, moe_bytes_mul(24, RR));
+        /* the gathered pairs before they are sorted, and the two-level stages of the locality
+         * figures: four more lists */
+        m->results = moe_bytes_add(m->results, moe_bytes_mul(4, B16));
         if (cfg->dump_output != NULL && !cfg->predict_only)
             m->dumps = moe_bytes_add(m->dumps, mul3(cfg->tokens, d, F));
         if (cfg->dump_routing != NULL && !cfg->predict_only)

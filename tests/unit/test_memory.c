@@ -123,14 +123,15 @@ static void small_config(moe_config *cfg)
     cfg->top_k = 2;
 }
 
-/* The rank-0 results part, from src/memory.c's comments: two results, each two (R, R) int64
- * matrices (16 R^2 bytes), eight per-expert int64 arrays (64 E), R placements and R times two
- * per-class int64 arrays (8 MOE_LOC_COUNT 2 each); plus three (R, R) int64 stage matrices. */
-static int64_t results_bytes(int64_t R, int64_t E)
+/* The rank-0 results part, from src/memory.c's comments: B = min(R^2, N k + R) nonzero pairs of
+ * 16 bytes; two results, each three pair lists (48 B), eight per-expert int64 arrays (64 E), R
+ * placements and R times two per-class int64 arrays (8 MOE_LOC_COUNT 2 each); plus four more
+ * lists (64 B). */
+static int64_t results_bytes(int64_t R, int64_t E, int64_t Nk)
 {
-    int64_t one =
-        16 * R * R + 64 * E + R * ((int64_t)sizeof(moe_placement) + 8 * MOE_LOC_COUNT * 2);
-    return 2 * one + 24 * R * R;
+    int64_t B = R * R < Nk + R ? R * R : Nk + R;
+    int64_t one = 48 * B + 64 * E + R * ((int64_t)sizeof(moe_placement) + 8 * MOE_LOC_COUNT * 2);
+    return 2 * one + 64 * B;
 }
 
 /* The router's block scratch for the small layer (d 4, E 4): MOE_ROUTER_BLOCK (d + E) F */
@@ -148,11 +149,12 @@ START_TEST(test_fixed_hand)
     ck_assert_int_eq(m.experts, 512);     /* 2 n_le f d F = 2 * 2 * 8 * 4 * 4 */
     /* 8 (4E + (3 + 4) R + 2 R n_le) = 8 (16 + 14 + 8): no R x R matrix on any rank */
     ck_assert_int_eq(m.counts, 304);
-    /* x86_64: sizeof(moe_placement) = 168, so one = 64 + 256 + 2 (168 + 80) = 816 and
-     * results = 2 * 816 + 96 = 1728; the formula keeps the test right on other ABIs */
-    ck_assert_int_eq(m.results, results_bytes(2, 4));
+    /* B = min(R^2, N k + R) = min(4, 18) = 4 pairs; x86_64: sizeof(moe_placement) = 168, so
+     * one = 48 * 4 + 256 + 2 (168 + 80) = 944 and results = 2 * 944 + 64 * 4 = 2144; the formula
+     * keeps the test right on other ABIs */
+    ck_assert_int_eq(m.results, results_bytes(2, 4, 16));
     if (sizeof(moe_placement) == 168)
-        ck_assert_int_eq(m.results, 1728);
+        ck_assert_int_eq(m.results, 2144);
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.exchange, 0);
     ck_assert_int_eq(m.staging, 0);
@@ -200,7 +202,7 @@ START_TEST(test_fixed_options_hand)
     cfg.dump_routing = "r.npy";
     moe_memory_fixed(&m, &cfg, 2, 0, 4, 2);
     ck_assert_int_eq(m.dumps, 128 + 128);
-    ck_assert_int_eq(m.total, 128 + 144 + BLK + 208 + 512 + 304 + results_bytes(2, 4) + 256);
+    ck_assert_int_eq(m.total, 128 + 144 + BLK + 208 + 512 + 304 + results_bytes(2, 4, 16) + 256);
     moe_memory_fixed(&m, &cfg, 2, 1, 4, 2);
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.results, 0);
@@ -213,7 +215,7 @@ START_TEST(test_fixed_options_hand)
     ck_assert_int_eq(m.dumps, 0);
     ck_assert_int_eq(m.tokens, 64);
     ck_assert_int_eq(m.router, 144 + 64 + BLK);
-    ck_assert_int_eq(m.total, 64 + 208 + BLK + 208 + 304 + results_bytes(2, 4));
+    ck_assert_int_eq(m.total, 64 + 208 + BLK + 208 + 304 + results_bytes(2, 4, 16));
     /* a wide layer: the chunk, 64 MiB of rows, not n d F */
     cfg.hidden = 1 << 20;
     moe_memory_fixed(&m, &cfg, 2, 0, 1000, 2);
@@ -244,8 +246,8 @@ START_TEST(test_fixed_one_rank_hand)
     ck_assert_int_eq(m.assignments, 208);
     ck_assert_int_eq(m.experts, 192);
     ck_assert_int_eq(m.counts, 248); /* 8 (4 E + 7 R + 2 R n_le) = 8 (16 + 7 + 8) */
-    ck_assert_int_eq(m.results, results_bytes(1, 4));
-    ck_assert_int_eq(m.total, 128 + 176 + 32 * (2 + 4) * 4 + 208 + 192 + 248 + results_bytes(1, 4));
+    ck_assert_int_eq(m.results, results_bytes(1, 4, 8));
+    ck_assert_int_eq(m.total, 128 + 176 + 32 * (2 + 4) * 4 + 208 + 192 + 248 + results_bytes(1, 4, 8));
 }
 END_TEST
 
