@@ -45,6 +45,7 @@ void moe_config_defaults(moe_config *cfg)
     cfg->preset = NULL;
     cfg->seed = 1;
     cfg->iters = 5;
+    cfg->steps = 1;
     cfg->warmup = 1;
     cfg->spelled.experts = "experts";
     cfg->spelled.top_k = "top-k";
@@ -293,6 +294,10 @@ const char *moe_config_usage(void)
            "                         after an fp8 dispatch, as DeepEP does)\n"
            "  --iters N              timed iterations (default 5)\n"
            "  --warmup N             untimed iterations before them (default 1)\n"
+           "  --steps N              N consecutive layer steps, each on a new batch drawn from\n"
+           "                         (seed, step) or the next slice of --tokens-file/--logits-file;\n"
+           "                         --iters/--warmup apply to each (default 1)\n"
+           "  --steps-csv PATH       one CSV row per step (columns: docs/json.md, steps[])\n"
            "  --json PATH            write every result as JSON (keys: docs/json.md); '-' is\n"
            "                         standard output (the text report then goes to stderr)\n"
            "  --dump-routing PATH    PATH.csv: token,choice,expert,gate,accepted; PATH.npy: the\n"
@@ -322,7 +327,8 @@ enum {
     OPT_TOPK_SCALE, OPT_MIN_CAPACITY, OPT_ROUTING, OPT_EXPERT_GROUPS, OPT_GROUP_TOPK,
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
-    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX
+    OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX,
+    OPT_STEPS, OPT_STEPS_CSV
 };
 
 static const struct option long_options[] = {
@@ -338,6 +344,8 @@ static const struct option long_options[] = {
     {"pad-to-capacity", no_argument, NULL, OPT_PAD},
     {"seed", required_argument, NULL, OPT_SEED},
     {"iters", required_argument, NULL, OPT_ITERS},
+    {"steps", required_argument, NULL, OPT_STEPS},
+    {"steps-csv", required_argument, NULL, OPT_STEPS_CSV},
     {"mode", required_argument, NULL, OPT_MODE},
     {"wire", required_argument, NULL, OPT_WIRE},
     {"dispatch", required_argument, NULL, OPT_DISPATCH},
@@ -1027,6 +1035,13 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             rc = parse_int(name, optarg, 0, 1000000, &v, msg, msglen);
             cfg->warmup = (int)v;
             break;
+        case OPT_STEPS:
+            rc = parse_int(name, optarg, 1, MOE_MAX_STEPS, &v, msg, msglen);
+            cfg->steps = (int)v;
+            break;
+        case OPT_STEPS_CSV:
+            cfg->steps_csv = optarg;
+            break;
         case OPT_TOKENS_FILE:
             cfg->tokens_file = optarg;
             break;
@@ -1216,6 +1231,32 @@ static int resolve_routing(moe_config *cfg, char *msg, size_t msglen)
     return MOE_OK;
 }
 
+/* The batch a file of `rows` rows gives: all of it, or with --steps S one slice of S: --tokens N
+ * when given (the file must hold S N rows), else rows / S (a whole number of batches). */
+static int file_batch(const moe_config *cfg, const char *option, const char *path, int64_t rows,
+                      int64_t *batch, char *msg, size_t msglen)
+{
+    *batch = rows;
+    if (cfg->steps <= 1)
+        return MOE_OK;
+    if (cfg->set_tokens) {
+        if (rows / cfg->steps < cfg->tokens)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "%s '%s' holds %lld rows: %d steps of %lld tokens need %lld", option,
+                            path, (long long)rows, cfg->steps, (long long)cfg->tokens,
+                            (long long)cfg->tokens * cfg->steps);
+        *batch = cfg->tokens;
+        return MOE_OK;
+    }
+    if (rows % cfg->steps != 0 || rows < cfg->steps)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "%s '%s' holds %lld rows, not a whole number of batches for %d steps: give "
+                        "the batch with --tokens",
+                        option, path, (long long)rows, cfg->steps);
+    *batch = rows / cfg->steps;
+    return MOE_OK;
+}
+
 int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens_hdr,
                        const moe_npy_header *router_hdr, const moe_npy_header *logits_hdr, char *msg,
                        size_t msglen)
@@ -1223,12 +1264,32 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
     if (logits_hdr != NULL && router_hdr != NULL)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--logits-file replaces the router: it cannot be combined with --router-file");
+    int rc = MOE_OK;
+    if (cfg->steps > 1 && cfg->n_cf > 1)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--steps %d runs one capacity factor: give one --capacity-factor (an "
+                        "ablation over cf runs one batch)",
+                        cfg->steps);
+    if (cfg->steps > 1 && cfg->predict_only)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--steps %d with --predict-only: the steps are runs; predict one batch, or "
+                        "run the steps",
+                        cfg->steps);
+    int64_t tok_rows = 0, logit_rows = 0; /* the batch each file gives: --steps slices it */
+    if (tokens_hdr != NULL &&
+        (rc = file_batch(cfg, "--tokens-file", cfg->tokens_file, tokens_hdr->rows, &tok_rows, msg,
+                         msglen)) != MOE_OK)
+        return rc;
+    if (logits_hdr != NULL &&
+        (rc = file_batch(cfg, "--logits-file", cfg->logits_file, logits_hdr->rows, &logit_rows,
+                         msg, msglen)) != MOE_OK)
+        return rc;
     if (logits_hdr != NULL) {
-        int64_t n_tok = tokens_hdr ? tokens_hdr->rows : cfg->tokens;
-        if ((tokens_hdr != NULL || cfg->set_tokens) && logits_hdr->rows != n_tok)
+        int64_t n_tok = tokens_hdr ? tok_rows : cfg->tokens;
+        if ((tokens_hdr != NULL || cfg->set_tokens) && logit_rows != n_tok)
             return moe_fail(MOE_EUSAGE, msg, msglen,
                             "--logits-file '%s' has %lld rows but the batch has %lld tokens",
-                            cfg->logits_file, (long long)logits_hdr->rows, (long long)n_tok);
+                            cfg->logits_file, (long long)logit_rows, (long long)n_tok);
         if (cfg->set_experts && logits_hdr->cols != cfg->experts)
             return moe_fail(MOE_EUSAGE, msg, msglen,
                             "--%s %d disagrees with --logits-file '%s', which has %lld columns",
@@ -1237,11 +1298,11 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
         if (logits_hdr->cols > MOE_MAX_EXPERTS)
             return moe_fail(MOE_EUSAGE, msg, msglen, "--logits-file '%s' has %lld experts; at most %d",
                             cfg->logits_file, (long long)logits_hdr->cols, MOE_MAX_EXPERTS);
-        cfg->tokens = logits_hdr->rows;
+        cfg->tokens = logit_rows;
         cfg->experts = (int)logits_hdr->cols;
     }
     if (tokens_hdr != NULL) {
-        if (cfg->set_tokens && cfg->tokens != tokens_hdr->rows)
+        if (cfg->set_tokens && cfg->tokens != tok_rows)
             return moe_fail(MOE_EUSAGE, msg, msglen,
                             "--tokens %lld disagrees with --tokens-file '%s', which holds %lld tokens",
                             (long long)cfg->tokens, cfg->tokens_file, (long long)tokens_hdr->rows);
@@ -1252,7 +1313,7 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
         if (tokens_hdr->cols > MOE_MAX_WIDTH)
             return moe_fail(MOE_EUSAGE, msg, msglen, "--tokens-file '%s': hidden size %lld is over %lld",
                             cfg->tokens_file, (long long)tokens_hdr->cols, (long long)MOE_MAX_WIDTH);
-        cfg->tokens = tokens_hdr->rows;
+        cfg->tokens = tok_rows;
         cfg->hidden = tokens_hdr->cols;
     }
     if (router_hdr != NULL) {
@@ -1299,7 +1360,7 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
         cfg->expert_groups = cfg->ranks_per_node > 0
                                  ? (nranks + cfg->ranks_per_node - 1) / cfg->ranks_per_node
                                  : 1;
-    int rc = resolve_routing(cfg, msg, msglen);
+    rc = resolve_routing(cfg, msg, msglen);
     if (rc != MOE_OK)
         return rc;
     /* Each rank sends at most (its tokens) * (slots per token) rows, where a token has k slots

@@ -99,11 +99,12 @@ void moe_layer_logits_rows(moe_layer *L, float *z, int64_t t0, int64_t count)
         memcpy(z, L->z_file + t0 * E, (size_t)(count * E) * sizeof *z);
     else /* blocks aligned to the global token index: the same floats however the rows are cut */
         moe_router_logits(z, (L->h_route ? L->h_route : L->h) + t0 * L->d, L->w_router,
-                          L->first + t0, count, L->d, L->E, L->router_scratch);
+                          L->tok_off + L->first + t0, count, L->d, L->E, L->router_scratch);
     if (L->has_bias)
         moe_workload_add_bias(z, L->bias, count, L->E);
     if (L->z_noise != NULL) /* Shazeer 2017: H = z + N(0,1) softplus(h W_noise^T) */
-        moe_router_add_noise(z, L->z_noise + t0 * E, L->first + t0, count, L->E, L->cfg.seed);
+        moe_router_add_noise(z, L->z_noise + t0 * E, L->tok_off + L->first + t0, count, L->E,
+                             L->cfg.seed);
 }
 
 void moe_layer_logits(moe_layer *L, float *z)
@@ -403,11 +404,13 @@ static int load_tokens(moe_layer *L, int64_t off, int64_t count, char *msg, size
         moe_npy_header hdr;
         rc = moe_npy_read_header(c->tokens_file, &hdr, msg, msglen);
         if (rc == MOE_OK)
-            rc = moe_npy_read_rows(c->tokens_file, &hdr, L->first + off, count, L->h, msg, msglen);
+            rc = moe_npy_read_rows(c->tokens_file, &hdr, L->tok_off + L->first + off, count, L->h,
+                                   msg, msglen);
     } else if (c->clusters > 0) {
-        moe_workload_clustered_tokens(L->h, c->seed, L->first + off, count, L->d, c->clusters);
+        moe_workload_clustered_tokens(L->h, c->seed, L->tok_off + L->first + off, count, L->d,
+                                      c->clusters);
     } else {
-        moe_tokens_generate(L->h, c->seed, L->first + off, count, L->d);
+        moe_tokens_generate(L->h, c->seed, L->tok_off + L->first + off, count, L->d);
     }
     return rc;
 }
@@ -437,28 +440,31 @@ static int logits_by_chunks(moe_layer *L, char *msg, size_t msglen)
     return rc;
 }
 
-static int load_inputs(moe_layer *L, char *msg, size_t msglen)
+/* This step's batch: h and the replayed logits of this rank's tokens, the step's slice (tokens
+ * tok_off + first + [0, n) of the generator or the files). */
+static int load_batch(moe_layer *L, char *msg, size_t msglen)
 {
     const moe_config *c = &L->cfg;
     int rc = MOE_OK;
-    if (c->predict_only) {
-        /* h comes a chunk at a time (logits_by_chunks) */
-    } else if (c->tokens_file != NULL) {
-        moe_npy_header hdr;
-        rc = moe_npy_read_header(c->tokens_file, &hdr, msg, msglen);
-        if (rc == MOE_OK)
-            rc = moe_npy_read_rows(c->tokens_file, &hdr, L->first, L->n, L->h, msg, msglen);
-    } else if (c->clusters > 0) {
-        moe_workload_clustered_tokens(L->h, c->seed, L->first, L->n, L->d, c->clusters);
-    } else {
-        moe_tokens_generate(L->h, c->seed, L->first, L->n, L->d);
-    }
+    if (!c->predict_only) /* --predict-only: h comes a chunk at a time (logits_by_chunks) */
+        rc = load_tokens(L, 0, L->n, msg, msglen);
     if (rc == MOE_OK && c->logits_file != NULL) {
         moe_npy_header hdr;
         rc = moe_npy_read_header(c->logits_file, &hdr, msg, msglen);
         if (rc == MOE_OK)
-            rc = moe_npy_read_rows(c->logits_file, &hdr, L->first, L->n, L->z_file, msg, msglen);
-    } else if (rc == MOE_OK && c->router_file != NULL) {
+            rc = moe_npy_read_rows(c->logits_file, &hdr, L->tok_off + L->first, L->n, L->z_file,
+                                   msg, msglen);
+    }
+    return rc;
+}
+
+static int load_inputs(moe_layer *L, char *msg, size_t msglen)
+{
+    const moe_config *c = &L->cfg;
+    int rc = load_batch(L, msg, msglen);
+    if (rc != MOE_OK || c->logits_file != NULL) {
+        /* the logits replace the router */
+    } else if (c->router_file != NULL) {
         moe_npy_header hdr;
         rc = moe_npy_read_header(c->router_file, &hdr, msg, msglen);
         if (rc == MOE_OK)
@@ -562,9 +568,11 @@ static void prepare_router(moe_layer *L)
 {
     const moe_config *c = &L->cfg;
     if (L->h_route != NULL)
-        moe_router_jitter(L->h_route, L->h, L->first, L->n, L->d, c->input_jitter, c->seed);
+        moe_router_jitter(L->h_route, L->h, L->tok_off + L->first, L->n, L->d, c->input_jitter,
+                          c->seed);
     if (L->z_noise != NULL)
-        moe_router_logits(L->z_noise, L->h_route ? L->h_route : L->h, L->w_noise, L->first, L->n,
+        moe_router_logits(L->z_noise, L->h_route ? L->h_route : L->h, L->w_noise,
+                          L->tok_off + L->first, L->n,
                           L->d, L->E, L->router_scratch);
 }
 
@@ -982,6 +990,17 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     if (L->nodex && (rc = moe_nodex_create(L, msg, msglen)) != MOE_OK)
         return rc;
     return moe_layer_set_capacity_factor(L, cfg->capacity_factor, msg, msglen);
+}
+
+int moe_layer_set_step(moe_layer *L, int step, char *msg, size_t msglen)
+{
+    L->tok_off = (int64_t)step * L->cfg.tokens;
+    int rc = load_batch(L, msg, msglen);
+    if (rc == MOE_OK)
+        prepare_router(L);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    return moe_layer_set_capacity_factor(L, L->cfg.capacity_factor, msg, msglen);
 }
 
 int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msglen)

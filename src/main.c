@@ -90,16 +90,19 @@ static int finish(int rank, int rc, const char *msg, int status)
     return rc == MOE_OK ? 0 : status;
 }
 
-/* The outputs in the order they are written: --json, --dump-routing, --dump-output. */
-enum { OUT_JSON, OUT_ROUTING, OUT_OUTPUT, OUT_COUNT };
-static const char *const OUT_OPTION[OUT_COUNT] = {"--json", "--dump-routing", "--dump-output"};
+/* The outputs in the order they are written: --json, --dump-routing, --dump-output, --steps-csv. */
+enum { OUT_JSON, OUT_ROUTING, OUT_OUTPUT, OUT_STEPS, OUT_COUNT };
+static const char *const OUT_OPTION[OUT_COUNT] = {"--json", "--dump-routing", "--dump-output",
+                                                  "--steps-csv"};
 
 static void output_paths(const moe_config *cfg, const char *paths[OUT_COUNT], bool binary[OUT_COUNT])
 {
     paths[OUT_JSON] = cfg->json_path;
     paths[OUT_ROUTING] = cfg->dump_routing;
     paths[OUT_OUTPUT] = cfg->dump_output;
+    paths[OUT_STEPS] = cfg->steps_csv;
     binary[OUT_JSON] = false;
+    binary[OUT_STEPS] = false;
     binary[OUT_ROUTING] = cfg->dump_routing && moe_config_dump_is_npy(cfg->dump_routing);
     binary[OUT_OUTPUT] = true;
 }
@@ -247,7 +250,7 @@ static int write_outputs(const moe_config *cfg, const moe_results *res, const du
     bool binary[OUT_COUNT];
     output_paths(cfg, paths, binary);
     moe_outfile files[OUT_COUNT];
-    moe_outfile *open_files[OUT_COUNT] = {NULL, NULL, NULL};
+    moe_outfile *open_files[OUT_COUNT] = {NULL, NULL, NULL, NULL};
     bool tty = moe_driver_stdout_is_terminal();
     int rc = MOE_OK, last = -1;
     for (int i = 0; i < OUT_COUNT; i++)
@@ -276,6 +279,8 @@ static int write_outputs(const moe_config *cfg, const moe_results *res, const du
             wrc = moe_npy_write_f32_file(f, d->logits, cfg->tokens, cfg->experts);
         else if (i == OUT_ROUTING)
             wrc = moe_report_routing_csv_file(f, d->records, d->n_records);
+        else if (i == OUT_STEPS)
+            wrc = moe_report_steps_csv_file(f, res);
         else
             wrc = moe_npy_write_f32_file(f, d->y, cfg->tokens, cfg->hidden);
         if (wrc == MOE_OK && i == last && moe_driver_fault("write_outputs", 0)) {
@@ -474,6 +479,75 @@ static void record_measurement(moe_ablation_row *row, const moe_results *r)
     row->step = r->step;
 }
 
+/* --steps: steps 1 .. N-1 after the run of step 0, each on its batch (moe_layer_set_step): the
+ * same prediction, timed steps, results and balance as step 0, appended to res's series with the
+ * closed form from the previous step's loads (q_i = min(1, routed_i / N)). Rank 0 shows progress
+ * on a terminal. A signal stops the run between steps as between timed iterations. */
+static int run_more_steps(moe_layer *layer, const moe_config *cfg, moe_results *res,
+                          moe_results *cur, double *seconds, int rank, int R, MPI_Comm comm,
+                          char *msg)
+{
+    int E = cfg->experts, k = cfg->top_k;
+    int64_t *prev = calloc((size_t)E, sizeof *prev);
+    int64_t *groups = calloc((size_t)R, sizeof *groups), *caps = calloc((size_t)R, sizeof *caps);
+    double *q = calloc((size_t)E, sizeof *q);
+    int rc = prev && groups && caps && q ? MOE_OK : moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory");
+    rc = moe_agree(comm, rc, msg, MSG_LEN);
+    if (rc == MOE_OK && rank == 0)
+        memcpy(prev, res->routed, (size_t)E * sizeof *prev);
+    bool progress = rank == 0 && !cfg->quiet && moe_driver_stdout_is_terminal();
+    double start = MPI_Wtime();
+    for (int t = 1; t < cfg->steps && rc == MOE_OK; t++) {
+        if (progress) {
+            double el = MPI_Wtime() - start, left = el / (t - 1 > 0 ? t - 1 : 1) * (cfg->steps - t);
+            fprintf(stderr, "\r  step %d of %d, %.1f s elapsed%s", t + 1, cfg->steps, el,
+                    t > 1 ? "" : "          ");
+            if (t > 1)
+                fprintf(stderr, ", about %.0f s left   ", left);
+            fflush(stderr);
+        }
+        rc = moe_layer_set_step(layer, t, msg, MSG_LEN);
+        if (rc == MOE_OK)
+            rc = predict(layer, cfg, cur, rank, R, NULL, comm, msg);
+        if (rc != MOE_OK)
+            break;
+        if ((rc = run_steps(layer, cfg, cfg->capacity_factor, seconds, rank, comm, msg)) ==
+            MOE_EINTR)
+            break;
+        if (rc != MOE_OK) {
+            fprintf(stderr, "moesim: error on rank %d: %s\n", rank, msg);
+            MPI_Abort(comm, EXIT_FAILED);
+        }
+        rc = moe_layer_results(layer, rank == 0 ? cur : NULL, seconds, cfg->iters, msg, MSG_LEN);
+        if (rc == MOE_OK)
+            rc = moe_layer_balance(layer, rank == 0 ? &cur->balance : NULL, msg, MSG_LEN);
+        if (rc == MOE_OK && rank == 0) {
+            moe_step_prediction pred = {.valid = true};
+            for (int e = 0; e < E; e++) {
+                double share = (double)prev[e] / (double)cfg->tokens;
+                q[e] = share < 1.0 ? share : 1.0;
+            }
+            int n_groups = moe_capacity_groups(groups, cfg->scope, cfg->tokens, R);
+            moe_group_capacities(caps, cfg->capacity_factor, groups, n_groups, k, E,
+                                 cfg->min_capacity);
+            if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
+                moe_group_capacities_at_most_group(caps, groups, n_groups);
+            moe_predict_closed_form_caps(&pred.dropped, &pred.empty, q, E, groups, caps, n_groups);
+            if (moe_report_step_add(res, cur, t, &pred) != MOE_OK)
+                rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for the steps' series");
+            memcpy(prev, cur->routed, (size_t)E * sizeof *prev);
+        }
+        rc = moe_agree(comm, rc, msg, MSG_LEN);
+    }
+    if (progress)
+        fprintf(stderr, "\r%70s\r", "");
+    free(prev);
+    free(groups);
+    free(caps);
+    free(q);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -536,7 +610,7 @@ int main(int argc, char **argv)
     moe_results res = {0}, more = {0};
     moe_plan plan = {0};
     rc = rank == 0 ? moe_results_init(&res, cfg.experts, R, cfg.n_cf) : MOE_OK;
-    if (rc == MOE_OK && rank == 0 && cfg.n_cf > 1)
+    if (rc == MOE_OK && rank == 0 && (cfg.n_cf > 1 || cfg.steps > 1))
         rc = moe_results_init(&more, cfg.experts, R, 1);
     if (rc == MOE_OK && rank == 0 && planned)
         rc = moe_results_set_processes(&res, nranks);
@@ -634,6 +708,15 @@ int main(int argc, char **argv)
             rc = gather_dumps(layer, &cfg, &dump, comm, msg);
     }
 
+    /* --steps: step 0 is the run above; the others follow, each on its own batch */
+    if (rc == MOE_OK && !cfg.predict_only && rank == 0 &&
+        moe_report_step_add(&res, &res, 0, NULL) != MOE_OK)
+        rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for the steps' series");
+    if (!cfg.predict_only && rc != MOE_EINTR)
+        rc = moe_agree(comm, rc, msg, MSG_LEN);
+    if (rc == MOE_OK && cfg.steps > 1)
+        rc = run_more_steps(layer, &cfg, &res, &more, seconds, rank, R, comm, msg);
+
     /* Phase 6: the outputs, all published together, then the report. Past this check a signal no
      * longer stops the run. */
     if (rc == MOE_OK)
@@ -650,6 +733,7 @@ int main(int argc, char **argv)
         if (rc == MOE_OK && !cfg.quiet && !cfg.predict_only) {
             moe_report_text(report_out, &cfg, &res, color);
             moe_report_ablation(report_out, &cfg, &res);
+            moe_report_steps_text(report_out, &cfg, &res);
         } else if (rc == MOE_OK && !cfg.quiet) {
             moe_report_memory(report_out, &res, color);
         }
@@ -665,6 +749,7 @@ int main(int argc, char **argv)
     dumps_free(&dump);
 out:
     moe_plan_free(&plan);
+    moe_report_steps_free(&res);
     moe_results_free(&res);
     moe_results_free(&more);
     free(seconds);

@@ -873,6 +873,41 @@ static json_t *doubles_json(const double *v, int n)
     return a;
 }
 
+static json_t *top_steps_or_null(const moe_results *res)
+{
+    return res->steps != NULL ? (json_t *)res->steps : json_null();
+}
+
+/* load_balance: the balance figures of one batch (docs/json.md) */
+static json_t *balance_json(const moe_results *res)
+{
+    const moe_balance *bal = &res->balance;
+    int E = res->experts;
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:{s:o, s:o, s:o, s:o}}", "f",
+                     doubles_json(res->f, E), "P", doubles_json(res->P, E), "aux_loss",
+                     num(res->aux_loss), "z_loss", num(bal->z_loss), "importance_cv2",
+                     num(bal->importance_cv2), "entropy", num(bal->entropy), "gini",
+                     num(bal->gini), "max_over_mean", num(bal->max_over_mean), "rank_overload",
+                     bal->rank_overload > 0 ? num(bal->rank_overload) : json_null(),
+                     "tokens_per_expert", "min", num(bal->tpe_min), "max", num(bal->tpe_max),
+                     "mean", num(bal->tpe_mean), "std", num(bal->tpe_std));
+}
+
+/* drops: what one batch dropped (docs/json.md) */
+static json_t *drops_json(const moe_results *res)
+{
+    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:o, s:I, s:i}", "assignments",
+                          (json_int_t)res->assignments, "dropped_assignments",
+                          (json_int_t)res->dropped_assignments, "dropped_tokens",
+                          (json_int_t)res->dropped_tokens, "max_expert_load",
+                          (json_int_t)res->max_expert_load, "cf_needed",
+                          cf_needed_json(res->cf_needed), "rerouted", (json_int_t)res->rerouted,
+                          "reroute_rounds", res->reroute_rounds);
+    json_object_set_new(o, "still_dropped", json_integer(res->dropped_assignments - res->rerouted));
+    return o;
+}
+
+
 /* {mean, max, histogram} of a reach histogram (R + 1 entries, trailing zeros cut). */
 static json_t *reach_json(const int64_t *hist, int R)
 {
@@ -1053,28 +1088,8 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(root, "moesim_version", json_string(MOE_VERSION));
     json_object_set_new(root, "config", config);
     json_object_set_new(root, "experts", experts);
-    const moe_balance *bal = &res->balance;
-    json_object_set_new(
-        root, "load_balance",
-        json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:{s:o, s:o, s:o, s:o}}", "f",
-                  doubles_json(res->f, E), "P", doubles_json(res->P, E), "aux_loss",
-                  num(res->aux_loss), "z_loss", num(bal->z_loss), "importance_cv2",
-                  num(bal->importance_cv2), "entropy", num(bal->entropy), "gini", num(bal->gini),
-                  "max_over_mean", num(bal->max_over_mean), "rank_overload",
-                  bal->rank_overload > 0 ? num(bal->rank_overload) : json_null(),
-                  "tokens_per_expert", "min", num(bal->tpe_min), "max", num(bal->tpe_max), "mean",
-                  num(bal->tpe_mean), "std", num(bal->tpe_std)));
-    json_object_set_new(root, "drops",
-                        json_pack("{s:I, s:I, s:I, s:I, s:o, s:I, s:i}", "assignments",
-                                  (json_int_t)res->assignments, "dropped_assignments",
-                                  (json_int_t)res->dropped_assignments, "dropped_tokens",
-                                  (json_int_t)res->dropped_tokens, "max_expert_load",
-                                  (json_int_t)res->max_expert_load, "cf_needed",
-                                  cf_needed_json(res->cf_needed), "rerouted",
-                                  (json_int_t)res->rerouted, "reroute_rounds",
-                                  res->reroute_rounds));
-    json_object_set_new(json_object_get(root, "drops"), "still_dropped",
-                        json_integer(res->dropped_assignments - res->rerouted));
+    json_object_set_new(root, "load_balance", balance_json(res));
+    json_object_set_new(root, "drops", drops_json(res));
     json_object_set_new(root, "routing", routing_json(cfg, res));
     json_t *replicas = json_array();
     for (int p = 0; p < res->n_slots; p++)
@@ -1197,6 +1212,7 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
         config = NULL; /* reported as a failure to build the document */
     else
         json_object_set_new(root, "memory", memory);
+    json_object_set(root, "steps", top_steps_or_null(res));
     if (cfg->predict_only) {
         /* nothing moved: the routing-side figures and the traffic the decision makes (and its
          * projection) are meaningful, the measured ones are not */
@@ -1322,4 +1338,170 @@ void moe_report_planned_traffic(FILE *out, const moe_results *res)
                 res->proj_hier_dispatch * 1e3, res->proj_hier_combine * 1e3);
     }
     fputc('\n', out);
+}
+
+/* ------------------------------------------------------------------ steps (--steps) */
+
+static json_t *steps_of(const moe_results *top)
+{
+    return (json_t *)top->steps;
+}
+
+int moe_report_step_add(moe_results *top, const moe_results *r, int step,
+                        const moe_step_prediction *pred)
+{
+    if (top->steps == NULL && (top->steps = json_array()) == NULL)
+        return MOE_ENOMEM;
+    int E = r->experts;
+    json_t *routed = json_array();
+    for (int e = 0; routed && e < E; e++)
+        json_array_append_new(routed, json_integer(r->routed[e]));
+    json_t *timing = json_object();
+    for (int p = 0; timing && p < MOE_PHASE_COUNT; p++)
+        json_object_set_new(timing, moe_phase_name(p), summary_json(r->phase[p]));
+    if (timing)
+        json_object_set_new(timing, "step", summary_json(r->step));
+    json_t *predicted = json_null();
+    if (pred != NULL && pred->valid)
+        predicted = json_pack("{s:s, s:o, s:o, s:o, s:o}", "from", "previous step",
+                              "expected_dropped_assignments", num(pred->dropped),
+                              "expected_empty_slots", num(pred->empty), "error_dropped_assignments",
+                              num(pred->dropped - (double)r->dropped_assignments),
+                              "error_empty_slots", num(pred->empty - (double)r->empty_slots));
+    json_t *o = json_pack("{s:i, s:o, s:o, s:o, s:{s:I, s:o}, s:o, s:o}", "step", step, "routed",
+                          routed, "drops", drops_json(r), "load_balance", balance_json(r),
+                          "waste", "empty_slots", (json_int_t)r->empty_slots, "flops_wasted",
+                          num(r->flops_wasted), "timing", timing, "predicted", predicted);
+    if (o == NULL || json_array_append_new(steps_of(top), o) != 0)
+        return MOE_ENOMEM;
+    return MOE_OK;
+}
+
+void moe_report_steps_free(moe_results *top)
+{
+    json_decref(steps_of(top));
+    top->steps = NULL;
+}
+
+/* One CSV field from a JSON number (empty for null or missing). */
+static int csv_number(FILE *f, const json_t *v)
+{
+    if (json_is_integer(v))
+        return fprintf(f, ",%lld", (long long)json_integer_value(v)) > 0;
+    if (json_is_real(v))
+        return fprintf(f, ",%.17g", json_real_value(v)) > 0;
+    return fputc(',', f) != EOF;
+}
+
+int moe_report_steps_csv_file(FILE *f, const moe_results *top)
+{
+    static const char *const cols[][2] = {
+        {"drops", "dropped_assignments"},  {"drops", "dropped_tokens"},
+        {"waste", "empty_slots"},          {"load_balance", "max_over_mean"},
+        {"load_balance", "gini"},          {"load_balance", "entropy"},
+        {"load_balance", "aux_loss"},      {"load_balance", "z_loss"},
+        {"load_balance", "rank_overload"}, {"drops", "max_expert_load"},
+        {"drops", "cf_needed"},            {"predicted", "expected_dropped_assignments"},
+        {"predicted", "expected_empty_slots"}};
+    static const char *const names[] = {
+        "dropped_assignments", "dropped_tokens", "empty_slots", "max_over_mean", "gini", "entropy",
+        "aux_loss", "z_loss", "rank_overload", "max_expert_load", "cf_needed",
+        "predicted_dropped_assignments", "predicted_empty_slots"};
+    static const char *const times[] = {"step", "dispatch", "combine", "expert"};
+    int ok = fputs("step", f) != EOF;
+    for (size_t c = 0; ok && c < sizeof names / sizeof names[0]; c++)
+        ok = fprintf(f, ",%s", names[c]) > 0;
+    for (size_t c = 0; ok && c < sizeof times / sizeof times[0]; c++)
+        ok = fprintf(f, ",%s_seconds", times[c]) > 0;
+    for (int e = 0; ok && e < top->experts; e++)
+        ok = fprintf(f, ",routed_%d", e) > 0;
+    ok = ok && fputc('\n', f) != EOF;
+    size_t i;
+    json_t *st;
+    json_array_foreach(steps_of(top), i, st)
+    {
+        ok = ok && fprintf(f, "%lld", (long long)json_integer_value(json_object_get(st, "step"))) > 0;
+        for (size_t c = 0; ok && c < sizeof cols / sizeof cols[0]; c++)
+            ok = csv_number(f, json_object_get(json_object_get(st, cols[c][0]), cols[c][1]));
+        json_t *timing = json_object_get(st, "timing");
+        for (size_t c = 0; ok && c < sizeof times / sizeof times[0]; c++)
+            ok = csv_number(f, json_object_get(json_object_get(timing, times[c]), "max"));
+        size_t e;
+        json_t *v;
+        json_array_foreach(json_object_get(st, "routed"), e, v) if (ok) ok = csv_number(f, v);
+        ok = ok && fputc('\n', f) != EOF;
+    }
+    return ok ? MOE_OK : MOE_EIO;
+}
+
+/* first, last, min and max of steps[].<group>.<key> (scale times), as one row */
+static void steps_row(FILE *out, const json_t *steps, const char *label, const char *group,
+                      const char *key, const char *sub, double scale, const char *fmt)
+{
+    size_t i, n = json_array_size(steps);
+    json_t *st;
+    double first = 0, last = 0, lo = 0, hi = 0;
+    bool any = false;
+    json_array_foreach(steps, i, st)
+    {
+        json_t *v = json_object_get(json_object_get(st, group), key);
+        if (sub != NULL)
+            v = json_object_get(v, sub);
+        if (!json_is_number(v))
+            continue;
+        double x = json_number_value(v) * scale;
+        if (!any)
+            first = lo = hi = x;
+        any = true;
+        last = x;
+        lo = x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+    }
+    if (!any || n == 0)
+        return;
+    char cell[4][32];
+    const double vals[4] = {first, last, lo, hi};
+    for (int c = 0; c < 4; c++)
+        snprintf(cell[c], sizeof cell[c], fmt, vals[c]);
+    fprintf(out, "  %-30s %12s %12s %12s %12s\n", label, cell[0], cell[1], cell[2], cell[3]);
+}
+
+void moe_report_steps_text(FILE *out, const moe_config *cfg, const moe_results *top)
+{
+    const json_t *steps = steps_of(top);
+    size_t n = json_array_size(steps);
+    if (n < 2)
+        return;
+    fprintf(out, "\nSteps: %zu batches, each drawn from (seed %llu, step)%s; --iters %d each\n", n,
+            (unsigned long long)cfg->seed,
+            cfg->tokens_file || cfg->logits_file ? " as the next slice of the file" : "",
+            cfg->iters);
+    fprintf(out, "  %-30s %12s %12s %12s %12s\n", "quantity", "first", "last", "min", "max");
+    steps_row(out, steps, "dropped assignments", "drops", "dropped_assignments", NULL, 1, "%.0f");
+    steps_row(out, steps, "dropped tokens", "drops", "dropped_tokens", NULL, 1, "%.0f");
+    steps_row(out, steps, "empty slots", "waste", "empty_slots", NULL, 1, "%.0f");
+    steps_row(out, steps, "max / mean load", "load_balance", "max_over_mean", NULL, 1, "%.3f");
+    steps_row(out, steps, "Gini of the loads", "load_balance", "gini", NULL, 1, "%.4f");
+    steps_row(out, steps, "aux loss (E sum f P)", "load_balance", "aux_loss", NULL, 1, "%.4f");
+    steps_row(out, steps, "step ms (slowest rank)", "timing", "step", "max", 1e3, "%.3f");
+    /* how well the previous batch predicts the next */
+    double err = 0, worst = 0;
+    size_t m = 0, i;
+    json_t *st;
+    json_array_foreach(steps, i, st)
+    {
+        json_t *e = json_object_get(json_object_get(st, "predicted"), "error_dropped_assignments");
+        if (!json_is_number(e))
+            continue;
+        double a = fabs(json_number_value(e));
+        err += a;
+        worst = a > worst ? a : worst;
+        m++;
+    }
+    if (m > 0)
+        fprintf(out, "  dropped assignments predicted from the previous step's loads: mean |error| "
+                     "%.1f, worst %.1f over %zu steps\n",
+                err / (double)m, worst, m);
+    fprintf(out, "  every step: JSON steps[]%s%s\n", cfg->steps_csv ? ", CSV " : "",
+            cfg->steps_csv ? cfg->steps_csv : "");
 }

@@ -18,6 +18,7 @@
 /* Largest hidden or FFN size: a row of floats must fit an int count of bytes. */
 #define MOE_MAX_WIDTH (INT64_C(1) << 24)
 #define MOE_MAX_EXPERTS 65536
+#define MOE_MAX_STEPS 1000000 /* --steps */
 /* --ranks: the traffic is held as nonzero blocks (blocks.h), so rank 0 needs O(R E) at most */
 #define MOE_MAX_PLAN_RANKS 65536
 /* --traffic-matrix auto: the JSON holds the dense R x R traffic matrices up to this many ranks,
@@ -121,6 +122,8 @@ typedef struct moe_config {
                              * options removed), for --help-free reporting; "" without a preset */
     uint64_t seed;          /*                                          --seed       1    */
     int iters, warmup;      /*                                          --iters 5, --warmup 1 */
+    int steps;              /* consecutive steps, each a new batch      --steps 1 */
+    const char *steps_csv;  /* one row per step, NULL = none            --steps-csv */
     bool quiet;             /* no progress line, no text report         --quiet */
     bool predict_only;      /* stop after the prediction                --predict-only */
     int plan_ranks;         /* plan this many ranks, 0 = the launched     --ranks (predict-only) */

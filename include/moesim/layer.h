@@ -26,6 +26,12 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
  * counts and resize the exchange and expert buffers. For the --capacity-factor list ablation. */
 int moe_layer_set_capacity_factor(moe_layer *layer, double cf, char *msg, size_t msglen);
 
+/* Collective. --steps: make `step` (0-based) the batch: tokens step·N + [0, N) of the generator
+ * (or of --tokens-file / --logits-file), jittered and noised as tokens of those ids; then route,
+ * decide and size the buffers again at the current capacity factor, as
+ * moe_layer_set_capacity_factor does. Placement, weights and the workload's bias stay. */
+int moe_layer_set_step(moe_layer *layer, int step, char *msg, size_t msglen);
+
 /* Router statistics of the routing, before anything moves. On rank 0 (ignored elsewhere): P (E),
  * the mean gate probability of each expert over the batch, and loads (R, E), loads[s][e] the
  * assignments rank s routes to expert e (the counts the count exchange carries). */

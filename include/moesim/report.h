@@ -51,4 +51,20 @@ void moe_report_bar(char *buf, double fraction, int width);
  * with --network, the projected exchange times. */
 void moe_report_planned_traffic(FILE *out, const moe_results *res);
 
+/* --steps: the series, one JSON object per step kept in top->steps (docs/json.md, steps[]). */
+typedef struct moe_step_prediction {
+    bool valid;            /* from the second step on                                       */
+    double dropped, empty; /* closed form from the previous step's loads, q_i = routed_i / N */
+} moe_step_prediction;
+
+/* Append step `step` described by r (its routed counts, drops, balance, waste, timing) and pred
+ * (NULL or !valid: none). MOE_OK or MOE_ENOMEM. */
+int moe_report_step_add(moe_results *top, const moe_results *r, int step,
+                        const moe_step_prediction *pred);
+void moe_report_steps_free(moe_results *top);
+/* --steps-csv: a header, then one row per step (columns: docs/json.md). MOE_OK or MOE_EIO. */
+int moe_report_steps_csv_file(FILE *f, const moe_results *top);
+/* The series summarized: first, last, min, max of the key figures (nothing for one step). */
+void moe_report_steps_text(FILE *out, const moe_config *cfg, const moe_results *top);
+
 #endif

@@ -212,6 +212,7 @@ typedef struct moe_results {
     /* capacity-factor ablation and prediction: one row per --capacity-factor value */
     moe_ablation_row *ablation;
     int n_ablation;
+    void *steps; /* --steps: the per-step series (report.c), NULL until the first is added */
 } moe_results;
 
 /* Allocate the arrays for E experts, R ranks and n_cf ablation rows (zeroed). 0 or MOE_ENOMEM. */
