@@ -1006,6 +1006,9 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "routing", json_string(moe_routing_name(cfg->routing)));
     json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
     json_object_set_new(config, "regroup", json_string(moe_regroup_name(cfg->regroup)));
+    json_object_set_new(config, "steps", json_integer(cfg->steps));
+    json_object_set_new(config, "steps_csv",
+                        cfg->steps_csv ? json_string(cfg->steps_csv) : json_null());
     json_object_set_new(config, "traffic_matrix",
                         json_string(cfg->traffic_matrix == MOE_MATRIX_FULL      ? "full"
                                     : cfg->traffic_matrix == MOE_MATRIX_SUMMARY ? "summary"

@@ -8,7 +8,8 @@ run in a fresh directory of its own, so not even a path differs), on R = 2 and R
 of capacity factors, hot experts, renormalized gates, local scope, skew and clusters. From each
 JSON the top-level keys timing, bandwidth, exchange, placement, environment and memory are
 removed (times, rates and their ratios, where the ranks ran, resident memory: they are measured,
-not computed), and from every ablation[] row the *_seconds keys (timings). Then:
+not computed), from every ablation[] row the *_seconds keys and from every steps[] object its
+timing (timings). Then:
   - the two documents are equal when re-serialised (json.dumps(sort_keys=True));
   - the raw bytes of the file are equal key by key: every remaining top-level value's text, and
     inside ablation[] every remaining key's text (so a value that parses the same but prints
@@ -126,6 +127,8 @@ def strip_measured(doc):
     if isinstance(doc.get("ablation"), list):
         doc["ablation"] = [{k: v for k, v in row.items() if not k.endswith("_seconds")}
                            for row in doc["ablation"]]
+    if isinstance(doc.get("steps"), list):
+        doc["steps"] = [{k: v for k, v in st.items() if k != "timing"} for st in doc["steps"]]
     return doc
 
 
@@ -136,11 +139,11 @@ def raw_pieces(text):
     for key, (a, b) in object_spans(text).items():
         if key in EXCLUDED_TOP:
             continue
-        if key == "ablation" and text[a] == "[":
+        if key in ("ablation", "steps") and text[a] == "[":
             for j, (ra, _) in enumerate(array_spans(text, a)):
                 for rk, (x, y) in object_spans(text, ra).items():
-                    if not rk.endswith("_seconds"):
-                        out["ablation[%d].%s" % (j, rk)] = text[x:y]
+                    if not rk.endswith("_seconds") and rk != "timing":
+                        out["%s[%d].%s" % (key, j, rk)] = text[x:y]
         else:
             out[key] = text[a:b]
     return out
