@@ -1955,6 +1955,55 @@ START_TEST(test_regroup_option)
 }
 END_TEST
 
+/* --steps and --steps-csv (issue 12): default, range, refusals, and the batch a file gives. */
+START_TEST(test_steps_option)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.steps, 1);
+    ck_assert_ptr_null(cfg.steps_csv);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "12", "--steps-csv", "s.csv", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.steps, 12);
+    ck_assert_str_eq(cfg.steps_csv, "s.csv");
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "0", NULL), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--steps"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "1000001", NULL), MOE_EUSAGE);
+    /* one capacity factor, and a run */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "3", "--capacity-factor", "1,2", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "one capacity factor"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "3", "--predict-only", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--predict-only"));
+    /* a tokens file of 300 rows: 3 steps of 100, or --tokens 90 (270 rows used); not 7 steps */
+    moe_npy_header hdr = {.rows = 300, .cols = 8};
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "3", "--tokens-file", "t.npy", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, &hdr, NULL, NULL, msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(cfg.tokens, 100);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "3", "--tokens", "90",
+                           "--tokens-file", "t.npy", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, &hdr, NULL, NULL, msg, sizeof msg), MOE_OK);
+    ck_assert_int_eq(cfg.tokens, 90);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "4", "--tokens", "90",
+                           "--tokens-file", "t.npy", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, &hdr, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "need 360"));
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--steps", "7", "--tokens-file", "t.npy", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, &hdr, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "whole number"));
+    ck_assert_ptr_nonnull(strstr(moe_config_usage(), "  --steps N "));
+    ck_assert_ptr_nonnull(strstr(moe_config_usage(), "  --steps-csv PATH "));
+}
+END_TEST
+
 /* Issue 10's exchange and placement options: parsed, defaults, refusals naming the option. */
 START_TEST(test_exchange_options)
 {
@@ -2144,6 +2193,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_mode_option);
     tcase_add_test(tc, test_exchange_options);
     tcase_add_test(tc, test_regroup_option);
+    tcase_add_test(tc, test_steps_option);
     tcase_add_test(tc, test_group_limit_off);
     suite_add_tcase(s, tc);
     return s;
