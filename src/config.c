@@ -46,6 +46,7 @@ void moe_config_defaults(moe_config *cfg)
     cfg->seed = 1;
     cfg->iters = 5;
     cfg->steps = 1;
+    cfg->bias_update_rate = 1e-3;
     cfg->warmup = 1;
     cfg->spelled.experts = "experts";
     cfg->spelled.top_k = "top-k";
@@ -298,6 +299,11 @@ const char *moe_config_usage(void)
            "                         (seed, step) or the next slice of --tokens-file/--logits-file;\n"
            "                         --iters/--warmup apply to each (default 1)\n"
            "  --steps-csv PATH       one CSV row per step (columns: docs/json.md, steps[])\n"
+           "  --expert-bias          DeepSeek-V3's auxiliary-loss-free balancing: a selection-only\n"
+           "                         bias b (from --expert-bias-file, else 0), after every step\n"
+           "                         b_i += rate * sign(mean load - load_i) on the global loads\n"
+           "  --bias-update-rate X   that rate, gamma (default 0.001, Megatron's\n"
+           "                         --moe-router-bias-update-rate)\n"
            "  --json PATH            write every result as JSON (keys: docs/json.md); '-' is\n"
            "                         standard output (the text report then goes to stderr)\n"
            "  --dump-routing PATH    PATH.csv: token,choice,expert,gate,accepted; PATH.npy: the\n"
@@ -328,7 +334,7 @@ enum {
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
     OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX,
-    OPT_STEPS, OPT_STEPS_CSV
+    OPT_STEPS, OPT_STEPS_CSV, OPT_EXPERT_BIAS, OPT_BIAS_RATE
 };
 
 static const struct option long_options[] = {
@@ -346,6 +352,8 @@ static const struct option long_options[] = {
     {"iters", required_argument, NULL, OPT_ITERS},
     {"steps", required_argument, NULL, OPT_STEPS},
     {"steps-csv", required_argument, NULL, OPT_STEPS_CSV},
+    {"expert-bias", no_argument, NULL, OPT_EXPERT_BIAS},
+    {"bias-update-rate", required_argument, NULL, OPT_BIAS_RATE},
     {"mode", required_argument, NULL, OPT_MODE},
     {"wire", required_argument, NULL, OPT_WIRE},
     {"dispatch", required_argument, NULL, OPT_DISPATCH},
@@ -1042,6 +1050,13 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_STEPS_CSV:
             cfg->steps_csv = optarg;
             break;
+        case OPT_EXPERT_BIAS:
+            cfg->expert_bias = true;
+            break;
+        case OPT_BIAS_RATE:
+            rc = parse_real(name, optarg, 0.0, 1e6, &cfg->bias_update_rate, msg, msglen);
+            cfg->set_bias_rate = true;
+            break;
         case OPT_TOKENS_FILE:
             cfg->tokens_file = optarg;
             break;
@@ -1270,6 +1285,12 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         "--steps %d runs one capacity factor: give one --capacity-factor (an "
                         "ablation over cf runs one batch)",
                         cfg->steps);
+    if (cfg->expert_bias && cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--expert-bias balances token choice; expert choice balances itself");
+    if (cfg->set_bias_rate && !cfg->expert_bias)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--bias-update-rate sets the rate of --expert-bias: give --expert-bias too");
     if (cfg->steps > 1 && cfg->predict_only)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--steps %d with --predict-only: the steps are runs; predict one batch, or "

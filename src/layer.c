@@ -889,12 +889,12 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->router_scratch =
         alloc_bytes(L, (size_t)MOE_ROUTER_BLOCK * (size_t)(L->d + L->E), sizeof(float), &rc);
     L->bias = alloc_bytes(L, En, sizeof(float), &rc);
-    if (cfg->expert_bias_file != NULL)
-        L->sel_bias = alloc_bytes(L, En, sizeof(float), &rc);
+    if (moe_config_has_selection_bias(cfg))
+        L->sel_bias = alloc_bytes(L, En, sizeof(float), &rc); /* zeros: calloc */
     if (cfg->logits_file != NULL || cfg->predict_only) /* replayed, or computed once */
         L->z_file = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     L->probs = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
-    if (cfg->expert_bias_file != NULL)
+    if (moe_config_has_selection_bias(cfg))
         L->sel = alloc_bytes(L, (size_t)L->n * En, sizeof(float), &rc);
     if (cfg->noisy_top_k) {
         L->w_noise = alloc_bytes(L, En * (size_t)L->d, sizeof(float), &rc);
@@ -990,6 +990,31 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     if (L->nodex && (rc = moe_nodex_create(L, msg, msglen)) != MOE_OK)
         return rc;
     return moe_layer_set_capacity_factor(L, cfg->capacity_factor, msg, msglen);
+}
+
+int moe_layer_update_expert_bias(moe_layer *L, char *msg, size_t msglen)
+{
+    int E = L->E;
+    int64_t *mine = calloc((size_t)E, sizeof *mine), *all = calloc((size_t)E, sizeof *all);
+    int rc = mine && all ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK) {
+        /* the router's choices before capacity, as Megatron's tokens_per_expert */
+        for (int64_t i = 0; i < L->n * L->A; i++)
+            mine[L->expert[i]]++;
+        int mrc = MPI_Allreduce(mine, all, E, MPI_INT64_T, MPI_SUM, L->comm);
+        if (mrc != MPI_SUCCESS)
+            rc = moe_mpi_fail(mrc, "MPI_Allreduce", __FILE__, __LINE__, msg, msglen);
+        else /* the same loads and the same arithmetic on every rank: the same bias */
+            moe_expert_bias_update(L->sel_bias, all, E, L->cfg.bias_update_rate);
+    }
+    free(mine);
+    free(all);
+    return rc;
+}
+
+const float *moe_layer_selection_bias(const moe_layer *L)
+{
+    return L->sel_bias;
 }
 
 int moe_layer_set_step(moe_layer *L, int step, char *msg, size_t msglen)

@@ -533,11 +533,13 @@ static int run_more_steps(moe_layer *layer, const moe_config *cfg, moe_results *
             if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
                 moe_group_capacities_at_most_group(caps, groups, n_groups);
             moe_predict_closed_form_caps(&pred.dropped, &pred.empty, q, E, groups, caps, n_groups);
-            if (moe_report_step_add(res, cur, t, &pred) != MOE_OK)
+            if (moe_report_step_add(res, cur, t, &pred, moe_layer_selection_bias(layer)) != MOE_OK)
                 rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for the steps' series");
             memcpy(prev, cur->routed, (size_t)E * sizeof *prev);
         }
         rc = moe_agree(comm, rc, msg, MSG_LEN);
+        if (rc == MOE_OK && cfg->expert_bias)
+            rc = moe_layer_update_expert_bias(layer, msg, MSG_LEN);
     }
     if (progress)
         fprintf(stderr, "\r%70s\r", "");
@@ -710,10 +712,12 @@ int main(int argc, char **argv)
 
     /* --steps: step 0 is the run above; the others follow, each on its own batch */
     if (rc == MOE_OK && !cfg.predict_only && rank == 0 &&
-        moe_report_step_add(&res, &res, 0, NULL) != MOE_OK)
+        moe_report_step_add(&res, &res, 0, NULL, moe_layer_selection_bias(layer)) != MOE_OK)
         rc = moe_fail(MOE_ENOMEM, msg, MSG_LEN, "out of memory for the steps' series");
     if (!cfg.predict_only && rc != MOE_EINTR)
         rc = moe_agree(comm, rc, msg, MSG_LEN);
+    if (rc == MOE_OK && cfg.expert_bias) /* after every step, for the next */
+        rc = moe_layer_update_expert_bias(layer, msg, MSG_LEN);
     if (rc == MOE_OK && cfg.steps > 1)
         rc = run_more_steps(layer, &cfg, &res, &more, seconds, rank, R, comm, msg);
 

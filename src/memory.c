@@ -66,11 +66,11 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     /* W and the logits' block scratch, the workload bias (and the selection bias), the scores
      * (and replayed logits) */
     m->router = moe_bytes_add(moe_bytes_add(mul3(E, d, F), mul3(MOE_ROUTER_BLOCK, d + E, F)),
-                              moe_bytes_add(mul3(cfg->expert_bias_file ? 2 : 1, E, F),
+                              moe_bytes_add(mul3(moe_config_has_selection_bias(cfg) ? 2 : 1, E, F),
                                             mul3(cfg->logits_file || cfg->predict_only ? 2 : 1,
                                                  nE, F)));
     /* the selection scores with a bias; W_noise and the noise logits; the jittered h */
-    if (cfg->expert_bias_file != NULL)
+    if (moe_config_has_selection_bias(cfg))
         m->router = moe_bytes_add(m->router, mul3(1, nE, F));
     if (cfg->noisy_top_k)
         m->router = moe_bytes_add(m->router, moe_bytes_add(mul3(E, d, F), mul3(1, nE, F)));

@@ -262,7 +262,11 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                                   : "softmax probability (Switch)");
     if (cfg->topk_scale != 1.0)
         snprintf(gates + strlen(gates), sizeof gates - strlen(gates), " x %g", cfg->topk_scale);
-    if (cfg->expert_bias_file != NULL)
+    if (cfg->expert_bias)
+        snprintf(gates + strlen(gates), sizeof gates - strlen(gates),
+                 ", chosen by score + a loss-free balancing bias (from %s, rate %g a step)",
+                 cfg->expert_bias_file ? cfg->expert_bias_file : "0", cfg->bias_update_rate);
+    else if (cfg->expert_bias_file != NULL)
         snprintf(gates + strlen(gates), sizeof gates - strlen(gates),
                  ", chosen by score + the selection bias of %s", cfg->expert_bias_file);
     fprintf(out, "  gates %s | padded to capacity %s | seed %llu | %d timed iterations after %d warm-up\n",
@@ -706,7 +710,7 @@ void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *
                      "what top-k\n   routing on the same scores would drop)\n");
     else if (cfg->policy == MOE_POLICY_REROUTE)
         fprintf(out, "  (reroute: drops before rerouting; the run reports how many found another expert)\n");
-    if (cfg->expert_bias_file != NULL)
+    if (moe_config_has_selection_bias(cfg))
         fprintf(out, "  (the selection bias moves experts without entering P: the closed form does "
                      "not see it; the exact figures count the biased routing)\n");
     if (res->n_ablation > 0 && cfg->routing != MOE_ROUTING_EXPERT_CHOICE) {
@@ -1007,6 +1011,8 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
     json_object_set_new(config, "regroup", json_string(moe_regroup_name(cfg->regroup)));
     json_object_set_new(config, "steps", json_integer(cfg->steps));
+    json_object_set_new(config, "expert_bias", json_boolean(cfg->expert_bias));
+    json_object_set_new(config, "bias_update_rate", json_real(cfg->bias_update_rate));
     json_object_set_new(config, "steps_csv",
                         cfg->steps_csv ? json_string(cfg->steps_csv) : json_null());
     json_object_set_new(config, "traffic_matrix",
@@ -1351,7 +1357,7 @@ static json_t *steps_of(const moe_results *top)
 }
 
 int moe_report_step_add(moe_results *top, const moe_results *r, int step,
-                        const moe_step_prediction *pred)
+                        const moe_step_prediction *pred, const float *bias)
 {
     if (top->steps == NULL && (top->steps = json_array()) == NULL)
         return MOE_ENOMEM;
@@ -1375,7 +1381,16 @@ int moe_report_step_add(moe_results *top, const moe_results *r, int step,
                           routed, "drops", drops_json(r), "load_balance", balance_json(r),
                           "waste", "empty_slots", (json_int_t)r->empty_slots, "flops_wasted",
                           num(r->flops_wasted), "timing", timing, "predicted", predicted);
-    if (o == NULL || json_array_append_new(steps_of(top), o) != 0)
+    if (o == NULL)
+        return MOE_ENOMEM;
+    json_t *b = json_null();
+    if (bias != NULL) {
+        b = json_array();
+        for (int e = 0; b && e < E; e++)
+            json_array_append_new(b, json_real(bias[e]));
+    }
+    json_object_set_new(o, "expert_bias", b);
+    if (json_array_append_new(steps_of(top), o) != 0)
         return MOE_ENOMEM;
     return MOE_OK;
 }

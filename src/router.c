@@ -260,3 +260,16 @@ void moe_router_reach(int64_t *hist_ranks, int64_t *hist_nodes, const int32_t *e
         hist_nodes[nodes < max_reach ? nodes : max_reach]++;
     }
 }
+
+void moe_expert_bias_update(float *bias, const int64_t *loads, int E, double gamma)
+{
+    int64_t total = 0;
+    for (int e = 0; e < E; e++)
+        total += loads[e];
+    /* compare loads_i * E with the total: exact in integers, no rounding of the mean */
+    for (int e = 0; e < E; e++) {
+        int64_t scaled = loads[e] * (int64_t)E;
+        double step = scaled < total ? gamma : scaled > total ? -gamma : 0.0;
+        bias[e] = (float)((double)bias[e] + step);
+    }
+}

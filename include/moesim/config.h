@@ -123,6 +123,9 @@ typedef struct moe_config {
     uint64_t seed;          /*                                          --seed       1    */
     int iters, warmup;      /*                                          --iters 5, --warmup 1 */
     int steps;              /* consecutive steps, each a new batch      --steps 1 */
+    bool expert_bias;       /* DeepSeek-V3's loss-free balancing bias   --expert-bias */
+    bool set_bias_rate;     /* --bias-update-rate was given */
+    double bias_update_rate; /* its gamma: b_i += gamma sign(mean - load_i) --bias-update-rate 1e-3 */
     const char *steps_csv;  /* one row per step, NULL = none            --steps-csv */
     bool quiet;             /* no progress line, no text report         --quiet */
     bool predict_only;      /* stop after the prediction                --predict-only */
@@ -200,5 +203,11 @@ moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R);
 
 /* Whether a run of R ranks writes the full traffic matrices (--traffic-matrix). Pure. */
 bool moe_config_full_matrix(const moe_config *cfg, int R);
+
+/* A selection-only bias is in play: read from --expert-bias-file, or learnt (--expert-bias). */
+static inline bool moe_config_has_selection_bias(const moe_config *cfg)
+{
+    return cfg->expert_bias_file != NULL || cfg->expert_bias;
+}
 
 #endif

@@ -32,6 +32,13 @@ int moe_layer_set_capacity_factor(moe_layer *layer, double cf, char *msg, size_t
  * moe_layer_set_capacity_factor does. Placement, weights and the workload's bias stay. */
 int moe_layer_set_step(moe_layer *layer, int step, char *msg, size_t msglen);
 
+/* Collective. --expert-bias: update the selection bias from this step's global loads (one
+ * MPI_Allreduce of the E routed counts; moe_expert_bias_update). The next routing uses it. */
+int moe_layer_update_expert_bias(moe_layer *layer, char *msg, size_t msglen);
+
+/* The selection bias (E floats) in use, or NULL without one. */
+const float *moe_layer_selection_bias(const moe_layer *layer);
+
 /* Router statistics of the routing, before anything moves. On rank 0 (ignored elsewhere): P (E),
  * the mean gate probability of each expert over the batch, and loads (R, E), loads[s][e] the
  * assignments rank s routes to expert e (the counts the count exchange carries). */

@@ -57,10 +57,11 @@ typedef struct moe_step_prediction {
     double dropped, empty; /* closed form from the previous step's loads, q_i = routed_i / N */
 } moe_step_prediction;
 
-/* Append step `step` described by r (its routed counts, drops, balance, waste, timing) and pred
- * (NULL or !valid: none). MOE_OK or MOE_ENOMEM. */
+/* Append step `step` described by r (its routed counts, drops, balance, waste, timing), pred
+ * (NULL or !valid: none) and the selection bias it routed with (E floats, NULL: none). MOE_OK or
+ * MOE_ENOMEM. */
 int moe_report_step_add(moe_results *top, const moe_results *r, int step,
-                        const moe_step_prediction *pred);
+                        const moe_step_prediction *pred, const float *bias);
 void moe_report_steps_free(moe_results *top);
 /* --steps-csv: a header, then one row per step (columns: docs/json.md). MOE_OK or MOE_EIO. */
 int moe_report_steps_csv_file(FILE *f, const moe_results *top);

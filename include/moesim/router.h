@@ -117,4 +117,10 @@ void moe_router_reach(int64_t *hist_ranks, int64_t *hist_nodes, const int32_t *e
 void moe_router_accumulate(int64_t *routed, double *psum, const int32_t *expert, const float *p,
                            int64_t n, int E, int k);
 
+/* DeepSeek-V3's auxiliary-loss-free balancing (Wang et al. 2024): after a step with loads[i]
+ * assignments routed to expert i (before capacity, over the whole batch), b_i += gamma ·
+ * sign(mean - loads_i), mean = Σ loads / E, sign(0) = 0: an overloaded expert's selection bias
+ * falls, an underloaded one's rises, by gamma each step. The bias enters selection only. */
+void moe_expert_bias_update(float *bias, const int64_t *loads, int E, double gamma);
+
 #endif

@@ -13,7 +13,13 @@
     refused;
   - --steps-csv: the documented header, one row per step, the routed columns equal to the JSON;
   - progress ("step i of N") on stderr only when stdout is a terminal (a pty), never otherwise;
-  - refusals: --steps 0, --steps with a list of capacity factors, --steps with --predict-only.
+  - --expert-bias (DeepSeek-V3's loss-free balancing): steps[0].expert_bias is 0; steps[t+1]'s
+    bias is steps[t]'s plus gamma sign(mean - routed_i) of step t (float32), the same at R = 1
+    and 3; each step's routing is the NumPy reference's with that selection bias; on a hot
+    workload (--hot-experts 2) the hottest expert's load over the mean falls from the first step
+    to the last, while without the bias it stays;
+  - refusals: --steps 0, --steps with a list of capacity factors, --steps with --predict-only,
+    --bias-update-rate without --expert-bias, --expert-bias with expert choice.
 """
 
 import csv
@@ -187,6 +193,62 @@ def main():
     ck.equal(p.returncode, 0, "pty: runs")
     ck.check("step 2 of 3" in err and "step 3 of 3" in err,
              "pty: progress 'step i of N' on stderr when stdout is a terminal", err[-400:])
+
+    # --expert-bias: the update rule, R-invariance, the reference's routing with the bias
+    gamma = 0.01
+    biased = {}
+    for ranks in (1, 3):
+        tag = "expert_bias_R%d" % ranks
+        doc, _ = run_json(ck, exe, wd, tag, ranks,
+                          base + ["--capacity-factor", "1.0", "--steps", 5, "--expert-bias",
+                                  "--bias-update-rate", gamma])
+        if doc is None:
+            continue
+        st = doc["steps"]
+        biased[ranks] = [(s["routed"], s["expert_bias"]) for s in st]
+        ck.equal(st[0]["expert_bias"], [0.0] * E, tag + ": the bias starts at 0")
+        ck.equal((doc["config"]["expert_bias"], doc["config"]["bias_update_rate"]), (True, gamma),
+                 tag + ": config.expert_bias, config.bias_update_rate")
+        W = mt.gen_router(SEED, E, D)
+        for t in range(len(st)):
+            b = np.array(st[t]["expert_bias"], dtype=np.float32)
+            if t + 1 < len(st):
+                loads = np.array(st[t]["routed"], dtype=np.int64)
+                step = np.where(loads * E < loads.sum(), gamma,
+                                np.where(loads * E > loads.sum(), -gamma, 0.0))
+                want = (b.astype(np.float64) + step).astype(np.float32)
+                ck.equal(np.array(st[t + 1]["expert_bias"], dtype=np.float32).tolist(),
+                         want.tolist(), tag + ": step %d's bias = step %d's + gamma sign(mean - "
+                                              "load)" % (t + 1, t))
+            ref = mt.Reference(step_tokens(t), W, experts(), K, "1.0", "global", ranks,
+                               bias=b).solve()
+            ck.equal(st[t]["routed"], ref.routed_per_expert.tolist(),
+                     tag + ": step %d routed as the reference with the step's bias" % t)
+            ck.equal(st[t]["drops"]["dropped_assignments"], ref.dropped_assignments,
+                     tag + ": step %d dropped as the reference" % t)
+        ck.check(any(x != 0 for x in st[-1]["expert_bias"]), tag + ": the bias moved")
+    if len(biased) == 2:
+        ck.check(biased[1] == biased[3], "expert_bias: the same series at R = 1 and 3")
+    hot = ["--tokens", 4096, "--hidden", 64, "--experts", 16, "--top-k", 2, "--seed", SEED,
+           "--iters", 1, "--warmup", 0, "--capacity-factor", "1.0", "--steps", 12,
+           "--hot-experts", 2, "--hot-share", "0.5"]
+    for extra, falls in (([], False), (["--expert-bias", "--bias-update-rate", "0.005"], True)):
+        tag = "hot_" + ("bias" if falls else "plain")
+        doc, _ = run_json(ck, exe, wd, tag, 2, hot + extra)
+        if doc is None:
+            continue
+        mom = [s["load_balance"]["max_over_mean"] for s in doc["steps"]]
+        if falls:
+            ck.check(mom[-1] < 0.75 * mom[0], tag + ": the bias brings the hot experts down",
+                     "max/mean %s" % mom)
+        else:
+            ck.check(min(mom) > 0.8 * mom[0], tag + ": without it the hot experts stay hot",
+                     "max/mean %s" % mom)
+    mt.check_refused(ck, exe, "rate_without_bias", 1, base + ["--bias-update-rate", "0.01"],
+                     [r"--bias-update-rate", r"--expert-bias"], wd)
+    mt.check_refused(ck, exe, "bias_expert_choice", 1,
+                     base + ["--expert-bias", "--routing", "expert-choice"],
+                     [r"--expert-bias", r"expert choice"], wd)
 
     mt.check_refused(ck, exe, "steps_zero", 1, base + ["--steps", 0], [r"--steps"], wd)
     mt.check_refused(ck, exe, "steps_with_cf_list", 1,

@@ -665,6 +665,56 @@ END_TEST
 
 /* ---- statistics ---- */
 
+START_TEST(test_expert_bias_update_hand)
+{
+    /* loads 10, 2, 6, 6 (mean 6): the hot expert's bias falls by gamma, the cold one's rises, the
+     * two at the mean keep theirs (sign 0), from any start */
+    float b[4] = {0.5f, -0.25f, 0.0f, 1.0f};
+    const int64_t loads[4] = {10, 2, 6, 6};
+    moe_expert_bias_update(b, loads, 4, 0.125);
+    EXPECT(b[0] == 0.375f && b[1] == -0.125f && b[2] == 0.0f && b[3] == 1.0f);
+    /* a mean that is not an integer: 7 assignments over 2 experts, 4 > 3.5 > 3 */
+    float c[2] = {0, 0};
+    const int64_t l2[2] = {4, 3};
+    moe_expert_bias_update(c, l2, 2, 1e-3);
+    EXPECT(c[0] == (float)-1e-3 && c[1] == (float)1e-3);
+    /* gamma 0 changes nothing; all loads equal change nothing */
+    const int64_t even[4] = {5, 5, 5, 5};
+    moe_expert_bias_update(b, even, 4, 0.5);
+    moe_expert_bias_update(b, loads, 4, 0.0);
+    EXPECT(b[0] == 0.375f && b[1] == -0.125f && b[2] == 0.0f && b[3] == 1.0f);
+}
+END_TEST
+
+START_TEST(test_expert_bias_update_property)
+{
+    /* on seeded random loads: every bias moves by exactly gamma (rounded to float) against its
+     * load's side of the mean, and repeated on fixed loads the biases of the experts above and
+     * below the mean move by gamma a step, linearly (the rule has no memory but the bias) */
+    g_state = 0xB1A5;
+    for (int trial = 0; trial < 200; trial++) {
+        int E = 1 + next_int(64);
+        int64_t loads[64], total = 0;
+        float b[64], b0[64];
+        for (int e = 0; e < E; e++) {
+            loads[e] = next_int(50);
+            total += loads[e];
+            b[e] = b0[e] = (float)(next_unit() - 0.5);
+        }
+        const double gamma = 1e-3;
+        for (int rep = 1; rep <= 3; rep++) {
+            moe_expert_bias_update(b, loads, E, gamma);
+            for (int e = 0; e < E; e++) {
+                double dir = loads[e] * E < total ? 1 : loads[e] * E > total ? -1 : 0;
+                EXPECT_MSG(fabs((double)b[e] - ((double)b0[e] + rep * dir * gamma)) < 1e-6,
+                           "trial %d rep %d expert %d: %g from %g", trial, rep, e, (double)b[e],
+                           (double)b0[e]);
+            }
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_accumulate_hand)
 {
     /* 3 tokens, E = 3, k = 2. */
@@ -751,6 +801,8 @@ static Suite *router_suite(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("statistics");
     tcase_add_test(tc, test_accumulate_hand);
+    tcase_add_test(tc, test_expert_bias_update_hand);
+    tcase_add_test(tc, test_expert_bias_update_property);
     tcase_add_test(tc, test_uniform_router_aux_is_one);
     suite_add_tcase(s, tc);
     return s;
