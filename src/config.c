@@ -2,6 +2,7 @@
 
 #include "moesim/error.h"
 #include "moesim/memory.h"
+#include "moesim/tokens.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -299,6 +300,13 @@ const char *moe_config_usage(void)
            "                         (seed, step) or the next slice of --tokens-file/--logits-file;\n"
            "                         --iters/--warmup apply to each (default 1)\n"
            "  --steps-csv PATH       one CSV row per step (columns: docs/json.md, steps[])\n"
+           "  --workload W           routing defined by a workload, not a router (docs/workloads.md):\n"
+           "                         none (default), balanced, hot-experts, hot-rank, spread-hot,\n"
+           "                         zero-expert-rank, rotating-hotspot, burst; the heat is\n"
+           "                         --hot-experts N (default E/8, at least 1) taking --hot-share X\n"
+           "                         of the assignments (default 0.5)\n"
+           "  --period P             rotating-hotspot: steps between moves (default 1); burst: every\n"
+           "                         P-th step is hot (default 4)\n"
            "  --expert-bias          DeepSeek-V3's auxiliary-loss-free balancing: a selection-only\n"
            "                         bias b (from --expert-bias-file, else 0), after every step\n"
            "                         b_i += rate * sign(mean load - load_i) on the global loads\n"
@@ -334,7 +342,7 @@ enum {
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
     OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX,
-    OPT_STEPS, OPT_STEPS_CSV, OPT_EXPERT_BIAS, OPT_BIAS_RATE
+    OPT_STEPS, OPT_STEPS_CSV, OPT_EXPERT_BIAS, OPT_BIAS_RATE, OPT_WORKLOAD, OPT_PERIOD
 };
 
 static const struct option long_options[] = {
@@ -353,6 +361,8 @@ static const struct option long_options[] = {
     {"steps", required_argument, NULL, OPT_STEPS},
     {"steps-csv", required_argument, NULL, OPT_STEPS_CSV},
     {"expert-bias", no_argument, NULL, OPT_EXPERT_BIAS},
+    {"workload", required_argument, NULL, OPT_WORKLOAD},
+    {"period", required_argument, NULL, OPT_PERIOD},
     {"bias-update-rate", required_argument, NULL, OPT_BIAS_RATE},
     {"mode", required_argument, NULL, OPT_MODE},
     {"wire", required_argument, NULL, OPT_WIRE},
@@ -1053,6 +1063,18 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_EXPERT_BIAS:
             cfg->expert_bias = true;
             break;
+        case OPT_WORKLOAD: {
+            const char *names[MOE_WL_COUNT];
+            for (int w = 0; w < MOE_WL_COUNT; w++)
+                names[w] = moe_wl_name((moe_wl_kind)w);
+            rc = parse_choice(name, optarg, names, MOE_WL_COUNT, &choice, msg, msglen);
+            cfg->workload = (moe_wl_kind)choice;
+            break;
+        }
+        case OPT_PERIOD:
+            rc = parse_int(name, optarg, 1, MOE_MAX_STEPS, &v, msg, msglen);
+            cfg->period = (int)v;
+            break;
         case OPT_BIAS_RATE:
             rc = parse_real(name, optarg, 0.0, 1e6, &cfg->bias_update_rate, msg, msglen);
             cfg->set_bias_rate = true;
@@ -1243,6 +1265,81 @@ static int resolve_routing(moe_config *cfg, char *msg, size_t msglen)
                             "most their capacity, so none overflows",
                             cfg->spelled.policy, policy_names[cfg->policy]);
     }
+    return MOE_OK;
+}
+
+/* --workload: the heat it takes from --hot-experts and --hot-share (which then bias no router),
+ * its period, and what it cannot be combined with (it replaces the router). */
+static int resolve_workload(moe_config *cfg, int nranks, char *msg, size_t msglen)
+{
+    const char *name = moe_wl_name(cfg->workload);
+    if (cfg->workload == MOE_WL_NONE) {
+        if (cfg->period > 0)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--period is the period of --workload rotating-hotspot or burst");
+        return MOE_OK;
+    }
+    int E = cfg->experts, R = cfg->plan_ranks > 0 ? cfg->plan_ranks : nranks;
+    const char *clash = cfg->logits_file           ? "--logits-file"
+                        : cfg->router_file         ? "--router-file"
+                        : cfg->expert_bias         ? "--expert-bias"
+                        : cfg->expert_bias_file    ? "--expert-bias-file"
+                        : cfg->noisy_top_k         ? "--noisy-top-k"
+                        : cfg->group_top_k > 0     ? "--group-top-k"
+                        : cfg->skew != 0.0         ? "--skew"
+                        : cfg->clusters > 0        ? "--clusters"
+                        : cfg->input_jitter > 0.0  ? "--input-jitter"
+                        : cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? "--routing expert-choice"
+                                                   : NULL;
+    if (clash != NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--workload %s defines the routing itself: it replaces the router, so not "
+                        "with %s",
+                        name, clash);
+    if (cfg->top_k > MOE_WL_MAX_K)
+        return moe_fail(MOE_EUSAGE, msg, msglen, "--workload routes at most top-%d, got top-%d",
+                        MOE_WL_MAX_K, cfg->top_k);
+    if (cfg->period > 0 && cfg->workload != MOE_WL_ROTATE && cfg->workload != MOE_WL_BURST)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--period is the period of --workload rotating-hotspot or burst, not %s",
+                        name);
+    if (cfg->period == 0)
+        cfg->period = cfg->workload == MOE_WL_BURST ? 4 : 1;
+    if (cfg->wl_hot == 0) { /* resolved once: the heat moves out of hot_experts below */
+        cfg->wl_hot = cfg->hot_experts > 0 ? cfg->hot_experts : (E / 8 > 1 ? E / 8 : 1);
+        cfg->wl_share = cfg->hot_share;
+    }
+    bool heated = cfg->workload != MOE_WL_BALANCED && cfg->workload != MOE_WL_ZERO;
+    if (!heated && (cfg->hot_experts > 0 || cfg->set_hot_share))
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--workload %s has no hot set: --hot-experts and --hot-share do not apply",
+                        name);
+    if (heated && cfg->wl_hot >= E)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--hot-experts %d must be smaller than the number of experts (%d)",
+                        cfg->wl_hot, E);
+    if (cfg->workload == MOE_WL_HOT_RANK && cfg->wl_hot > E / R)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--workload hot-rank puts the hot set on rank 0, which holds %d experts: "
+                        "--hot-experts %d is more",
+                        E / R, cfg->wl_hot);
+    if (cfg->workload == MOE_WL_SPREAD && cfg->wl_hot > R)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--workload spread-hot puts each hot expert on its own rank: --hot-experts "
+                        "%d is more than the %d ranks",
+                        cfg->wl_hot, R);
+    if (cfg->workload == MOE_WL_ZERO) {
+        int64_t first = 0, count = 0;
+        moe_partition(E, R, R - 1, &first, &count);
+        if (R < 2 || E - count < cfg->top_k)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "--workload zero-expert-rank leaves the last rank's %lld experts "
+                            "empty: it needs 2 ranks or more and top-k at most the %lld others",
+                            (long long)count, (long long)(E - count));
+    }
+    /* the heat is the workload's: no router bias */
+    cfg->hot_experts = 0;
+    cfg->set_hot_share = false;
     return MOE_OK;
 }
 
@@ -1448,6 +1545,8 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         "experts' blocks: not with %s (use --regroup auto or copy)",
                         moe_regroup_name(cfg->regroup),
                         cfg->hierarchical ? "--a2a hierarchical" : "--dispatch per-rank");
+    if ((rc = resolve_workload(cfg, nranks, msg, msglen)) != MOE_OK)
+        return rc;
     if (cfg->hot_experts >= cfg->experts)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--hot-experts %d must be smaller than the number of experts (%d)",

@@ -158,6 +158,21 @@ static void select_experts(moe_layer *L, float *z)
 /* Phase 1 of a step: logits, scores, top-k. */
 static void route(moe_layer *L)
 {
+    const moe_config *c = &L->cfg;
+    if (c->workload != MOE_WL_NONE) { /* the workload is the routing: no router */
+        int step = (int)(L->tok_off / c->tokens);
+        moe_wl w = {.kind = c->workload, .E = L->E, .k = L->k, .n_hot = c->wl_hot,
+                    .hot_share = c->wl_share, .period = c->period, .tokens = c->tokens,
+                    .seed = c->seed, .zero_first = L->E};
+        if (c->workload == MOE_WL_ZERO) {
+            int64_t first = 0, count = 0;
+            moe_partition(L->E, L->R, L->R - 1, &first, &count);
+            w.zero_first = (int)first;
+        }
+        moe_wl_hot_set(L->wl_hot, &w, step);
+        moe_wl_route(L->expert, L->gate, L->probs, &w, L->wl_hot, step, L->first, L->n);
+        return;
+    }
     moe_layer_logits(L, L->probs);
     select_experts(L, L->probs);
 }
@@ -907,6 +922,8 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         L->gscore = alloc_bytes(L, (size_t)L->cfg.expert_groups,
                                 sizeof(double), &rc);
     }
+    if (cfg->workload != MOE_WL_NONE)
+        L->wl_hot = alloc_bytes(L, En, sizeof(uint8_t), &rc);
     L->expert = alloc_bytes(L, nk, sizeof(int32_t), &rc);
     L->gate = alloc_bytes(L, nk, sizeof(float), &rc);
     L->flag = alloc_bytes(L, nk, sizeof(uint8_t), &rc);
@@ -1148,7 +1165,7 @@ void moe_layer_destroy(moe_layer *L)
                      L->routed, L->accepted, L->per_expert, L->scratch, L->send_rows,
                      L->recv_rows, L->group_cap, L->cnt_owner, L->acc_owner, L->x_start,
                      L->x_rows, L->placed, L->w1, L->w2, L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act,
-                     L->yexp, L->sel, L->w_noise, L->z_noise, L->h_route, L->mask, L->gscore,
+                     L->yexp, L->sel, L->w_noise, L->z_noise, L->h_route, L->mask, L->gscore, L->wl_hot,
                      L->rerouted, L->orig, L->orig_gate, L->ws1, L->ws2, L->s_act, L->s_out,
                      L->send_tok, L->send_enc, L->back_enc, L->recv_enc, L->rback_enc,
                      L->owner_of, L->local_of, L->dd_tok, L->dd_send_rows, L->dd_recv_rows,

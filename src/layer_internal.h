@@ -106,6 +106,7 @@ struct moe_layer {
     uint8_t *mask;     /* (E) scratch of the grouped top-k                        */
     double *gscore;    /* (G) scratch of the grouped top-k                        */
     int32_t *expert;   /* (n, A) chosen experts, best first (expert choice: e)    */
+    uint8_t *wl_hot;   /* (E) --workload: the step's hot set                       */
     float *gate;       /* (n, A)                                                  */
     uint8_t *flag;     /* (n, A) 1 = accepted                                     */
     uint8_t *rerouted; /* (n, A) 1 = served after a reroute                       */

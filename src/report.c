@@ -262,7 +262,11 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                                   : "softmax probability (Switch)");
     if (cfg->topk_scale != 1.0)
         snprintf(gates + strlen(gates), sizeof gates - strlen(gates), " x %g", cfg->topk_scale);
-    if (cfg->expert_bias)
+    if (cfg->workload != MOE_WL_NONE)
+        snprintf(gates, sizeof gates, "and experts from --workload %s (no router; hot set %d of "
+                 "%d, share %g)", moe_wl_name(cfg->workload), cfg->wl_hot, res->experts,
+                 cfg->wl_share);
+    else if (cfg->expert_bias)
         snprintf(gates + strlen(gates), sizeof gates - strlen(gates),
                  ", chosen by score + a loss-free balancing bias (from %s, rate %g a step)",
                  cfg->expert_bias_file ? cfg->expert_bias_file : "0", cfg->bias_update_rate);
@@ -1011,6 +1015,13 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "mode", json_string(moe_mode_name(cfg->mode)));
     json_object_set_new(config, "regroup", json_string(moe_regroup_name(cfg->regroup)));
     json_object_set_new(config, "steps", json_integer(cfg->steps));
+    json_object_set_new(config, "workload", json_string(moe_wl_name(cfg->workload)));
+    json_object_set_new(config, "period",
+                        cfg->workload != MOE_WL_NONE ? json_integer(cfg->period) : json_null());
+    json_object_set_new(config, "workload_hot_experts",
+                        cfg->workload != MOE_WL_NONE ? json_integer(cfg->wl_hot) : json_null());
+    json_object_set_new(config, "workload_hot_share",
+                        cfg->workload != MOE_WL_NONE ? json_real(cfg->wl_share) : json_null());
     json_object_set_new(config, "expert_bias", json_boolean(cfg->expert_bias));
     json_object_set_new(config, "bias_update_rate", json_real(cfg->bias_update_rate));
     json_object_set_new(config, "steps_csv",

@@ -8,6 +8,7 @@
 #include "moesim/placement.h"
 #include "moesim/router.h"
 #include "moesim/wire.h"
+#include "moesim/workload.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -123,6 +124,10 @@ typedef struct moe_config {
     uint64_t seed;          /*                                          --seed       1    */
     int iters, warmup;      /*                                          --iters 5, --warmup 1 */
     int steps;              /* consecutive steps, each a new batch      --steps 1 */
+    moe_wl_kind workload;   /* routing defined by a workload, not a router --workload none */
+    int period;             /* its period P (0: the kind's default)     --period */
+    int wl_hot;             /* resolved: its hot set's size (--hot-experts, else max(1, E/8)) */
+    double wl_share;        /* resolved: the hot set's share of assignments (--hot-share)    */
     bool expert_bias;       /* DeepSeek-V3's loss-free balancing bias   --expert-bias */
     bool set_bias_rate;     /* --bias-update-rate was given */
     double bias_update_rate; /* its gamma: b_i += gamma sign(mean - load_i) --bias-update-rate 1e-3 */

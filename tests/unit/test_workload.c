@@ -7,6 +7,7 @@
 
 #include <check.h>
 #include <float.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,6 +19,161 @@
 #include "testrng.h"
 
 /* ---- bias ---- */
+
+/* ------------------------------------------------------------------ --workload (issue 12) */
+
+static moe_wl wl(moe_wl_kind kind, int E, int k, int n_hot, int period)
+{
+    return (moe_wl){.kind = kind, .E = E, .k = k, .n_hot = n_hot, .hot_share = 0.5,
+                    .period = period, .zero_first = E, .tokens = 1000, .seed = 3};
+}
+
+START_TEST(test_wl_hot_sets_hand)
+{
+    /* E = 8, N = 2 hot: hot-rank {0, 1}; spread-hot floor(j 8 / 2) = {0, 4}; rotating-hotspot
+     * with P = 2 starts at 2 floor(t / 2) mod 8: {0,1} {0,1} {2,3} {2,3} {4,5} ... {0,1} at t = 8;
+     * burst with P = 3 is hot at t = 2, 5 only, with the seeded set; balanced and
+     * zero-expert-rank have none */
+    uint8_t hot[8];
+    moe_wl w = wl(MOE_WL_HOT_RANK, 8, 2, 2, 1);
+    EXPECT(moe_wl_hot_set(hot, &w, 0) == 2 && hot[0] && hot[1]);
+    w = wl(MOE_WL_SPREAD, 8, 2, 2, 1);
+    EXPECT(moe_wl_hot_set(hot, &w, 5) == 2 && hot[0] && hot[4]);
+    w = wl(MOE_WL_ROTATE, 8, 2, 2, 2);
+    const int origin[9] = {0, 0, 2, 2, 4, 4, 6, 6, 0};
+    for (int t = 0; t < 9; t++) {
+        EXPECT(moe_wl_hot_set(hot, &w, t) == 2);
+        EXPECT_MSG(hot[origin[t]] && hot[(origin[t] + 1) % 8], "step %d", t);
+    }
+    /* the wrap: E = 5, N = 2, P = 1: {0,1} {2,3} {4,0} */
+    w = wl(MOE_WL_ROTATE, 5, 1, 2, 1);
+    uint8_t h5[5];
+    moe_wl_hot_set(h5, &w, 2);
+    EXPECT(h5[4] && h5[0] && !h5[1] && !h5[2] && !h5[3]);
+    w = wl(MOE_WL_BURST, 8, 2, 2, 3);
+    uint8_t seeded[8];
+    moe_wl hw = wl(MOE_WL_HOT, 8, 2, 2, 1);
+    EXPECT(moe_wl_hot_set(seeded, &hw, 0) == 2);
+    for (int t = 0; t < 7; t++) {
+        int n = moe_wl_hot_set(hot, &w, t);
+        EXPECT_MSG(n == (t % 3 == 2 ? 2 : 0), "burst step %d: %d hot", t, n);
+        if (n > 0)
+            EXPECT(memcmp(hot, seeded, 8) == 0);
+    }
+    /* hot-experts: the two smallest keys u64(3, stream 8, 2^62 + e) */
+    int first = -1, second = -1;
+    for (int e = 0; e < 8; e++) {
+        uint64_t key = moe_rng_u64(3, MOE_STREAM_WORKLOAD, (UINT64_C(1) << 62) + e);
+        if (first < 0 || key < moe_rng_u64(3, MOE_STREAM_WORKLOAD, (UINT64_C(1) << 62) + first)) {
+            second = first;
+            first = e;
+        } else if (second < 0 ||
+                   key < moe_rng_u64(3, MOE_STREAM_WORKLOAD, (UINT64_C(1) << 62) + second)) {
+            second = e;
+        }
+    }
+    EXPECT(seeded[first] && seeded[second]);
+    w = wl(MOE_WL_BALANCED, 8, 2, 2, 1);
+    EXPECT(moe_wl_hot_set(hot, &w, 3) == 0);
+}
+END_TEST
+
+START_TEST(test_wl_route_hand)
+{
+    /* one token, E = 4, k = 2, hot set {0}, share 0.5: slot c of token g = 0 at step 0 uses
+     * u0, u1, u2 = uniform(3, 8, 3c + 0, 1, 2). Recomputed here from the spec, by hand: */
+    moe_wl w = wl(MOE_WL_HOT_RANK, 4, 2, 1, 1);
+    uint8_t hot[4] = {1, 0, 0, 0};
+    int32_t ex[2];
+    float g[2], p[4];
+    moe_wl_route(ex, g, p, &w, hot, 0, 0, 1);
+    int chosen[2];
+    double wt[2];
+    uint8_t used[4] = {0, 0, 0, 0};
+    for (int c = 0; c < 2; c++) {
+        double u0 = moe_rng_uniform(3, MOE_STREAM_WORKLOAD, 3 * (uint64_t)c);
+        double u1 = moe_rng_uniform(3, MOE_STREAM_WORKLOAD, 3 * (uint64_t)c + 1);
+        wt[c] = moe_rng_uniform(3, MOE_STREAM_WORKLOAD, 3 * (uint64_t)c + 2);
+        bool take_hot = !used[0] && u0 < 0.5;
+        if (take_hot) {
+            chosen[c] = 0;
+        } else {
+            int left[3], m = 0;
+            for (int e = 1; e < 4; e++)
+                if (!used[e])
+                    left[m++] = e;
+            chosen[c] = left[(int)(u1 * m)];
+        }
+        used[chosen[c]] = 1;
+    }
+    int best = wt[0] >= wt[1] ? 0 : 1;
+    EXPECT(ex[0] == chosen[best] && ex[1] == chosen[1 - best]);
+    EXPECT(fabs(g[0] - wt[best] / (wt[0] + wt[1])) < 1e-7 && fabs(g[0] + g[1] - 1.0) < 1e-6);
+    EXPECT(p[ex[0]] == g[0] && p[ex[1]] == g[1]);
+    EXPECT(p[0] + p[1] + p[2] + p[3] == g[0] + g[1]);
+}
+END_TEST
+
+START_TEST(test_wl_route_properties)
+{
+    /* seeded kinds, E, k: k distinct experts per token, gates in (0, 1] best first summing to 1,
+     * nothing in the zero set, the hot set's share of assignments within 5 standard errors of
+     * hot_share (while k leaves a hot and a cold expert free), the same rows however the tokens
+     * are cut (first, n) */
+    g_state = 0x3C0D;
+    for (int trial = 0; trial < 60; trial++) {
+        moe_wl_kind kind = (moe_wl_kind)(1 + next_int(MOE_WL_COUNT - 1));
+        int E = 4 + next_int(60), k = 1 + next_int(E / 4 < 8 ? E / 4 : 8);
+        int n_hot = 1 + next_int(E / 4);
+        moe_wl w = wl(kind, E, k, n_hot, 1 + next_int(4));
+        w.seed = next_u64();
+        w.hot_share = 0.2 + 0.6 * next_unit();
+        if (kind == MOE_WL_ZERO)
+            w.zero_first = E - 1 - next_int(E / 2);
+        int step = next_int(9);
+        enum { N = 3000 };
+        w.tokens = N;
+        uint8_t *hot = calloc((size_t)E, 1);
+        int32_t *ex = malloc(N * (size_t)k * sizeof *ex), *ex2 = malloc(N * (size_t)k * sizeof *ex2);
+        float *g = malloc(N * (size_t)k * sizeof *g), *g2 = malloc(N * (size_t)k * sizeof *g2);
+        int n = moe_wl_hot_set(hot, &w, step);
+        moe_wl_route(ex, g, NULL, &w, hot, step, 0, N);
+        moe_wl_route(ex2, g2, NULL, &w, hot, step, 0, 1234);
+        moe_wl_route(ex2 + 1234 * k, g2 + 1234 * k, NULL, &w, hot, step, 1234, N - 1234);
+        EXPECT_MSG(memcmp(ex, ex2, N * (size_t)k * sizeof *ex) == 0 &&
+                       memcmp(g, g2, N * (size_t)k * sizeof *g) == 0,
+                   "trial %d: rows depend on the cut", trial);
+        int64_t hot_assign = 0;
+        for (int t = 0; t < N; t++) {
+            double sum = 0;
+            for (int c = 0; c < k; c++) {
+                int e = ex[t * k + c];
+                EXPECT_MSG(e >= 0 && e < (kind == MOE_WL_ZERO ? w.zero_first : E),
+                           "trial %d (%s): expert %d", trial, moe_wl_name(kind), e);
+                for (int c2 = 0; c2 < c; c2++)
+                    EXPECT_MSG(ex[t * k + c2] != e, "trial %d: expert %d twice", trial, e);
+                EXPECT(g[t * k + c] > 0.0f && g[t * k + c] <= 1.0f);
+                if (c > 0)
+                    EXPECT(g[t * k + c] <= g[t * k + c - 1]);
+                sum += g[t * k + c];
+                hot_assign += hot[e];
+            }
+            EXPECT(fabs(sum - 1.0) < 1e-5);
+        }
+        if (n > 0 && k < n && k < E - n) {
+            /* every slot finds both sets non-empty: hot with probability hot_share */
+            double m = (double)N * k, share = (double)hot_assign / m;
+            double se = sqrt(w.hot_share * (1 - w.hot_share) / m);
+            EXPECT_MSG(fabs(share - w.hot_share) < 5 * se + 1e-9,
+                       "trial %d (%s): hot share %.4f, want %.4f", trial, moe_wl_name(kind), share,
+                       w.hot_share);
+        }
+        if (n == 0)
+            EXPECT(hot_assign == 0);
+        free(hot), free(ex), free(ex2), free(g), free(g2);
+    }
+}
+END_TEST
 
 START_TEST(test_bias_zero)
 {
@@ -363,6 +519,9 @@ static Suite *workload_suite(void)
     Suite *s = suite_create("workload");
     TCase *tc = tcase_create("bias");
     tcase_add_test(tc, test_bias_zero);
+    tcase_add_test(tc, test_wl_hot_sets_hand);
+    tcase_add_test(tc, test_wl_route_hand);
+    tcase_add_test(tc, test_wl_route_properties);
     tcase_add_test(tc, test_bias_values);
     tcase_add_test(tc, test_add_bias);
     tcase_add_test(tc, test_softmax_follows_zipf);
