@@ -1323,11 +1323,6 @@ static int resolve_workload(moe_config *cfg, int nranks, char *msg, size_t msgle
                         "--workload hot-rank puts the hot set on rank 0, which holds %d experts: "
                         "--hot-experts %d is more",
                         E / R, cfg->wl_hot);
-    if (cfg->workload == MOE_WL_SPREAD && cfg->wl_hot > R)
-        return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "--workload spread-hot puts each hot expert on its own rank: --hot-experts "
-                        "%d is more than the %d ranks",
-                        cfg->wl_hot, R);
     if (cfg->workload == MOE_WL_ZERO) {
         int64_t first = 0, count = 0;
         moe_partition(E, R, R - 1, &first, &count);

@@ -1316,3 +1316,55 @@ def project_stage(m, placement, classes):
         recv = sum(cost(o, r) for o in range(R) if m[o, r] > 0)
         worst = max(worst, send, recv)
     return worst
+
+
+# ---------------------------------------------------------------------------------------------
+# --workload (issue 12): routing defined by the workload, from docs/workloads.md
+
+WORKLOAD_STREAM = 8
+
+
+def wl_hot_set(kind, E, n_hot, period, seed, step):
+    """The hot set of a step, as a sorted list of expert ids."""
+    if kind in ("hot-experts", "burst"):
+        if kind == "burst" and step % period != period - 1:
+            return []
+        keys = u64(seed, WORKLOAD_STREAM, np.arange(E, dtype=np.uint64) + np.uint64(1 << 62))
+        return sorted(np.argsort(keys, kind="stable")[:n_hot].tolist())
+    if kind == "hot-rank":
+        return list(range(n_hot))
+    if kind == "spread-hot":
+        return [j * E // n_hot for j in range(n_hot)]
+    if kind == "rotating-hotspot":
+        origin = n_hot * (step // period) % E
+        return sorted((origin + i) % E for i in range(n_hot))
+    return []
+
+
+def wl_route(kind, N, E, k, seed, step, n_hot=0, share=0.5, period=1, zero_first=None):
+    """expert (N, k) and gate (N, k) float32 of the step's batch: per slot three uniforms of
+    (seed, 8, 3 ((step N + g) k + c) + j); a hot expert while one is left and (no cold one is or
+    u0 < share), else a cold one, the floor(u1 |S|)-th left in id order; gates u2 over their sum,
+    best first, ties to the lower id."""
+    limit = E if zero_first is None else zero_first
+    hot = set(wl_hot_set(kind, E, n_hot, period, seed, step))
+    ctr = np.arange(N * k * 3, dtype=np.uint64) + np.uint64(3 * step * N * k)
+    u = uniform(u64(seed, WORKLOAD_STREAM, ctr)).reshape(N, k, 3)
+    expert = np.zeros((N, k), dtype=np.int64)
+    gate = np.zeros((N, k), dtype=np.float32)
+    for g in range(N):
+        used, ch, wt = set(), [], []
+        for c in range(k):
+            u0, u1, u2 = u[g, c]
+            hot_left = [e for e in range(limit) if e in hot and e not in used]
+            cold_left = [e for e in range(limit) if e not in hot and e not in used]
+            pool = hot_left if hot_left and (not cold_left or u0 < share) else cold_left
+            j = min(int(u1 * len(pool)), len(pool) - 1)
+            used.add(pool[j])
+            ch.append(pool[j])
+            wt.append(float(u2))
+        order = sorted(range(k), key=lambda c: (-wt[c], ch[c]))
+        total = sum(wt)
+        expert[g] = [ch[c] for c in order]
+        gate[g] = [np.float32(wt[c] / total) for c in order]
+    return expert, gate
