@@ -1124,9 +1124,16 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         if (rc != MOE_OK)
             return rc;
     }
-    if (optind < argc)
+    if (optind < argc) {
+        size_t n = strlen(argv[optind]);
+        if (cfg->expert_bias && n > 4 && strcmp(argv[optind] + n - 4, ".npy") == 0)
+            return moe_fail(MOE_EUSAGE, msg, msglen,
+                            "unexpected argument '%s': --expert-bias takes no value (a bias from "
+                            "a file is --expert-bias-file PATH)",
+                            argv[optind]);
         return moe_fail(MOE_EUSAGE, msg, msglen, "unexpected argument '%s' (see --help)",
                         argv[optind]);
+    }
     if (!cfg->set_wire_combine) /* DeepEP: fp8 dispatch, bf16 combine */
         cfg->wire_combine = cfg->wire == MOE_WIRE_FP8 ? MOE_WIRE_BF16 : MOE_WIRE_FP32;
     if (shared_total_name != NULL) {

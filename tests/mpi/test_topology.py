@@ -228,6 +228,7 @@ def counts_only(doc):
     d["config"] = {k: v for k, v in doc["config"].items() if k != "a2a"}
     d["ablation"] = [{k: v for k, v in row.items() if k not in ABLATION_TIMES}
                      for row in doc["ablation"]]
+    d["steps"] = [{k: v for k, v in st.items() if k != "timing"} for st in doc["steps"]]
     return d
 
 

@@ -1101,7 +1101,8 @@ static const struct bad_line bad_router_lines[] = {
     {{"--sco", "sigmoid"}, "--score"},
     {{"--topk", "2"}, "--topk-scale"},
     {{"--min-cap", "4"}, "--min-capacity"},
-    {{"--expert-bias", "b.npy"}, "--expert-bias-file"},
+    /* --expert-bias is a flag of its own: a file after it is pointed to --expert-bias-file */
+    {{"--expert-bias", "b.npy"}, "--expert-bias-file PATH"},
 };
 
 START_TEST(test_bad_router_lines)
