@@ -46,6 +46,9 @@ struct moe_hier {
      * ((node_size, R) each), this rank's own row and column elsewhere ((1, R)) */
     int64_t *blk_rows, *blk_cols;
     int64_t n_pack_fwd, n_unpack_fwd, n_pack_back; /* copy list lengths of the last plan */
+    /* what validate_blocks summed for plan_blocks (a leader's node): gathered and scattered rows,
+     * rows out of and into the node, nonzero pairs out of it, into it, from and to its members */
+    int64_t g_row, g_col, x_out, x_in, nz_in_out, nz_out_in, nz_from_me, nz_to_me;
     hier_dir dir[2]; /* [0] forward (counts), [1] reverse (transpose) */
     hier_copy *copies;
     int64_t copies_cap;
@@ -370,11 +373,12 @@ static int too_many(const char *what, int who, int64_t rows, char *msg, size_t m
 /* Check the counts this rank holds, and on a leader its node's stages: entries, each member's
  * rows out and in, the gather, the scatter and the rows crossing the node boundary must each be
  * non-negative and fit an int. out_m, in_m: (node_size) filled with each member's sums. */
-static int validate_blocks(const moe_hier *h, int64_t *out_m, int64_t *in_m, char *msg,
+static int validate_blocks(moe_hier *h, int64_t *out_m, int64_t *in_m, char *msg,
                            size_t msglen)
 {
     int R = h->R, me = h->node, held = h->leader ? h->node_size : 1;
     int64_t g_row = 0, g_col = 0, x_out = 0, x_in = 0;
+    int64_t nz_in_out = 0, nz_out_in = 0, nz_from_me = 0, nz_to_me = 0;
     for (int j = 0; j < held; j++) {
         int r = h->leader ? h->members[j] : h->rank;
         out_m[j] = in_m[j] = 0;
@@ -389,10 +393,15 @@ static int validate_blocks(const moe_hier *h, int64_t *out_m, int64_t *in_m, cha
                                 msglen);
             out_m[j] += o;
             in_m[j] += i;
-            if (h->node_of_rank[t] != me) {
+            bool away = h->node_of_rank[t] != me;
+            if (away) {
                 x_out += o;
                 x_in += i;
             }
+            nz_from_me += o > 0;
+            nz_to_me += i > 0;
+            nz_in_out += o > 0 && away;
+            nz_out_in += i > 0 && away;
         }
         if (out_m[j] > INT_MAX)
             return too_many("sending rank", r, out_m[j], msg, msglen);
@@ -403,6 +412,9 @@ static int validate_blocks(const moe_hier *h, int64_t *out_m, int64_t *in_m, cha
             g_col += in_m[j];
         }
     }
+    h->g_row = g_row, h->g_col = g_col, h->x_out = x_out, h->x_in = x_in;
+    h->nz_in_out = nz_in_out, h->nz_out_in = nz_out_in;
+    h->nz_from_me = nz_from_me, h->nz_to_me = nz_to_me;
     if (!h->leader)
         return MOE_OK;
     if (g_row > INT_MAX || g_col > INT_MAX)
@@ -418,7 +430,7 @@ static int validate_blocks(const moe_hier *h, int64_t *out_m, int64_t *in_m, cha
  * 2 node_size entries of the scratch (out_m, in_m): staging, copy lists, statistics. */
 static int plan_blocks(moe_hier *h, char *msg, size_t msglen)
 {
-    int R = h->R, n = h->n_nodes, m = h->node_size, me = h->node;
+    int n = h->n_nodes, m = h->node_size;
     int64_t *out_m = h->scratch, *in_m = out_m + m, *cursor = in_m + m, *ycur = cursor + n;
 
     /* 1. this rank's staging, in rows: gather | xrecv | xsend (reused for scatter), and the copy
@@ -426,33 +438,13 @@ static int plan_blocks(moe_hier *h, char *msg, size_t msglen)
      * from them */
     int64_t g = 0, x = 0, sy = 0, n_copies = 0;
     if (h->leader) {
-        int64_t g_row = 0, g_col = 0, x_out = 0, x_in = 0;
-        int64_t nz_in_out = 0, nz_out_in = 0, nz_to_me = 0, nz_from_me = 0;
-        for (int j = 0; j < m; j++) {
-            if (j > 0) {
-                g_row += out_m[j];
-                g_col += in_m[j];
-            }
-            for (int t = 0; t < R; t++) {
-                int64_t o = h->blk_rows[(int64_t)j * R + t], i = h->blk_cols[(int64_t)j * R + t];
-                bool away = h->node_of_rank[t] != me;
-                if (away) {
-                    x_out += o;
-                    x_in += i;
-                }
-                nz_from_me += o > 0;
-                nz_to_me += i > 0;
-                nz_in_out += o > 0 && away;
-                nz_out_in += i > 0 && away;
-            }
-        }
-        g = g_row > g_col ? g_row : g_col;
-        x = x_in > x_out ? x_in : x_out;
+        g = h->g_row > h->g_col ? h->g_row : h->g_col;
+        x = h->x_in > h->x_out ? h->x_in : h->x_out;
         sy = x > g ? x : g; /* xsend of one direction is xrecv of the other; scatter is gather's */
-        n_copies = nz_in_out + nz_out_in + nz_to_me + nz_from_me;
-        h->n_pack_fwd = nz_in_out;
-        h->n_unpack_fwd = nz_to_me;
-        h->n_pack_back = nz_out_in;
+        n_copies = h->nz_in_out + h->nz_out_in + h->nz_to_me + h->nz_from_me;
+        h->n_pack_fwd = h->nz_in_out;
+        h->n_unpack_fwd = h->nz_to_me;
+        h->n_pack_back = h->nz_out_in;
     }
     int64_t rows = g + x + sy;
     if (rows > 0 && (uint64_t)h->row_bytes > SIZE_MAX / 2 / (uint64_t)rows)
