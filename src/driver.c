@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -97,6 +98,21 @@ int64_t moe_driver_peak_rss(void)
     if (getrusage(RUSAGE_SELF, &ru) != 0)
         return -1;
     return (int64_t)ru.ru_maxrss * 1024; /* Linux: kilobytes */
+}
+
+void moe_driver_advise_huge(void *p, size_t bytes)
+{
+#ifdef MADV_HUGEPAGE
+    const uintptr_t page = 4096, min_bytes = (uintptr_t)8 << 20;
+    if (p == NULL || bytes < min_bytes)
+        return;
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + bytes) & ~(page - 1);
+    if (hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)bytes;
+#endif
 }
 
 int64_t moe_driver_mem_available(void)

@@ -34,10 +34,12 @@ static void *alloc_bytes(moe_layer *L, size_t count, size_t size, int *rc)
     if (*rc != MOE_OK)
         return NULL;
     void *p = calloc(count ? count : 1, size);
-    if (p == NULL)
+    if (p == NULL) {
         *rc = MOE_ENOMEM;
-    else
-        L->bytes += (int64_t)(count * size);
+        return NULL;
+    }
+    L->bytes += (int64_t)(count * size);
+    moe_driver_advise_huge(p, count * size);
     return p;
 }
 
