@@ -24,6 +24,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <mpi.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -367,7 +368,7 @@ static int one_repetition(bench *b, int parity, double *s, char *msg)
     s[S_EXPERT] = ph[MOE_PHASE_EXPERT];
     s[S_STEP] = 0.0;
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
-        s[S_STEP] += moe_phase_in_step(p) ? ph[p] : 0.0;
+        s[S_STEP] += moe_phase_in_step(p) && !isnan(ph[p]) ? ph[p] : 0.0; /* no backward: NaN */
 
     /* The raw floor and moesim's exchange alone, in alternating order so that neither always
      * follows the step (whose expert phase leaves other data in the caches). */

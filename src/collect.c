@@ -442,8 +442,8 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
                 col[i] = it[p];
             } else {
                 col[i] = 0.0;
-                for (int q = 0; q < MOE_PHASE_COUNT; q++)
-                    col[i] += moe_phase_in_step(q) ? it[q] : 0.0;
+                for (int q = 0; q < MOE_PHASE_COUNT; q++) /* a backward not run is NaN */
+                    col[i] += moe_phase_in_step(q) && !isnan(it[q]) ? it[q] : 0.0;
             }
         }
         /* a phase not run in some iterations (the raw baselines under --raw-baseline first

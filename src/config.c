@@ -48,6 +48,8 @@ void moe_config_defaults(moe_config *cfg)
     cfg->iters = 5;
     cfg->steps = 1;
     cfg->bias_update_rate = 1e-3;
+    cfg->optimizer = MOE_OPT_ADAM;
+    cfg->lr = MOE_TRAIN_DEFAULT_LR;
     cfg->warmup = 1;
     cfg->spelled.experts = "experts";
     cfg->spelled.top_k = "top-k";
@@ -66,7 +68,7 @@ void moe_config_defaults(moe_config *cfg)
 /* Names of the enums as the options spell them, indexed by value (capacity.h, router.h). */
 static const char *const policy_names[] = {"position", "probs", "choice", "random", "reroute"};
 static const char *const routing_names[] = {"token-choice", "expert-choice"};
-static const char *const mode_names[] = {"forward", "dispatch"};
+static const char *const mode_names[] = {"forward", "dispatch", "fwd-bwd", "train"};
 static const char *const wire_names[] = {"fp32", "bf16", "fp8"}; /* moe_wire order */
 static const char *const dispatch_names[] = {"per-expert", "per-rank"};
 static const char *const raw_names[] = {"first", "on", "off"}; /* moe_raw_baseline order */
@@ -86,7 +88,9 @@ const char *moe_regroup_name(moe_regroup_kind r)
 
 moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R)
 {
-    if (cfg->hierarchical || cfg->dispatch == MOE_DISPATCH_PER_RANK)
+    /* the backward stages its gradient rows as the copy does (docs/training.md) */
+    if (cfg->hierarchical || cfg->dispatch == MOE_DISPATCH_PER_RANK ||
+        MOE_MODE_HAS_BACKWARD(cfg->mode))
         return MOE_REGROUP_COPY;
     if (cfg->regroup != MOE_REGROUP_AUTO)
         return cfg->regroup;
@@ -113,7 +117,7 @@ const char *moe_dispatch_name(moe_dispatch_kind k)
 
 const char *moe_mode_name(moe_mode m)
 {
-    return m == MOE_MODE_DISPATCH ? "dispatch" : "forward";
+    return m >= MOE_MODE_FORWARD && m <= MOE_MODE_TRAIN ? mode_names[m] : "forward";
 }
 
 /* The MoE layer of a model family, as --preset sets it. */
@@ -252,6 +256,8 @@ const char *moe_config_usage(void)
            "  --moe-router-topk-scaling-factor   --topk-scale\n"
            "  --moe-pad-expert-input-to-capacity --pad-to-capacity\n"
            "  --moe-input-jitter-eps             --input-jitter\n"
+           "  --moe-aux-loss-coeff               --aux-loss-coeff\n"
+           "  --moe-z-loss-coeff                 --z-loss-coeff\n"
            "  --moe-shared-expert-intermediate-size N\n"
            "                         the shared experts' total inner size: one shared expert of\n"
            "                         N, or with --shared-experts S each of N/S (N a multiple of S)\n"
@@ -268,7 +274,17 @@ const char *moe_config_usage(void)
            "Run and output\n"
            "  --mode M               forward (default): the layer's step; dispatch: the same with\n"
            "                         identity experts (each returns its input), so the step is\n"
-           "                         the exchange (Megatron's dispatch_only benchmark)\n"
+           "                         the exchange (Megatron's dispatch_only benchmark); fwd-bwd:\n"
+           "                         forward and the expert-parallel backward (gradient rows to\n"
+           "                         the experts and back, router all-reduce); train: fwd-bwd and\n"
+           "                         an optimizer step per --steps batch on the teacher task\n"
+           "                         (docs/training.md; --iters 1 --warmup 0 unless given)\n"
+           "  --optimizer O          train: adam (default) or sgd (momentum 0.9)\n"
+           "  --lr X                 train: learning rate (default 0.01)\n"
+           "  --aux-loss-coeff A     fwd-bwd, train: alpha of the Switch load-balancing loss\n"
+           "                         alpha E sum f_i P_i (default 0; Megatron's 1e-2)\n"
+           "  --z-loss-coeff B       fwd-bwd, train: beta of the router z-loss (default 0; ST-MoE's\n"
+           "                         1e-3)\n"
            "  --raw-baseline B       when a plain MPI_Alltoallv of the same bytes is timed beside\n"
            "                         each exchange: first (the first timed iteration, after an\n"
            "                         untimed one in the last warm-up step; default),\n"
@@ -342,7 +358,8 @@ enum {
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
     OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX,
-    OPT_STEPS, OPT_STEPS_CSV, OPT_EXPERT_BIAS, OPT_BIAS_RATE, OPT_WORKLOAD, OPT_PERIOD
+    OPT_STEPS, OPT_STEPS_CSV, OPT_EXPERT_BIAS, OPT_BIAS_RATE, OPT_WORKLOAD, OPT_PERIOD,
+    OPT_OPTIMIZER, OPT_LR, OPT_AUX_COEFF, OPT_Z_COEFF
 };
 
 static const struct option long_options[] = {
@@ -365,6 +382,10 @@ static const struct option long_options[] = {
     {"period", required_argument, NULL, OPT_PERIOD},
     {"bias-update-rate", required_argument, NULL, OPT_BIAS_RATE},
     {"mode", required_argument, NULL, OPT_MODE},
+    {"optimizer", required_argument, NULL, OPT_OPTIMIZER},
+    {"lr", required_argument, NULL, OPT_LR},
+    {"aux-loss-coeff", required_argument, NULL, OPT_AUX_COEFF},
+    {"z-loss-coeff", required_argument, NULL, OPT_Z_COEFF},
     {"wire", required_argument, NULL, OPT_WIRE},
     {"dispatch", required_argument, NULL, OPT_DISPATCH},
     {"placement", required_argument, NULL, OPT_PLACEMENT},
@@ -418,6 +439,8 @@ static const struct option long_options[] = {
     {"moe-shared-expert-intermediate-size", required_argument, NULL, OPT_SHARED_TOTAL},
     {"moe-pad-expert-input-to-capacity", no_argument, NULL, OPT_PAD},
     {"moe-input-jitter-eps", required_argument, NULL, OPT_INPUT_JITTER},
+    {"moe-aux-loss-coeff", required_argument, NULL, OPT_AUX_COEFF},
+    {"moe-z-loss-coeff", required_argument, NULL, OPT_Z_COEFF},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
@@ -856,6 +879,7 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             break;
         case OPT_CLUSTERS:
             rc = parse_int(name, optarg, 0, INT64_C(1) << 40, &cfg->clusters, msg, msglen);
+            cfg->set_clusters = true;
             break;
         case OPT_LOGITS_FILE:
             cfg->logits_file = optarg;
@@ -1030,8 +1054,27 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             cfg->set_wire_combine = true;
             break;
         case OPT_MODE:
-            rc = parse_choice(name, optarg, mode_names, 2, &choice, msg, msglen);
+            rc = parse_choice(name, optarg, mode_names, 4, &choice, msg, msglen);
             cfg->mode = (moe_mode)choice;
+            break;
+        case OPT_OPTIMIZER: {
+            const char *names[] = {moe_optimizer_name(MOE_OPT_SGD), moe_optimizer_name(MOE_OPT_ADAM)};
+            rc = parse_choice(name, optarg, names, 2, &choice, msg, msglen);
+            cfg->optimizer = (moe_optimizer)choice;
+            cfg->set_optimizer = true;
+            break;
+        }
+        case OPT_LR:
+            rc = parse_real(name, optarg, 1e-12, 1e3, &cfg->lr, msg, msglen);
+            cfg->set_lr = true;
+            break;
+        case OPT_AUX_COEFF:
+            rc = parse_real(name, optarg, 0.0, 1e6, &cfg->aux_loss_coeff, msg, msglen);
+            cfg->set_aux_coeff = true;
+            break;
+        case OPT_Z_COEFF:
+            rc = parse_real(name, optarg, 0.0, 1e6, &cfg->z_loss_coeff, msg, msglen);
+            cfg->set_z_coeff = true;
             break;
         case OPT_RAW_BASELINE:
             rc = parse_choice(name, optarg, raw_names, 3, &choice, msg, msglen);
@@ -1048,10 +1091,12 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_ITERS:
             rc = parse_int(name, optarg, 1, 1000000, &v, msg, msglen);
             cfg->iters = (int)v;
+            cfg->set_iters = true;
             break;
         case OPT_WARMUP:
             rc = parse_int(name, optarg, 0, 1000000, &v, msg, msglen);
             cfg->warmup = (int)v;
+            cfg->set_warmup = true;
             break;
         case OPT_STEPS:
             rc = parse_int(name, optarg, 1, MOE_MAX_STEPS, &v, msg, msglen);
@@ -1275,6 +1320,61 @@ static int resolve_routing(moe_config *cfg, char *msg, size_t msglen)
     return MOE_OK;
 }
 
+/* --mode fwd-bwd and train: the paths whose backward is built (docs/training.md, "What the
+ * backward covers"), the options that only training reads, and train's defaults (one timed
+ * iteration a step, clustered tokens for the teacher task). */
+static int resolve_training(moe_config *cfg, char *msg, size_t msglen)
+{
+    bool bwd = MOE_MODE_HAS_BACKWARD(cfg->mode), train = cfg->mode == MOE_MODE_TRAIN;
+    const char *need_train = cfg->set_optimizer ? "--optimizer" : cfg->set_lr ? "--lr" : NULL;
+    if (need_train != NULL && !train)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "%s sets the optimizer of --mode train (this run is --mode %s)",
+                        need_train, moe_mode_name(cfg->mode));
+    const char *need_bwd = cfg->set_aux_coeff ? "--aux-loss-coeff"
+                           : cfg->set_z_coeff ? "--z-loss-coeff"
+                                              : NULL;
+    if (need_bwd != NULL && !bwd)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "%s weighs a loss of the backward: give --mode fwd-bwd or --mode train "
+                        "(the forward reports both losses at weight 1 in load_balance)",
+                        need_bwd);
+    if (!bwd)
+        return MOE_OK;
+    const char *clash = cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? "--routing expert-choice"
+                        : cfg->logits_file ? "--logits-file (replayed logits have no router to train)"
+                        : cfg->noisy_top_k ? "--noisy-top-k"
+                        : cfg->input_jitter > 0.0 ? "--input-jitter"
+                        : cfg->dispatch == MOE_DISPATCH_PER_RANK ? "--dispatch per-rank"
+                        : cfg->wire != MOE_WIRE_FP32 ? "--wire bf16/fp8"
+                        : cfg->wire_combine != MOE_WIRE_FP32 ? "--wire-combine bf16"
+                        : cfg->shared_experts > 0 ? "--shared-experts"
+                        : cfg->redundant_experts > 0 ? "--redundant-experts"
+                        : cfg->placement != MOE_PLACE_CONTIGUOUS ? "--placement strided/eplb"
+                        : cfg->policy == MOE_POLICY_REROUTE ? "--drop-policy reroute"
+                        : cfg->predict_only ? "--predict-only"
+                        : cfg->n_cf > 1 ? "a --capacity-factor list"
+                        : cfg->regroup == MOE_REGROUP_W || cfg->regroup == MOE_REGROUP_SLOTS
+                            ? "--regroup alltoallw/slots (the backward stages its rows: copy)"
+                        : cfg->workload != MOE_WL_NONE ? "--workload (its gates come from no router)"
+                                                  : NULL;
+    if (clash != NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--mode %s does not run with %s: its backward covers token choice, "
+                        "per-expert fp32 rows, contiguous experts without replicas and no shared "
+                        "experts (docs/training.md)",
+                        moe_mode_name(cfg->mode), clash);
+    if (train) {
+        if (!cfg->set_iters)
+            cfg->iters = 1;
+        if (!cfg->set_warmup)
+            cfg->warmup = 0;
+        if (!cfg->set_clusters && cfg->tokens_file == NULL)
+            cfg->clusters = MOE_TRAIN_CLUSTERS_PER_EXPERT * (int64_t)cfg->experts;
+    }
+    return MOE_OK;
+}
+
 /* --workload: the heat it takes from --hot-experts and --hot-share (which then bias no router),
  * its period, and what it cannot be combined with (it replaces the router). */
 static int resolve_workload(moe_config *cfg, int nranks, char *msg, size_t msglen)
@@ -1387,6 +1487,8 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
     if (cfg->expert_bias && cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--expert-bias balances token choice; expert choice balances itself");
+    if ((rc = resolve_training(cfg, msg, msglen)) != MOE_OK)
+        return rc;
     if (cfg->set_bias_rate && !cfg->expert_bias)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--bias-update-rate sets the rate of --expert-bias: give --expert-bias too");

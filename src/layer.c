@@ -43,6 +43,11 @@ static void *alloc_bytes(moe_layer *L, size_t count, size_t size, int *rc)
     return p;
 }
 
+void *moe_layer_alloc(moe_layer *L, size_t count, size_t size, int *rc)
+{
+    return alloc_bytes(L, count, size, rc);
+}
+
 /* The node's budget: --max-memory (bytes or a share of the node's memory), else MemAvailable; -1
  * when unknown. */
 static int64_t node_budget(const moe_config *cfg)
@@ -176,6 +181,8 @@ static void route(moe_layer *L)
         return;
     }
     moe_layer_logits(L, L->probs);
+    if (L->z_save != NULL) /* the backward's z-loss and sigmoid need the logits */
+        memcpy(L->z_save, L->probs, (size_t)(L->n * L->E) * sizeof *L->z_save);
     select_experts(L, L->probs);
 }
 
@@ -783,7 +790,7 @@ static int place_experts(moe_layer *L, char *msg, size_t msglen)
         rc = moe_exchange_blocks_init(&L->ex, (int)L->regroup, most, msg, msglen);
     }
     /* this rank's experts: one per local slot, with its logical expert's weights */
-    bool weights = !c->predict_only && c->mode == MOE_MODE_FORWARD;
+    bool weights = !c->predict_only && c->mode != MOE_MODE_DISPATCH;
     size_t w = weights ? (size_t)L->n_ls * (size_t)(L->f * L->d) : 0;
     if (rc == MOE_OK) {
         L->mem.experts = (int64_t)w * 2 * (int64_t)sizeof(float) +
@@ -983,6 +990,11 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         return rc;
 
     rc = load_inputs(L, msg, msglen);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+        return rc;
+    L->backward = MOE_MODE_HAS_BACKWARD(cfg->mode);
+    if (L->backward && (rc = moe_train_create(L, msg, msglen)) != MOE_OK)
+        return rc;
     if (rc == MOE_OK)
         rc = moe_decider_create(&L->decider, &L->ex, cfg->policy, cfg->scope, cfg->routing, L->n,
                                 L->first, L->E, L->k, gates_normalized(cfg), cfg->topk_scale,
@@ -1042,6 +1054,8 @@ int moe_layer_set_step(moe_layer *L, int step, char *msg, size_t msglen)
     int rc = load_batch(L, msg, msglen);
     if (rc == MOE_OK)
         prepare_router(L);
+    if (rc == MOE_OK && L->backward)
+        moe_train_target(L);
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         return rc;
     return moe_layer_set_capacity_factor(L, L->cfg.capacity_factor, msg, msglen);
@@ -1109,7 +1123,8 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
         return MOE_OK;
     double exch = (double)L->mem.exchange;
     void *old[] = {L->sendbuf, L->recvbuf, L->rawbuf, L->x, L->act, L->yexp, L->send_enc,
-                   L->back_enc, L->recv_enc, L->rback_enc};
+                   L->back_enc, L->recv_enc, L->rback_enc, L->pre, L->dpre, L->gout};
+    L->pre = L->dpre = L->gout = NULL;
     for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
         free(old[i]);
     L->bytes -= L->exch_bytes;
@@ -1136,6 +1151,8 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
         L->rback_enc = alloc_bytes(L, (size_t)L->n_recv, (size_t)L->ex.row_back_bytes, &rc);
         L->back_enc = alloc_bytes(L, (size_t)L->n_send, (size_t)L->ex.row_back_bytes, &rc);
     }
+    if (rc == MOE_OK && L->backward)
+        rc = moe_train_size(L, msg, msglen);
     L->exch_bytes = L->bytes - before;
     if (rc != MOE_OK)
         moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of exchange buffers",
@@ -1160,6 +1177,7 @@ void moe_layer_destroy(moe_layer *L)
         free(L->slot_sc);
     }
     moe_exchange_free(&L->ex);
+    moe_train_free(L);
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
     void *owned[] = {L->placement, L->node_of_rank, L->raw_counts,
@@ -1251,6 +1269,15 @@ static int raw_exchange(moe_layer *L, const void *send, void *recv, bool reverse
  * slowest one), the exchange itself, and the raw baseline run right after behind an untimed
  * barrier, into a buffer of its own so that it can never stand in for the real result. */
 static int exchange_timed(moe_layer *L, const void *send, void *recv, bool reverse,
+                          double *seconds, char *msg, size_t msglen);
+
+int moe_layer_exchange_timed(moe_layer *L, const void *send, void *recv, bool reverse,
+                             double *seconds, char *msg, size_t msglen)
+{
+    return exchange_timed(L, send, recv, reverse, seconds, msg, msglen);
+}
+
+static int exchange_timed(moe_layer *L, const void *send, void *recv, bool reverse,
                           double *seconds, char *msg, size_t msglen)
 {
     int rc;
@@ -1316,10 +1343,17 @@ static const float *run_experts(moe_layer *L)
 {
     if (L->cfg.mode == MOE_MODE_DISPATCH)
         return L->x;
-    for (int64_t ls = 0; ls < L->n_ls; ls++)
-        moe_expert_forward(L->yexp + L->x_start[ls] * L->d, L->act + L->x_start[ls] * L->f,
-                           L->x + L->x_start[ls] * L->d, L->w1 + ls * L->f * L->d,
-                           L->w2 + ls * L->d * L->f, L->x_rows[ls], L->d, L->f);
+    for (int64_t ls = 0; ls < L->n_ls; ls++) {
+        int64_t at = L->x_start[ls];
+        if (L->backward) /* the same floats, the pre-activation kept for the backward */
+            moe_expert_forward_save(L->yexp + at * L->d, L->pre + at * L->f, L->act + at * L->f,
+                                    L->x + at * L->d, L->w1 + ls * L->f * L->d,
+                                    L->w2 + ls * L->d * L->f, L->x_rows[ls], L->d, L->f);
+        else
+            moe_expert_forward(L->yexp + at * L->d, L->act + at * L->f, L->x + at * L->d,
+                               L->w1 + ls * L->f * L->d, L->w2 + ls * L->d * L->f, L->x_rows[ls],
+                               L->d, L->f);
+    }
     return L->yexp;
 }
 
@@ -1481,6 +1515,8 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     }
     add_shared(L, L->y);
     t[10] = MPI_Wtime();
+    if (L->backward && (rc = moe_train_backward(L, seconds, msg, msglen)) != MOE_OK)
+        return rc;
 
     if (seconds != NULL) {
         seconds[MOE_PHASE_ROUTER] = t[1] - t[0];
@@ -1497,6 +1533,8 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
         seconds[MOE_PHASE_COMBINE_RAW] = combine[2];
         seconds[MOE_PHASE_UNPACK] = t[9] - t[8];
         seconds[MOE_PHASE_SHARED] = t[10] - t[9];
+        for (int p = MOE_PHASE_SHARED + 1; !L->backward && p < MOE_PHASE_COUNT; p++)
+            seconds[p] = NAN; /* no backward: not run */
     }
     return MOE_OK;
 }

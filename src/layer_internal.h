@@ -139,6 +139,21 @@ struct moe_layer {
                      * never stand in for the real exchange's result */
     float *x, *act, *yexp; /* (rows_x, d), (rows_x, f), (rows_x, d) */
     float *w1, *w2;        /* (n_le, f, d), (n_le, d, f) */
+
+    /* training (--mode fwd-bwd, train; train_layer.c, docs/training.md) */
+    bool backward;          /* the step runs the backward */
+    float *t_router, *t_w1, *t_w2; /* the teacher: (E, d), (E, f, d), (E, d, f) */
+    float *target;          /* (n, d) the teacher's output y* on this batch */
+    float *gy, *dh;         /* (n, d) dL/dy and dL/dh */
+    float *z_save, *dz;     /* (n, E) the step's logits and dL/dz */
+    float *dgate;           /* (n, A) dL/dgate of each assignment (0: dropped) */
+    float *g_router, *g_w1, *g_w2;       /* dL/dW: (E, d), (n_le, f, d), (n_le, d, f) */
+    float *opt_router, *opt_w1, *opt_w2; /* optimizer state, 1 or 2 floats a weight (train) */
+    float *pre, *dpre, *gout; /* (rows_x, f), (rows_x, f), (rows_x, d), sized with the exchange */
+    int64_t opt_steps;      /* optimizer steps taken */
+    double loss_task, loss_aux, loss_z; /* the last backward's losses, the same on every rank */
+    double grad_sq[3];      /* the last backward's sum of squares: router, experts (summed over
+                             * ranks), input gradient dh (summed over ranks) */
 };
 
 /* z (n, E) = the router's logits: computed (h W^T, h jittered) or replayed, plus the workload's
@@ -170,6 +185,20 @@ void moe_dedup_combine(moe_layer *L, float *y);
  * in order */
 void moe_dedup_add_back(moe_layer *L, float *y, const void *rows, const int64_t *tok,
                         int64_t count);
+
+/* Training (train_layer.c). Create: the teacher, the weights' gradients and the optimizer's
+ * state (collective: agrees). Size: the per-row buffers of the backward after every decision.
+ * Target: the teacher's y* for the batch in h (not collective). Backward: the phases after the
+ * forward, seconds (MOE_PHASE_COUNT) as moe_layer_step's (collective). Free: not collective. */
+int moe_train_create(moe_layer *L, char *msg, size_t msglen);
+int moe_train_size(moe_layer *L, char *msg, size_t msglen);
+void moe_train_target(moe_layer *L);
+int moe_train_backward(moe_layer *L, double *seconds, char *msg, size_t msglen);
+void moe_train_free(moe_layer *L);
+/* The exchanges of the step (layer.c), for the backward's two. */
+int moe_layer_exchange_timed(moe_layer *L, const void *send, void *recv, bool reverse,
+                             double *seconds, char *msg, size_t msglen);
+void *moe_layer_alloc(moe_layer *L, size_t count, size_t size, int *rc);
 
 /* Capacity of every local expert summed over groups, or MOE_CAPACITY_UNLIMITED. */
 int64_t moe_layer_expert_capacity(const moe_layer *L);

@@ -522,6 +522,8 @@ static int run_more_steps(moe_layer *layer, const moe_config *cfg, moe_results *
         if (rc == MOE_OK)
             rc = moe_layer_balance(layer, rank == 0 ? &cur->balance : NULL, msg, MSG_LEN);
         if (rc == MOE_OK && rank == 0) {
+            moe_layer_training(layer, &cur->training);
+            res->training = cur->training; /* the run's figures are the last step's */
             moe_step_prediction pred = {.valid = true};
             for (int e = 0; e < E; e++) {
                 double share = (double)prev[e] / (double)cfg->tokens;
@@ -540,6 +542,8 @@ static int run_more_steps(moe_layer *layer, const moe_config *cfg, moe_results *
         rc = moe_agree(comm, rc, msg, MSG_LEN);
         if (rc == MOE_OK && cfg->expert_bias)
             rc = moe_layer_update_expert_bias(layer, msg, MSG_LEN);
+        if (rc == MOE_OK)
+            rc = moe_agree(comm, moe_layer_train_update(layer, msg, MSG_LEN), msg, MSG_LEN);
     }
     if (progress)
         fprintf(stderr, "\r%70s\r", "");
@@ -700,6 +704,8 @@ int main(int argc, char **argv)
         if (rc == MOE_OK && i == 0)
             rc = moe_layer_balance(layer, rank == 0 ? &res.balance : NULL, msg, MSG_LEN);
         if (rc == MOE_OK && rank == 0)
+            moe_layer_training(layer, &cur->training);
+        if (rc == MOE_OK && rank == 0)
             record_measurement(&res.ablation[i], cur);
         if (rc == MOE_OK && rank == 0 && i == 0)
             rc = locality(&res, cfg.network ? &net : NULL, msg);
@@ -718,8 +724,15 @@ int main(int argc, char **argv)
         rc = moe_agree(comm, rc, msg, MSG_LEN);
     if (rc == MOE_OK && cfg.expert_bias) /* after every step, for the next */
         rc = moe_layer_update_expert_bias(layer, msg, MSG_LEN);
+    if (rc == MOE_OK && !cfg.predict_only) /* --mode train: the optimizer step */
+        rc = moe_agree(comm, moe_layer_train_update(layer, msg, MSG_LEN), msg, MSG_LEN);
     if (rc == MOE_OK && cfg.steps > 1)
         rc = run_more_steps(layer, &cfg, &res, &more, seconds, rank, R, comm, msg);
+    if (rc == MOE_OK && rank == 0 && !cfg.predict_only) { /* the last step's update counted */
+        moe_training last;
+        moe_layer_training(layer, &last);
+        res.training.optimizer_steps = last.optimizer_steps;
+    }
 
     /* Phase 6: the outputs, all published together, then the report. Past this check a signal no
      * longer stops the run. */

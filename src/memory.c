@@ -36,7 +36,7 @@ static int64_t mul3(int64_t a, int64_t b, int64_t c)
 
 static void sum_parts(moe_mem_estimate *m)
 {
-    int64_t parts[] = {m->tokens, m->router, m->assignments, m->experts, m->exchange, m->results,
+    int64_t parts[] = {m->tokens, m->router, m->assignments, m->experts, m->exchange, m->training, m->results,
                        m->dumps, m->counts, m->staging, m->protocol};
     m->total = 0;
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
@@ -91,13 +91,26 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
     if (cfg->policy == MOE_POLICY_REROUTE)
         m->assignments = moe_bytes_add(m->assignments, moe_bytes_mul(moe_bytes_mul(n, k), 4 + 4 + 2));
     /* no weights without a step, nor for the identity experts of --mode dispatch */
-    bool weights = !cfg->predict_only && cfg->mode == MOE_MODE_FORWARD;
+    bool weights = !cfg->predict_only && cfg->mode != MOE_MODE_DISPATCH;
     m->experts = weights ? mul3(2, moe_bytes_mul(n_le, f), moe_bytes_mul(d, F)) : 0;
     /* shared experts: weights, and their activation and output for every local token */
     if (S > 0 && weights)
         m->experts = moe_bytes_add(
             m->experts, moe_bytes_add(mul3(2 * S, fs, moe_bytes_mul(d, F)),
                                       mul3(n, moe_bytes_add(fs, d), F)));
+    if (MOE_MODE_HAS_BACKWARD(cfg->mode) && !cfg->predict_only) {
+        /* teacher: router (E, d) and E experts of 2 f d; targets, dL/dy and dL/dh (n, d) each;
+         * saved logits and dL/dz (n, E); dL/dW of the router (E, d) and of the rank's experts;
+         * the optimizer's state for the same weights (train) */
+        int64_t grads = moe_bytes_add(mul3(E, d, F), mul3(2, moe_bytes_mul(n_le, f), moe_bytes_mul(d, F)));
+        int64_t state = cfg->mode == MOE_MODE_TRAIN
+                            ? moe_bytes_mul(moe_optimizer_state_per_weight(cfg->optimizer), grads)
+                            : 0;
+        m->training = moe_bytes_add(
+            moe_bytes_add(mul3(E, d, F), mul3(2, moe_bytes_mul(E, f), moe_bytes_mul(d, F))),
+            moe_bytes_add(moe_bytes_add(mul3(3, moe_bytes_mul(n, d), F), mul3(2, nE, F)),
+                          moe_bytes_add(grads, state)));
+    }
     /* per expert: routed, accepted, per_expert, scratch; per rank: send/recv rows, group
      * capacities, the owner's counts (R, n_le) twice (the two-level plan's blocks are in staging) */
     m->counts = moe_bytes_mul(8, moe_bytes_add(moe_bytes_mul(4, E),
@@ -143,6 +156,9 @@ void moe_memory_exchange(moe_mem_estimate *m, const moe_config *cfg, int64_t n_s
         int64_t rows = moe_bytes_add(moe_bytes_add(n_send, n_staged), raw);
         /* identity experts (--mode dispatch) keep only their input x */
         int64_t per_row = cfg->mode == MOE_MODE_DISPATCH ? d : moe_bytes_add(moe_bytes_mul(2, d), f);
+        /* the backward: the pre-activation kept, its gradient, the output-gradient block */
+        if (MOE_MODE_HAS_BACKWARD(cfg->mode))
+            per_row = moe_bytes_add(per_row, moe_bytes_add(moe_bytes_mul(2, f), d));
         m->exchange = moe_bytes_add(mul3(rows, d, F), mul3(rows_x, per_row, F));
         /* encoded rows beside the float ones (--wire, --wire-combine): out and back, both sides */
         int64_t both = moe_bytes_add(n_send, n_recv);

@@ -401,16 +401,18 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
 
     fprintf(out, "\n%sPhase times%s, ms: each rank's median over %d iterations, then min/mean/max over ranks\n",
             bold, off, cfg->iters);
-    fprintf(out, "  %-15s %9s %9s %9s  %s\n", "phase", "min", "mean", "max", "");
+    fprintf(out, "  %-17s %9s %9s %9s  %s\n", "phase", "min", "mean", "max", "");
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
-        if (isnan(res->phase[p].mean)) /* the raw baselines with --raw-baseline off */
-            fprintf(out, "  %-15s %9s %9s %9s  %s (not run: --raw-baseline off)\n",
+        if (moe_phase_is_backward(p) && isnan(res->phase[p].mean))
+            continue; /* no backward in this mode */
+        else if (isnan(res->phase[p].mean)) /* the raw baselines with --raw-baseline off */
+            fprintf(out, "  %-17s %9s %9s %9s  %s (not run: --raw-baseline off)\n",
                     moe_phase_name(p), "-", "-", "-", moe_phase_what(p));
         else if (p != MOE_PHASE_SHARED || res->shared_experts > 0)
-            fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", moe_phase_name(p),
+            fprintf(out, "  %-17s %9.3f %9.3f %9.3f  %s\n", moe_phase_name(p),
                     res->phase[p].min * 1e3, res->phase[p].mean * 1e3, res->phase[p].max * 1e3,
                     moe_phase_what(p));
-    fprintf(out, "  %-15s %9.3f %9.3f %9.3f  %s\n", "step", res->step.min * 1e3,
+    fprintf(out, "  %-17s %9.3f %9.3f %9.3f  %s\n", "step", res->step.min * 1e3,
             res->step.mean * 1e3, res->step.max * 1e3, "sum of the phases; the slowest rank sets the pace");
     if (res->env.wall_seconds > 0.0)
         fprintf(out, "  run: %.2f s on rank 0, %.2f s of it in %d steps, %.1f%% outside them "
@@ -992,8 +994,9 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
 
     json_t *timing = json_object();
     for (int p = 0; p < MOE_PHASE_COUNT; p++)
-        json_object_set_new(timing, moe_phase_name(p),
-                            timing_json(res->phase[p], res->phase_iter[p]));
+        if (!moe_phase_is_backward(p) || !isnan(res->phase[p].mean))
+            json_object_set_new(timing, moe_phase_name(p),
+                                timing_json(res->phase[p], res->phase_iter[p]));
     json_object_set_new(timing, "step", timing_json(res->step, res->step_iter));
 
     json_t *cfs = json_array();
@@ -1024,6 +1027,12 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                         cfg->workload != MOE_WL_NONE ? json_real(cfg->wl_share) : json_null());
     json_object_set_new(config, "expert_bias", json_boolean(cfg->expert_bias));
     json_object_set_new(config, "bias_update_rate", json_real(cfg->bias_update_rate));
+    bool bwd = MOE_MODE_HAS_BACKWARD(cfg->mode), train = cfg->mode == MOE_MODE_TRAIN;
+    json_object_set_new(config, "optimizer",
+                        train ? json_string(moe_optimizer_name(cfg->optimizer)) : json_null());
+    json_object_set_new(config, "lr", train ? json_real(cfg->lr) : json_null());
+    json_object_set_new(config, "aux_loss_coeff", bwd ? json_real(cfg->aux_loss_coeff) : json_null());
+    json_object_set_new(config, "z_loss_coeff", bwd ? json_real(cfg->z_loss_coeff) : json_null());
     json_object_set_new(config, "steps_csv",
                         cfg->steps_csv ? json_string(cfg->steps_csv) : json_null());
     json_object_set_new(config, "traffic_matrix",
@@ -1233,6 +1242,17 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     else
         json_object_set_new(root, "memory", memory);
     json_object_set(root, "steps", top_steps_or_null(res));
+    const moe_training *tr = &res->training;
+    json_object_set_new(
+        root, "training",
+        tr->ran ? json_pack("{s:o, s:o, s:o, s:o, s:{s:o, s:o, s:o}, s:I}", "task_loss",
+                            num(tr->task_loss), "aux_loss", num(tr->aux_loss), "z_loss",
+                            num(tr->z_loss), "loss",
+                            num(tr->task_loss + tr->aux_loss + tr->z_loss), "grad_norm", "router",
+                            num(tr->grad_norm_router), "experts", num(tr->grad_norm_experts),
+                            "input", num(tr->grad_norm_input), "optimizer_steps",
+                            (json_int_t)tr->optimizer_steps)
+                : json_null());
     if (cfg->predict_only) {
         /* nothing moved: the routing-side figures and the traffic the decision makes (and its
          * projection) are meaningful, the measured ones are not */
@@ -1378,7 +1398,8 @@ int moe_report_step_add(moe_results *top, const moe_results *r, int step,
         json_array_append_new(routed, json_integer(r->routed[e]));
     json_t *timing = json_object();
     for (int p = 0; timing && p < MOE_PHASE_COUNT; p++)
-        json_object_set_new(timing, moe_phase_name(p), summary_json(r->phase[p]));
+        if (!moe_phase_is_backward(p) || !isnan(r->phase[p].mean))
+            json_object_set_new(timing, moe_phase_name(p), summary_json(r->phase[p]));
     if (timing)
         json_object_set_new(timing, "step", summary_json(r->step));
     json_t *predicted = json_null();
@@ -1401,6 +1422,10 @@ int moe_report_step_add(moe_results *top, const moe_results *r, int step,
             json_array_append_new(b, json_real(bias[e]));
     }
     json_object_set_new(o, "expert_bias", b);
+    bool tr = r->training.ran;
+    json_object_set_new(o, "task_loss", tr ? num(r->training.task_loss) : json_null());
+    json_object_set_new(o, "aux_loss", tr ? num(r->training.aux_loss) : json_null());
+    json_object_set_new(o, "z_loss", tr ? num(r->training.z_loss) : json_null());
     if (json_array_append_new(steps_of(top), o) != 0)
         return MOE_ENOMEM;
     return MOE_OK;
@@ -1431,11 +1456,13 @@ int moe_report_steps_csv_file(FILE *f, const moe_results *top)
         {"load_balance", "aux_loss"},      {"load_balance", "z_loss"},
         {"load_balance", "rank_overload"}, {"drops", "max_expert_load"},
         {"drops", "cf_needed"},            {"predicted", "expected_dropped_assignments"},
-        {"predicted", "expected_empty_slots"}};
+        {"predicted", "expected_empty_slots"}, {NULL, "task_loss"},
+        {NULL, "aux_loss"},                {NULL, "z_loss"}};
     static const char *const names[] = {
         "dropped_assignments", "dropped_tokens", "empty_slots", "max_over_mean", "gini", "entropy",
         "aux_loss", "z_loss", "rank_overload", "max_expert_load", "cf_needed",
-        "predicted_dropped_assignments", "predicted_empty_slots"};
+        "predicted_dropped_assignments", "predicted_empty_slots", "task_loss",
+        "train_aux_loss", "train_z_loss"};
     static const char *const times[] = {"step", "dispatch", "combine", "expert"};
     int ok = fputs("step", f) != EOF;
     for (size_t c = 0; ok && c < sizeof names / sizeof names[0]; c++)
@@ -1451,7 +1478,8 @@ int moe_report_steps_csv_file(FILE *f, const moe_results *top)
     {
         ok = ok && fprintf(f, "%lld", (long long)json_integer_value(json_object_get(st, "step"))) > 0;
         for (size_t c = 0; ok && c < sizeof cols / sizeof cols[0]; c++)
-            ok = csv_number(f, json_object_get(json_object_get(st, cols[c][0]), cols[c][1]));
+            ok = csv_number(f, json_object_get(cols[c][0] ? json_object_get(st, cols[c][0]) : st,
+                                               cols[c][1]));
         json_t *timing = json_object_get(st, "timing");
         for (size_t c = 0; ok && c < sizeof times / sizeof times[0]; c++)
             ok = csv_number(f, json_object_get(json_object_get(timing, times[c]), "max"));
@@ -1473,7 +1501,7 @@ static void steps_row(FILE *out, const json_t *steps, const char *label, const c
     bool any = false;
     json_array_foreach(steps, i, st)
     {
-        json_t *v = json_object_get(json_object_get(st, group), key);
+        json_t *v = json_object_get(group ? json_object_get(st, group) : st, key);
         if (sub != NULL)
             v = json_object_get(v, sub);
         if (!json_is_number(v))
@@ -1512,6 +1540,15 @@ void moe_report_steps_text(FILE *out, const moe_config *cfg, const moe_results *
     steps_row(out, steps, "max / mean load", "load_balance", "max_over_mean", NULL, 1, "%.3f");
     steps_row(out, steps, "Gini of the loads", "load_balance", "gini", NULL, 1, "%.4f");
     steps_row(out, steps, "aux loss (E sum f P)", "load_balance", "aux_loss", NULL, 1, "%.4f");
+    if (top->training.ran) {
+        steps_row(out, steps, "task loss (MSE to teacher)", NULL, "task_loss", NULL, 1, "%.5f");
+        if (cfg->aux_loss_coeff > 0)
+            steps_row(out, steps, "aux loss x alpha", NULL, "aux_loss", NULL, 1, "%.5f");
+        if (cfg->z_loss_coeff > 0)
+            steps_row(out, steps, "z-loss x beta", NULL, "z_loss", NULL, 1, "%.5f");
+        steps_row(out, steps, "rank overload", "load_balance", "rank_overload", NULL, 1, "%.3f");
+        steps_row(out, steps, "entropy of the loads", "load_balance", "entropy", NULL, 1, "%.4f");
+    }
     steps_row(out, steps, "step ms (slowest rank)", "timing", "step", "max", 1e3, "%.3f");
     /* how well the previous batch predicts the next */
     double err = 0, worst = 0;

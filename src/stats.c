@@ -29,6 +29,11 @@ int moe_phase_in_step(int phase)
     return phase >= 0 && phase < MOE_PHASE_COUNT ? phase_in_step[phase] : 0;
 }
 
+bool moe_phase_is_backward(int phase)
+{
+    return moe_phase_in_step(phase) == 2;
+}
+
 const char *moe_phase_name(int phase)
 {
     return phase >= 0 && phase < MOE_PHASE_COUNT ? phase_names[phase] : "?";

@@ -7,6 +7,7 @@
 #include "moesim/npy.h"
 #include "moesim/placement.h"
 #include "moesim/router.h"
+#include "moesim/train.h"
 #include "moesim/wire.h"
 #include "moesim/workload.h"
 
@@ -34,9 +35,14 @@
 /* What a step runs (--mode). */
 typedef enum moe_mode {
     MOE_MODE_FORWARD = 0, /* route, dispatch, experts, combine                              */
-    MOE_MODE_DISPATCH = 1 /* the same with identity experts: the step is the exchange
-                           * (Megatron's token-imbalance benchmark, "dispatch_only")       */
+    MOE_MODE_DISPATCH = 1, /* the same with identity experts: the step is the exchange
+                            * (Megatron's token-imbalance benchmark, "dispatch_only")       */
+    MOE_MODE_FWD_BWD = 2,  /* forward, then the expert-parallel backward (docs/training.md)  */
+    MOE_MODE_TRAIN = 3     /* fwd-bwd and an optimizer step after every --steps batch       */
 } moe_mode;
+
+/* The step runs the backward (fwd-bwd or train). */
+#define MOE_MODE_HAS_BACKWARD(m) ((m) == MOE_MODE_FWD_BWD || (m) == MOE_MODE_TRAIN)
 
 const char *moe_mode_name(moe_mode m);
 
@@ -132,6 +138,12 @@ typedef struct moe_config {
     bool set_bias_rate;     /* --bias-update-rate was given */
     double bias_update_rate; /* its gamma: b_i += gamma sign(mean - load_i) --bias-update-rate 1e-3 */
     const char *steps_csv;  /* one row per step, NULL = none            --steps-csv */
+    /* training (--mode fwd-bwd, train; docs/training.md) */
+    moe_optimizer optimizer; /* SGD with momentum or Adam                --optimizer adam */
+    double lr;              /* learning rate                              --lr */
+    double aux_loss_coeff;  /* alpha of the Switch aux loss               --aux-loss-coeff 0 */
+    double z_loss_coeff;    /* beta of the router z-loss                  --z-loss-coeff 0 */
+    bool set_optimizer, set_lr, set_aux_coeff, set_z_coeff, set_iters, set_warmup, set_clusters;
     bool quiet;             /* no progress line, no text report         --quiet */
     bool predict_only;      /* stop after the prediction                --predict-only */
     int plan_ranks;         /* plan this many ranks, 0 = the launched     --ranks (predict-only) */

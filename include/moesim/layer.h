@@ -136,6 +136,12 @@ const moe_expert_map *moe_layer_expert_map(const moe_layer *layer);
  * reads, so run a step again before reading y. Collective. */
 int moe_layer_exchange(moe_layer *layer, bool reverse, char *msg, size_t msglen);
 
+/* --mode train: one optimizer step (--optimizer, --lr) with the gradients of the last step's
+ * backward, on the rank's experts and on its copy of the router (the all-reduced gradient, so
+ * every copy stays the same). Nothing for other modes. Not collective. */
+int moe_layer_train_update(moe_layer *layer, char *msg, size_t msglen);
+/* What the last backward found (stats.h; ran false without one). Not collective. */
+void moe_layer_training(const moe_layer *layer, moe_training *out);
 /* The configuration the layer runs (resolved). Not collective. */
 const moe_config *moe_layer_config(const moe_layer *layer);
 

@@ -26,6 +26,8 @@ enum {
     MOE_STREAM_JITTER = 6,     /* --input-jitter: counter t*d + j               */
     MOE_STREAM_DROP = 7,       /* --drop-policy random: counter t*k + c         */
     MOE_STREAM_WORKLOAD = 8,   /* --workload: 3 ((step N + t) k + c) + j; the hot set 2^62 + e */
+    MOE_STREAM_TEACHER = 9,    /* --mode fwd-bwd, train: the teacher's router, as W; its expert
+                                * e has the weights moe_expert_init gives id MOE_TEACHER_ID + e */
     MOE_STREAM_EXPERT = 0x100  /* expert e: W1 is stream 0x100+2e, W2 0x101+2e  */
 };
 

@@ -15,7 +15,9 @@
  * starts with a barrier, timed as its own *_wait phase: the time this rank waits for the slowest
  * one (load imbalance), which a collective would otherwise hide inside the exchange. The two raw
  * baselines run right after the real exchange, after an untimed barrier, on the same buffers; they
- * are timed but not part of the step. */
+ * are timed but not part of the step. The last seven (part 2) are the backward of --mode fwd-bwd
+ * and train (docs/training.md): part of the step when run, NaN and left out of every report
+ * otherwise. */
 #define MOE_PHASES(X)                                                                         \
     X(MOE_PHASE_ROUTER, "router", "logits, scores, top-k", 1)                                 \
     X(MOE_PHASE_COUNT_WAIT, "count_wait", "barrier: waiting for the slowest router", 1)       \
@@ -30,7 +32,14 @@
     X(MOE_PHASE_COMBINE, "combine", "expert outputs back to sources", 1)                      \
     X(MOE_PHASE_COMBINE_RAW, "combine_raw", "baseline: raw MPI_Alltoallv, same bytes", 0)     \
     X(MOE_PHASE_UNPACK, "unpack", "residual plus gate-weighted outputs", 1)                   \
-    X(MOE_PHASE_SHARED, "shared", "shared experts, on each token's rank (DeepSeekMoE)", 1)
+    X(MOE_PHASE_SHARED, "shared", "shared experts, on each token's rank (DeepSeekMoE)", 1)    \
+    X(MOE_PHASE_COMBINE_BWD_WAIT, "combine_bwd_wait", "barrier: waiting for the slowest rank", 2) \
+    X(MOE_PHASE_COMBINE_BWD, "combine_bwd", "dL/dy: gate gradients, rows to the experts", 2)   \
+    X(MOE_PHASE_EXPERT_BWD, "expert_bwd", "expert backward (four sgemm + GELU')", 2)          \
+    X(MOE_PHASE_DISPATCH_BWD_WAIT, "dispatch_bwd_wait", "barrier: waiting for the slowest expert rank", 2) \
+    X(MOE_PHASE_DISPATCH_BWD, "dispatch_bwd", "input gradients back to the sources, summed", 2) \
+    X(MOE_PHASE_ROUTER_BWD, "router_bwd", "router gradient through gates, aux and z-loss", 2)   \
+    X(MOE_PHASE_ALLREDUCE, "allreduce", "loss sums, then the router gradient over ranks", 2)
 
 enum moe_phase {
 #define MOE_PHASE_ENUM(id, name, what, in_step) id,
@@ -43,6 +52,8 @@ const char *moe_phase_name(int phase);
 const char *moe_phase_what(int phase);
 /* Whether a phase counts towards the step time (the raw baselines do not). */
 int moe_phase_in_step(int phase);
+/* A backward phase (part 2): reported only where it ran. */
+bool moe_phase_is_backward(int phase);
 
 typedef struct moe_summary {
     double min, mean, max;
@@ -122,6 +133,17 @@ typedef struct moe_environment {
 } moe_environment;
 
 /* Everything the report shows; filled by the driver on rank 0. Arrays are owned by the struct. */
+/* What the backward of the last step found (--mode fwd-bwd, train), the same on every rank:
+ * the weighted losses (task: the MSE to the teacher; aux: alpha E sum f_i P_i; z: beta mean
+ * lse^2) and the 2-norms of the gradients (the router's after the all-reduce, the experts' over
+ * every rank, the layer input's dL/dh over the batch). */
+typedef struct moe_training {
+    bool ran;
+    double task_loss, aux_loss, z_loss;
+    double grad_norm_router, grad_norm_experts, grad_norm_input;
+    int64_t optimizer_steps;
+} moe_training;
+
 typedef struct moe_results {
     int ranks, experts, top_k;
     int64_t tokens, hidden, ffn;
@@ -213,6 +235,7 @@ typedef struct moe_results {
     moe_ablation_row *ablation;
     int n_ablation;
     void *steps; /* --steps: the per-step series (report.c), NULL until the first is added */
+    moe_training training; /* --mode fwd-bwd, train: the last step's losses and gradients */
 } moe_results;
 
 /* Allocate the arrays for E experts, R ranks and n_cf ablation rows (zeroed). 0 or MOE_ENOMEM. */

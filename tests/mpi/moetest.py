@@ -422,6 +422,14 @@ def gelu(x):
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)).astype(np.float64))
 
 
+def gelu_grad(x):
+    """d/dx x Phi(x) = Phi(x) + x phi(x), float64."""
+    erf = np.frompyfunc(math.erf, 1, 1)
+    x = np.asarray(x, dtype=np.float64)
+    return (0.5 * (1.0 + erf(x / math.sqrt(2.0)).astype(np.float64)) +
+            x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi))
+
+
 def router_probs(h, W):
     """p = softmax(h W^T) in float64 from the float32 inputs: (N, E)."""
     z = h.astype(np.float64) @ W.astype(np.float64).T
@@ -1375,3 +1383,99 @@ def wl_route(kind, N, E, k, seed, step, n_hot=0, share=0.5, period=1, zero_first
         expert[g] = [ch[c] for c in order]
         gate[g] = [np.float32(wt[c] / total) for c in order]
     return expert, gate
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (--mode fwd-bwd, train; docs/training.md)
+
+TEACHER_ID = 131072  # the teacher's expert e is the generated expert of id TEACHER_ID + e
+TEACHER_STREAM = 9
+
+
+def gen_teacher(seed, E, d, f):
+    """The teacher: its router (E, d), normal / sqrt(d) from stream 9, and its E experts."""
+    Wt = fill_normal(seed, TEACHER_STREAM, 0, E * d, 1.0 / math.sqrt(d)).reshape(E, d)
+    return Wt, [gen_expert(seed, TEACHER_ID + e, d, f) for e in range(E)]
+
+
+def teacher_target(h, Wt, texperts):
+    """y* = h + T_e*(h), e* = argmax of h Wt^T (ties: the lower id), float64."""
+    h64 = h.astype(np.float64)
+    best = np.argmax(h64 @ Wt.astype(np.float64).T, axis=1)
+    y = h64.copy()
+    for e in np.unique(best):
+        rows = np.nonzero(best == e)[0]
+        w1, w2 = (w.astype(np.float64) for w in texperts[e])
+        y[rows] += gelu(h64[rows] @ w1.T) @ w2.T
+    return y
+
+
+def backward_reference(ref, target, alpha=0.0, beta=0.0, logit_bias=None):
+    """The backward of one step of a solved Reference (token choice) against the target y*, all in
+    float64: the task loss (MSE), the weighted aux loss (alpha E sum f_i P_i, f_i = routed_i /
+    (N k)) and z-loss (beta mean lse(z)^2), and the gradients' 2-norms: router dL/dW, the
+    experts' dL/dW1 and dL/dW2 together, and the layer input's dL/dh (the residual, the experts'
+    input gradients and the router's). Dropped assignments get no gradient. Returns a dict."""
+    N, d = ref.h.shape
+    E, k = ref.E, ref.k
+    h64 = ref.h.astype(np.float64)
+    y = ref.output()
+    r = y - target
+    task = float((r * r).sum() / (N * d))
+    gy = 2.0 * r / (N * d)
+    dh = gy.copy()
+    dgate = np.zeros((N, k))
+    exp_sq = 0.0
+    for e in range(E):
+        tok, ch = np.nonzero((ref.serve_expert == e) & (ref.accepted == 1))
+        if tok.size == 0:
+            continue
+        w = ref.experts_w(e) if callable(ref.experts_w) else ref.experts_w[e]
+        w1, w2 = (x.astype(np.float64) for x in w)
+        x = h64[tok]
+        pre = x @ w1.T
+        act = gelu(pre)
+        o = act @ w2.T
+        dgate[tok, ch] = (gy[tok] * o).sum(axis=1)
+        dout = ref.gate[tok, ch][:, None] * gy[tok]
+        dw2 = dout.T @ act
+        dpre = (dout @ w2) * gelu_grad(pre)
+        dw1 = dpre.T @ x
+        exp_sq += float((dw1 * dw1).sum() + (dw2 * dw2).sum())
+        np.add.at(dh, tok, dpre @ w1)
+    p = ref.p
+    sel = ref.expert
+    rows = np.arange(N)[:, None]
+    ds = np.zeros((N, E))
+    chosen = p[rows, sel]
+    if ref.renormalize or ref.score == "sigmoid":
+        T = chosen.sum(axis=1, keepdims=True)
+        dot = (dgate * chosen).sum(axis=1, keepdims=True)
+        g = np.divide(dgate, T, out=np.zeros_like(dgate), where=T > 0) - \
+            np.divide(dot, T * T, out=np.zeros_like(dot), where=T > 0)
+        np.add.at(ds, (np.repeat(np.arange(N), k), sel.ravel()), (ref.topk_scale * g).ravel())
+    else:
+        np.add.at(ds, (np.repeat(np.arange(N), k), sel.ravel()), (ref.topk_scale * dgate).ravel())
+    f = np.bincount(sel.ravel(), minlength=E) / float(N * k)
+    prob = p if ref.score != "sigmoid" else p / p.sum(axis=1, keepdims=True)
+    aux = alpha * E * float((f * prob.mean(axis=0)).sum())
+    coef = alpha * E * f / N
+    if ref.score == "sigmoid":
+        S = p.sum(axis=1, keepdims=True)
+        ds += (coef[None, :] - (coef[None, :] * prob).sum(axis=1, keepdims=True)) / S
+        dz = ds * p * (1.0 - p)
+    else:
+        ds += coef[None, :]
+        dz = p * (ds - (p * ds).sum(axis=1, keepdims=True))
+    z = h64 @ ref.W.astype(np.float64).T
+    if logit_bias is not None:
+        z = z + np.asarray(logit_bias, dtype=np.float64)
+    mx = z.max(axis=1, keepdims=True)
+    lse = (mx + np.log(np.exp(z - mx).sum(axis=1, keepdims=True)))
+    zl = beta * float((lse * lse).mean())
+    dz += (beta / N) * 2.0 * lse * np.exp(z - lse)
+    dW = dz.T @ h64
+    dh += dz @ ref.W.astype(np.float64)
+    return {"task_loss": task, "aux_loss": aux, "z_loss": zl,
+            "router": float(np.sqrt((dW * dW).sum())), "experts": math.sqrt(exp_sq),
+            "input": float(np.sqrt((dh * dh).sum()))}

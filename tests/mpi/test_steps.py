@@ -36,7 +36,8 @@ import moetest as mt
 SEED, N, D, E, K = 5, 600, 16, 6, 2
 CSV_HEAD = ["step", "dropped_assignments", "dropped_tokens", "empty_slots", "max_over_mean", "gini",
             "entropy", "aux_loss", "z_loss", "rank_overload", "max_expert_load", "cf_needed",
-            "predicted_dropped_assignments", "predicted_empty_slots", "step_seconds",
+            "predicted_dropped_assignments", "predicted_empty_slots", "task_loss",
+            "train_aux_loss", "train_z_loss", "step_seconds",
             "dispatch_seconds", "combine_seconds", "expert_seconds"]
 
 

@@ -1412,6 +1412,10 @@ START_TEST(test_aliases_equal_their_options)
         {{"--moe-router-topk-scaling-factor", "2.5"}, {"--topk-scale", "2.5"}},
         {{"--moe-pad-expert-input-to-capacity"}, {"--pad-to-capacity"}},
         {{"--moe-input-jitter-eps", "0.01"}, {"--input-jitter", "0.01"}},
+        {{"--moe-aux-loss-coeff", "0.01", "--mode", "fwd-bwd"},
+         {"--aux-loss-coeff", "0.01", "--mode", "fwd-bwd"}},
+        {{"--moe-z-loss-coeff", "0.001", "--mode", "train"},
+         {"--z-loss-coeff", "0.001", "--mode", "train"}},
         /* Megatron's total inner size of the shared expert(s) */
         {{"--moe-shared-expert-intermediate-size", "128"},
          {"--shared-experts", "1", "--shared-ffn", "128"}},
@@ -1912,7 +1916,7 @@ START_TEST(test_mode_option)
     ck_assert_int_eq(cfg.mode, MOE_MODE_FORWARD);
     ck_assert_str_eq(moe_mode_name(cfg.mode), "forward");
     ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "dispatch_only", NULL), MOE_EUSAGE);
-    ck_assert_ptr_nonnull(strstr(msg, "--mode must be 'forward' or 'dispatch'"));
+    ck_assert_ptr_nonnull(strstr(msg, "--mode must be 'forward', 'dispatch', 'fwd-bwd' or 'train'"));
     ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", NULL), MOE_EUSAGE);
     ck_assert_ptr_nonnull(strstr(moe_config_usage(), "  --mode M "));
 }
@@ -1957,6 +1961,82 @@ START_TEST(test_regroup_option)
 END_TEST
 
 /* --steps and --steps-csv (issue 12): default, range, refusals, and the batch a file gives. */
+/* --mode fwd-bwd, train and their options: defaults, train's own defaults, and the refusals */
+START_TEST(test_training_options)
+{
+    moe_config cfg;
+    char msg[512];
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
+    ck_assert_int_eq(cfg.optimizer, MOE_OPT_ADAM);
+    ck_assert(cfg.lr == MOE_TRAIN_DEFAULT_LR && cfg.aux_loss_coeff == 0.0 && cfg.z_loss_coeff == 0.0);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "train", "--optimizer", "sgd", "--lr",
+                           "0.25", "--aux-loss-coeff", "0.01", "--z-loss-coeff", "1e-3", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(cfg.mode, MOE_MODE_TRAIN);
+    ck_assert_str_eq(moe_mode_name(cfg.mode), "train");
+    ck_assert(cfg.optimizer == MOE_OPT_SGD && cfg.lr == 0.25 && cfg.aux_loss_coeff == 0.01 &&
+              cfg.z_loss_coeff == 1e-3);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    /* train: one timed iteration a step and clustered tokens unless given */
+    ck_assert(cfg.iters == 1 && cfg.warmup == 0 && cfg.clusters == cfg.experts);
+    ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_COPY);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "train", "--iters", "3", "--warmup",
+                           "2", "--clusters", "0", NULL),
+                     MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    ck_assert(cfg.iters == 3 && cfg.warmup == 2 && cfg.clusters == 0);
+    /* fwd-bwd keeps the forward's defaults */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "fwd-bwd", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
+    ck_assert(cfg.iters == 5 && cfg.warmup == 1 && cfg.clusters == 0);
+    ck_assert_str_eq(moe_mode_name(cfg.mode), "fwd-bwd");
+    static const struct {
+        const char *argv[6], *pattern;
+    } bad[] = {
+        {{"--optimizer", "adam"}, "--mode train"},
+        {{"--lr", "0.1", "--mode", "fwd-bwd"}, "--mode train"},
+        {{"--aux-loss-coeff", "0.01"}, "--mode fwd-bwd"},
+        {{"--z-loss-coeff", "0.01", "--mode", "dispatch"}, "--mode fwd-bwd"},
+        {{"--mode", "fwd-bwd", "--routing", "expert-choice"}, "expert-choice"},
+        {{"--mode", "train", "--logits-file", "z.npy"}, "--logits-file"},
+        {{"--mode", "train", "--noisy-top-k"}, "--noisy-top-k"},
+        {{"--mode", "train", "--input-jitter", "0.1"}, "--input-jitter"},
+        {{"--mode", "train", "--dispatch", "per-rank"}, "per-rank"},
+        {{"--mode", "fwd-bwd", "--wire", "fp8"}, "--wire"},
+        {{"--mode", "fwd-bwd", "--wire-combine", "bf16"}, "--wire-combine"},
+        {{"--mode", "fwd-bwd", "--shared-experts", "1"}, "--shared-experts"},
+        {{"--mode", "train", "--redundant-experts", "2"}, "--redundant-experts"},
+        {{"--mode", "train", "--placement", "strided"}, "--placement"},
+        {{"--mode", "fwd-bwd", "--drop-policy", "reroute"}, "reroute"},
+        {{"--mode", "fwd-bwd", "--workload", "burst"}, "--workload"},
+        {{"--mode", "fwd-bwd", "--predict-only"}, "--predict-only"},
+        {{"--mode", "fwd-bwd", "--capacity-factor", "1,2"}, "capacity-factor"},
+        {{"--mode", "fwd-bwd", "--regroup", "slots"}, "--regroup"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int argc = 1;
+        char *argv[8] = {"moesim"};
+        for (int j = 0; j < 6 && bad[i].argv[j] != NULL; j++)
+            argv[argc++] = (char *)bad[i].argv[j];
+        moe_config_defaults(&cfg);
+        int rc = moe_config_parse(&cfg, argc, argv, msg, sizeof msg);
+        if (rc == MOE_OK) {
+            moe_npy_header z = {.rows = cfg.tokens, .cols = cfg.experts};
+            rc = moe_config_resolve(&cfg, 2, NULL, NULL, cfg.logits_file ? &z : NULL, msg,
+                                    sizeof msg);
+        }
+        ck_assert_msg(rc == MOE_EUSAGE, "case %zu (%s) not refused", i, bad[i].argv[0]);
+        ck_assert_msg(strstr(msg, bad[i].pattern) != NULL, "case %zu: '%s' lacks '%s'", i, msg,
+                      bad[i].pattern);
+    }
+    /* bad values */
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "train", "--lr", "0", NULL), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--optimizer", "lion", NULL), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--aux-loss-coeff", "-1", NULL), MOE_EUSAGE);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "backward", NULL), MOE_EUSAGE);
+}
+END_TEST
+
 START_TEST(test_steps_option)
 {
     moe_config cfg;
@@ -2106,7 +2186,8 @@ START_TEST(test_usage_lists_layer_options)
         {"moe-router-score-function", "score"}, {"moe-router-num-groups", "expert-groups"},
         {"moe-router-group-topk", "group-top-k"}, {"moe-router-topk-scaling-factor", "topk-scale"},
         {"moe-pad-expert-input-to-capacity", "pad-to-capacity"},
-        {"moe-input-jitter-eps", "input-jitter"}};
+        {"moe-input-jitter-eps", "input-jitter"}, {"moe-aux-loss-coeff", "aux-loss-coeff"},
+        {"moe-z-loss-coeff", "z-loss-coeff"}};
     for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++) {
         char line[128];
         snprintf(line, sizeof line, "\n  --%s ", pairs[i][0]);
@@ -2195,6 +2276,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_exchange_options);
     tcase_add_test(tc, test_regroup_option);
     tcase_add_test(tc, test_steps_option);
+    tcase_add_test(tc, test_training_options);
     tcase_add_test(tc, test_group_limit_off);
     suite_add_tcase(s, tc);
     return s;
