@@ -166,12 +166,17 @@ START_TEST(test_phase_names)
     static const char *const want[] = {"router", "count_wait", "count_exchange", "pack",
                                        "dispatch_wait", "dispatch", "dispatch_raw", "regroup",
                                        "expert", "combine_wait", "combine", "combine_raw",
-                                       "unpack", "shared"};
-    /* the raw baselines are timed but are not part of the step; the waits are */
-    static const int in_step[] = {1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1};
-    ck_assert_int_eq(MOE_PHASE_COUNT, 14);
-    for (int p = 0; p < MOE_PHASE_COUNT; p++)
+                                       "unpack", "shared", "combine_bwd_wait", "combine_bwd",
+                                       "expert_bwd", "dispatch_bwd_wait", "dispatch_bwd",
+                                       "router_bwd", "allreduce"};
+    /* the raw baselines are timed but are not part of the step; the waits are; the backward's
+     * seven are (2) where they run */
+    static const int in_step[] = {1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2};
+    ck_assert_int_eq(MOE_PHASE_COUNT, 21);
+    for (int p = 0; p < MOE_PHASE_COUNT; p++) {
         ck_assert_int_eq(moe_phase_in_step(p), in_step[p]);
+        ck_assert(moe_phase_is_backward(p) == (in_step[p] == 2));
+    }
     ck_assert_int_eq(moe_phase_in_step(-1), 0);
     for (int p = 0; p < MOE_PHASE_COUNT; p++) {
         ck_assert_str_eq(moe_phase_name(p), want[p]);
