@@ -48,8 +48,9 @@ void moe_config_defaults(moe_config *cfg)
     cfg->iters = 5;
     cfg->steps = 1;
     cfg->bias_update_rate = 1e-3;
-    cfg->optimizer = MOE_OPT_ADAM;
+    cfg->optimizer = MOE_TRAIN_DEFAULT_OPTIMIZER;
     cfg->lr = MOE_TRAIN_DEFAULT_LR;
+    cfg->teacher_experts = 1;
     cfg->warmup = 1;
     cfg->spelled.experts = "experts";
     cfg->spelled.top_k = "top-k";
@@ -175,6 +176,8 @@ const char *moe_config_usage(void)
            "  --hot-experts N        make experts 0..N-1 hot: a router bias chosen so that\n"
            "                         --hot-share of the tokens route to at least one of them\n"
            "  --hot-share X          share of tokens the hot experts attract, 0 < X < 1 (default 0.5)\n"
+           "  --token-mean MU        add MU m to every generated token, m one shared normal\n"
+           "                         direction (default 0; --mode train: 0.5)\n"
            "  --clusters C           draw tokens around C centres so routing is correlated\n"
            "                         (default 0: independent tokens)\n"
            "Router\n"
@@ -279,8 +282,11 @@ const char *moe_config_usage(void)
            "                         the experts and back, router all-reduce); train: fwd-bwd and\n"
            "                         an optimizer step per --steps batch on the teacher task\n"
            "                         (docs/training.md; --iters 1 --warmup 0 unless given)\n"
-           "  --optimizer O          train: adam (default) or sgd (momentum 0.9)\n"
-           "  --lr X                 train: learning rate (default 0.01)\n"
+           "  --optimizer O          train: sgd (default; momentum 0.9) or adam\n"
+           "  --lr X                 train: learning rate (default 1 for sgd: the task's MSE\n"
+           "                         gradients are 2/(N d) small; try 0.01 with adam)\n"
+           "  --teacher-experts T    fwd-bwd, train: the teacher's experts, top-1 (default 1: a\n"
+           "                         dense FFN every student expert could learn alone)\n"
            "  --aux-loss-coeff A     fwd-bwd, train: alpha of the Switch load-balancing loss\n"
            "                         alpha E sum f_i P_i (default 0; Megatron's 1e-2)\n"
            "  --z-loss-coeff B       fwd-bwd, train: beta of the router z-loss (default 0; ST-MoE's\n"
@@ -359,7 +365,7 @@ enum {
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
     OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX,
     OPT_STEPS, OPT_STEPS_CSV, OPT_EXPERT_BIAS, OPT_BIAS_RATE, OPT_WORKLOAD, OPT_PERIOD,
-    OPT_OPTIMIZER, OPT_LR, OPT_AUX_COEFF, OPT_Z_COEFF
+    OPT_OPTIMIZER, OPT_LR, OPT_AUX_COEFF, OPT_Z_COEFF, OPT_TOKEN_MEAN, OPT_TEACHER
 };
 
 static const struct option long_options[] = {
@@ -383,6 +389,8 @@ static const struct option long_options[] = {
     {"bias-update-rate", required_argument, NULL, OPT_BIAS_RATE},
     {"mode", required_argument, NULL, OPT_MODE},
     {"optimizer", required_argument, NULL, OPT_OPTIMIZER},
+    {"token-mean", required_argument, NULL, OPT_TOKEN_MEAN},
+    {"teacher-experts", required_argument, NULL, OPT_TEACHER},
     {"lr", required_argument, NULL, OPT_LR},
     {"aux-loss-coeff", required_argument, NULL, OPT_AUX_COEFF},
     {"z-loss-coeff", required_argument, NULL, OPT_Z_COEFF},
@@ -1064,6 +1072,15 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             cfg->set_optimizer = true;
             break;
         }
+        case OPT_TOKEN_MEAN:
+            rc = parse_real(name, optarg, -1e3, 1e3, &cfg->token_mean, msg, msglen);
+            cfg->set_token_mean = true;
+            break;
+        case OPT_TEACHER:
+            rc = parse_int(name, optarg, 1, MOE_MAX_EXPERTS, &v, msg, msglen);
+            cfg->teacher_experts = (int)v;
+            cfg->set_teacher = true;
+            break;
         case OPT_LR:
             rc = parse_real(name, optarg, 1e-12, 1e3, &cfg->lr, msg, msglen);
             cfg->set_lr = true;
@@ -1331,8 +1348,12 @@ static int resolve_training(moe_config *cfg, char *msg, size_t msglen)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "%s sets the optimizer of --mode train (this run is --mode %s)",
                         need_train, moe_mode_name(cfg->mode));
+    if (cfg->set_token_mean && cfg->tokens_file != NULL)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--token-mean shifts generated tokens: --tokens-file gives its own");
     const char *need_bwd = cfg->set_aux_coeff ? "--aux-loss-coeff"
                            : cfg->set_z_coeff ? "--z-loss-coeff"
+                           : cfg->set_teacher ? "--teacher-experts"
                                               : NULL;
     if (need_bwd != NULL && !bwd)
         return moe_fail(MOE_EUSAGE, msg, msglen,
@@ -1369,8 +1390,8 @@ static int resolve_training(moe_config *cfg, char *msg, size_t msglen)
             cfg->iters = 1;
         if (!cfg->set_warmup)
             cfg->warmup = 0;
-        if (!cfg->set_clusters && cfg->tokens_file == NULL)
-            cfg->clusters = MOE_TRAIN_CLUSTERS_PER_EXPERT * (int64_t)cfg->experts;
+        if (!cfg->set_token_mean && cfg->tokens_file == NULL)
+            cfg->token_mean = MOE_TRAIN_DEFAULT_TOKEN_MEAN;
     }
     return MOE_OK;
 }

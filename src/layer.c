@@ -436,6 +436,8 @@ static int load_tokens(moe_layer *L, int64_t off, int64_t count, char *msg, size
     } else {
         moe_tokens_generate(L->h, c->seed, L->tok_off + L->first + off, count, L->d);
     }
+    if (c->token_mean != 0.0 && c->tokens_file == NULL)
+        moe_workload_add_mean(L->h, c->seed, count, L->d, c->token_mean);
     return rc;
 }
 

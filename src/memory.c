@@ -99,7 +99,7 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
             m->experts, moe_bytes_add(mul3(2 * S, fs, moe_bytes_mul(d, F)),
                                       mul3(n, moe_bytes_add(fs, d), F)));
     if (MOE_MODE_HAS_BACKWARD(cfg->mode) && !cfg->predict_only) {
-        /* teacher: router (E, d) and E experts of 2 f d; targets, dL/dy and dL/dh (n, d) each;
+        /* teacher: router (T, d) and T experts of 2 f d; the gates' gradients (n, k); targets, dL/dy and dL/dh (n, d) each;
          * saved logits and dL/dz (n, E); dL/dW of the router (E, d) and of the rank's experts;
          * the optimizer's state for the same weights (train) */
         int64_t grads = moe_bytes_add(mul3(E, d, F), mul3(2, moe_bytes_mul(n_le, f), moe_bytes_mul(d, F)));
@@ -107,8 +107,10 @@ void moe_memory_fixed(moe_mem_estimate *m, const moe_config *cfg, int R, int ran
                             ? moe_bytes_mul(moe_optimizer_state_per_weight(cfg->optimizer), grads)
                             : 0;
         m->training = moe_bytes_add(
-            moe_bytes_add(mul3(E, d, F), mul3(2, moe_bytes_mul(E, f), moe_bytes_mul(d, F))),
-            moe_bytes_add(moe_bytes_add(mul3(3, moe_bytes_mul(n, d), F), mul3(2, nE, F)),
+            moe_bytes_add(mul3(cfg->teacher_experts, d, F),
+                          mul3(2, moe_bytes_mul(cfg->teacher_experts, f), moe_bytes_mul(d, F))),
+            moe_bytes_add(moe_bytes_add(mul3(3, moe_bytes_mul(n, d), F),
+                                        moe_bytes_add(mul3(2, nE, F), mul3(n, A, F))),
                           moe_bytes_add(grads, state)));
     }
     /* per expert: routed, accepted, per_expert, scratch; per rank: send/recv rows, group

@@ -16,19 +16,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The teacher: a top-1 MoE of E experts of the layer's shape with a router of its own, y* = h +
- * T_e*(h), e* = argmax of the teacher's logits. Its weights are the generator's, as a routed
+/* The teacher: a top-1 MoE of T experts (--teacher-experts, 1 by default: one dense FFN) of the
+ * layer's shape with a router of its own, y* = h + T_e*(h), e* = argmax of the teacher's logits. Its weights are the generator's, as a routed
  * expert's and the router's, from streams of their own (rng.h, MOE_STREAM_TEACHER). */
 int moe_train_create(moe_layer *L, char *msg, size_t msglen)
 {
     const moe_config *c = &L->cfg;
     int rc = MOE_OK;
     size_t Ed = (size_t)L->E * (size_t)L->d, fd = (size_t)L->f * (size_t)L->d;
+    size_t T = (size_t)c->teacher_experts;
     size_t nd = (size_t)(L->n * L->d), nE = (size_t)L->n * (size_t)L->E;
     size_t wle = (size_t)L->n_le * fd; /* contiguous experts, no replicas: n_ls = n_le */
-    L->t_router = moe_layer_alloc(L, Ed, sizeof(float), &rc);
-    L->t_w1 = moe_layer_alloc(L, (size_t)L->E * fd, sizeof(float), &rc);
-    L->t_w2 = moe_layer_alloc(L, (size_t)L->E * fd, sizeof(float), &rc);
+    L->t_router = moe_layer_alloc(L, T * (size_t)L->d, sizeof(float), &rc);
+    L->t_w1 = moe_layer_alloc(L, T * fd, sizeof(float), &rc);
+    L->t_w2 = moe_layer_alloc(L, T * fd, sizeof(float), &rc);
     L->target = moe_layer_alloc(L, nd, sizeof(float), &rc);
     L->gy = moe_layer_alloc(L, nd, sizeof(float), &rc);
     L->dh = moe_layer_alloc(L, nd, sizeof(float), &rc);
@@ -49,8 +50,9 @@ int moe_train_create(moe_layer *L, char *msg, size_t msglen)
                                   "optimizer)");
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         return rc;
-    moe_rng_fill_normal(L->t_router, Ed, c->seed, MOE_STREAM_TEACHER, 0, 1.0 / sqrt((double)L->d));
-    for (int e = 0; e < L->E; e++)
+    moe_rng_fill_normal(L->t_router, T * (size_t)L->d, c->seed, MOE_STREAM_TEACHER, 0,
+                        1.0 / sqrt((double)L->d));
+    for (int e = 0; e < (int)T; e++)
         moe_expert_init(L->t_w1 + (size_t)e * fd, L->t_w2 + (size_t)e * fd, c->seed,
                         MOE_TEACHER_ID + e, L->d, L->f);
     moe_train_target(L);
@@ -60,7 +62,7 @@ int moe_train_create(moe_layer *L, char *msg, size_t msglen)
 void moe_train_target(moe_layer *L)
 {
     int64_t n = L->n, d = L->d, f = L->f;
-    int E = L->E;
+    int E = L->cfg.teacher_experts;
     float *x = malloc((size_t)(d + f + d) * sizeof *x);
     if (x == NULL) { /* a few rows of scratch: without it the target stays y* = h */
         memcpy(L->target, L->h, (size_t)(n * d) * sizeof *L->target);

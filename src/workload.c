@@ -40,6 +40,15 @@ int64_t moe_workload_cluster_of(uint64_t seed, int64_t g, int64_t clusters)
                      (uint64_t)clusters);
 }
 
+void moe_workload_add_mean(float *h, uint64_t seed, int64_t count, int64_t d, double mu)
+{
+    for (int64_t j = 0; j < d; j++) {
+        double m = mu * moe_rng_normal(seed, MOE_STREAM_CENTRES, (UINT64_C(1) << 61) + (uint64_t)j);
+        for (int64_t r = 0; r < count; r++)
+            h[r * d + j] = (float)((double)h[r * d + j] + m);
+    }
+}
+
 void moe_workload_clustered_tokens(float *h, uint64_t seed, int64_t first, int64_t count, int64_t d,
                                    int64_t clusters)
 {

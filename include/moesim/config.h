@@ -143,7 +143,8 @@ typedef struct moe_config {
     double lr;              /* learning rate                              --lr */
     double aux_loss_coeff;  /* alpha of the Switch aux loss               --aux-loss-coeff 0 */
     double z_loss_coeff;    /* beta of the router z-loss                  --z-loss-coeff 0 */
-    bool set_optimizer, set_lr, set_aux_coeff, set_z_coeff, set_iters, set_warmup, set_clusters;
+    bool set_optimizer, set_lr, set_aux_coeff, set_z_coeff, set_iters, set_warmup, set_clusters,
+        set_token_mean, set_teacher;
     bool quiet;             /* no progress line, no text report         --quiet */
     bool predict_only;      /* stop after the prediction                --predict-only */
     int plan_ranks;         /* plan this many ranks, 0 = the launched     --ranks (predict-only) */
@@ -151,6 +152,8 @@ typedef struct moe_config {
     int hot_experts;        /* experts 0..n-1 made hot                  --hot-experts 0 */
     double hot_share;       /* share of tokens routed to a hot expert   --hot-share 0.5 */
     int64_t clusters;       /* tokens around c centres, 0 = off         --clusters 0 */
+    double token_mean;      /* every token + mu m (one shared direction) --token-mean 0 */
+    int teacher_experts;    /* the teacher's experts (fwd-bwd, train)   --teacher-experts 1 */
     const char *tokens_file, *router_file, *logits_file; /* .npy inputs (point into argv) */
     const char *topology;   /* hwloc XML file or synthetic description   --topology (real) */
     int ranks_per_node;     /* emulate nodes of n ranks, 0 = real nodes   --ranks-per-node 0 */

@@ -30,9 +30,9 @@ typedef struct moe_mem_estimate {
     int64_t staging;     /* --a2a hierarchical: the leaders' staging, known once planned        */
     int64_t protocol;    /* known once routed: the owners' capacity keys (keyed policies, expert
                           * choice) and the rows of --dispatch per-rank with their fan-out map  */
-    int64_t training;    /* --mode fwd-bwd, train: the teacher (router and E experts), the
+    int64_t training;    /* --mode fwd-bwd, train: the teacher (router and T experts), the
                           * targets, output and input gradients (3 n d), saved logits and their
-                          * gradient (2 n E), the weights' gradients and the optimizer's state
+                          * gradient (2 n E), the gates' gradients (n k), the weights' gradients and the optimizer's state
                           * (train: 1 or 2 floats a weight, router and experts)                 */
     int64_t total;
 } moe_mem_estimate;

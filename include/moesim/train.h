@@ -52,12 +52,13 @@ double moe_mse_grad(float *gy, const float *y, const float *target, int64_t n, i
                     int64_t n_global);
 
 /* --lr's default (docs/training.md: the documented configuration). */
-#define MOE_TRAIN_DEFAULT_LR 1e-2
+#define MOE_TRAIN_DEFAULT_LR 1.0
+#define MOE_TRAIN_DEFAULT_OPTIMIZER MOE_OPT_SGD
 /* The teacher's expert e has the weights moe_expert_init gives expert id MOE_TEACHER_ID + e
  * (2 MOE_MAX_EXPERTS: beyond every routed and shared expert). */
 #define MOE_TEACHER_ID 131072
-/* --mode train without --clusters draws tokens around this many centres per expert. */
-#define MOE_TRAIN_CLUSTERS_PER_EXPERT 1
+/* --mode train without --token-mean: the shared direction of its tokens. */
+#define MOE_TRAIN_DEFAULT_TOKEN_MEAN 0.5
 
 /* Optimizers (--optimizer), on n weights w with gradient g. */
 typedef enum moe_optimizer {

@@ -26,6 +26,11 @@ int64_t moe_workload_cluster_of(uint64_t seed, int64_t g, int64_t clusters);
 
 /* h (count, d) for global tokens [first, first + count) around `clusters` centres; centre m has
  * entries normal(seed, MOE_STREAM_CENTRES, m*d + j), the noise is the plain token generator's. */
+/* --token-mean MU: h[r][j] += MU m_j in double, rounded once, m_j = normal(seed,
+ * MOE_STREAM_CENTRES, 2^61 + j): every token shares one mean direction, as the hidden states of
+ * a trained model do (docs/training.md: without it no router collapses on isotropic tokens). */
+void moe_workload_add_mean(float *h, uint64_t seed, int64_t count, int64_t d, double mu);
+
 void moe_workload_clustered_tokens(float *h, uint64_t seed, int64_t first, int64_t count, int64_t d,
                                    int64_t clusters);
 

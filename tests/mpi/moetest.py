@@ -1083,6 +1083,13 @@ def workload_bias(E, skew=0.0, hot_n=0, hot_bias=0.0):
                      for e in range(E)], dtype=np.float64).astype(np.float32)
 
 
+def add_token_mean(seed, h, mu):
+    """--token-mean MU: h + MU m in double, rounded once, m_j = normal(seed, 3, 2^61 + j)."""
+    d = h.shape[1]
+    m = normal64(seed, 3, 1 << 61, d)
+    return (h.astype(np.float64) + mu * m[None, :]).astype(np.float32)
+
+
 def cluster_of(seed, g, clusters):
     """u64(seed, 3, 2^62 + g) mod clusters, for an array of global token ids g."""
     g = np.asarray(g, dtype=np.uint64)

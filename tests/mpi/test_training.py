@@ -8,19 +8,20 @@
     a few thousand terms; measured 1e-8 to 8e-8). The run at R = 2 and 3 equals R = 1 within the
     same tolerance: the distributed backward is the serial one. Local scope at R = 2 equals its
     own reference (its capacity groups are the ranks);
+  - --token-mean 0.5 and --teacher-experts 3 against the reference (moetest.add_token_mean,
+    gen_teacher with 3 experts) at R = 1, 2;
   - cf 0.001 (one slot per expert): nearly every assignment dropped, most tokens leave as their
     residual; equal to the reference, which gives a dropped assignment no gradient;
   - timing: the backward phases (combine_bwd, expert_bwd, dispatch_bwd, router_bwd, allreduce and
     the two waits) are in timing in fwd-bwd and absent in forward; the step sums them;
   - the memory estimate of fwd-bwd exceeds forward's by at least the saved activations and
     gradients, and train's by the optimizer's state (Adam two floats a weight, SGD one);
-  - train: --steps 12 with Adam lowers the task loss; steps[] carries task_loss, aux_loss, z_loss
+  - train: --steps 12 (the default SGD) lowers the task loss; steps[] carries task_loss, aux_loss, z_loss
     (null in forward), the CSV the task_loss / train_aux_loss / train_z_loss columns, and
     training.optimizer_steps = steps; the same at R = 1 and R = 2 within 1e-4 over the steps
     (float rounding of the summed router gradient compounds over steps);
-  - collapse (the documented configuration, shortened): alpha = 0 ends with the loads far less
-    balanced than alpha = 1e-2 (max over mean and Gini), and --expert-bias keeps them balanced
-    too (see collapse());
+  - collapse (the documented configuration at R = 2): alpha = 0 starves experts and its Gini
+    grows while its task loss falls; alpha = 1e-2 and --expert-bias stay balanced (collapse());
   - refusals: --optimizer or --lr outside train, --aux-loss-coeff / --z-loss-coeff in forward,
     and each path the backward does not cover (expert choice, --logits-file, --dispatch per-rank,
     --wire bf16, --shared-experts, --redundant-experts, --drop-policy reroute, --workload,
@@ -65,7 +66,7 @@ def reference(cf, scope, R, router, alpha, beta):
     renorm = opts.pop("renormalize", False)
     ref = mt.generated_reference(SEED, N, D, E, K, cf, scope=scope, ranks=R, renormalize=renorm,
                                  **opts).solve()
-    Wt, te = mt.gen_teacher(SEED, E, D, 2 * D)
+    Wt, te = mt.gen_teacher(SEED, 1, D, 2 * D)  # --teacher-experts 1: one dense FFN
     return ref, mt.backward_reference(ref, mt.teacher_target(ref.h, Wt, te), alpha, beta)
 
 
@@ -110,6 +111,26 @@ def against_reference(ck, exe, wd):
         compare(ck, "local R=2 vs NumPy", figures(doc), want)
 
 
+def teacher_and_mean(ck, exe, wd):
+    """--token-mean 0.5 and --teacher-experts 3: the tokens moetest.add_token_mean makes, the
+    teacher's top-1 over its 3 experts; the backward equal to the reference at R = 1 and 2."""
+    alpha = 0.01
+    ref = mt.generated_reference(SEED, N, D, E, K, 1.0)
+    h = mt.add_token_mean(SEED, mt.gen_tokens(SEED, N, D), 0.5)
+    ref = mt.Reference(h, ref.W, ref.experts_w, K, 1.0).solve()
+    Wt, te = mt.gen_teacher(SEED, 3, D, 2 * D)
+    want = mt.backward_reference(ref, mt.teacher_target(h, Wt, te), alpha, 0.0)
+    args = BASE + ["--capacity-factor", "1.0", "--mode", "fwd-bwd", "--token-mean", 0.5,
+                   "--teacher-experts", 3, "--aux-loss-coeff", alpha]
+    for R in (1, 2):
+        doc = ck.guard("mean+teacher R=%d" % R, run_json, exe, R, args, wd, "mt%d" % R)
+        if doc is None:
+            continue
+        ck.equal(doc["drops"]["dropped_assignments"], ref.dropped_assignments,
+                 "mean+teacher R=%d: drops of the shifted tokens" % R)
+        compare(ck, "mean+teacher R=%d vs NumPy" % R, figures(doc), want)
+
+
 def all_dropped(ck, exe, wd):
     """cf 0.001: C = 1 slot per expert, so all but E assignments drop and most tokens leave as
     their residual. The reference gives dropped assignments no gradient and a fully dropped token
@@ -129,9 +150,9 @@ def all_dropped(ck, exe, wd):
 def timing_and_memory(ck, exe, wd):
     fwd = ck.guard("forward", run_json, exe, 2, BASE, wd, "fwd")
     fb = ck.guard("fwd-bwd", run_json, exe, 2, BASE + ["--mode", "fwd-bwd"], wd, "fb")
-    # --clusters 0: the tokens of forward and fwd-bwd (train draws clustered ones by default)
-    tr = BASE + ["--mode", "train", "--clusters", 0]
-    tr_adam = ck.guard("train adam", run_json, exe, 2, tr, wd, "tra")
+    # --token-mean 0: the tokens of forward and fwd-bwd (train shifts its tokens by default)
+    tr = BASE + ["--mode", "train", "--token-mean", 0]
+    tr_adam = ck.guard("train adam", run_json, exe, 2, tr + ["--optimizer", "adam"], wd, "tra")
     tr_sgd = ck.guard("train sgd", run_json, exe, 2, tr + ["--optimizer", "sgd", "--lr", "0.1"],
                       wd, "trs")
     if fwd is not None:
@@ -208,6 +229,51 @@ def train_series(ck, exe, wd):
                  [(None, None, None)] * 2, "forward: steps[] losses are null")
 
 
+def series(doc):
+    """Per step: task loss, max over mean, Gini, dropped assignments, routed counts."""
+    return [(st["task_loss"], st["load_balance"]["max_over_mean"], st["load_balance"]["gini"],
+             st["drops"]["dropped_assignments"], st["routed"]) for st in doc["steps"]]
+
+
+def collapse(ck, exe, wd):
+    """The documented configuration (docs/training.md: --mode train's defaults, 1024 tokens of
+    d 32, E 8, k 2, 200 steps, seed 1) at R = 2, deterministic under the seed. Over the last 50
+    steps: alpha = 0 has Gini > 1.5x alpha = 1e-2's, over 3x its drops and at least two dead
+    experts (routed < 5% of the mean in the last step) where alpha = 1e-2 has none; its Gini grew
+    from the first 10 steps and its task loss still fell by half; --expert-bias (gamma 1e-3) stays
+    balanced (Gini < 0.15, no dead expert) with a task loss no worse than 1.1x alpha = 1e-2's."""
+    args = ["--mode", "train", "--tokens", 1024, "--hidden", 32, "--experts", 8, "--steps", 200]
+    runs = {}
+    for tag, extra in (("alpha 0", []), ("alpha 1e-2", ["--aux-loss-coeff", "0.01"]),
+                       ("bias", ["--expert-bias"])):
+        doc = ck.guard("collapse " + tag, run_json, exe, 2, args + extra, wd,
+                       "collapse_" + tag.replace(" ", "_"))
+        if doc is not None:
+            runs[tag] = series(doc)
+    if len(runs) < 3:
+        return
+    mean = lambda xs: sum(xs) / len(xs)
+    last = {t: r[-50:] for t, r in runs.items()}
+    gini = {t: mean([x[2] for x in v]) for t, v in last.items()}
+    drops = {t: mean([x[3] for x in v]) for t, v in last.items()}
+    loss = {t: mean([x[0] for x in v]) for t, v in last.items()}
+    dead = {t: sum(1 for c in r[-1][4] if c < 0.05 * 2 * 1024 / 8) for t, r in runs.items()}
+    detail = "Gini %r drops %r loss %r dead %r" % (gini, drops, loss, dead)
+    ck.check(gini["alpha 0"] > 1.5 * gini["alpha 1e-2"], "collapse: alpha 0's Gini > 1.5x "
+             "alpha 1e-2's", detail)
+    ck.check(drops["alpha 0"] > 3 * drops["alpha 1e-2"], "collapse: alpha 0 drops > 3x", detail)
+    ck.check(dead["alpha 0"] >= 2 and dead["alpha 1e-2"] == 0,
+             "collapse: alpha 0 starves experts, alpha 1e-2 none", detail)
+    first = mean([x[2] for x in runs["alpha 0"][:10]])
+    ck.check(gini["alpha 0"] > first + 0.1, "collapse: alpha 0's Gini grows over the steps",
+             "first 10 %.3f, last 50 %.3f" % (first, gini["alpha 0"]))
+    ck.check(loss["alpha 0"] < 0.5 * runs["alpha 0"][0][0], "collapse: the task loss still falls",
+             "%.4f -> %.4f" % (runs["alpha 0"][0][0], loss["alpha 0"]))
+    ck.check(gini["bias"] < 0.15 and dead["bias"] == 0, "bias: loads stay balanced", detail)
+    ck.check(loss["bias"] < 1.1 * loss["alpha 1e-2"], "bias: task loss no worse than 1.1x "
+             "the aux loss's", detail)
+
+
 REFUSED = [
     (["--optimizer", "sgd"], ["--optimizer", "--mode train"]),
     (["--lr", "0.1", "--mode", "fwd-bwd"], ["--lr", "--mode train"]),
@@ -239,8 +305,10 @@ def main():
     wd = mt.workdir()
     against_reference(ck, exe, wd)
     all_dropped(ck, exe, wd)
+    teacher_and_mean(ck, exe, wd)
     timing_and_memory(ck, exe, wd)
     train_series(ck, exe, wd)
+    collapse(ck, exe, wd)
     refusals(ck, exe, wd)
     ck.finish()
 

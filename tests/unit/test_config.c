@@ -1967,28 +1967,30 @@ START_TEST(test_training_options)
     moe_config cfg;
     char msg[512];
     ck_assert_int_eq(parse(&cfg, msg, sizeof msg, NULL), MOE_OK);
-    ck_assert_int_eq(cfg.optimizer, MOE_OPT_ADAM);
+    ck_assert_int_eq(cfg.optimizer, MOE_OPT_SGD);
     ck_assert(cfg.lr == MOE_TRAIN_DEFAULT_LR && cfg.aux_loss_coeff == 0.0 && cfg.z_loss_coeff == 0.0);
-    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "train", "--optimizer", "sgd", "--lr",
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "train", "--optimizer", "adam", "--lr",
                            "0.25", "--aux-loss-coeff", "0.01", "--z-loss-coeff", "1e-3", NULL),
                      MOE_OK);
     ck_assert_int_eq(cfg.mode, MOE_MODE_TRAIN);
     ck_assert_str_eq(moe_mode_name(cfg.mode), "train");
-    ck_assert(cfg.optimizer == MOE_OPT_SGD && cfg.lr == 0.25 && cfg.aux_loss_coeff == 0.01 &&
+    ck_assert(cfg.optimizer == MOE_OPT_ADAM && cfg.lr == 0.25 && cfg.aux_loss_coeff == 0.01 &&
               cfg.z_loss_coeff == 1e-3);
     ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
-    /* train: one timed iteration a step and clustered tokens unless given */
-    ck_assert(cfg.iters == 1 && cfg.warmup == 0 && cfg.clusters == cfg.experts);
+    /* train: one timed iteration a step and tokens with a shared direction unless given */
+    ck_assert(cfg.iters == 1 && cfg.warmup == 0 && cfg.token_mean == MOE_TRAIN_DEFAULT_TOKEN_MEAN);
     ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_COPY);
     ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "train", "--iters", "3", "--warmup",
-                           "2", "--clusters", "0", NULL),
+                           "2", "--token-mean", "0", "--teacher-experts", "4", NULL),
                      MOE_OK);
     ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
-    ck_assert(cfg.iters == 3 && cfg.warmup == 2 && cfg.clusters == 0);
+    ck_assert(cfg.iters == 3 && cfg.warmup == 2 && cfg.token_mean == 0.0 &&
+              cfg.teacher_experts == 4);
     /* fwd-bwd keeps the forward's defaults */
     ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--mode", "fwd-bwd", NULL), MOE_OK);
     ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_OK);
-    ck_assert(cfg.iters == 5 && cfg.warmup == 1 && cfg.clusters == 0);
+    ck_assert(cfg.iters == 5 && cfg.warmup == 1 && cfg.token_mean == 0.0 &&
+              cfg.teacher_experts == 1 && cfg.optimizer == MOE_OPT_SGD);
     ck_assert_str_eq(moe_mode_name(cfg.mode), "fwd-bwd");
     static const struct {
         const char *argv[6], *pattern;
@@ -2012,6 +2014,8 @@ START_TEST(test_training_options)
         {{"--mode", "fwd-bwd", "--predict-only"}, "--predict-only"},
         {{"--mode", "fwd-bwd", "--capacity-factor", "1,2"}, "capacity-factor"},
         {{"--mode", "fwd-bwd", "--regroup", "slots"}, "--regroup"},
+        {{"--teacher-experts", "2"}, "--mode fwd-bwd"},
+        {{"--token-mean", "0.5", "--tokens-file", "t.npy"}, "--tokens-file"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int argc = 1;
