@@ -6,7 +6,8 @@
     weighted: training.task_loss, aux_loss, z_loss and the gradients' norms (router, experts,
     layer input) equal the reference within 2e-6 relative (float32 against float64 over sums of
     a few thousand terms; measured 1e-8 to 8e-8). The run at R = 2 and 3 equals R = 1 within the
-    same tolerance: the distributed backward is the serial one. Local scope at R = 2 equals its
+    same tolerance: the distributed backward is the serial one; so do --a2a hierarchical (R = 3,
+    two emulated nodes) and --pad-to-capacity. Local scope at R = 2 equals its
     own reference (its capacity groups are the ranks);
   - --token-mean 0.5 and --teacher-experts 3 against the reference (moetest.add_token_mean,
     gen_teacher with 3 experts) at R = 1, 2;
@@ -101,6 +102,15 @@ def against_reference(ck, exe, wd):
         for R in (2, 3):
             if 1 in by_r and R in by_r:
                 compare(ck, "%s: R=%d vs R=1" % (name, R), by_r[R], by_r[1])
+    # the two-level exchange and padded experts move and compute other rows: the same gradients
+    ref, want = reference(1.0, "global", 1, {}, alpha, beta)
+    base = BASE + ["--capacity-factor", "1.0", "--mode", "fwd-bwd", "--aux-loss-coeff", alpha,
+                   "--z-loss-coeff", beta]
+    for tag, R, extra in (("hierarchical R=3", 3, ["--a2a", "hierarchical", "--ranks-per-node", 2]),
+                          ("padded R=2", 2, ["--pad-to-capacity"])):
+        doc = ck.guard(tag, run_json, exe, R, base + extra, wd, tag.split()[0])
+        if doc is not None:
+            compare(ck, tag + " vs NumPy", figures(doc), want)
     # local scope: the ranks are the capacity groups
     ref, want = reference(1.0, "local", 2, {}, alpha, beta)
     args = BASE + ["--capacity-factor", "1.0", "--capacity-scope", "local", "--mode", "fwd-bwd",

@@ -223,6 +223,31 @@ START_TEST(test_bias_values)
 }
 END_TEST
 
+/* --token-mean: h + mu m_j, m_j = normal(seed, 3, 2^61 + j), in double and rounded once; the
+ * same shift for every row; mu 0 changes nothing */
+START_TEST(test_add_mean)
+{
+    enum { N = 5, D = 7 };
+    float h[N * D], orig[N * D];
+    moe_tokens_generate(orig, 4, 100, N, D);
+    memcpy(h, orig, sizeof h);
+    moe_workload_add_mean(h, 4, N, D, 0.5);
+    for (int r = 0; r < N; r++)
+        for (int j = 0; j < D; j++) {
+            double m = moe_rng_normal(4, MOE_STREAM_CENTRES, (UINT64_C(1) << 61) + (uint64_t)j);
+            float want = (float)((double)orig[r * D + j] + 0.5 * m);
+            ck_assert_msg(h[r * D + j] == want, "h[%d][%d] = %.9g, want %.9g", r, j,
+                          (double)h[r * D + j], (double)want);
+        }
+    /* every row moved by the same vector (up to the rounding of each entry) */
+    for (int j = 0; j < D; j++)
+        ck_assert(fabs((h[j] - orig[j]) - (h[D + j] - orig[D + j])) < 1e-6);
+    memcpy(h, orig, sizeof h);
+    moe_workload_add_mean(h, 4, N, D, 0.0);
+    ck_assert(memcmp(h, orig, sizeof h) == 0);
+}
+END_TEST
+
 START_TEST(test_add_bias)
 {
     /* z (3, 4) += bias (4) row by row; every value is a small dyadic, so the sums are exact. */
@@ -524,6 +549,7 @@ static Suite *workload_suite(void)
     tcase_add_test(tc, test_wl_route_properties);
     tcase_add_test(tc, test_bias_values);
     tcase_add_test(tc, test_add_bias);
+    tcase_add_test(tc, test_add_mean);
     tcase_add_test(tc, test_softmax_follows_zipf);
     tcase_add_test(tc, test_hot_tokens_hand);
     tcase_add_test(tc, test_hot_tokens_monotone_in_bias);
