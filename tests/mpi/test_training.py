@@ -121,6 +121,18 @@ def against_reference(ck, exe, wd):
         compare(ck, "local R=2 vs NumPy", figures(doc), want)
 
 
+def runs_match(ck, exe, wd, tag, ranks, args, ref, want):
+    """moesim at each R: the reference's drops, and its losses and gradients within RTOL."""
+    for R in ranks:
+        t = "%s R=%d" % (tag, R)
+        doc = ck.guard(t, run_json, exe, R, args, wd, t.replace(" ", "_").replace("=", ""))
+        if doc is None:
+            continue
+        ck.equal(doc["drops"]["dropped_assignments"], ref.dropped_assignments,
+                 t + ": the reference's drops")
+        compare(ck, t + " vs NumPy", figures(doc), want)
+
+
 def teacher_and_mean(ck, exe, wd):
     """--token-mean 0.5 and --teacher-experts 3: the tokens moetest.add_token_mean makes, the
     teacher's top-1 over its 3 experts; the backward equal to the reference at R = 1 and 2."""
@@ -132,13 +144,7 @@ def teacher_and_mean(ck, exe, wd):
     want = mt.backward_reference(ref, mt.teacher_target(h, Wt, te), alpha, 0.0)
     args = BASE + ["--capacity-factor", "1.0", "--mode", "fwd-bwd", "--token-mean", 0.5,
                    "--teacher-experts", 3, "--aux-loss-coeff", alpha]
-    for R in (1, 2):
-        doc = ck.guard("mean+teacher R=%d" % R, run_json, exe, R, args, wd, "mt%d" % R)
-        if doc is None:
-            continue
-        ck.equal(doc["drops"]["dropped_assignments"], ref.dropped_assignments,
-                 "mean+teacher R=%d: drops of the shifted tokens" % R)
-        compare(ck, "mean+teacher R=%d vs NumPy" % R, figures(doc), want)
+    runs_match(ck, exe, wd, "mean+teacher", (1, 2), args, ref, want)
 
 
 def all_dropped(ck, exe, wd):
@@ -148,13 +154,7 @@ def all_dropped(ck, exe, wd):
     args = BASE + ["--capacity-factor", "0.001", "--mode", "fwd-bwd"]
     ref, want = reference(0.001, "global", 1, {}, 0.0, 0.0)
     ck.check((ref.accepted.sum(axis=1) == 0).sum() > N // 2, "cf 0.001: most tokens fully dropped")
-    for R in (1, 3):
-        doc = ck.guard("cf 0.001 R=%d" % R, run_json, exe, R, args, wd, "drop_%d" % R)
-        if doc is None:
-            continue
-        ck.equal(doc["drops"]["dropped_assignments"], ref.dropped_assignments,
-                 "cf 0.001 R=%d: drops as the reference" % R)
-        compare(ck, "cf 0.001 R=%d vs NumPy" % R, figures(doc), want)
+    runs_match(ck, exe, wd, "cf 0.001", (1, 3), args, ref, want)
 
 
 def timing_and_memory(ck, exe, wd):
