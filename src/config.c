@@ -307,7 +307,9 @@ const char *moe_config_usage(void)
            "  --redundant-experts N  N extra replicas of the most loaded experts, placed by EPLB\n"
            "                         so ranks compute evenly; an assignment goes to replica t mod m\n"
            "  --eplb-from SRC        the loads EPLB plans from: self (this batch's routing,\n"
-           "                         default) or a file of E loads (.npy or .csv)\n"
+           "                         default), previous (with --steps, re-planned before every\n"
+           "                         step from the step before's loads) or a file of E loads\n"
+           "                         (.npy or .csv)\n"
            "  --dispatch D           per-expert (default): one row per served (token, expert);\n"
            "                         per-rank: one row per (token, destination rank) with its\n"
            "                         gates and expert ids, fanned out there (DeepEP)\n"
@@ -1042,9 +1044,11 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_EPLB_FROM:
             if (optarg[0] == '\0')
                 rc = moe_fail(MOE_EUSAGE, msg, msglen,
-                              "--%s needs 'self' or a file of per-expert loads (.npy or .csv)",
+                              "--%s needs 'self', 'previous' or a file of per-expert loads (.npy "
+                              "or .csv)",
                               name);
-            cfg->eplb_from = strcmp(optarg, "self") == 0 ? NULL : optarg;
+            cfg->eplb_previous = strcmp(optarg, "previous") == 0;
+            cfg->eplb_from = strcmp(optarg, "self") == 0 || cfg->eplb_previous ? NULL : optarg;
             cfg->set_eplb_from = true;
             break;
         case OPT_DISPATCH:

@@ -1050,8 +1050,68 @@ const float *moe_layer_selection_bias(const moe_layer *L)
     return L->sel_bias;
 }
 
+/* --eplb-from previous: before step `step` (>= 1) the routing arrays still hold the step before;
+ * EPLB plans again from its global loads. Every rank holds the same number of slots whatever the
+ * loads ((E + N) / R), so the buffers sized by slots stay; the slots' experts and weights change.
+ * Collective. */
+static int replan_from_previous(moe_layer *L, char *msg, size_t msglen)
+{
+    const moe_config *c = &L->cfg;
+    int E = L->E, R = L->R, rc = MOE_OK;
+    int64_t *mine = calloc((size_t)E, sizeof *mine), *all = calloc((size_t)E, sizeof *all);
+    double *loads = calloc((size_t)E, sizeof *loads);
+    moe_expert_map next = {0};
+    if (!mine || !all || !loads)
+        rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory re-planning the experts");
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    for (int64_t i = 0; i < L->n * L->A; i++)
+        mine[L->expert[i]]++;
+    {
+        int mrc = MPI_Allreduce(mine, all, E, MPI_INT64_T, MPI_SUM, L->comm);
+        if (mrc != MPI_SUCCESS) {
+            rc = moe_mpi_fail(mrc, "MPI_Allreduce", __FILE__, __LINE__, msg, msglen);
+            goto done;
+        }
+    }
+    for (int e = 0; e < E; e++)
+        loads[e] = (double)all[e];
+    rc = moe_expert_map_build(&next, c->placement, E, R, c->redundant_experts, loads, msg, msglen);
+    for (int r = 0; rc == MOE_OK && r <= R; r++)
+        if (next.first_slot[r] != L->map.first_slot[r])
+            rc = moe_fail(MOE_EINVAL, msg, msglen,
+                          "internal error: EPLB gave rank %d another slot count on re-planning", r);
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
+    bool weights = !c->predict_only && c->mode != MOE_MODE_DISPATCH;
+    for (int64_t ls = 0; weights && ls < L->n_ls; ls++) { /* only the slots whose expert moved */
+        int32_t was = L->map.logical[L->first_ls + ls], now = next.logical[L->first_ls + ls];
+        if (was != now)
+            moe_expert_init(L->w1 + ls * L->f * L->d, L->w2 + ls * L->d * L->f, c->seed, now,
+                            L->d, L->f);
+    }
+    moe_expert_map_free(&L->map);
+    L->map = next;
+    memset(&next, 0, sizeof next);
+    for (int p = 0; p < L->map.P; p++) {
+        L->owner_of[p] = L->map.rank[p];
+        L->local_of[p] = p - L->map.first_slot[L->map.rank[p]];
+    }
+done:
+    moe_expert_map_free(&next);
+    free(mine);
+    free(all);
+    free(loads);
+    return rc;
+}
+
 int moe_layer_set_step(moe_layer *L, int step, char *msg, size_t msglen)
 {
+    if (L->cfg.eplb_previous && L->cfg.placement == MOE_PLACE_EPLB && step > 0) {
+        int rc = replan_from_previous(L, msg, msglen);
+        if (rc != MOE_OK)
+            return rc;
+    }
     L->tok_off = (int64_t)step * L->cfg.tokens;
     int rc = load_batch(L, msg, msglen);
     if (rc == MOE_OK)

@@ -1046,6 +1046,7 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "redundant_experts", json_integer(cfg->redundant_experts));
     json_object_set_new(config, "eplb_from",
                         cfg->placement != MOE_PLACE_EPLB ? json_null()
+                        : cfg->eplb_previous             ? json_string("previous")
                         : cfg->eplb_from                 ? json_string(cfg->eplb_from)
                                                          : json_string("self"));
     json_object_set_new(config, "expert_groups",

@@ -112,6 +112,7 @@ typedef struct moe_config {
     moe_place_kind placement;   /* where experts live                     --placement contiguous */
     int redundant_experts;      /* extra replicas of the most loaded      --redundant-experts 0 */
     const char *eplb_from;      /* loads for EPLB: NULL = this batch      --eplb-from self */
+    bool eplb_previous;         /* --eplb-from previous: re-planned every step from the last */
     bool set_placement, set_eplb_from;
     moe_wire wire;          /* format of dispatched rows                 --wire fp32 */
     moe_wire wire_combine;  /* format of combined rows (fp8 dispatch: bf16) --wire-combine fp32 */

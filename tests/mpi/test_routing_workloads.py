@@ -11,6 +11,8 @@
     receiving nothing; the hot set's share of the assignments near --hot-share; the rotation
     moving every --period steps; burst hot on every P-th step only; balanced within binomial noise;
   - config.workload, period, workload_hot_experts, workload_hot_share in the JSON;
+  - --eplb-from previous: each step planned from the step before's loads, equal to a static plan
+    from a file of those loads (eplb_previous);
   - refusals: an unknown kind, --period without rotating-hotspot or burst, a router option with a
     workload, --hot-experts with balanced, hot-rank with more hot experts than rank 0 holds.
 """
@@ -29,6 +31,41 @@ KINDS = ["balanced", "hot-experts", "hot-rank", "spread-hot", "zero-expert-rank"
 
 def owner_rank(e, ranks):
     return mt.owner(E, ranks, e)
+
+
+def eplb_previous(ck, exe, wd):
+    """--eplb-from previous on rotating-hotspot (R = 4, E 12 + 4 replicas, 3 steps): step t's
+    plan is EPLB on step t - 1's routed loads, so step t equals step t of a run whose static plan
+    is read from a file of those loads (--eplb-from FILE), exactly: rank overload, drops, routed
+    counts. Step 0 (no step before) is planned from its own batch, as self."""
+    args = ["--tokens", N, "--hidden", D, "--experts", E, "--top-k", K, "--seed", SEED,
+            "--workload", "rotating-hotspot", "--hot-experts", 2, "--redundant-experts", 4,
+            "--steps", 3, "--iters", 1, "--warmup", 0]
+    path = os.path.join(wd, "prev.json")
+    r = mt.run(exe, 4, [str(a) for a in args] + ["--eplb-from", "previous", "--quiet", "--json",
+                                                 path])
+    if not ck.check(r.returncode == 0, "--eplb-from previous runs", r.describe()):
+        return
+    with open(path) as fh:
+        prev = json.load(fh)
+    ck.equal(prev["config"]["eplb_from"], "previous", "config.eplb_from previous")
+    key = lambda st: (st["load_balance"]["rank_overload"], st["drops"], st["routed"])
+    for t in range(3):
+        loads = prev["steps"][t - 1]["routed"] if t > 0 else prev["steps"][0]["routed"]
+        lpath = os.path.join(wd, "loads%d.csv" % t)
+        with open(lpath, "w") as fh:
+            fh.write("\n".join(str(x) for x in loads) + "\n")
+        fpath = os.path.join(wd, "file%d.json" % t)
+        r = mt.run(exe, 4, [str(a) for a in args] + ["--eplb-from", lpath, "--quiet", "--json",
+                                                     fpath])
+        if not ck.check(r.returncode == 0, "--eplb-from FILE runs", r.describe()):
+            continue
+        with open(fpath) as fh:
+            static = json.load(fh)
+        ck.equal(key(prev["steps"][t]), key(static["steps"][t]),
+                 "--eplb-from previous, step %d = a plan from step %d's loads" % (t, max(t - 1, 0)))
+    moved = [st["load_balance"]["rank_overload"] for st in prev["steps"]]
+    ck.check(len(set(moved)) > 1, "the plans differ between steps", repr(moved))
 
 
 def main():
@@ -136,6 +173,7 @@ def main():
                      [r"hot-rank", r"rank 0", r"4 experts"], wd)
     mt.check_refused(ck, exe, "zero_one_rank", 1, base + ["--workload", "zero-expert-rank"],
                      [r"zero-expert-rank", r"2 ranks"], wd)
+    eplb_previous(ck, exe, wd)
     ck.finish()
 
 
