@@ -2144,6 +2144,15 @@ START_TEST(test_exchange_options)
     ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--eplb-from", "self", "--placement", "eplb", NULL),
                      MOE_OK);
     ck_assert_ptr_null(cfg.eplb_from);
+    ck_assert(!cfg.eplb_previous);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--eplb-from", "previous", "--placement", "eplb",
+                           NULL),
+                     MOE_OK);
+    ck_assert(cfg.eplb_previous);
+    ck_assert_ptr_null(cfg.eplb_from);
+    ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--eplb-from", "previous", NULL), MOE_OK);
+    ck_assert_int_eq(moe_config_resolve(&cfg, 2, NULL, NULL, NULL, msg, sizeof msg), MOE_EUSAGE);
+    ck_assert_ptr_nonnull(strstr(msg, "--placement eplb"));
     const char *usage = moe_config_usage();
     const char *lines[] = {"  --dispatch D ", "  --wire F ", "  --wire-combine F ", "  --placement P ",
                            "  --redundant-experts N ", "  --eplb-from SRC "};
