@@ -48,13 +48,19 @@ int64_t moe_capacity(double cf, int64_t group_tokens, int k, int E)
 
 int moe_capacity_groups(int64_t *group_tokens, moe_scope scope, int64_t n_tokens, int R)
 {
+    return moe_capacity_groups_blocks(group_tokens, scope, n_tokens, R, NULL);
+}
+
+int moe_capacity_groups_blocks(int64_t *group_tokens, moe_scope scope, int64_t n_tokens, int R,
+                               const int64_t *per_rank)
+{
     if (scope == MOE_SCOPE_GLOBAL) {
         group_tokens[0] = n_tokens;
         return 1;
     }
     for (int s = 0; s < R; s++) {
         int64_t first;
-        moe_partition(n_tokens, R, s, &first, &group_tokens[s]);
+        moe_token_block(per_rank, n_tokens, R, s, &first, &group_tokens[s]);
     }
     return R;
 }

@@ -98,7 +98,7 @@ static int capacity_needed(const moe_layer *L, int64_t *max_load, double *cf_nee
     int rc = groups && (!global || loads) ? MOE_OK : moe_fail(MOE_ENOMEM, msg, msglen, "out of memory");
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         goto done;
-    int n_groups = moe_capacity_groups(groups, L->cfg.scope, L->cfg.tokens, R);
+    int n_groups = moe_capacity_groups_blocks(groups, L->cfg.scope, L->cfg.tokens, R, L->blocks);
     /* global: one group, each expert's load summed over the sources; local: a group per source */
     for (int s = 0; global && s < R; s++)
         for (int64_t le = 0; le < n_le; le++)

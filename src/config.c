@@ -326,9 +326,12 @@ const char *moe_config_usage(void)
            "  --steps-csv PATH       one CSV row per step (columns: docs/json.md, steps[])\n"
            "  --workload W           routing defined by a workload, not a router (docs/workloads.md):\n"
            "                         none (default), balanced, hot-experts, hot-rank, spread-hot,\n"
-           "                         zero-expert-rank, rotating-hotspot, burst; the heat is\n"
-           "                         --hot-experts N (default E/8, at least 1) taking --hot-share X\n"
-           "                         of the assignments (default 0.5)\n"
+           "                         zero-expert-rank, rotating-hotspot, burst, source-ragged\n"
+           "                         (balanced, rank r holding a share r + 1 of the tokens); the\n"
+           "                         heat is --hot-experts N (default E/8, at least 1) taking\n"
+           "                         --hot-share X of the assignments (default 0.5)\n"
+           "  --tokens-per-rank LIST the tokens of each rank, a comma list of R counts summing to\n"
+           "                         --tokens (default: even blocks)\n"
            "  --period P             rotating-hotspot: steps between moves (default 1); burst: every\n"
            "                         P-th step is hot (default 4)\n"
            "  --expert-bias          DeepSeek-V3's auxiliary-loss-free balancing: a selection-only\n"
@@ -367,7 +370,8 @@ enum {
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
     OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX,
     OPT_STEPS, OPT_STEPS_CSV, OPT_EXPERT_BIAS, OPT_BIAS_RATE, OPT_WORKLOAD, OPT_PERIOD,
-    OPT_OPTIMIZER, OPT_LR, OPT_AUX_COEFF, OPT_Z_COEFF, OPT_TOKEN_MEAN, OPT_TEACHER
+    OPT_OPTIMIZER, OPT_LR, OPT_AUX_COEFF, OPT_Z_COEFF, OPT_TOKEN_MEAN, OPT_TEACHER,
+    OPT_TOKENS_PER_RANK
 };
 
 static const struct option long_options[] = {
@@ -392,6 +396,7 @@ static const struct option long_options[] = {
     {"mode", required_argument, NULL, OPT_MODE},
     {"optimizer", required_argument, NULL, OPT_OPTIMIZER},
     {"token-mean", required_argument, NULL, OPT_TOKEN_MEAN},
+    {"tokens-per-rank", required_argument, NULL, OPT_TOKENS_PER_RANK},
     {"teacher-experts", required_argument, NULL, OPT_TEACHER},
     {"lr", required_argument, NULL, OPT_LR},
     {"aux-loss-coeff", required_argument, NULL, OPT_AUX_COEFF},
@@ -1076,6 +1081,9 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             cfg->set_optimizer = true;
             break;
         }
+        case OPT_TOKENS_PER_RANK:
+            cfg->tokens_per_rank = optarg;
+            break;
         case OPT_TOKEN_MEAN:
             rc = parse_real(name, optarg, -1e3, 1e3, &cfg->token_mean, msg, msglen);
             cfg->set_token_mean = true;
@@ -1441,7 +1449,8 @@ static int resolve_workload(moe_config *cfg, int nranks, char *msg, size_t msgle
         cfg->wl_hot = cfg->hot_experts > 0 ? cfg->hot_experts : (E / 8 > 1 ? E / 8 : 1);
         cfg->wl_share = cfg->hot_share;
     }
-    bool heated = cfg->workload != MOE_WL_BALANCED && cfg->workload != MOE_WL_ZERO;
+    bool heated = cfg->workload != MOE_WL_BALANCED && cfg->workload != MOE_WL_ZERO &&
+                  cfg->workload != MOE_WL_RAGGED;
     if (!heated && (cfg->hot_experts > 0 || cfg->set_hot_share))
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--workload %s has no hot set: --hot-experts and --hot-share do not apply",
@@ -1656,6 +1665,14 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         cfg->redundant_experts, moe_place_kind_name(cfg->placement));
     if (cfg->redundant_experts > 0)
         cfg->placement = MOE_PLACE_EPLB;
+    if (cfg->tokens_per_rank != NULL && cfg->plan_ranks > 0)
+        return moe_fail(MOE_EUSAGE, msg, msglen,
+                        "--tokens-per-rank gives the launched ranks' blocks: --ranks plans even "
+                        "blocks");
+    if (cfg->tokens_per_rank != NULL &&
+        (rc = moe_tokens_per_rank_parse(cfg->tokens_per_rank, nranks, cfg->tokens, NULL, msg,
+                                        msglen)) != MOE_OK)
+        return rc;
     if (cfg->set_eplb_from && cfg->placement != MOE_PLACE_EPLB)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--eplb-from gives the loads EPLB plans from: it needs --placement eplb or "

@@ -839,7 +839,20 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->fs = cfg->shared_ffn > 0 ? cfg->shared_ffn : cfg->ffn;
     L->d = cfg->hidden;
     L->f = cfg->ffn;
-    moe_partition(cfg->tokens, L->R, L->rank, &L->first, &L->n);
+    /* the ranks' token blocks: --tokens-per-rank, source-ragged's shares, or even */
+    if (cfg->tokens_per_rank != NULL || cfg->workload == MOE_WL_RAGGED) {
+        L->blocks = calloc((size_t)L->R, sizeof *L->blocks);
+        rc = L->blocks == NULL ? moe_fail(MOE_ENOMEM, msg, msglen, "out of memory")
+             : cfg->tokens_per_rank
+                 ? moe_tokens_per_rank_parse(cfg->tokens_per_rank, L->R, cfg->tokens, L->blocks,
+                                             msg, msglen)
+                 : MOE_OK;
+        if (rc == MOE_OK && cfg->tokens_per_rank == NULL)
+            moe_tokens_ragged(L->blocks, cfg->tokens, L->R);
+        if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
+            return rc;
+    }
+    moe_token_block(L->blocks, cfg->tokens, L->R, L->rank, &L->first, &L->n);
     moe_partition(L->E, L->R, L->rank, &L->first_e, &L->n_le);
 
     int mrc = MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, L->rank, MPI_INFO_NULL, &L->node);
@@ -1131,7 +1144,7 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     L->cfg.capacity_factor = cf;
     /* the groups' tokens, then their capacities in place (capacity.c); R <= E, so the scratch of
      * E holds them, and decide() below uses it only afterwards */
-    int n_groups = moe_capacity_groups(L->scratch, cfg->scope, cfg->tokens, L->R);
+    int n_groups = moe_capacity_groups_blocks(L->scratch, cfg->scope, cfg->tokens, L->R, L->blocks);
     moe_group_capacities(L->group_cap, cf, L->scratch, n_groups, L->k, L->E, cfg->min_capacity);
     /* expert choice: an expert cannot take more tokens than its group holds */
     if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)
@@ -1240,6 +1253,7 @@ void moe_layer_destroy(moe_layer *L)
     }
     moe_exchange_free(&L->ex);
     moe_train_free(L);
+    free(L->blocks);
     if (L->node != MPI_COMM_NULL)
         MPI_Comm_free(&L->node);
     void *owned[] = {L->placement, L->node_of_rank, L->raw_counts,
@@ -1286,6 +1300,11 @@ int64_t moe_layer_bytes(const moe_layer *L)
 const moe_expert_map *moe_layer_expert_map(const moe_layer *L)
 {
     return &L->map;
+}
+
+const int64_t *moe_layer_token_blocks(const moe_layer *L)
+{
+    return L->blocks;
 }
 
 const moe_config *moe_layer_config(const moe_layer *L)

@@ -17,6 +17,8 @@ struct moe_layer {
     int E, k, A;           /* A: slots per token, k (token choice) or E (expert choice) */
     int64_t d, f;
     int64_t n, first;      /* this rank's tokens: global ids [first, first + n) of the batch */
+    int64_t *blocks;       /* (R) every rank's token count (--tokens-per-rank, source-ragged),
+                            * NULL: the even blocks of moe_partition */
     int64_t tok_off;       /* --steps: the step's batch starts at token tok_off of the data */
     int64_t h_rows;        /* rows of h held: n, or a chunk under --predict-only */
     int64_t n_le, first_e; /* this rank's experts */

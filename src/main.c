@@ -321,7 +321,8 @@ static int predict(moe_layer *layer, const moe_config *cfg, moe_results *res, in
         rc = moe_layer_router_stats(layer, P, gathered, msg, MSG_LEN);
     if (rc == MOE_OK && rank == 0) {
         /* groups: the whole batch (global) or one per source rank (local) */
-        int n_groups = moe_capacity_groups(groups, cfg->scope, cfg->tokens, nranks);
+        int n_groups = moe_capacity_groups_blocks(groups, cfg->scope, cfg->tokens, nranks,
+                                                  moe_layer_token_blocks(layer));
         if (n_groups == 1 && plan == NULL) /* the plan's loads are per group already */
             for (int s = 1; s < nranks; s++)
                 for (int e = 0; e < E; e++)
@@ -434,7 +435,7 @@ static int collect_memory(moe_layer *layer, moe_results *res, int64_t baseline_r
         moe_config full = *cfg;
         full.predict_only = false;
         int64_t first, n, first_e, n_le;
-        moe_partition(cfg->tokens, nranks, rank, &first, &n);
+        moe_token_block(moe_layer_token_blocks(layer), cfg->tokens, nranks, rank, &first, &n);
         moe_partition(cfg->experts, nranks, rank, &first_e, &n_le);
         moe_mem_estimate m;
         moe_memory_fixed(&m, &full, nranks, rank, n, n_le);
@@ -529,7 +530,8 @@ static int run_more_steps(moe_layer *layer, const moe_config *cfg, moe_results *
                 double share = (double)prev[e] / (double)cfg->tokens;
                 q[e] = share < 1.0 ? share : 1.0;
             }
-            int n_groups = moe_capacity_groups(groups, cfg->scope, cfg->tokens, R);
+            int n_groups = moe_capacity_groups_blocks(groups, cfg->scope, cfg->tokens, R,
+                                                      moe_layer_token_blocks(layer));
             moe_group_capacities(caps, cfg->capacity_factor, groups, n_groups, k, E,
                                  cfg->min_capacity);
             if (cfg->routing == MOE_ROUTING_EXPERT_CHOICE)

@@ -13,19 +13,6 @@ float moe_gelu_grad(float x)
     return 0.5f * (1.0f + moe_erf(x * (float)M_SQRT1_2)) + x * phi;
 }
 
-void moe_expert_forward_save(float *y, float *pre, float *act, const float *x, const float *w1,
-                             const float *w2, int64_t m, int64_t d, int64_t f)
-{
-    if (m == 0)
-        return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)f, (int)d, 1.0f, x, (int)d,
-                w1, (int)d, 0.0f, pre, (int)f);
-    memcpy(act, pre, (size_t)(m * f) * sizeof *act);
-    moe_gelu_rows(act, m * f);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)d, (int)f, 1.0f, act, (int)f,
-                w2, (int)f, 0.0f, y, (int)d);
-}
-
 void moe_expert_backward(float *dx, float *dw1, float *dw2, float *dpre, const float *dy,
                          const float *x, const float *pre, const float *act, const float *w1,
                          const float *w2, int64_t m, int64_t d, int64_t f)

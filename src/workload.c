@@ -65,7 +65,7 @@ void moe_workload_clustered_tokens(float *h, uint64_t seed, int64_t first, int64
 
 static const char *const wl_names[MOE_WL_COUNT] = {
     "none",  "balanced", "hot-experts", "hot-rank", "spread-hot", "zero-expert-rank",
-    "rotating-hotspot", "burst"};
+    "rotating-hotspot", "burst", "source-ragged"};
 
 const char *moe_wl_name(moe_wl_kind kind)
 {
@@ -116,7 +116,7 @@ int moe_wl_hot_set(uint8_t *hot, const moe_wl *w, int step)
             hot[(origin + i) % E] = 1;
         break;
     }
-    default: /* balanced, zero-expert-rank */
+    default: /* balanced, zero-expert-rank, source-ragged */
         break;
     }
     int size = 0;

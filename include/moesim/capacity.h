@@ -45,6 +45,10 @@ int64_t moe_capacity(double cf, int64_t group_tokens, int k, int E);
  * (moe_partition): global scope one group of n_tokens, local scope R groups of each rank's
  * tokens. Fills group_tokens (room for R values) and returns the number of groups. */
 int moe_capacity_groups(int64_t *group_tokens, moe_scope scope, int64_t n_tokens, int R);
+/* The same where the ranks hold the blocks per_rank (R counts; NULL: the even blocks): in local
+ * scope group s is rank s's block. */
+int moe_capacity_groups_blocks(int64_t *group_tokens, moe_scope scope, int64_t n_tokens, int R,
+                               const int64_t *per_rank);
 
 /* cap[g] = moe_group_capacity(cf, group_tokens[g], k, E, min_capacity) for every group; cap may
  * alias group_tokens. */

@@ -156,6 +156,8 @@ typedef struct moe_config {
     double token_mean;      /* every token + mu m (one shared direction) --token-mean 0 */
     int teacher_experts;    /* the teacher's experts (fwd-bwd, train)   --teacher-experts 1 */
     const char *tokens_file, *router_file, *logits_file; /* .npy inputs (point into argv) */
+    const char *tokens_per_rank; /* a comma list of R token counts, NULL: even blocks
+                                  * (--workload source-ragged: r + 1 shares)  --tokens-per-rank */
     const char *topology;   /* hwloc XML file or synthetic description   --topology (real) */
     int ranks_per_node;     /* emulate nodes of n ranks, 0 = real nodes   --ranks-per-node 0 */
     bool hierarchical;      /* two-level all-to-all                       --a2a flat */

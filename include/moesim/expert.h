@@ -30,6 +30,11 @@ void moe_gelu_rows(float *a, int64_t n);
 /* Two cblas_sgemm calls around an elementwise GELU. m may be 0. */
 void moe_expert_forward(float *y, float *act, const float *x, const float *w1, const float *w2,
                         int64_t m, int64_t d, int64_t f);
+/* The expert FFN forward that keeps what its backward needs: pre = x W1^T (m, f), act =
+ * GELU(pre) (m, f), y = act W2^T (m, d). The same floats as moe_expert_forward. */
+void moe_expert_forward_save(float *y, float *pre, float *act, const float *x, const float *w1,
+                             const float *w2, int64_t m, int64_t d, int64_t f);
+
 /* Plain-loop twin, accumulating in double, with moe_gelu_ref. */
 void moe_expert_forward_ref(float *y, float *act, const float *x, const float *w1, const float *w2,
                             int64_t m, int64_t d, int64_t f);

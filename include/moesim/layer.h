@@ -142,6 +142,9 @@ int moe_layer_exchange(moe_layer *layer, bool reverse, char *msg, size_t msglen)
 int moe_layer_train_update(moe_layer *layer, char *msg, size_t msglen);
 /* What the last backward found (stats.h; ran false without one). Not collective. */
 void moe_layer_training(const moe_layer *layer, moe_training *out);
+/* Every rank's token count (R values) when the blocks are uneven (--tokens-per-rank,
+ * --workload source-ragged), NULL for moe_partition's even blocks. Not collective. */
+const int64_t *moe_layer_token_blocks(const moe_layer *layer);
 /* The configuration the layer runs (resolved). Not collective. */
 const moe_config *moe_layer_config(const moe_layer *layer);
 

@@ -6,6 +6,7 @@
 #ifndef MOESIM_TRAIN_H
 #define MOESIM_TRAIN_H
 
+#include "moesim/expert.h"
 #include "moesim/router.h"
 
 #include <stdbool.h>
@@ -14,14 +15,9 @@
 /* GELU's derivative, d/dx x Phi(x) = Phi(x) + x phi(x), with moe_erf. */
 float moe_gelu_grad(float x);
 
-/* The expert FFN forward that keeps what its backward needs: pre = x W1^T (m, f), act =
- * GELU(pre) (m, f), y = act W2^T (m, d). The same floats as moe_expert_forward. */
-void moe_expert_forward_save(float *y, float *pre, float *act, const float *x, const float *w1,
-                             const float *w2, int64_t m, int64_t d, int64_t f);
-
-/* Its backward from dy = dL/dy (m, d): dw2 (d, f) += dy^T act; dpre (m, f) = (dy W2) *
- * GELU'(pre) (scratch, overwritten); dw1 (f, d) += dpre^T x; dx (m, d) = dpre W1 (dx NULL: not
- * computed). dw1 and dw2 accumulate: the caller zeroes them. m may be 0. */
+/* The backward of moe_expert_forward_save (expert.h) from dy = dL/dy (m, d): dw2 (d, f) +=
+ * dy^T act; dpre (m, f) = (dy W2) * GELU'(pre) (scratch, overwritten); dw1 (f, d) += dpre^T x;
+ * dx (m, d) = dpre W1 (dx NULL: not computed). dw1 and dw2 accumulate: the caller zeroes them. m may be 0. */
 void moe_expert_backward(float *dx, float *dw1, float *dw2, float *dpre, const float *dy,
                          const float *x, const float *pre, const float *act, const float *w1,
                          const float *w2, int64_t m, int64_t d, int64_t f);

@@ -49,6 +49,8 @@ typedef enum {
     MOE_WL_ZERO,     /* zero-expert-rank: the last rank's experts get nothing           */
     MOE_WL_ROTATE,   /* rotating-hotspot: a block of N experts that moves every P steps */
     MOE_WL_BURST,    /* burst: balanced steps, every P-th step hot-experts              */
+    MOE_WL_RAGGED,   /* source-ragged: balanced routing, ranks holding unequal token
+                      * blocks (--tokens-per-rank, else a share of rank r + 1)          */
     MOE_WL_COUNT
 } moe_wl_kind;
 

@@ -992,17 +992,31 @@ ABLATION_PREDICTED = ("expected_dropped_assignments", "expected_empty_slots",
                       "max_expert_load", "cf_needed")
 
 
-def group_sizes(N, scope, ranks):
-    """Tokens of each capacity group: [N] in global scope, the block partition in local scope."""
+def ragged_blocks(N, ranks):
+    """--workload source-ragged's blocks: c(r + 1) - c(r), c(m) = floor(N m (m + 1) / (R (R + 1)))."""
+    c = [N * m * (m + 1) // (ranks * (ranks + 1)) for m in range(ranks + 1)]
+    return [c[r + 1] - c[r] for r in range(ranks)]
+
+
+def token_blocks(N, ranks, blocks=None):
+    """(first, count) of each rank's tokens: moe_partition's even blocks, or the given counts."""
+    if blocks is None:
+        return [partition(N, ranks, r) for r in range(ranks)]
+    starts = np.concatenate([[0], np.cumsum(blocks)[:-1]]).tolist()
+    return [(int(f), int(c)) for f, c in zip(starts, blocks)]
+
+
+def group_sizes(N, scope, ranks, blocks=None):
+    """Tokens of each capacity group: [N] in global scope, the rank blocks in local scope."""
     if scope == "global":
         return [N]
-    return [partition(N, ranks, r)[1] for r in range(ranks)]
+    return [c for _, c in token_blocks(N, ranks, blocks)]
 
 
-def group_bounds(N, scope, ranks):
+def group_bounds(N, scope, ranks, blocks=None):
     if scope == "global":
         return [(0, N)]
-    return [partition(N, ranks, r) for r in range(ranks)]
+    return token_blocks(N, ranks, blocks)
 
 
 def capacity_total(cf, N, k, E, scope, ranks, min_capacity=0):
@@ -1012,7 +1026,7 @@ def capacity_total(cf, N, k, E, scope, ranks, min_capacity=0):
     return sum(capacity(cf, G, k, E, min_capacity) for G in group_sizes(N, scope, ranks))
 
 
-def apply_capacity(expert, E, cf, scope="global", ranks=1, min_capacity=0):
+def apply_capacity(expert, E, cf, scope="global", ranks=1, min_capacity=0, blocks=None):
     """The position policy applied to a routing `expert` (N, k) (e.g. read from a --dump-routing
     CSV): per group and expert, earlier token ids are served first, up to
     C = max(ceil(cf G k / E), min_capacity).
@@ -1023,7 +1037,7 @@ def apply_capacity(expert, E, cf, scope="global", ranks=1, min_capacity=0):
     N, k = expert.shape
     acc = np.zeros((N, k), dtype=np.int64)
     loads = []
-    for first, count in group_bounds(N, scope, ranks):
+    for first, count in group_bounds(N, scope, ranks, blocks):
         C = capacity(cf, count, k, E, min_capacity)
         used = np.zeros(E, dtype=np.int64)
         for t in range(first, first + count):
@@ -1035,7 +1049,8 @@ def apply_capacity(expert, E, cf, scope="global", ranks=1, min_capacity=0):
         loads.append(used)
     routed = np.bincount(expert.ravel(), minlength=E).astype(np.int64)
     accepted = np.bincount(expert.ravel(), weights=acc.ravel(), minlength=E).astype(np.int64)
-    cap = capacity_total(cf, N, k, E, scope, ranks, min_capacity)
+    cap = None if float(cf) == 0 else sum(capacity(cf, G, k, E, min_capacity)
+                                          for G in group_sizes(N, scope, ranks, blocks))
     slots = int(accepted.sum()) if cap is None else cap * E
     return {"accepted": acc, "capacity": cap, "routed": routed, "accepted_per_expert": accepted,
             "dropped_assignments": int(N * k - acc.sum()),

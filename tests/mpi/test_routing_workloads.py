@@ -26,7 +26,7 @@ import moetest as mt
 
 SEED, N, D, E, K = 9, 400, 8, 12, 2
 KINDS = ["balanced", "hot-experts", "hot-rank", "spread-hot", "zero-expert-rank",
-         "rotating-hotspot", "burst"]
+         "rotating-hotspot", "burst", "source-ragged"]
 
 
 def owner_rank(e, ranks):
@@ -68,6 +68,48 @@ def eplb_previous(ck, exe, wd):
     ck.check(len(set(moved)) > 1, "the plans differ between steps", repr(moved))
 
 
+def ragged(ck, exe, wd):
+    """Uneven token blocks: source-ragged's r + 1 shares at R = 3 and 4, and --tokens-per-rank
+    with the router (no workload) at R = 3: each rank sends its block's accepted rows
+    (traffic.rows_sent), the routing is the even-block run's (token ids do not move), and in local
+    scope (the blocks are the capacity groups) the drops and empty slots are the position policy's
+    on those groups."""
+    base = ["--tokens", N, "--hidden", D, "--experts", E, "--top-k", K, "--seed", SEED,
+            "--iters", 1, "--warmup", 0, "--capacity-factor", "1.0", "--capacity-scope", "local"]
+    cases = [("source-ragged R=3", 3, ["--workload", "source-ragged"], mt.ragged_blocks(N, 3)),
+             ("source-ragged R=4", 4, ["--workload", "source-ragged"], mt.ragged_blocks(N, 4)),
+             ("source-ragged listed R=3", 3, ["--workload", "source-ragged",
+                                              "--tokens-per-rank", "50,0,350"], [50, 0, 350]),
+             ("router R=3", 3, ["--tokens-per-rank", "100,250,50"], [100, 250, 50])]
+    for tag, R, extra, blocks in cases:
+        ck.equal(sum(blocks), N, tag + ": the blocks sum to the batch")
+        res = ck.guard(tag, mt.run_full, exe, R, base + extra, wd, tag.replace(" ", "_").replace(
+            "=", ""), output=False)
+        even = ck.guard(tag + " even", mt.run_full, exe, 1, base + [x for x in extra if x not in (
+            "--tokens-per-rank", "50,0,350", "100,250,50")], wd, tag.replace(" ", "_").replace(
+            "=", "") + "_even", output=False)
+        if res is None or even is None:
+            continue
+        expert, _, _ = res.routing_matrix(K)
+        want, _, _ = even.routing_matrix(K)
+        ck.equal(expert.tolist(), want.tolist(), tag + ": the routing of the even blocks")
+        cap = mt.apply_capacity(expert, E, "1.0", "local", R, blocks=blocks)
+        ck.equal(res.json["traffic"]["rows_sent"],
+                 [int(cap["accepted"][f:f + c].sum()) for f, c in mt.token_blocks(N, R, blocks)],
+                 tag + ": each rank sends its block's accepted rows")
+        ck.equal((res.json["drops"]["dropped_assignments"], res.json["waste"]["empty_slots"]),
+                 (cap["dropped_assignments"], cap["empty_slots"]),
+                 tag + ": local-scope drops and empty slots on the ragged groups")
+    for extra, pat in ((["--tokens-per-rank", "100,200"], "2 counts for 3 ranks"),
+                       (["--tokens-per-rank", "100,200,x"], "entry 3"),
+                       (["--tokens-per-rank", "100,200,-1"], "entry 3"),
+                       (["--tokens-per-rank", "100,200,200"], "sums to"),
+                       (["--tokens-per-rank", "100,200,100,0"], "more than one count"),
+                       (["--tokens-per-rank", "400", "--predict-only", "--ranks", 2], "--ranks")):
+        mt.check_refused(ck, exe, "refused " + " ".join(str(x) for x in extra),
+                         1 if "--ranks" in extra else 3, base + extra, [pat], wd)
+
+
 def main():
     exe = mt.moesim_path()
     ck = mt.Checker("test_routing_workloads")
@@ -78,7 +120,7 @@ def main():
         for ranks in rank_list:
             tag = "%s_R%d" % (kind, ranks)
             extra = ["--hot-experts", 2, "--hot-share", "0.6"] if kind not in (
-                "balanced", "zero-expert-rank") else []
+                "balanced", "zero-expert-rank", "source-ragged") else []
             if kind in ("rotating-hotspot", "burst"):
                 extra += ["--period", 2]
             args = ["--tokens", N, "--hidden", D, "--experts", E, "--top-k", K, "--seed", SEED,
@@ -89,7 +131,7 @@ def main():
                 continue
             doc = res.json
             c = doc["config"]
-            hot_n = 0 if kind in ("balanced", "zero-expert-rank") else 2
+            hot_n = 0 if kind in ("balanced", "zero-expert-rank", "source-ragged") else 2
             period = 2 if kind in ("rotating-hotspot", "burst") else 1
             ck.equal((c["workload"], c["period"]), (kind, period), tag + ": config.workload, period")
             if hot_n:
@@ -174,6 +216,7 @@ def main():
     mt.check_refused(ck, exe, "zero_one_rank", 1, base + ["--workload", "zero-expert-rank"],
                      [r"zero-expert-rank", r"2 ranks"], wd)
     eplb_previous(ck, exe, wd)
+    ragged(ck, exe, wd)
     ck.finish()
 
 

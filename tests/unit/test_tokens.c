@@ -1,4 +1,5 @@
 /* Unit tests of tokens: the block partition and the synthetic token states. */
+#include "moesim/error.h"
 #include "moesim/rng.h"
 #include "moesim/tokens.h"
 
@@ -119,6 +120,43 @@ START_TEST(test_generate_rank_count_invariance)
 }
 END_TEST
 
+/* --tokens-per-rank and source-ragged's shares, worked by hand */
+START_TEST(test_ragged_blocks)
+{
+    int64_t out[4], first, count;
+    char msg[256];
+    ck_assert_int_eq(moe_tokens_per_rank_parse("100,0,350", 3, 450, out, msg, sizeof msg), MOE_OK);
+    ck_assert(out[0] == 100 && out[1] == 0 && out[2] == 350);
+    ck_assert_int_eq(moe_tokens_per_rank_parse("7", 1, 7, NULL, msg, sizeof msg), MOE_OK);
+    static const struct {
+        const char *list, *pattern;
+    } bad[] = {{"100,200", "2 counts for 3"}, {"100,200,x", "entry 3"}, {"1,,2", "entry 2"},
+               {"100,-5,355", "entry 2"}, {"100,200,100", "sums to 400"},
+               {"100,200,200", "more than 500"}, {"100,200,150,0", "more than one count"},
+               {"", "entry 1"}, {"1,2,3,", "entry 4"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_eq(moe_tokens_per_rank_parse(bad[i].list, 3, 450, NULL, msg, sizeof msg),
+                         MOE_EUSAGE);
+        ck_assert_msg(strstr(msg, bad[i].pattern) != NULL, "'%s': %s", bad[i].list, msg);
+    }
+    /* c(m) = floor(n m (m + 1) / (R (R + 1))): n 600, R 3 -> 100 200 300; n 10 -> 1, 5, 10 */
+    moe_tokens_ragged(out, 600, 3);
+    ck_assert(out[0] == 100 && out[1] == 200 && out[2] == 300);
+    moe_tokens_ragged(out, 10, 3);
+    ck_assert(out[0] == 1 && out[1] == 4 && out[2] == 5);
+    moe_tokens_ragged(out, (int64_t)10 << 36, 4); /* no overflow: 128-bit products */
+    ck_assert(out[0] + out[1] + out[2] + out[3] == (int64_t)10 << 36 && out[3] == 4 * out[0]);
+    /* blocks in order */
+    const int64_t per[3] = {5, 0, 7};
+    moe_token_block(per, 12, 3, 2, &first, &count);
+    ck_assert(first == 5 && count == 7);
+    moe_token_block(per, 12, 3, 1, &first, &count);
+    ck_assert(first == 5 && count == 0);
+    moe_token_block(NULL, 12, 5, 4, &first, &count); /* even: moe_partition */
+    ck_assert(first == 10 && count == 2);
+}
+END_TEST
+
 static Suite *tokens_suite(void)
 {
     Suite *s = suite_create("tokens");
@@ -126,6 +164,7 @@ static Suite *tokens_suite(void)
     tcase_add_test(tc, test_partition_hand);
     tcase_add_test(tc, test_partition_exhaustive_small);
     tcase_add_test(tc, test_partition_large);
+    tcase_add_test(tc, test_ragged_blocks);
     suite_add_tcase(s, tc);
     tc = tcase_create("generate");
     tcase_add_test(tc, test_generate_formula);
