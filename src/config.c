@@ -1665,10 +1665,10 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         cfg->redundant_experts, moe_place_kind_name(cfg->placement));
     if (cfg->redundant_experts > 0)
         cfg->placement = MOE_PLACE_EPLB;
-    if (cfg->tokens_per_rank != NULL && cfg->plan_ranks > 0)
+    if ((cfg->tokens_per_rank != NULL || cfg->workload == MOE_WL_RAGGED) && cfg->plan_ranks > 0)
         return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "--tokens-per-rank gives the launched ranks' blocks: --ranks plans even "
-                        "blocks");
+                        "%s gives the launched ranks' blocks: --ranks plans even blocks",
+                        cfg->tokens_per_rank ? "--tokens-per-rank" : "--workload source-ragged");
     if (cfg->tokens_per_rank != NULL &&
         (rc = moe_tokens_per_rank_parse(cfg->tokens_per_rank, nranks, cfg->tokens, NULL, msg,
                                         msglen)) != MOE_OK)

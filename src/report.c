@@ -5,6 +5,7 @@
 #include "moesim/fileout.h"
 #include "moesim/memory.h"
 #include "moesim/projection.h"
+#include "moesim/tokens.h"
 #include "moesim/topology.h"
 
 #include <errno.h>
@@ -1033,6 +1034,8 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(config, "lr", train ? json_real(cfg->lr) : json_null());
     json_object_set_new(config, "aux_loss_coeff", bwd ? json_real(cfg->aux_loss_coeff) : json_null());
     json_object_set_new(config, "z_loss_coeff", bwd ? json_real(cfg->z_loss_coeff) : json_null());
+    json_object_set_new(config, "teacher_experts",
+                        bwd ? json_integer(cfg->teacher_experts) : json_null());
     json_object_set_new(config, "steps_csv",
                         cfg->steps_csv ? json_string(cfg->steps_csv) : json_null());
     json_object_set_new(config, "traffic_matrix",
@@ -1070,6 +1073,25 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                                  num(cfg->hot_experts ? cfg->hot_share : 0.0), "hot_share",
                                  num(res->hot_share), "hot_bias", num(res->hot_bias), "clusters",
                                  (json_int_t)cfg->clusters, "router_bias", bias);
+    json_object_set_new(workload, "token_mean", num(cfg->token_mean));
+    /* the ranks' token blocks when uneven (as the layer computed them from the same inputs) */
+    json_t *blocks = json_null();
+    int64_t *per = (cfg->tokens_per_rank || cfg->workload == MOE_WL_RAGGED) && res->ranks > 0
+                       ? malloc((size_t)res->ranks * sizeof *per)
+                       : NULL;
+    char scratch[256];
+    if (per != NULL &&
+        (cfg->tokens_per_rank == NULL ||
+         moe_tokens_per_rank_parse(cfg->tokens_per_rank, res->ranks, cfg->tokens, per, scratch,
+                                   sizeof scratch) == MOE_OK)) {
+        if (cfg->tokens_per_rank == NULL)
+            moe_tokens_ragged(per, cfg->tokens, res->ranks);
+        blocks = json_array();
+        for (int r = 0; blocks && r < res->ranks; r++)
+            json_array_append_new(blocks, json_integer(per[r]));
+    }
+    free(per);
+    json_object_set_new(workload, "tokens_per_rank", blocks ? blocks : json_null());
 
     json_t *ablation = json_array();
     for (int i = 0; i < res->n_ablation; i++) {

@@ -90,6 +90,10 @@ def ragged(ck, exe, wd):
             "=", "") + "_even", output=False)
         if res is None or even is None:
             continue
+        ck.equal(res.json["workload"]["tokens_per_rank"], blocks, tag + ": workload.tokens_per_rank")
+        ck.equal(even.json["workload"]["tokens_per_rank"],
+                 [N] if "source-ragged" in extra else None,
+                 tag + ": workload.tokens_per_rank at R = 1 (null for the router's even blocks)")
         expert, _, _ = res.routing_matrix(K)
         want, _, _ = even.routing_matrix(K)
         ck.equal(expert.tolist(), want.tolist(), tag + ": the routing of the even blocks")
@@ -105,7 +109,9 @@ def ragged(ck, exe, wd):
                        (["--tokens-per-rank", "100,200,-1"], "entry 3"),
                        (["--tokens-per-rank", "100,200,200"], "sums to"),
                        (["--tokens-per-rank", "100,200,100,0"], "more than one count"),
-                       (["--tokens-per-rank", "400", "--predict-only", "--ranks", 2], "--ranks")):
+                       (["--tokens-per-rank", "400", "--predict-only", "--ranks", 2], "--ranks"),
+                       (["--workload", "source-ragged", "--predict-only", "--ranks", 2],
+                        "--ranks")):
         mt.check_refused(ck, exe, "refused " + " ".join(str(x) for x in extra),
                          1 if "--ranks" in extra else 3, base + extra, [pat], wd)
 

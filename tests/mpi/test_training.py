@@ -169,6 +169,7 @@ def timing_and_memory(ck, exe, wd):
         ck.check(not set(BWD_PHASES) & set(fwd["timing"]), "forward: no backward phase in timing",
                  sorted(set(BWD_PHASES) & set(fwd["timing"])))
         ck.equal(fwd["training"], None, "forward: training is null")
+        ck.equal(fwd["config"]["teacher_experts"], None, "forward: config.teacher_experts null")
         ck.equal((fwd["config"]["optimizer"], fwd["config"]["lr"],
                   fwd["config"]["aux_loss_coeff"], fwd["config"]["z_loss_coeff"]),
                  (None, None, None, None), "forward: the training keys of config are null")
@@ -183,8 +184,9 @@ def timing_and_memory(ck, exe, wd):
             bwd = sum(tm[p]["min"] for p in BWD_PHASES)
             ck.check(tm["step"]["max"] >= bwd, "fwd-bwd: the step includes the backward",
                      "%r < %r" % (tm["step"]["max"], bwd))
-        ck.equal((fb["config"]["mode"], fb["config"]["aux_loss_coeff"], fb["config"]["optimizer"]),
-                 ("fwd-bwd", 0.0, None), "fwd-bwd: config")
+        ck.equal((fb["config"]["mode"], fb["config"]["aux_loss_coeff"], fb["config"]["optimizer"],
+                  fb["config"]["teacher_experts"], fb["workload"]["token_mean"]),
+                 ("fwd-bwd", 0.0, None, 1, 0.0), "fwd-bwd: config")
         ck.equal(fb["training"]["optimizer_steps"], 0, "fwd-bwd: no optimizer step")
     # per rank: 2 floats a weight of the router (E d) and of the rank's experts (2 f d each)
     n_le = E // 2
@@ -200,6 +202,10 @@ def timing_and_memory(ck, exe, wd):
                   tr_sgd["config"]["lr"]), ("adam", "sgd", 0.1), "train: config optimizer, lr")
         ck.equal((tr_adam["config"]["iters"], tr_adam["config"]["warmup"]), (1, 0),
                  "train: one timed iteration a step by default")
+    tr = ck.guard("train defaults", run_json, exe, 1, BASE + ["--mode", "train"], wd, "trd")
+    if tr is not None:
+        ck.equal((tr["config"]["optimizer"], tr["config"]["lr"], tr["workload"]["token_mean"]),
+                 ("sgd", 1.0, 0.5), "train: the documented defaults")
 
 
 def train_series(ck, exe, wd):
