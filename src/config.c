@@ -87,6 +87,35 @@ const char *moe_regroup_name(moe_regroup_kind r)
     return r >= MOE_REGROUP_AUTO && r <= MOE_REGROUP_COPY ? regroup_names[r] : "unknown";
 }
 
+int64_t *moe_config_token_blocks(const moe_config *cfg, int R)
+{
+    if ((cfg->tokens_per_rank == NULL && cfg->workload != MOE_WL_RAGGED) || R < 1)
+        return NULL;
+    int64_t *b = malloc((size_t)R * sizeof *b);
+    char scratch[256];
+    if (b != NULL && cfg->tokens_per_rank != NULL &&
+        moe_tokens_per_rank_parse(cfg->tokens_per_rank, R, cfg->tokens, b, scratch,
+                                  sizeof scratch) != MOE_OK) {
+        free(b);
+        return NULL;
+    }
+    if (b != NULL && cfg->tokens_per_rank == NULL)
+        moe_tokens_ragged(b, cfg->tokens, R);
+    return b;
+}
+
+int64_t moe_config_max_block(const moe_config *cfg, int R)
+{
+    int64_t *b = moe_config_token_blocks(cfg, R), most = (cfg->tokens + R - 1) / R;
+    if (b != NULL) {
+        most = 0;
+        for (int r = 0; r < R; r++)
+            most = b[r] > most ? b[r] : most;
+    }
+    free(b);
+    return most;
+}
+
 moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R)
 {
     /* the backward stages its gradient rows as the copy does (docs/training.md) */
@@ -100,7 +129,7 @@ moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R)
      * per slot. Slots when there is one slot a rank (that one Alltoallv is the plain one), or when
      * a rank's rows out could pass Alltoallw's int byte displacements. */
     int slots = (int)(((int64_t)cfg->experts + cfg->redundant_experts + R - 1) / R);
-    int64_t n = (cfg->tokens + R - 1) / R;
+    int64_t n = moe_config_max_block(cfg, R); /* the largest rank's rows out decide */
     int64_t A = cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? cfg->experts : cfg->top_k;
     double bytes = (double)n * (double)A * (double)cfg->hidden * (double)sizeof(float);
     return slots <= 1 || bytes > (double)INT_MAX ? MOE_REGROUP_SLOTS : MOE_REGROUP_W;
@@ -1626,7 +1655,8 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
     int64_t slots = expert_choice ? cfg->experts : cfg->top_k;
     const char *slots_are = expert_choice ? "experts (expert choice: each may take every token)"
                                           : "top-k";
-    int64_t max_local = (cfg->tokens + nranks - 1) / nranks;
+    int64_t max_local = cfg->plan_ranks > 0 ? (cfg->tokens + cfg->plan_ranks - 1) / cfg->plan_ranks
+                                            : moe_config_max_block(cfg, nranks);
     if (max_local * slots > INT_MAX)
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "%lld tokens per rank x %s %lld = %lld rows exceed what one MPI count can "

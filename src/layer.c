@@ -1078,8 +1078,10 @@ static int replan_from_previous(moe_layer *L, char *msg, size_t msglen)
         rc = moe_fail(MOE_ENOMEM, msg, msglen, "out of memory re-planning the experts");
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         goto done;
-    for (int64_t i = 0; i < L->n * L->A; i++)
-        mine[L->expert[i]]++;
+    /* the router's choices before capacity (a reroute rewrote L->expert), as place_experts and
+     * steps[].routed count them */
+    for (int e = 0; e < E; e++)
+        mine[e] = L->routed[e];
     {
         int mrc = MPI_Allreduce(mine, all, E, MPI_INT64_T, MPI_SUM, L->comm);
         if (mrc != MPI_SUCCESS) {

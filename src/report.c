@@ -676,7 +676,17 @@ void moe_report_placement(FILE *out, const moe_results *res)
 
 static void group_description(char *buf, size_t len, const moe_config *cfg, int R)
 {
-    if (cfg->scope == MOE_SCOPE_GLOBAL)
+    int64_t *blocks = cfg->scope == MOE_SCOPE_LOCAL ? moe_config_token_blocks(cfg, R) : NULL;
+    if (blocks != NULL) { /* --tokens-per-rank, source-ragged */
+        int64_t lo = blocks[0], hi = blocks[0];
+        for (int r = 1; r < R; r++) {
+            lo = blocks[r] < lo ? blocks[r] : lo;
+            hi = blocks[r] > hi ? blocks[r] : hi;
+        }
+        snprintf(buf, len, "%d groups of %lld to %lld tokens (local scope: one per rank's block)",
+                 R, (long long)lo, (long long)hi);
+        free(blocks);
+    } else if (cfg->scope == MOE_SCOPE_GLOBAL)
         snprintf(buf, len, "1 group of %lld tokens (global scope)", (long long)cfg->tokens);
     else if (cfg->tokens % R == 0)
         snprintf(buf, len, "%d groups of %lld tokens (local scope: one per rank)", R,
@@ -1076,16 +1086,8 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
     json_object_set_new(workload, "token_mean", num(cfg->token_mean));
     /* the ranks' token blocks when uneven (as the layer computed them from the same inputs) */
     json_t *blocks = json_null();
-    int64_t *per = (cfg->tokens_per_rank || cfg->workload == MOE_WL_RAGGED) && res->ranks > 0
-                       ? malloc((size_t)res->ranks * sizeof *per)
-                       : NULL;
-    char scratch[256];
-    if (per != NULL &&
-        (cfg->tokens_per_rank == NULL ||
-         moe_tokens_per_rank_parse(cfg->tokens_per_rank, res->ranks, cfg->tokens, per, scratch,
-                                   sizeof scratch) == MOE_OK)) {
-        if (cfg->tokens_per_rank == NULL)
-            moe_tokens_ragged(per, cfg->tokens, res->ranks);
+    int64_t *per = moe_config_token_blocks(cfg, res->ranks);
+    if (per != NULL) {
         blocks = json_array();
         for (int r = 0; blocks && r < res->ranks; r++)
             json_array_append_new(blocks, json_integer(per[r]));

@@ -48,9 +48,11 @@ int moe_tokens_per_rank_parse(const char *list, int parts, int64_t n, int64_t *o
                             list, parts);
         if (out != NULL)
             out[i] = v;
-        sum += v;
-        if (sum > n)
+        if (v > n - sum) { /* over the batch (and never an overflowing sum) */
+            sum = n + 1;
             break;
+        }
+        sum += v;
         i++;
         if (*end == '\0')
             break;
@@ -62,8 +64,9 @@ int moe_tokens_per_rank_parse(const char *list, int parts, int64_t n, int64_t *o
                         i, parts);
     if (sum != n)
         return moe_fail(MOE_EUSAGE, msg, msglen,
-                        "--tokens-per-rank '%s' sums to %s%lld tokens, the batch has %lld", list,
-                        sum > n ? "more than " : "", (long long)sum, (long long)n);
+                        sum > n ? "--tokens-per-rank '%s' sums to more than the batch's %lld tokens"
+                                : "--tokens-per-rank '%s' sums to %lld tokens, the batch has %lld",
+                        list, (long long)(sum > n ? n : sum), (long long)n);
     return MOE_OK;
 }
 

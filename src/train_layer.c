@@ -150,8 +150,10 @@ int moe_train_backward(moe_layer *L, double *seconds, char *msg, size_t msglen)
             row[j] = gate * g[j];
     }
     if ((rc = moe_layer_exchange_timed(L, L->sendbuf, L->recvbuf, false, wait_c, msg, msglen)) !=
-        MOE_OK)
+        MOE_OK) {
+        L->raw_this_step = raw;
         return rc;
+    }
     t[1] = MPI_Wtime();
 
     /* expert_bwd: the rows into the experts' blocks, the four GEMMs, the input gradients back in
@@ -173,8 +175,10 @@ int moe_train_backward(moe_layer *L, double *seconds, char *msg, size_t msglen)
 
     /* dispatch_bwd: the input gradients to their tokens; dh = gy (the residual) + their sum */
     if ((rc = moe_layer_exchange_timed(L, L->recvbuf, L->sendbuf, true, wait_d, msg, msglen)) !=
-        MOE_OK)
+        MOE_OK) {
+        L->raw_this_step = raw;
         return rc;
+    }
     memcpy(L->dh, L->gy, (size_t)(n * d) * sizeof *L->dh);
     for (int64_t i = 0; i < L->n_send; i++) {
         float *dst = L->dh + (L->slot[i] / A) * d;
@@ -210,8 +214,12 @@ int moe_train_backward(moe_layer *L, double *seconds, char *msg, size_t msglen)
     st[2 * E] = lse_sq;
     st[2 * E + 1] = sq_task;
     double t_ar0 = MPI_Wtime();
-    MOE_MPI_CHECK(MPI_Allreduce(st, all, 2 * E + 2, MPI_DOUBLE, MPI_SUM, L->comm), msg, msglen);
+    int mrc = MPI_Allreduce(st, all, 2 * E + 2, MPI_DOUBLE, MPI_SUM, L->comm);
     double t_ar1 = MPI_Wtime();
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Allreduce", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
 
     /* router_bwd: dz per token through gates, aux loss and z-loss; dW = dz^T h; dh += dz W */
     double alpha = c->aux_loss_coeff, beta = c->z_loss_coeff, aux = 0.0;
@@ -243,16 +251,27 @@ int moe_train_backward(moe_layer *L, double *seconds, char *msg, size_t msglen)
     }
     t[4] = MPI_Wtime();
 
-    /* allreduce: the replicated router's gradient summed over ranks, in place */
-    MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, L->g_router, E * (int)d, MPI_FLOAT, MPI_SUM, L->comm),
-                  msg, msglen);
+    /* allreduce: the replicated router's gradient summed over ranks, in place (in pieces of at
+     * most 2^30 floats: E d may pass an int count) */
+    for (int64_t off = 0, total = (int64_t)E * d; mrc == MPI_SUCCESS && off < total;
+         off += (int64_t)1 << 30) {
+        int count = (int)(total - off < ((int64_t)1 << 30) ? total - off : (int64_t)1 << 30);
+        mrc = MPI_Allreduce(MPI_IN_PLACE, L->g_router + off, count, MPI_FLOAT, MPI_SUM, L->comm);
+    }
     t[5] = MPI_Wtime();
+    if (mrc != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Allreduce", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
 
     /* the gradients' sizes, for the report and the tests (untimed) */
     double mine[2] = {sum_sq(L->g_w1, L->n_ls * f * d) + sum_sq(L->g_w2, L->n_ls * f * d),
                       sum_sq(L->dh, n * d)},
            tot[2];
-    MOE_MPI_CHECK(MPI_Allreduce(mine, tot, 2, MPI_DOUBLE, MPI_SUM, L->comm), msg, msglen);
+    if ((mrc = MPI_Allreduce(mine, tot, 2, MPI_DOUBLE, MPI_SUM, L->comm)) != MPI_SUCCESS) {
+        rc = moe_mpi_fail(mrc, "MPI_Allreduce", __FILE__, __LINE__, msg, msglen);
+        goto done;
+    }
     L->grad_sq[0] = sum_sq(L->g_router, (int64_t)E * d);
     L->grad_sq[1] = tot[0];
     L->grad_sq[2] = tot[1];

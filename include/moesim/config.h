@@ -224,6 +224,13 @@ const char *moe_config_usage(void);
  * choice of docs/model.md for the shape. Pure. */
 moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R);
 
+/* The R ranks' token counts when the blocks are uneven (--tokens-per-rank, --workload
+ * source-ragged), malloc'd (caller frees); NULL for moe_partition's even blocks, and also when
+ * the list does not parse for R or memory is short. Pure. */
+int64_t *moe_config_token_blocks(const moe_config *cfg, int R);
+/* The largest rank's token count at R ranks (ceil(N / R) with even blocks). Pure. */
+int64_t moe_config_max_block(const moe_config *cfg, int R);
+
 /* Whether a run of R ranks writes the full traffic matrices (--traffic-matrix). Pure. */
 bool moe_config_full_matrix(const moe_config *cfg, int R);
 

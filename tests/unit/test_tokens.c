@@ -132,8 +132,9 @@ START_TEST(test_ragged_blocks)
         const char *list, *pattern;
     } bad[] = {{"100,200", "2 counts for 3"}, {"100,200,x", "entry 3"}, {"1,,2", "entry 2"},
                {"100,-5,355", "entry 2"}, {"100,200,100", "sums to 400"},
-               {"100,200,200", "more than 500"}, {"100,200,150,0", "more than one count"},
-               {"", "entry 1"}, {"1,2,3,", "entry 4"}};
+               {"100,200,200", "more than the batch's 450"}, {"100,200,150,0", "more than one count"},
+               {"", "entry 1"}, {"1,2,3,", "entry 4"},
+               {"1,9223372036854775807,0", "more than the batch"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ck_assert_int_eq(moe_tokens_per_rank_parse(bad[i].list, 3, 450, NULL, msg, sizeof msg),
                          MOE_EUSAGE);
