@@ -841,14 +841,9 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
     L->f = cfg->ffn;
     /* the ranks' token blocks: --tokens-per-rank, source-ragged's shares, or even */
     if (cfg->tokens_per_rank != NULL || cfg->workload == MOE_WL_RAGGED) {
-        L->blocks = calloc((size_t)L->R, sizeof *L->blocks);
-        rc = L->blocks == NULL ? moe_fail(MOE_ENOMEM, msg, msglen, "out of memory")
-             : cfg->tokens_per_rank
-                 ? moe_tokens_per_rank_parse(cfg->tokens_per_rank, L->R, cfg->tokens, L->blocks,
-                                             msg, msglen)
-                 : MOE_OK;
-        if (rc == MOE_OK && cfg->tokens_per_rank == NULL)
-            moe_tokens_ragged(L->blocks, cfg->tokens, L->R);
+        /* the list was checked for R by moe_config_resolve: NULL here is memory */
+        L->blocks = moe_config_token_blocks(cfg, L->R);
+        rc = L->blocks == NULL ? moe_fail(MOE_ENOMEM, msg, msglen, "out of memory") : MOE_OK;
         if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK)
             return rc;
     }

@@ -1,6 +1,7 @@
 #include "moesim/train.h"
 
 #include "moesim/expert.h"
+#include "moesim/loss.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -93,15 +94,11 @@ void moe_score_backward_row(float *dz, const float *ds, const float *score, cons
     }
     if (zcoef == 0.0)
         return;
-    /* d lse^2 / dz = 2 lse softmax(z) */
-    double mx = -INFINITY, sum = 0.0;
+    /* d lse^2 / dz = 2 lse softmax(z), softmax(z)_e = exp(z_e - lse) */
+    double lse;
+    moe_logsumexp_rows(&lse, z, 1, E);
     for (int e = 0; e < E; e++)
-        mx = (double)z[e] > mx ? (double)z[e] : mx;
-    for (int e = 0; e < E; e++)
-        sum += exp((double)z[e] - mx);
-    double lse = mx + log(sum);
-    for (int e = 0; e < E; e++)
-        dz[e] += (float)(zcoef * 2.0 * lse * exp((double)z[e] - mx) / sum);
+        dz[e] += (float)(zcoef * 2.0 * lse * exp((double)z[e] - lse));
 }
 
 double moe_mse_grad(float *gy, const float *y, const float *target, int64_t n, int64_t d,

@@ -203,13 +203,9 @@ int moe_train_backward(moe_layer *L, double *seconds, char *msg, size_t msglen)
         moe_router_probs_row(prob, L->probs + tk * E, E, c->score);
         for (int e = 0; e < E; e++)
             st[E + e] += (double)prob[e];
-        const float *z = L->z_save + tk * E;
-        double mx = -INFINITY, sum = 0.0;
-        for (int e = 0; e < E; e++)
-            mx = (double)z[e] > mx ? (double)z[e] : mx;
-        for (int e = 0; e < E; e++)
-            sum += exp((double)z[e] - mx);
-        lse_sq += (mx + log(sum)) * (mx + log(sum));
+        double lse;
+        moe_logsumexp_rows(&lse, L->z_save + tk * E, 1, E);
+        lse_sq += lse * lse;
     }
     st[2 * E] = lse_sq;
     st[2 * E + 1] = sq_task;
