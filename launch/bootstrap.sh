@@ -25,7 +25,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 packages=(openmpi-bin libopenmpi-dev libhwloc-dev hwloc check meson ninja-build pkg-config
-          gcc libc6-dev libopenblas-dev libjansson-dev)
+          gcc libc6-dev libopenblas-dev libjansson-dev gnuplot-nox)
 [ "$mode" = test ] && packages+=(python3 python3-numpy)
 # the sanitizer and fuzz builds: gcc's ASan/UBSan come with gcc; clang, its libFuzzer runtime
 # (libclang_rt.fuzzer) and llvm-symbolizer (readable stacks in clang's sanitizer reports)
