@@ -101,3 +101,17 @@ void moe_blocks_free(moe_blocks *b)
     free(b->v);
     memset(b, 0, sizeof *b);
 }
+
+int64_t moe_blocks_get(const moe_blocks *b, int src, int dst)
+{
+    int64_t lo = 0, hi = b->n; /* first block not below (src, dst) */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        const moe_block *m = &b->v[mid];
+        if (m->src < src || (m->src == src && m->dst < dst))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < b->n && b->v[lo].src == src && b->v[lo].dst == dst ? b->v[lo].val : 0;
+}

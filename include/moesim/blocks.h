@@ -30,6 +30,8 @@ int moe_blocks_from_dense(moe_blocks *out, const int64_t *m, int R, int64_t scal
 int moe_blocks_scaled(moe_blocks *out, const moe_blocks *in, int64_t scale, bool transpose);
 /* The dense (R, R) matrix of b into m (zeroed first). */
 void moe_blocks_to_dense(int64_t *m, const moe_blocks *b, int R);
+/* The value at (src, dst) of a normalized list, 0 where no block is (binary search). */
+int64_t moe_blocks_get(const moe_blocks *b, int src, int dst);
 /* Sum of the values. */
 int64_t moe_blocks_total(const moe_blocks *b);
 /* Empty the list (keeping its storage). */

@@ -70,6 +70,10 @@ START_TEST(test_random_against_dense)
         moe_blocks_to_dense(back, &b, R);
         for (int i = 0; i < R * R; i++)
             ck_assert_int_eq(back[i], m[i]);
+        for (int s = 0; s < R; s++) /* lookup, zeros included */
+            for (int d = 0; d < R; d++)
+                ck_assert_int_eq(moe_blocks_get(&b, s, d), m[s * R + d]);
+        ck_assert_int_eq(moe_blocks_get(&b, R, 0), 0);
         for (int64_t i = 1; i < b.n; i++) /* the normal form */
             ck_assert(b.v[i - 1].src < b.v[i].src ||
                       (b.v[i - 1].src == b.v[i].src && b.v[i - 1].dst < b.v[i].dst));
