@@ -4,6 +4,7 @@
 #include "layer_internal.h"
 
 #include "moesim/capacity.h"
+#include "moesim/driver.h"
 #include "moesim/error.h"
 #include "moesim/expert.h"
 #include "moesim/loss.h"
@@ -372,6 +373,33 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
     if ((rc = routing_figures(L, res, msg, msglen)) != MOE_OK)
         goto done;
 
+    /* the self-checks' counts (verdict.h): each rank's own view, summed */
+    {
+        const int64_t *sr = L->per_rank ? L->dd_send_rows : L->send_rows;
+        const int64_t *rr = L->per_rank ? L->dd_recv_rows : L->recv_rows;
+        int64_t v[5] = {0, 0, 0, 0, L->n * L->d}, all[5] = {0};
+        for (int r = 0; r < R; r++) {
+            v[0] += sr[r];
+            v[1] += rr[r];
+        }
+        for (int64_t i = 0; i < L->n * L->A; i++)
+            v[2] += L->flag[i] != 0;
+        for (int64_t i = 0; i < L->n * L->d; i++)
+            v[3] += !isfinite(L->y[i]);
+        /* MOESIM_FAULT: one count off, so that tests see the verdict fail on a real run */
+        if (moe_driver_fault("selfcheck-bytes", L->rank))
+            v[1] += 1;
+        if (moe_driver_fault("selfcheck-combine", L->rank))
+            v[2] -= 1;
+        if (moe_driver_fault("selfcheck-finite", L->rank))
+            v[3] += 1;
+        MOE_MPI_CHECK(MPI_Reduce(v, all, 5, MPI_INT64_T, MPI_SUM, 0, L->comm), msg, msglen);
+        if (res != NULL)
+            res->check = (moe_selfcheck){.measured = true, .rows_sent = all[0],
+                                         .rows_received = all[1], .returned = all[2],
+                                         .y_values = all[4], .y_nonfinite = all[3]};
+    }
+
     /* an exact sum: the same y gives the same checksum at any R */
     double checksum_all = 0.0;
     moe_xsum checksum;
@@ -411,6 +439,8 @@ static int results_counts(moe_layer *L, moe_results *res, char *msg, size_t msgl
         res->aux_loss = moe_load_balance(res->f, res->P, res->routed, psum_all, E, L->cfg.tokens,
                                          L->k);
         moe_results_totals(res, moe_expert_flops_per_row(L->d, L->f));
+        for (int e = 0; e < E; e++) /* what the owners' experts computed (padding aside) */
+            res->check.served += res->accepted[e];
     }
 done:
     free(mine);
@@ -431,7 +461,9 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
     double *med = malloc((size_t)(5 * P) * sizeof *med);
     double *all = L->rank == 0 ? malloc((size_t)(P * R) * sizeof *all) : NULL;
     double *one = malloc((size_t)R * sizeof *one);
-    int rc = col && med && one && (L->rank != 0 || all) ? MOE_OK : MOE_ENOMEM;
+    /* tokens in and rows computed of every rank, (R, 2), on rank 0 */
+    int64_t *pairs = L->rank == 0 ? malloc((size_t)(2 * R) * sizeof *pairs) : NULL;
+    int rc = col && med && one && (L->rank != 0 || (all && pairs)) ? MOE_OK : MOE_ENOMEM;
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
         goto done;
     double *lo = med + P, *hi = med + 2 * P, *lo_all = med + 3 * P, *hi_all = med + 4 * P;
@@ -457,8 +489,22 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
         hi[p] = s.max;
         med[p] = ran > 0 ? moe_median(col, ran) : NAN;
     }
+    if (res != NULL && (res->rank_median == NULL || res->rank_tokens == NULL)) {
+        free(res->rank_median);
+        free(res->rank_tokens);
+        res->rank_median = malloc((size_t)(P * R) * sizeof *res->rank_median);
+        res->rank_tokens = malloc((size_t)(2 * R) * sizeof *res->rank_tokens);
+        res->rank_rows = res->rank_tokens ? res->rank_tokens + R : NULL;
+        if (!res->rank_median || !res->rank_tokens)
+            rc = MOE_ENOMEM;
+    }
+    if ((rc = moe_agree(L->comm, rc, msg, msglen)) != MOE_OK)
+        goto done;
     {
-        int mrc = MPI_Gather(med, P, MPI_DOUBLE, all, P, MPI_DOUBLE, 0, L->comm);
+        int64_t mine[2] = {L->n, L->rows_x};
+        int mrc = MPI_Gather(mine, 2, MPI_INT64_T, pairs, 2, MPI_INT64_T, 0, L->comm);
+        if (mrc == MPI_SUCCESS)
+            mrc = MPI_Gather(med, P, MPI_DOUBLE, all, P, MPI_DOUBLE, 0, L->comm);
         if (mrc == MPI_SUCCESS)
             mrc = MPI_Reduce(lo, lo_all, P, MPI_DOUBLE, MPI_MIN, 0, L->comm);
         if (mrc == MPI_SUCCESS)
@@ -469,6 +515,11 @@ static int results_timing(moe_layer *L, moe_results *res, const double *phase_se
         }
     }
     if (res != NULL) {
+        for (int r = 0; r < R; r++) {
+            res->rank_tokens[r] = pairs[2 * r];
+            res->rank_rows[r] = pairs[2 * r + 1];
+        }
+        memcpy(res->rank_median, all, (size_t)(P * R) * sizeof *all);
         for (int p = 0; p < P; p++) {
             for (int r = 0; r < R; r++)
                 one[r] = all[(int64_t)r * P + p];
@@ -502,6 +553,7 @@ done:
     free(med);
     free(all);
     free(one);
+    free(pairs);
     return rc;
 }
 

@@ -13,6 +13,7 @@
 #include "moesim/projection.h"
 #include "moesim/tokens.h"
 #include "moesim/report.h"
+#include "moesim/verdict.h"
 #include "moesim/stats.h"
 
 #include <cblas.h>
@@ -465,6 +466,20 @@ static int collect_memory(moe_layer *layer, moe_results *res, int64_t baseline_r
 }
 
 /* Copy what one capacity factor's run measured into its ablation row. */
+/* MOE_OK when the verdict is VALID; else MOE_ECHECK with the failed checks in msg. */
+static int invalid_run(const moe_results *res, char *msg)
+{
+    moe_check checks[MOE_CHECK_COUNT];
+    if (moe_verdict(res, checks))
+        return MOE_OK;
+    size_t used = (size_t)snprintf(msg, MSG_LEN, "INVALID: the run's self-checks failed:");
+    for (int i = 0; i < MOE_CHECK_COUNT && used < MSG_LEN; i++)
+        if (checks[i].ran && !checks[i].passed)
+            used += (size_t)snprintf(msg + used, MSG_LEN - used, " %s (%s)", checks[i].name,
+                                     checks[i].detail);
+    return MOE_ECHECK;
+}
+
 static void record_measurement(moe_ablation_row *row, const moe_results *r)
 {
     row->measured = true;
@@ -525,6 +540,11 @@ static int run_more_steps(moe_layer *layer, const moe_config *cfg, moe_results *
         if (rc == MOE_OK && rank == 0) {
             moe_layer_training(layer, &cur->training);
             res->training = cur->training; /* the run's figures are the last step's */
+            /* the self-checks cover every step (verdict.h) */
+            moe_selfcheck_add(&res->check, &cur->check);
+            res->check.step_predictions++;
+            res->check.step_predictions_wrong +=
+                cur->ablation[0].exact_dropped != cur->dropped_assignments;
             moe_step_prediction pred = {.valid = true};
             for (int e = 0; e < E; e++) {
                 double share = (double)prev[e] / (double)cfg->tokens;
@@ -709,6 +729,8 @@ int main(int argc, char **argv)
             moe_layer_training(layer, &cur->training);
         if (rc == MOE_OK && rank == 0)
             record_measurement(&res.ablation[i], cur);
+        if (rc == MOE_OK && rank == 0 && i > 0)
+            moe_selfcheck_add(&res.check, &more.check);
         if (rc == MOE_OK && rank == 0 && i == 0)
             rc = locality(&res, cfg.network ? &net : NULL, msg);
         if (rc == MOE_OK && rank == 0 && moe_driver_fault("locality", rank))
@@ -753,12 +775,15 @@ int main(int argc, char **argv)
             moe_report_text(report_out, &cfg, &res, color);
             moe_report_ablation(report_out, &cfg, &res);
             moe_report_steps_text(report_out, &cfg, &res);
+            moe_report_verdict(report_out, &res, color);
         } else if (rc == MOE_OK && !cfg.quiet) {
             moe_report_memory(report_out, &res, color);
         }
         if (rc == MOE_OK && g_signal != 0)
             fprintf(stderr, "moesim: %s arrived while the outputs were being written: they are "
                             "complete\n", g_signal == SIGINT ? "SIGINT" : "SIGTERM");
+        if (rc == MOE_OK && !cfg.predict_only) /* INVALID: the outputs say so, and the status */
+            rc = invalid_run(&res, msg);
     }
     rc = moe_agree(comm, rc, msg, MSG_LEN);
     if (rc == MOE_EINTR) { /* stopped on rank 0 while writing: every rank exits with its status */

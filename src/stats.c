@@ -156,10 +156,27 @@ int moe_results_traffic(moe_results *r, int64_t served, int64_t payload_bytes)
     return MOE_OK;
 }
 
+void moe_selfcheck_add(moe_selfcheck *a, const moe_selfcheck *b)
+{
+    if (!b->measured)
+        return;
+    a->measured = true;
+    a->rows_sent += b->rows_sent;
+    a->rows_received += b->rows_received;
+    a->returned += b->returned;
+    a->served += b->served;
+    a->y_values += b->y_values;
+    a->y_nonfinite += b->y_nonfinite;
+    a->step_predictions += b->step_predictions;
+    a->step_predictions_wrong += b->step_predictions_wrong;
+}
+
 void moe_results_free(moe_results *r)
 {
     if (r == NULL)
         return;
+    free(r->rank_tokens); /* rank_rows shares its allocation */
+    free(r->rank_median);
     free(r->owner);
     free(r->routed);
     free(r->accepted);

@@ -16,7 +16,8 @@
     X(MOE_ENOMEM, -5, "out of memory")                             \
     X(MOE_ERANGE, -6, "size out of range")                         \
     X(MOE_EMPI, -7, "MPI error")                                   \
-    X(MOE_EINTR, -8, "interrupted by a signal")
+    X(MOE_EINTR, -8, "interrupted by a signal")                     \
+    X(MOE_ECHECK, -9, "a self-check failed (the verdict is INVALID)")
 
 enum moe_error {
 #define MOE_ERROR_ENUM(name, value, text) name = value,

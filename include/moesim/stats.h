@@ -32,7 +32,7 @@
     X(MOE_PHASE_COMBINE, "combine", "expert outputs back to sources", 1)                      \
     X(MOE_PHASE_COMBINE_RAW, "combine_raw", "baseline: raw MPI_Alltoallv, same bytes", 0)     \
     X(MOE_PHASE_UNPACK, "unpack", "residual plus gate-weighted outputs", 1)                   \
-    X(MOE_PHASE_SHARED, "shared", "shared experts, on each token's rank (DeepSeekMoE)", 1)    \
+    X(MOE_PHASE_SHARED, "shared", "always-on shared experts, on each token's rank", 1)    \
     X(MOE_PHASE_COMBINE_BWD_WAIT, "combine_bwd_wait", "barrier: waiting for the slowest rank", 2) \
     X(MOE_PHASE_COMBINE_BWD, "combine_bwd", "dL/dy: gate gradients, rows to the experts", 2)   \
     X(MOE_PHASE_EXPERT_BWD, "expert_bwd", "expert backward (four sgemm + GELU')", 2)          \
@@ -131,6 +131,22 @@ typedef struct moe_environment {
     double wall_seconds;         /* rank 0: MPI_Init returned .. the outputs are written   */
     double step_seconds;         /* rank 0: inside moe_layer_step, warm-up and every cf    */
 } moe_environment;
+
+/* What the ranks saw of their own exchange, summed over ranks and over the capacity factors run:
+ * the inputs of the run's self-checks (verdict.h). Each pair is counted by different ranks from
+ * different data, so a broken count exchange, a lost row or a corrupted output shows. */
+typedef struct moe_selfcheck {
+    bool measured;
+    int64_t rows_sent;     /* dispatch rows by the senders' send counts                     */
+    int64_t rows_received; /* dispatch rows by the receivers' receive counts                */
+    int64_t returned;      /* assignments whose expert output the sources' unpack added       */
+    int64_t served;        /* assignments the owners' experts accepted and computed          */
+    int64_t y_values;      /* values of y, n d per rank                                     */
+    int64_t y_nonfinite;   /* of them NaN or infinite                                       */
+    /* --steps: the steps after the first, whose exact prediction (from the exchanged counts)
+     * was compared with the drops they measured, and how many of them differed */
+    int64_t step_predictions, step_predictions_wrong;
+} moe_selfcheck;
 
 /* Everything the report shows; filled by the driver on rank 0. Arrays are owned by the struct. */
 /* What the backward of the last step found (--mode fwd-bwd, train), the same on every rank:
@@ -236,7 +252,16 @@ typedef struct moe_results {
     int n_ablation;
     void *steps; /* --steps: the per-step series (report.c), NULL until the first is added */
     moe_training training; /* --mode fwd-bwd, train: the last step's losses and gradients */
+    moe_selfcheck check;   /* the run's self-checks' inputs (verdict.h) */
+    /* per rank, from the run (NULL under --predict-only): tokens it routed, rows its experts
+     * computed (padding included), and its median seconds per phase, (R, MOE_PHASE_COUNT + 1)
+     * with the step last */
+    int64_t *rank_tokens, *rank_rows;
+    double *rank_median;
 } moe_results;
+
+/* Adds b's self-check counts into a's (another capacity factor's run). */
+void moe_selfcheck_add(moe_selfcheck *a, const moe_selfcheck *b);
 
 /* Allocate the arrays for E experts, R ranks and n_cf ablation rows (zeroed). 0 or MOE_ENOMEM. */
 int moe_results_init(moe_results *r, int E, int R, int n_cf);
