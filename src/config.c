@@ -75,6 +75,18 @@ static const char *const dispatch_names[] = {"per-expert", "per-rank"};
 static const char *const raw_names[] = {"first", "on", "off"}; /* moe_raw_baseline order */
 static const char *const regroup_names[] = {"auto", "alltoallw", "slots", "copy"};
 static const char *const matrix_names[] = {"auto", "full", "summary"};
+static const char *const report_names[] = {"auto", "full", "summary"}; /* moe_report_kind */
+
+bool moe_config_full_report(const moe_config *cfg)
+{
+    return cfg->report == MOE_REPORT_FULL ||
+           (cfg->report == MOE_REPORT_AUTO && cfg->experts <= MOE_FULL_REPORT_EXPERTS);
+}
+
+const char *moe_report_kind_name(moe_report_kind k)
+{
+    return k >= MOE_REPORT_AUTO && k <= MOE_REPORT_SUMMARY ? report_names[k] : "?";
+}
 
 bool moe_config_full_matrix(const moe_config *cfg, int R)
 {
@@ -376,6 +388,9 @@ const char *moe_config_usage(void)
            "  --max-memory SIZE      memory budget of each node, instead of its MemAvailable:\n"
            "                         bytes with K, M, G, T (powers of 1024; KiB, MiB, GiB, TiB\n"
            "                         too), or a share of the node's memory such as 50%\n"
+           "  --report R             the text report's detail: full (every expert and rank),\n"
+           "                         summary (the hottest and coldest experts, a load histogram,\n"
+           "                         the busiest ranks); auto (default): full up to 64 experts\n"
            "  --quiet                no text report and no progress line\n"
            "  --help                 this text\n"
            "  --version              the version\n"
@@ -398,6 +413,7 @@ enum {
     OPT_SHARED_EXPERTS, OPT_SHARED_FFN, OPT_NOISY_TOPK, OPT_INPUT_JITTER, OPT_PRESET,
     OPT_SHARED_TOTAL, OPT_MODE, OPT_WIRE, OPT_WIRE_COMBINE, OPT_DISPATCH, OPT_PLACEMENT,
     OPT_REDUNDANT, OPT_EPLB_FROM, OPT_RANKS, OPT_RAW_BASELINE, OPT_REGROUP, OPT_TRAFFIC_MATRIX,
+    OPT_REPORT,
     OPT_STEPS, OPT_STEPS_CSV, OPT_EXPERT_BIAS, OPT_BIAS_RATE, OPT_WORKLOAD, OPT_PERIOD,
     OPT_OPTIMIZER, OPT_LR, OPT_AUX_COEFF, OPT_Z_COEFF, OPT_TOKEN_MEAN, OPT_TEACHER,
     OPT_TOKENS_PER_RANK
@@ -453,6 +469,7 @@ static const struct option long_options[] = {
     {"raw-baseline", required_argument, NULL, OPT_RAW_BASELINE},
     {"regroup", required_argument, NULL, OPT_REGROUP},
     {"traffic-matrix", required_argument, NULL, OPT_TRAFFIC_MATRIX},
+    {"report", required_argument, NULL, OPT_REPORT},
     {"topology", required_argument, NULL, OPT_TOPOLOGY},
     {"ranks-per-node", required_argument, NULL, OPT_RANKS_PER_NODE},
     {"a2a", required_argument, NULL, OPT_A2A},
@@ -1145,6 +1162,10 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
         case OPT_TRAFFIC_MATRIX:
             rc = parse_choice(name, optarg, matrix_names, 3, &choice, msg, msglen);
             cfg->traffic_matrix = (moe_matrix_kind)choice;
+            break;
+        case OPT_REPORT:
+            rc = parse_choice(name, optarg, report_names, 3, &choice, msg, msglen);
+            cfg->report = (moe_report_kind)choice;
             break;
         case OPT_ITERS:
             rc = parse_int(name, optarg, 1, 1000000, &v, msg, msglen);

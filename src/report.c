@@ -7,6 +7,7 @@
 #include "moesim/projection.h"
 #include "moesim/tokens.h"
 #include "moesim/topology.h"
+#include "moesim/verdict.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -105,24 +106,45 @@ static void histogram_line(FILE *out, const char *title, const int64_t *hist, in
     fputc('\n', out);
 }
 
+/* text after first, wrapped at spaces to REPORT_WIDTH columns, later lines after cont. */
+#define REPORT_WIDTH 100
+static void print_wrapped(FILE *out, const char *first, const char *cont, const char *text)
+{
+    const char *prefix = first;
+    while (*text) {
+        size_t room = REPORT_WIDTH - strlen(prefix), n = strlen(text);
+        if (n > room) { /* the last space that fits, else the first one after */
+            n = room;
+            while (n > 0 && text[n] != ' ')
+                n--;
+            if (n == 0)
+                n = strcspn(text, " ");
+        }
+        fprintf(out, "%s%.*s\n", prefix, (int)n, text);
+        text += n;
+        while (*text == ' ')
+            text++;
+        prefix = cont;
+    }
+}
+
 /* The router's lines of the header, for whatever differs from softmax top-k alone. */
 static void routing_lines(FILE *out, const moe_config *cfg, const moe_results *res)
 {
     if (cfg->wire != MOE_WIRE_FP32 || cfg->wire_combine != MOE_WIRE_FP32) {
-        fprintf(out, "  wire: dispatch %s (%lld B per row), combine %s (%lld B per row)",
+        fprintf(out, "  wire: dispatch %s (%lld B per row), combine %s (%lld B per row)\n",
                 moe_wire_name(cfg->wire), (long long)moe_wire_row_bytes(cfg->wire, res->hidden),
                 moe_wire_name(cfg->wire_combine),
                 (long long)moe_wire_row_bytes(cfg->wire_combine, res->hidden));
         if (res->wire_measured)
-            fprintf(out, "; y vs fp32 rows: max rel %.3g, rms rel %.3g", res->y_error_max_rel,
-                    res->y_error_rms_rel);
-        fputc('\n', out);
+            fprintf(out, "  y against an exchange of fp32 rows: max rel %.3g, rms rel %.3g\n",
+                    res->y_error_max_rel, res->y_error_rms_rel);
     }
     if (cfg->placement != MOE_PLACE_CONTIGUOUS || cfg->redundant_experts > 0) {
         char extra[32];
         human_bytes(extra, sizeof extra, (double)res->extra_weight_bytes);
-        fprintf(out, "  placement %s, %d replica%s (%s of weights): rank overload %.2fx for "
-                     "contiguous experts, %.2fx here\n",
+        fprintf(out, "  placement %s, %d replica%s (%s of weights): rank overload %.2fx "
+                     "contiguous, %.2fx here\n",
                 moe_place_kind_name(cfg->placement), cfg->redundant_experts,
                 cfg->redundant_experts == 1 ? "" : "s", extra, res->overload_before,
                 res->balance.rank_overload);
@@ -224,6 +246,254 @@ static void node_rows_line(FILE *out, const moe_results *res)
                  "per-rank rows\n", (long long)node_off, nb, (long long)rank_off);
 }
 
+/* The dense FFN of equal total parameters beside the MoE layer (lesson 1 of docs/lessons.md): the
+ * routed experts' E f inner units (and the shared experts' S fs) as one FFN that every token runs
+ * whole. Parameters count the FFN weights (2 d f each expert) and the router's E d; FLOPs are
+ * moesim's 2 FLOPs per multiply-add (moe_expert_flops_per_row), the router's GEMM included. */
+moe_dense_baseline moe_report_dense_baseline(const moe_results *res)
+{
+    moe_dense_baseline b;
+    double d = (double)res->hidden, f = (double)res->ffn, E = res->experts, k = res->top_k;
+    double S = res->shared_experts, fs = (double)res->shared_ffn;
+    b.dense_ffn = (int64_t)(E * f + S * fs);
+    b.dense_parameters = 2.0 * d * (double)b.dense_ffn;
+    b.dense_flops_per_token = 4.0 * d * (double)b.dense_ffn;
+    b.moe_parameters = 2.0 * d * (E * f + S * fs) + E * d;
+    b.moe_active_parameters = 2.0 * d * (k * f + S * fs) + E * d;
+    b.moe_flops_per_token = 4.0 * d * (k * f + S * fs) + 2.0 * E * d;
+    return b;
+}
+
+static void dense_lines(FILE *out, const moe_results *res, const char *bold, const char *off)
+{
+    moe_dense_baseline b = moe_report_dense_baseline(res);
+    fprintf(out, "\n%sDense baseline%s (equal parameters: one FFN of inner size %lld = E x f%s)\n",
+            bold, off, (long long)b.dense_ffn, res->shared_experts > 0 ? " + S x fs" : "");
+    fprintf(out, "  %-24s %14s %14s %10s\n", "", "parameters", "GFLOP/token", "");
+    fprintf(out, "  %-24s %14.4g %14.4g\n", "dense FFN, every unit", b.dense_parameters,
+            b.dense_flops_per_token / 1e9);
+    fprintf(out, "  %-24s %14.4g %14.4g  %.3gx less compute per token\n", "MoE, all experts",
+            b.moe_parameters, b.moe_flops_per_token / 1e9,
+            b.moe_flops_per_token > 0 ? b.dense_flops_per_token / b.moe_flops_per_token : 0.0);
+    fprintf(out, "  %-24s %14.4g %14s  (top-%d of %d, router included)\n", "MoE, active per token",
+            b.moe_active_parameters, "", res->top_k, res->experts);
+}
+
+/* The "x mean" colour threshold and the summary's "hot" mark. */
+#define HOT_RATIO 1.25
+
+static void expert_row(FILE *out, const moe_results *res, int e, double scale, double mean_load,
+                       const char *hot, const char *off)
+{
+    char bar[128], cap[24], util[16];
+    moe_report_bar(bar, scale > 0 ? (double)res->routed[e] / scale : 0.0, 20);
+    if (res->capacity[e] < 0) {
+        snprintf(cap, sizeof cap, "-");
+        snprintf(util, sizeof util, "-");
+    } else {
+        snprintf(cap, sizeof cap, "%lld", (long long)res->capacity[e]);
+        snprintf(util, sizeof util, "%.1f%%", pct(res->accepted[e], res->capacity[e]));
+    }
+    double ratio = mean_load > 0 ? res->routed[e] / mean_load : 0.0;
+    int is_hot = ratio >= HOT_RATIO;
+    int cells = 0; /* pad the bar by display cells, not bytes */
+    for (const char *c = bar; *c; c++)
+        cells += ((unsigned char)*c & 0xC0) != 0x80;
+    fprintf(out, "  %6d %5d %9lld %9lld %9lld %9s %6s  %s%s%*s%s %5.2f%s\n", e, res->owner[e],
+            (long long)res->routed[e], (long long)res->accepted[e],
+            (long long)(res->routed[e] - (res->accepted[e] - res->rerouted_in[e])), cap, util,
+            is_hot ? hot : "", bar, 20 - cells, "", off, ratio, is_hot ? "  hot" : "");
+}
+
+/* Experts by routed load, hottest first (ties by id), into order (E). */
+static const int64_t *g_sort_routed;
+static int by_load_desc(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    int64_t lx = g_sort_routed[x], ly = g_sort_routed[y];
+    return lx != ly ? (lx < ly ? 1 : -1) : (x > y) - (x < y);
+}
+
+/* Summary form of the experts table: the SHOWN hottest and coldest, then a histogram of the loads
+ * over the mean in fixed bins, so that the shape of the imbalance reads at any E. */
+#define SUMMARY_SHOWN 5
+static void experts_summary(FILE *out, const moe_results *res, double scale, double mean_load,
+                            const char *hot, const char *off)
+{
+    int E = res->experts;
+    int *order = malloc((size_t)E * sizeof *order);
+    if (order == NULL) {
+        fprintf(out, "  (out of memory for the experts' order)\n");
+        return;
+    }
+    for (int e = 0; e < E; e++)
+        order[e] = e;
+    g_sort_routed = res->routed;
+    qsort(order, (size_t)E, sizeof *order, by_load_desc);
+    int shown = E > 2 * SUMMARY_SHOWN ? SUMMARY_SHOWN : E;
+    for (int i = 0; i < shown; i++)
+        expert_row(out, res, order[i], scale, mean_load, hot, off);
+    if (E > 2 * SUMMARY_SHOWN) {
+        fprintf(out, "  %6s  (%d experts between; --report full lists every one)\n", "...",
+                E - 2 * SUMMARY_SHOWN);
+        for (int i = E - SUMMARY_SHOWN; i < E; i++)
+            expert_row(out, res, order[i], scale, mean_load, hot, off);
+    }
+    free(order);
+    static const double edge[] = {0.0, 0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0};
+    enum { BINS = sizeof edge / sizeof edge[0] };
+    int64_t count[BINS] = {0}, most = 0;
+    for (int e = 0; e < E; e++) {
+        double x = mean_load > 0 ? res->routed[e] / mean_load : 0.0;
+        int b = BINS - 1;
+        while (b > 0 && x < edge[b])
+            b--;
+        count[b]++;
+    }
+    for (int b = 0; b < BINS; b++)
+        most = count[b] > most ? count[b] : most;
+    fprintf(out, "  load histogram, routed / mean: experts per bin\n");
+    for (int b = 0; b < BINS; b++) {
+        char range[32], bar[128];
+        if (b + 1 < BINS)
+            snprintf(range, sizeof range, "%.2f - %.2f", edge[b], edge[b + 1]);
+        else
+            snprintf(range, sizeof range, ">= %.2f", edge[b]);
+        moe_report_bar(bar, most > 0 ? (double)count[b] / (double)most : 0.0, 40);
+        fprintf(out, "    %-12s %6lld  %s\n", range, (long long)count[b], bar);
+    }
+}
+
+/* The per-rank table: where imbalance between ranks shows (tokens in, rows computed, bytes out,
+ * the expert and exchange phases and the waits for slower ranks). Summary form above 16 ranks: the
+ * busiest and the least busy few by rows computed. */
+static int64_t rank_bytes_out(const moe_results *res, int r)
+{
+    int64_t sum = 0; /* the blocks are sorted by source: a binary search would do, R is small */
+    for (int64_t i = 0; i < res->dispatch_bytes.n; i++)
+        sum += res->dispatch_bytes.v[i].src == r ? res->dispatch_bytes.v[i].val : 0;
+    return sum;
+}
+
+static void rank_row(FILE *out, const moe_results *res, int r, double mean_rows)
+{
+    int P = MOE_PHASE_COUNT + 1;
+    const double *m = res->rank_median + (int64_t)r * P;
+    double waits = 0.0;
+    const int wait_phases[] = {MOE_PHASE_COUNT_WAIT, MOE_PHASE_DISPATCH_WAIT,
+                               MOE_PHASE_COMBINE_WAIT};
+    for (int i = 0; i < 3; i++)
+        waits += isnan(m[wait_phases[i]]) ? 0.0 : m[wait_phases[i]];
+    double ratio = mean_rows > 0 ? (double)res->rank_rows[r] / mean_rows : 0.0;
+    fprintf(out, "  %5d %9lld %9lld %5.2f %10.1f %10.3f %10.3f %10.3f %9.3f %10.3f\n", r,
+            (long long)res->rank_tokens[r], (long long)res->rank_rows[r], ratio,
+            rank_bytes_out(res, r) / 1024.0, m[MOE_PHASE_EXPERT] * 1e3, m[MOE_PHASE_DISPATCH] * 1e3,
+            m[MOE_PHASE_COMBINE] * 1e3, waits * 1e3, m[MOE_PHASE_COUNT] * 1e3);
+}
+
+static const int64_t *g_sort_rows;
+static int by_rows_desc(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    int64_t lx = g_sort_rows[x], ly = g_sort_rows[y];
+    return lx != ly ? (lx < ly ? 1 : -1) : (x > y) - (x < y);
+}
+
+static void ranks_table(FILE *out, const moe_config *cfg, const moe_results *res,
+                        const char *bold, const char *off)
+{
+    int R = res->ranks;
+    if (res->rank_median == NULL || res->rank_tokens == NULL)
+        return;
+    double mean_rows = 0.0;
+    for (int r = 0; r < R; r++)
+        mean_rows += (double)res->rank_rows[r] / R;
+    fprintf(out, "\n%sRanks%s (each rank's median ms; waits = time in the barriers before the "
+                 "counts and exchanges)\n", bold, off);
+    fprintf(out, "  %5s %9s %9s %5s %10s %10s %10s %10s %9s %10s\n", "rank", "tokens", "rows",
+            "x mean", "KiB out", "expert", "dispatch", "combine", "waits", "step");
+    bool all = moe_config_full_report(cfg) || R <= 16;
+    int *order = malloc((size_t)R * sizeof *order);
+    if (all || order == NULL) {
+        for (int r = 0; r < R; r++)
+            rank_row(out, res, r, mean_rows);
+    } else {
+        for (int r = 0; r < R; r++)
+            order[r] = r;
+        g_sort_rows = res->rank_rows;
+        qsort(order, (size_t)R, sizeof *order, by_rows_desc);
+        for (int i = 0; i < 4; i++)
+            rank_row(out, res, order[i], mean_rows);
+        fprintf(out, "  %5s  (%d ranks between, by rows computed; --report full lists every one)\n",
+                "...", R - 8);
+        for (int i = R - 4; i < R; i++)
+            rank_row(out, res, order[i], mean_rows);
+    }
+    free(order);
+    fprintf(out, "  rows: what the rank's experts computed (padding included); KiB out: its "
+                 "dispatch bytes\n");
+}
+
+/* The verdict: one line per check, then VALID or INVALID. */
+void moe_report_verdict(FILE *out, const moe_results *res, bool color)
+{
+    moe_check checks[MOE_CHECK_COUNT];
+    bool valid = moe_verdict(res, checks);
+    const char *bold = color ? "\033[1m" : "", *off = color ? "\033[0m" : "";
+    const char *mark = color ? (valid ? "\033[32m" : "\033[31m") : "";
+    fprintf(out, "\n%sVerdict%s (the run's checks on itself; docs/validation.md)\n", bold, off);
+    for (int i = 0; i < MOE_CHECK_COUNT; i++)
+        fprintf(out, "  %-7s %-34s %-6s %s\n", checks[i].name, checks[i].what,
+                !checks[i].ran ? "n/a" : checks[i].passed ? "PASS" : "FAIL", checks[i].detail);
+    fprintf(out, "%s%s%s\n", mark, valid ? "VALID" : "INVALID", off);
+}
+
+/* The summary block: the result first, before any detail. */
+static void summary_block(FILE *out, const moe_config *cfg, const moe_results *res,
+                          const char *bold, const char *off, int hottest, double max_ratio)
+{
+    fprintf(out, "\n%sSummary%s\n", bold, off);
+    bool expert_choice = cfg->routing == MOE_ROUTING_EXPERT_CHOICE;
+    fprintf(out, "  dropped   %lld of %lld assignments (%.2f%%); %lld tokens (%.2f%%) %s\n",
+            (long long)res->dropped_assignments, (long long)res->assignments,
+            pct(res->dropped_assignments, res->assignments), (long long)res->dropped_tokens,
+            pct(res->dropped_tokens, res->tokens),
+            expert_choice ? "unchosen, output = residual" : "keep only the residual");
+    fprintf(out, "  wasted    %lld of %lld expert slots empty (%.2f%%), %.3g GFLOP %s\n",
+            (long long)res->empty_slots, (long long)res->slots, pct(res->empty_slots, res->slots),
+            res->flops_wasted / 1e9, res->padded ? "computed on padding" : "a static shape spends");
+    int64_t total = moe_blocks_total(&res->dispatch_bytes), off_rank = 0;
+    for (int64_t i = 0; i < res->dispatch_bytes.n; i++)
+        off_rank += res->dispatch_bytes.v[i].src != res->dispatch_bytes.v[i].dst
+                        ? res->dispatch_bytes.v[i].val
+                        : 0;
+    char tb[32], ob[32];
+    human_bytes(tb, sizeof tb, (double)total);
+    human_bytes(ob, sizeof ob, (double)off_rank);
+    fprintf(out, "  exchange  dispatch %s (%s off-rank) %.3f ms, combine %.3f ms\n", tb, ob,
+            res->phase[MOE_PHASE_DISPATCH].max * 1e3, res->phase[MOE_PHASE_COMBINE].max * 1e3);
+    fprintf(out, "            algbw %.2f GB/s dispatch, %.2f GB/s combine (slowest rank's time)\n",
+            res->dispatch_a2a.algbw / 1e9, res->combine_a2a.algbw / 1e9);
+    fprintf(out, "  step      %.3f ms (slowest rank's median), expert phase %.3f ms\n",
+            res->step.max * 1e3, res->phase[MOE_PHASE_EXPERT].max * 1e3);
+    if (res->balance.rank_overload > 0)
+        fprintf(out, "  balance   hottest expert %d at %.2fx the mean; busiest rank %.2fx the mean "
+                     "rows\n", hottest, max_ratio, res->balance.rank_overload);
+    moe_check checks[MOE_CHECK_COUNT];
+    bool valid = moe_verdict(res, checks);
+    int ran = 0, passed = 0;
+    for (int i = 0; i < MOE_CHECK_COUNT; i++) {
+        ran += checks[i].ran;
+        passed += checks[i].ran && checks[i].passed;
+    }
+    fprintf(out, "  verdict   %s: %d of %d self-checks passed", valid ? "VALID" : "INVALID", passed,
+            ran);
+    for (int i = 0; i < MOE_CHECK_COUNT; i++)
+        if (checks[i].ran && !checks[i].passed)
+            fprintf(out, "; %s FAILED", checks[i].name);
+    fprintf(out, " (Verdict, at the end)\n");
+}
+
 void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color)
 {
     const char *bold = color ? "\033[1m" : "", *hot = color ? "\033[31m" : "",
@@ -244,12 +514,12 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             (long long)res->hidden, (long long)res->ffn);
     char floor[64] = "";
     if (cfg->min_capacity > 0)
-        snprintf(floor, sizeof floor, " (at least %lld per group)", (long long)cfg->min_capacity);
+        snprintf(floor, sizeof floor, " (>= %lld per group)", (long long)cfg->min_capacity);
     if (cfg->capacity_factor == 0.0)
         fprintf(out, "  capacity factor 0 (dropless), scope %s, policy %s\n",
                 moe_scope_name(cfg->scope), moe_policy_name(cfg->policy));
     else
-        fprintf(out, "  capacity factor %g, scope %s, policy %s: %lld slots per expert in all%s\n",
+        fprintf(out, "  capacity factor %g, scope %s, policy %s: %lld slots per expert%s\n",
                 cfg->capacity_factor, moe_scope_name(cfg->scope),
                 cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? "none (experts choose)"
                                                           : moe_policy_name(cfg->policy),
@@ -274,14 +544,16 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     else if (cfg->expert_bias_file != NULL)
         snprintf(gates + strlen(gates), sizeof gates - strlen(gates),
                  ", chosen by score + the selection bias of %s", cfg->expert_bias_file);
-    fprintf(out, "  gates %s | padded to capacity %s | seed %llu | %d timed iterations after %d warm-up\n",
-            gates, cfg->pad_to_capacity ? "yes" : "no", (unsigned long long)cfg->seed, cfg->iters,
-            cfg->warmup);
+    print_wrapped(out, "  gates ", "        ", gates);
+    fprintf(out, "  padded to capacity %s | seed %llu | %d timed iteration%s after %d warm-up\n",
+            cfg->pad_to_capacity ? "yes" : "no", (unsigned long long)cfg->seed, cfg->iters,
+            cfg->iters == 1 ? "" : "s", cfg->warmup);
     routing_lines(out, cfg, res);
     if (cfg->tokens_file || cfg->router_file)
         fprintf(out, "  inputs: tokens %s, router %s\n",
                 cfg->tokens_file ? cfg->tokens_file : "generated",
                 cfg->router_file ? cfg->router_file : "generated");
+    summary_block(out, cfg, res, bold, off, hottest, mean_load > 0 ? max_routed / mean_load : 0.0);
 
     /* Full width is twice the mean load (or the hottest expert, if hotter), so a balanced layer
      * shows half-full bars and a hot expert stands out. */
@@ -290,33 +562,17 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
             bold, off, scale > 2.0 * mean_load ? "the hottest" : "twice the mean");
     fprintf(out, "  %6s %5s %9s %9s %9s %9s %6s  %-20s %s\n", "expert", "rank", "routed",
             "accepted", "dropped", "capacity", "util", "load", "x mean");
-    for (int e = 0; e < E; e++) {
-        char bar[128], cap[24], util[16];
-        moe_report_bar(bar, scale > 0 ? (double)res->routed[e] / scale : 0.0, 20);
-        if (res->capacity[e] < 0) {
-            snprintf(cap, sizeof cap, "-");
-            snprintf(util, sizeof util, "-");
-        } else {
-            snprintf(cap, sizeof cap, "%lld", (long long)res->capacity[e]);
-            snprintf(util, sizeof util, "%.1f%%", pct(res->accepted[e], res->capacity[e]));
-        }
-        double ratio = mean_load > 0 ? res->routed[e] / mean_load : 0.0;
-        int is_hot = ratio >= 1.25;
-        /* pad the bar by display cells, not bytes */
-        int cells = 0;
-        for (const char *c = bar; *c; c++)
-            cells += ((unsigned char)*c & 0xC0) != 0x80;
-        fprintf(out, "  %6d %5d %9lld %9lld %9lld %9s %6s  %s%s%*s%s %5.2f%s\n", e, res->owner[e],
-                (long long)res->routed[e], (long long)res->accepted[e],
-                (long long)(res->routed[e] - (res->accepted[e] - res->rerouted_in[e])), cap, util,
-                is_hot ? hot : "", bar,
-                20 - cells, "", off, ratio, is_hot ? "  hot" : "");
-    }
+    if (moe_config_full_report(cfg))
+        for (int e = 0; e < E; e++)
+            expert_row(out, res, e, scale, mean_load, hot, off);
+    else
+        experts_summary(out, res, scale, mean_load, hot, off);
     fprintf(out, "  mean load N*k/E = %.1f assignments; hottest expert %d at %.2fx the mean\n",
             mean_load, hottest, mean_load > 0 ? max_routed / mean_load : 0.0);
 
     fprintf(out, "\n%sLoad balance%s (Switch: f_i = routed_i/(N k), P_i = mean p_i)\n", bold, off);
-    fprintf(out, "  aux loss E * sum f_i P_i = %.4f   (1 = perfectly uniform; times alpha, 1e-2 in Megatron, in training)\n",
+    fprintf(out, "  aux loss E * sum f_i P_i = %.4f  (1 = uniform; in training times alpha, 1e-2 in "
+                 "Megatron)\n",
             res->aux_loss);
     const moe_balance *b = &res->balance;
     fprintf(out, "  z-loss %.4f (mean logsumexp(z)^2, ST-MoE) | importance CV^2 %.4f (Shazeer)\n",
@@ -356,14 +612,16 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     fprintf(out, "  expert slots          %12lld\n", (long long)res->slots);
     fprintf(out, "  empty slots           %12lld  %6.2f%%  %.3g GFLOP %s\n", (long long)res->empty_slots,
             pct(res->empty_slots, res->slots), res->flops_wasted / 1e9,
-            res->padded ? "computed on zero padding (--pad-to-capacity)"
-                        : "a static-shape system would spend (not computed here)");
+            res->padded ? "computed on padding (--pad-to-capacity)"
+                        : "a static shape spends (not computed)");
     fprintf(out, "  useful expert work    %12.3g GFLOP\n", res->flops_useful / 1e9);
     char need[32];
     format_cf_up(need, sizeof need, res->cf_needed);
     if (cfg->routing != MOE_ROUTING_EXPERT_CHOICE) /* nothing overflows there */
-        fprintf(out, "  largest expert load   %12lld  one expert, one group; cf %s would drop nothing\n",
+        fprintf(out, "  largest expert load   %12lld  (one expert, one group): cf %s drops nothing\n",
                 (long long)res->max_expert_load, need);
+
+    dense_lines(out, res, bold, off);
 
     int64_t total = 0, off_rank = 0;
     for (int64_t i = 0; i < res->dispatch_bytes.n; i++) {
@@ -376,21 +634,22 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     human_bytes(ob, sizeof ob, (double)off_rank);
     fprintf(out, "\n%sTraffic%s: dispatch %s (%s leaves its rank); combine the same, transposed\n",
             bold, off, tb, ob);
-    if (R <= 16) {
-        fprintf(out, "  dispatch KiB, row = source rank, column = destination\n  %6s", "");
-        for (int r = 0; r < R; r++)
-            fprintf(out, " %9s%-2d", "r", r);
-        fprintf(out, "\n");
-        int64_t i = 0; /* the blocks in row order: fill the gaps with zeros */
-        for (int s = 0; s < R; s++) {
-            fprintf(out, "  r%-5d", s);
-            for (int r = 0; r < R; r++) {
-                const moe_block *e = i < res->dispatch_bytes.n ? &res->dispatch_bytes.v[i] : NULL;
-                bool here = e != NULL && e->src == s && e->dst == r;
-                fprintf(out, " %11.1f", here ? (double)e->val / 1024.0 : 0.0);
-                i += here;
-            }
+    if (R <= 16) { /* in blocks of 8 columns, to stay within the report's width */
+        fprintf(out, "  dispatch KiB, row = source rank, column = destination\n");
+        for (int c0 = 0; c0 < R; c0 += 8) {
+            int c1 = c0 + 8 < R ? c0 + 8 : R;
+            fprintf(out, "  %6s", "");
+            for (int r = c0; r < c1; r++)
+                fprintf(out, " %8s%-2d", "r", r);
             fprintf(out, "\n");
+            for (int s = 0; s < R; s++) {
+                fprintf(out, "  r%-5d", s);
+                for (int r = c0; r < c1; r++) {
+                    int64_t v = moe_blocks_get(&res->dispatch_bytes, s, r);
+                    fprintf(out, " %10.1f", (double)v / 1024.0);
+                }
+                fprintf(out, "\n");
+            }
         }
     } else {
         fprintf(out, res->matrix_full ? "  (%d x %d matrix: see --json traffic.dispatch_bytes)\n"
@@ -407,8 +666,8 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
         if (moe_phase_is_backward(p) && isnan(res->phase[p].mean))
             continue; /* no backward in this mode */
         else if (isnan(res->phase[p].mean)) /* the raw baselines with --raw-baseline off */
-            fprintf(out, "  %-17s %9s %9s %9s  %s (not run: --raw-baseline off)\n",
-                    moe_phase_name(p), "-", "-", "-", moe_phase_what(p));
+            fprintf(out, "  %-17s %9s %9s %9s  not run (--raw-baseline off)\n",
+                    moe_phase_name(p), "-", "-", "-");
         else if (p != MOE_PHASE_SHARED || res->shared_experts > 0)
             fprintf(out, "  %-17s %9.3f %9.3f %9.3f  %s\n", moe_phase_name(p),
                     res->phase[p].min * 1e3, res->phase[p].mean * 1e3, res->phase[p].max * 1e3,
@@ -444,17 +703,19 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
         fprintf(out, "  no raw MPI_Alltoallv baseline (--raw-baseline %s)\n",
                 moe_raw_baseline_name(cfg->raw_baseline));
     else
-        fprintf(out, "  %s exchange over raw MPI_Alltoallv of the same bytes (slowest ranks): "
-                     "dispatch %.2fx, combine %.2fx\n",
+        fprintf(out, "  vs raw MPI_Alltoallv, same bytes (%s, slowest ranks): dispatch %.2fx, "
+                     "combine %.2fx\n",
                 res->hierarchical ? "two-level" : "flat", res->phase[MOE_PHASE_DISPATCH].max / rd,
                 res->phase[MOE_PHASE_COMBINE].max / rc);
     if (res->regroup != NULL && strcmp(res->regroup, "alltoallw") == 0)
         fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallw, no regroup copy; "
                      "--regroup)\n");
     else if (res->regroup != NULL && strcmp(res->regroup, "slots") == 0)
-        fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallv per local expert, no "
+        fprintf(out, "  rows arrive in the experts' blocks (an MPI_Alltoallv per local expert, no "
                      "regroup copy; --regroup)\n");
     each_warning(res, print_warning, out);
+
+    ranks_table(out, cfg, res, bold, off);
 
     fprintf(out, "\n%sTraffic by locality%s (dispatch + combine; a message = one nonzero rank-to-rank block)\n",
             bold, off);
@@ -484,8 +745,8 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
         }
     }
     if (res->projected) {
-        fprintf(out, "\n%sProjection%s onto %s (alpha-beta per locality class, slowest rank; docs/projection.md)\n",
-                bold, off, res->network);
+        fprintf(out, "\n%sProjection%s onto %s\n  (alpha-beta per locality class, slowest rank; "
+                     "docs/projection.md)\n", bold, off, res->network);
         fprintf(out, "  %-13s %12s %12s\n", "exchange", "dispatch ms", "combine ms");
         fprintf(out, "  %-13s %12.3f %12.3f\n", "flat", res->proj_flat_dispatch * 1e3,
                 res->proj_flat_combine * 1e3);
@@ -561,7 +822,7 @@ void moe_report_memory(FILE *out, const moe_results *res, bool color)
     moe_memory_format(e, sizeof e, base_max);
     fprintf(out, "\n%sMemory%s (estimate: moesim's buffers, from the configuration and the exchanged "
                  "counts; RSS: getrusage)\n", bold, off);
-    fprintf(out, "  per %s: estimate %s max (%s mean); peak RSS %s max, %s of it at start\n",
+    fprintf(out, "  per %s: estimate %s max (mean %s); peak RSS %s max (%s at start)\n",
             res->planned ? "process" : "rank", a, b, c, e);
     if (res->mem_full_run > 0) {
         moe_memory_format(a, sizeof a, res->mem_full_run);
@@ -729,7 +990,7 @@ void moe_report_prediction(FILE *out, const moe_config *cfg, const moe_results *
         fprintf(out, "  (reroute: drops before rerouting; the run reports how many found another expert)\n");
     if (moe_config_has_selection_bias(cfg))
         fprintf(out, "  (the selection bias moves experts without entering P: the closed form does "
-                     "not see it; the exact figures count the biased routing)\n");
+                     "not see it;\n   the exact figures count the biased routing)\n");
     if (res->n_ablation > 0 && cfg->routing != MOE_ROUTING_EXPERT_CHOICE) {
         char need[32];
         format_cf_up(need, sizeof need, res->ablation[0].cf_needed);
@@ -743,27 +1004,22 @@ void moe_report_ablation(FILE *out, const moe_config *cfg, const moe_results *re
 {
     (void)cfg;
     fprintf(out, "\nCapacity-factor ablation: routing computed once; measured after the run, beside the prediction\n");
-    fprintf(out, "  %6s %9s %9s %8s %9s %9s %9s %9s %9s | %9s %9s %s\n", "cf", "capacity", "dropped",
-            "tokens", "empty", "GFLOP", "dispatch", "dispatch", "combine", "predicted", "closed", "");
-    fprintf(out, "  %6s %9s %9s %8s %9s %9s %9s %9s %9s | %9s %9s %s\n", "", "", "assignmts",
-            "dropped", "slots", "wasted", "MiB", "ms max", "ms max", "exact", "form", "closed-form error");
+    fprintf(out, "  %5s %8s %8s %7s %8s %8s %8s %8s %8s | %9s %7s\n", "cf", "capacity", "dropped",
+            "tokens", "empty", "GFLOP", "dispatch", "dispatch", "combine", "predicted", "closed");
+    fprintf(out, "  %5s %8s %8s %7s %8s %8s %8s %8s %8s | %9s %7s\n", "", "", "assignmt",
+            "dropped", "slots", "wasted", "MiB", "ms max", "ms max", "exact", "form");
     for (int i = 0; i < res->n_ablation; i++) {
         const moe_ablation_row *r = &res->ablation[i];
-        char cap[24], err[48];
+        char cap[24];
         if (r->capacity < 0)
             snprintf(cap, sizeof cap, "-");
         else
             snprintf(cap, sizeof cap, "%lld", (long long)r->capacity);
-        double diff = r->expected_dropped - (double)r->dropped_assignments;
-        if (r->dropped_assignments > 0)
-            snprintf(err, sizeof err, "%+.1f (%+.1f%%)", diff, 100.0 * diff / (double)r->dropped_assignments);
-        else
-            snprintf(err, sizeof err, "%+.1f", diff);
-        fprintf(out, "  %6.3g %9s %9lld %8lld %9lld %9.3g %9.2f %9.3f %9.3f | %9lld %9.1f %s\n",
+        fprintf(out, "  %5.3g %8s %8lld %7lld %8lld %8.3g %8.2f %8.3f %8.3f | %9lld %7.1f\n",
                 r->capacity_factor, cap, (long long)r->dropped_assignments,
                 (long long)r->dropped_tokens, (long long)r->empty_slots, r->flops_wasted / 1e9,
                 (double)r->dispatch_bytes / 1048576.0, r->dispatch.max * 1e3, r->combine.max * 1e3,
-                (long long)r->exact_dropped, r->expected_dropped, err);
+                (long long)r->exact_dropped, r->expected_dropped);
     }
     fprintf(out, "  (predicted exact = from the exchanged counts, equal to the measurement by construction;\n"
                  "   closed form = Binomial model from this router's mean gate probabilities)\n");
@@ -968,6 +1224,54 @@ static json_t *routing_json(const moe_config *cfg, const moe_results *res)
                      reach, "reach_unlimited", unlimited);
 }
 
+static json_t *dense_json(const moe_results *res)
+{
+    moe_dense_baseline b = moe_report_dense_baseline(res);
+    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:o}", "dense_ffn", (json_int_t)b.dense_ffn,
+                     "dense_parameters", num(b.dense_parameters), "dense_flops_per_token",
+                     num(b.dense_flops_per_token), "moe_parameters", num(b.moe_parameters),
+                     "moe_active_parameters", num(b.moe_active_parameters),
+                     "moe_flops_per_token", num(b.moe_flops_per_token));
+}
+
+/* Each rank's tokens, rows, bytes out and median phase times; null when nothing ran. */
+static json_t *per_rank_json(const moe_results *res)
+{
+    if (res->rank_median == NULL || res->rank_tokens == NULL)
+        return json_null();
+    json_t *list = json_array();
+    int P = MOE_PHASE_COUNT + 1;
+    for (int r = 0; list && r < res->ranks; r++) {
+        const double *m = res->rank_median + (int64_t)r * P;
+        json_t *t = json_object();
+        for (int p = 0; t && p < MOE_PHASE_COUNT; p++)
+            if (!moe_phase_is_backward(p) || !isnan(m[p]))
+                json_object_set_new(t, moe_phase_name(p), num(m[p]));
+        json_object_set_new(t, "step", num(m[MOE_PHASE_COUNT]));
+        json_array_append_new(
+            list, json_pack("{s:i, s:I, s:I, s:I, s:o}", "rank", r, "tokens",
+                            (json_int_t)res->rank_tokens[r], "rows_computed",
+                            (json_int_t)res->rank_rows[r], "dispatch_bytes_sent",
+                            (json_int_t)rank_bytes_out(res, r), "seconds", t));
+    }
+    return list;
+}
+
+static json_t *verdict_json(const moe_results *res)
+{
+    moe_check checks[MOE_CHECK_COUNT];
+    bool valid = moe_verdict(res, checks);
+    json_t *list = json_array();
+    for (int i = 0; list && i < MOE_CHECK_COUNT; i++)
+        json_array_append_new(list, json_pack("{s:s, s:s, s:b, s:o, s:s}", "name", checks[i].name,
+                                              "what", checks[i].what, "ran", checks[i].ran,
+                                              "passed", checks[i].ran ? json_boolean(checks[i].passed)
+                                                                      : json_null(),
+                                              "detail", checks[i].detail));
+    return json_pack("{s:b, s:s, s:o}", "valid", valid, "result", valid ? "VALID" : "INVALID",
+                     "checks", list);
+}
+
 static json_t *json_document(const moe_config *cfg, const moe_results *res)
 {
     int E = res->experts, R = res->ranks;
@@ -1054,6 +1358,7 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                                                                                 : "auto"));
     json_object_set_new(config, "raw_baseline",
                         json_string(moe_raw_baseline_name(cfg->raw_baseline)));
+    json_object_set_new(config, "report", json_string(moe_report_kind_name(cfg->report)));
     json_object_set_new(config, "dispatch", json_string(moe_dispatch_name(cfg->dispatch)));
     json_object_set_new(config, "placement", json_string(moe_place_kind_name(cfg->placement)));
     json_object_set_new(config, "redundant_experts", json_integer(cfg->redundant_experts));
@@ -1278,6 +1583,9 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
                             "input", num(tr->grad_norm_input), "optimizer_steps",
                             (json_int_t)tr->optimizer_steps)
                 : json_null());
+    json_object_set_new(root, "dense_baseline", dense_json(res));
+    json_object_set_new(root, "per_rank", per_rank_json(res));
+    json_object_set_new(root, "verdict", cfg->predict_only ? json_null() : verdict_json(res));
     if (cfg->predict_only) {
         /* nothing moved: the routing-side figures and the traffic the decision makes (and its
          * projection) are meaningful, the measured ones are not */
@@ -1392,15 +1700,17 @@ void moe_report_planned_traffic(FILE *out, const moe_results *res)
     human_bytes(tb, sizeof tb, (double)total);
     human_bytes(rb, sizeof rb, (double)off_rank);
     human_bytes(nb, sizeof nb, (double)off_node);
-    fprintf(out, "Traffic, planned (nothing moved): dispatch %lld rows, %s (%s off-rank, %s "
+    fprintf(out, "Traffic, planned (nothing moved): dispatch %lld rows, %s\n  (%s off-rank, %s "
                  "off-node)\n",
             (long long)rows, tb, rb, nb);
     node_rows_line(out, res);
     if (res->projected) {
-        fprintf(out, "  projected onto %s: flat dispatch %.3f ms, combine %.3f ms; two-level %.3f / "
-                     "%.3f ms\n",
-                res->network, res->proj_flat_dispatch * 1e3, res->proj_flat_combine * 1e3,
-                res->proj_hier_dispatch * 1e3, res->proj_hier_combine * 1e3);
+        char line[512];
+        snprintf(line, sizeof line, "%s: flat dispatch %.3f ms, combine %.3f ms; two-level %.3f / "
+                 "%.3f ms", res->network, res->proj_flat_dispatch * 1e3,
+                 res->proj_flat_combine * 1e3, res->proj_hier_dispatch * 1e3,
+                 res->proj_hier_combine * 1e3);
+        print_wrapped(out, "  projected onto ", "    ", line);
     }
     fputc('\n', out);
 }
@@ -1590,8 +1900,8 @@ void moe_report_steps_text(FILE *out, const moe_config *cfg, const moe_results *
         m++;
     }
     if (m > 0)
-        fprintf(out, "  dropped assignments predicted from the previous step's loads: mean |error| "
-                     "%.1f, worst %.1f over %zu steps\n",
+        fprintf(out, "  drops predicted from the previous step's loads: mean |error| %.1f, worst %.1f "
+                     "over %zu steps\n",
                 err / (double)m, worst, m);
     fprintf(out, "  every step: JSON steps[]%s%s\n", cfg->steps_csv ? ", CSV " : "",
             cfg->steps_csv ? cfg->steps_csv : "");

@@ -171,8 +171,8 @@ int moe_topology_warnings(char *buf, size_t len, const moe_placement *placement,
 #define WARN(...) (n++, moe_appendf(buf, len, &used, __VA_ARGS__))
     for (int r = 0; r < R; r++)
         if (!placement[r].bound)
-            WARN("warning: rank %d on %s is not bound to cores: the OS may move it, and it may share a "
-                 "core (mpirun --bind-to core)\n",
+            WARN("warning: rank %d on %s is not bound to a core: the OS may move it (mpirun "
+                 "--bind-to core)\n",
                  r, placement[r].host);
     for (int a = 0; a < R; a++)
         for (int b = a + 1; b < R; b++)

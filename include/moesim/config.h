@@ -77,6 +77,16 @@ typedef enum moe_matrix_kind {
     MOE_MATRIX_SUMMARY = 2  /* per-rank sums and per-class totals only             */
 } moe_matrix_kind;
 
+/* How much of the per-expert and per-rank detail the text report prints (--report). */
+typedef enum moe_report_kind {
+    MOE_REPORT_AUTO = 0,    /* full up to MOE_FULL_REPORT_EXPERTS experts, else summary     */
+    MOE_REPORT_FULL = 1,    /* every expert and every rank                                 */
+    MOE_REPORT_SUMMARY = 2  /* the hottest and coldest few and a load histogram           */
+} moe_report_kind;
+
+/* --report auto: every expert's row up to this many experts. */
+#define MOE_FULL_REPORT_EXPERTS 64
+
 /* What travels in dispatch (--dispatch). */
 typedef enum moe_dispatch_kind {
     MOE_DISPATCH_PER_EXPERT = 0, /* one row per served (token, expert) (Megatron's alltoall)   */
@@ -108,6 +118,7 @@ typedef struct moe_config {
     moe_raw_baseline raw_baseline; /* the raw Alltoallv baselines        --raw-baseline first */
     moe_regroup_kind regroup;   /* arriving rows to expert blocks          --regroup auto */
     moe_matrix_kind traffic_matrix; /* R x R traffic in the JSON           --traffic-matrix auto */
+    moe_report_kind report;         /* text report detail                  --report auto         */
     moe_dispatch_kind dispatch; /* rows per expert or per rank           --dispatch per-expert */
     moe_place_kind placement;   /* where experts live                     --placement contiguous */
     int redundant_experts;      /* extra replicas of the most loaded      --redundant-experts 0 */
@@ -230,6 +241,11 @@ moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R);
 int64_t *moe_config_token_blocks(const moe_config *cfg, int R);
 /* The largest rank's token count at R ranks (ceil(N / R) with even blocks). Pure. */
 int64_t moe_config_max_block(const moe_config *cfg, int R);
+
+/* Whether the text report lists every expert and rank (--report; auto: up to
+ * MOE_FULL_REPORT_EXPERTS experts). Pure. */
+bool moe_config_full_report(const moe_config *cfg);
+const char *moe_report_kind_name(moe_report_kind k);
 
 /* Whether a run of R ranks writes the full traffic matrices (--traffic-matrix). Pure. */
 bool moe_config_full_matrix(const moe_config *cfg, int R);

@@ -13,6 +13,18 @@
 /* Human-readable report to out. color: use ANSI emphasis (for a terminal). */
 void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, bool color);
 
+/* The run's self-checks and its VALID / INVALID line (verdict.h): the report's last block. */
+void moe_report_verdict(FILE *out, const moe_results *res, bool color);
+
+/* A dense FFN of equal total parameters beside the MoE layer: parameters (FFN weights, and the
+ * router's E d on the MoE side) and FLOPs per token (2 per multiply-add). */
+typedef struct moe_dense_baseline {
+    int64_t dense_ffn;             /* E f (+ S fs): the dense FFN's inner size */
+    double dense_parameters, dense_flops_per_token;
+    double moe_parameters, moe_active_parameters, moe_flops_per_token;
+} moe_dense_baseline;
+moe_dense_baseline moe_report_dense_baseline(const moe_results *res);
+
 /* The memory block: estimate and peak RSS per rank (largest, mean) and per node, with the budget. */
 void moe_report_memory(FILE *out, const moe_results *res, bool color);
 

@@ -9,7 +9,7 @@ of capacity factors, hot experts, renormalized gates, local scope, skew and clus
 JSON the top-level keys timing, bandwidth, exchange, placement, environment and memory are
 removed (times, rates and their ratios, where the ranks ran, resident memory: they are measured,
 not computed), from every ablation[] row the *_seconds keys and from every steps[] object its
-timing (timings). Then:
+timing (timings), from every per_rank[] row its seconds. Then:
   - the two documents are equal when re-serialised (json.dumps(sort_keys=True));
   - the raw bytes of the file are equal key by key: every remaining top-level value's text, and
     inside ablation[] every remaining key's text (so a value that parses the same but prints
@@ -129,20 +129,23 @@ def strip_measured(doc):
                            for row in doc["ablation"]]
     if isinstance(doc.get("steps"), list):
         doc["steps"] = [{k: v for k, v in st.items() if k != "timing"} for st in doc["steps"]]
+    if isinstance(doc.get("per_rank"), list):
+        doc["per_rank"] = [{k: v for k, v in row.items() if k != "seconds"}
+                           for row in doc["per_rank"]]
     return doc
 
 
 def raw_pieces(text):
     """{name: raw text} of every top-level value but the excluded ones; ablation[] split into its
-    rows' keys, the *_seconds left out."""
+    rows' keys, the *_seconds left out; per_rank[] without its seconds."""
     out = {}
     for key, (a, b) in object_spans(text).items():
         if key in EXCLUDED_TOP:
             continue
-        if key in ("ablation", "steps") and text[a] == "[":
+        if key in ("ablation", "steps", "per_rank") and text[a] == "[":
             for j, (ra, _) in enumerate(array_spans(text, a)):
                 for rk, (x, y) in object_spans(text, ra).items():
-                    if not rk.endswith("_seconds") and rk != "timing":
+                    if not rk.endswith("_seconds") and rk not in ("timing", "seconds"):
                         out["%s[%d].%s" % (key, j, rk)] = text[x:y]
         else:
             out[key] = text[a:b]

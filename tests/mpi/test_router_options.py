@@ -185,8 +185,8 @@ def invariance(ck, name, results, k):
 
 def drops_block(stdout):
     """The 'largest expert load' line of the Drops block: (load, cf text)."""
-    m = re.search(r"^  largest expert load\s+(\d+)\s+one expert, one group; "
-                  r"cf (\S+) would drop nothing$", stdout, re.MULTILINE)
+    m = re.search(r"^  largest expert load\s+(\d+)\s+\(one expert, one group\): "
+                  r"cf (\S+) drops nothing$", stdout, re.MULTILINE)
     return (int(m.group(1)), m.group(2)) if m else None
 
 

@@ -229,6 +229,8 @@ def counts_only(doc):
     d["ablation"] = [{k: v for k, v in row.items() if k not in ABLATION_TIMES}
                      for row in doc["ablation"]]
     d["steps"] = [{k: v for k, v in st.items() if k != "timing"} for st in doc["steps"]]
+    d["per_rank"] = [{k: v for k, v in row.items() if k != "seconds"}
+                     for row in doc.get("per_rank", [])]
     return d
 
 
