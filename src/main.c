@@ -465,7 +465,6 @@ static int collect_memory(moe_layer *layer, moe_results *res, int64_t baseline_r
     return moe_agree(comm, rc, msg, MSG_LEN);
 }
 
-/* Copy what one capacity factor's run measured into its ablation row. */
 /* MOE_OK when the verdict is VALID; else MOE_ECHECK with the failed checks in msg. */
 static int invalid_run(const moe_results *res, char *msg)
 {
@@ -480,6 +479,7 @@ static int invalid_run(const moe_results *res, char *msg)
     return MOE_ECHECK;
 }
 
+/* Copy what one capacity factor's run measured into its ablation row. */
 static void record_measurement(moe_ablation_row *row, const moe_results *r)
 {
     row->measured = true;
