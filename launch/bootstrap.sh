@@ -25,7 +25,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 packages=(openmpi-bin libopenmpi-dev libhwloc-dev hwloc check meson ninja-build pkg-config
-          gcc libc6-dev libopenblas-dev libjansson-dev gnuplot-nox)
+          gcc libc6-dev libopenblas-dev libjansson-dev gnuplot-nox bsdextrautils)
 [ "$mode" = test ] && packages+=(python3 python3-numpy)
 # the sanitizer and fuzz builds: gcc's ASan/UBSan come with gcc; clang, its libFuzzer runtime
 # (libclang_rt.fuzzer) and llvm-symbolizer (readable stacks in clang's sanitizer reports)
@@ -96,7 +96,7 @@ configure_build() {
 #   memory=^patcher          Open MPI's memory patcher rewrites munmap/madvise/brk, which ASan
 #                            intercepts too; the self and vader transports used here do not need it
 asan_env=(ASAN_OPTIONS=fast_unwind_on_malloc=0:halt_on_error=1:print_summary=1
-          LSAN_OPTIONS=suppressions=$root/tests/sanitize/lsan.supp:print_suppressions=0
+          "LSAN_OPTIONS=suppressions=$root/tests/sanitize/lsan.supp:print_suppressions=0"
           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:print_summary=1
           OMPI_MCA_memory=^patcher)
 asan_mpi_tests=(hier-R1 hier-R2 hier-R4 residual small_batch replay reference bad_input policies)

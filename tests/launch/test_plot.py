@@ -147,7 +147,8 @@ def main():
         t = os.path.join(tmp, "")
         check_figure(ck, t + "run-load", ["Expert load", "E=8 top-2, 256 tokens, 2 ranks",
                                           "workload hot-experts", "(run.json)",
-                                          "hot expert (1 of 8: the most routed)", "capacity C = "], got)
+                                          "hot expert (1 of 8: the most routed)", "capacity C = ",
+                                          "capacity at cf 1.25 = "], got)
         check_figure(ck, t + "run-heatmap", ["Dispatch bytes, source rank x destination rank",
                                              "(run.json)", "destination rank", "KiB"], got)
         check_figure(ck, t + "run-drops", ["Drops and waste against capacity factor",

@@ -12,6 +12,7 @@
     column count (no half row, a newline at the end); rerunning completes it, each point once;
   - --predict-only at --ranks 16,64 with --network: rows with the planned counts (the exact drops
     of ablation[0].predicted), the projected columns filled, the measured ones empty;
+  - --predict-only at cf 0, 1, 1.25: drops, slots and waste equal the measured grid's points;
   - a point that fails (top-k 3 of 2 experts) is reported and listed in failed.txt, the others
     still run, the sweep exits 1; rerunning it with other options after -- is refused (exit 2),
     and so is a sweep.csv with another header;
@@ -192,6 +193,27 @@ def main():
                  and close(float(x["projected_dispatch_ms"]),
                            doc["projection"]["flat"]["dispatch"] * 1000),
                  "planned row %s: the exact counts of its plan" % x["point"], str(x))
+
+    lt.say("--predict-only: the planned counts and slots equal the measured ones")
+    out7 = os.path.join(work, "plan2")
+    r = lt.run([sweep, "--out", out7, "--predict-only", "--experts", "4", "--ranks", "2",
+                "--capacity-factor", "0,1,1.25"] + FIXED, env=env, timeout=60)
+    ck.check(r.returncode == 0, "a --predict-only sweep at cf 0, 1 and 1.25", r.describe())
+    t7 = read_csv(os.path.join(out7, "sweep.csv"))
+    planned = {x[0]: dict(zip(t7[0], x)) for x in t7[1:]}
+    measured = {x[0]: dict(zip(table[0], x)) for x in rows}
+    same = ("assignments", "dropped_assignments", "dropped_fraction", "slots", "empty_slots",
+            "wasted_fraction")
+    for cf in ("1", "1.25"):
+        p, m = planned.get("E4-R2-cf" + cf), measured.get("E4-R2-cf" + cf)
+        ck.check(p is not None and m is not None and m["slots"] != ""
+                 and all(p[c] == m[c] for c in same),
+                 "planned E4-R2-cf%s: the measured point's drops, slots and waste" % cf,
+                 "%s\n%s" % (p, m))
+    p = planned.get("E4-R2-cf0")
+    ck.check(p is not None and p["slots"] == p["assignments"] and p["empty_slots"] == "0"
+             and p["wasted_fraction"] == "0", "planned dropless: slots = assignments, no waste",
+             str(p))
 
     lt.say("a failing point; another header")
     out6 = os.path.join(work, "fail")
