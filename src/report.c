@@ -459,6 +459,10 @@ static void summary_block(FILE *out, const moe_config *cfg, const moe_results *r
             pct(res->dropped_assignments, res->assignments), (long long)res->dropped_tokens,
             pct(res->dropped_tokens, res->tokens),
             expert_choice ? "unchosen, output = residual" : "keep only the residual");
+    if (cfg->policy == MOE_POLICY_REROUTE)
+        fprintf(out, "            of them %lld rerouted to a next-best expert, %lld (%.2f%%) served by none\n",
+                (long long)res->rerouted, (long long)(res->dropped_assignments - res->rerouted),
+                pct(res->dropped_assignments - res->rerouted, res->assignments));
     fprintf(out, "  wasted    %lld of %lld expert slots empty (%.2f%%), %.3g GFLOP %s\n",
             (long long)res->empty_slots, (long long)res->slots, pct(res->empty_slots, res->slots),
             res->flops_wasted / 1e9, res->padded ? "computed on padding" : "a static shape spends");

@@ -5,7 +5,8 @@ block that fails when one of the run's own counts is off.
   - order and width: at R = 4 with 256 experts on a hot-experts batch (auto = summary), and the
     same with --report full, and at R = 2 with 8 experts: every line is at most 100 characters;
     the header, then Summary, then Experts, ..., Verdict come in that order and the last line is
-    VALID; the Summary's dropped and wasted figures are the JSON's drops and waste;
+    VALID; the Summary's dropped and wasted figures are the JSON's drops and waste (with
+    --drop-policy reroute also drops.rerouted and drops.still_dropped, and only then);
   - --report: auto and summary at 256 experts list the 5 hottest and 5 coldest (by routed, the
     JSON's own loads) with one "..." line between and a load histogram whose bins hold all 256
     experts; full lists all 256 in expert order; at 8 experts auto is full; a bad value is refused;
@@ -192,6 +193,20 @@ def main():
                      str(v))
         else:
             ck.check(False, "E8: runs", r.describe())
+        # reroute: the Summary says how many of the dropped were served elsewhere
+        r, doc = run_text(exe, 2, small + ["--workload", "hot-experts", "--capacity-factor", "1",
+                                           "--drop-policy", "reroute"], d, "reroute")
+        if r.returncode == 0 and doc is not None:
+            check_layout(ck, "reroute", r.stdout, doc)
+            dr = doc["drops"]
+            want = "of them %d rerouted to a next-best expert, %d (" % (dr["rerouted"],
+                                                                        dr["still_dropped"])
+            ck.check(dr["rerouted"] > 0 and want in r.stdout,
+                     "reroute: Summary says " + want, r.stdout[:1500])
+        else:
+            ck.check(False, "reroute: runs", r.describe())
+        ck.check("rerouted to a next-best" not in mt.run(exe, 2, small).stdout,
+                 "no reroute line without --drop-policy reroute")
         # one count off: exactly its check fails
         for site, check in (("selfcheck-bytes", "bytes"), ("selfcheck-combine", "combine"),
                             ("selfcheck-finite", "finite")):
