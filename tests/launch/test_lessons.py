@@ -1,14 +1,17 @@
-"""Every command of docs/lessons.md works.
+"""Every command of docs/lessons.md and docs/studies.md works.
 
 Each `$ ` line inside a ```sh block of those files (a trailing backslash continues it on the next
 line) is run with bash, in order, in one temporary directory per file (so a later lesson may read
 a file an earlier one wrote, as lesson 12 reads lesson 3's CSV), with `launch/` and `build/` at the
 start of a word pointing at this checkout's scripts and at the moesim under test. Checked:
-  - docs/lessons.md has fourteen lessons (`## 1.` … `## 14.`), each with at least one command;
+  - docs/lessons.md has fourteen lessons (`## 1.` … `## 14.`), docs/studies.md three studies
+    (`## 1.` … `## 3.`), each with at least one command;
   - every command exits 0 (their numbers need not match the document's: the times are this
     machine's, and a different BLAS may round differently);
   - every figure the documents link (`![...](figures/NAME)`) exists in docs/figures/ and is a PNG;
   - nothing is written outside the temporary directory (the commands' relative paths land there).
+MOESIM_TEST_DOC=lessons.md (or studies.md) checks that document only: meson registers one test
+for each, so the two run side by side.
 """
 
 import os
@@ -56,7 +59,12 @@ def main():
     root = os.path.dirname(launch)
     build = os.path.dirname(moesim)
     env = lt.clean_env(MOESIM=moesim)
-    for name, count, heading in (("lessons.md", 14, r"^## (\d+)\. "),):
+    docs = (("lessons.md", 14, r"^## (\d+)\. "), ("studies.md", 3, r"^## (\d+)\. "))
+    only = os.environ.get("MOESIM_TEST_DOC")
+    if only:
+        docs = tuple(x for x in docs if x[0] == only)
+        ck.check(len(docs) == 1, "MOESIM_TEST_DOC=%s names one of the documents" % only)
+    for name, count, heading in docs:
         path = os.path.join(root, "docs", name)
         if not os.path.exists(path):
             ck.check(False, "%s exists" % name)
@@ -95,7 +103,7 @@ def main():
                 ck.check(ok, "%s: `%s` works" % (name, cmd), why)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    ck.done("lessons")
+    ck.done(os.path.splitext(only)[0] if only else "lessons")
 
 
 if __name__ == "__main__":
