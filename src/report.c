@@ -453,6 +453,10 @@ static void summary_block(FILE *out, const moe_config *cfg, const moe_results *r
                           const char *bold, const char *off, int hottest, double max_ratio)
 {
     fprintf(out, "\n%sSummary%s\n", bold, off);
+    if (cfg->steps > 1)
+        fprintf(out, "  (--steps %d: this block and the detail below are step 0's batch; the Steps "
+                     "block covers all)\n",
+                cfg->steps);
     bool expert_choice = cfg->routing == MOE_ROUTING_EXPERT_CHOICE;
     fprintf(out, "  dropped   %lld of %lld assignments (%.2f%%); %lld tokens (%.2f%%) %s\n",
             (long long)res->dropped_assignments, (long long)res->assignments,
@@ -678,12 +682,15 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                     moe_phase_what(p));
     fprintf(out, "  %-17s %9.3f %9.3f %9.3f  %s\n", "step", res->step.min * 1e3,
             res->step.mean * 1e3, res->step.max * 1e3, "sum of the phases; the slowest rank sets the pace");
-    if (res->env.wall_seconds > 0.0)
-        fprintf(out, "  run: %.2f s on rank 0, %.2f s of it in %d steps, %.1f%% outside them "
+    if (res->env.wall_seconds > 0.0) {
+        /* every layer step the run took: warm-up and timed, each cf, each later --steps batch */
+        int runs = (cfg->iters + cfg->warmup) *
+                   ((cfg->n_cf > 0 ? cfg->n_cf : 1) + (cfg->steps > 1 ? cfg->steps - 1 : 0));
+        fprintf(out, "  run: %.2f s on rank 0, %.2f s of it in %d step%s, %.1f%% outside them "
                      "(set-up, reductions, outputs)\n",
-                res->env.wall_seconds, res->env.step_seconds,
-                (cfg->iters + cfg->warmup) * (cfg->n_cf > 0 ? cfg->n_cf : 1),
+                res->env.wall_seconds, res->env.step_seconds, runs, runs == 1 ? "" : "s",
                 100.0 * (1.0 - res->env.step_seconds / res->env.wall_seconds));
+    }
     fprintf(out, "  all-to-all: dispatch %.2f GB/s, combine %.2f GB/s (matrix bytes / slowest rank's time)\n",
             res->dispatch_bytes_per_second / 1e9, res->combine_bytes_per_second / 1e9);
     /* busiest sender's bytes / slowest rank's time, and that times (R-1)/R (docs/model.md) */

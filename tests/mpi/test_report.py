@@ -6,7 +6,8 @@ block that fails when one of the run's own counts is off.
     same with --report full, and at R = 2 with 8 experts: every line is at most 100 characters;
     the header, then Summary, then Experts, ..., Verdict come in that order and the last line is
     VALID; the Summary's dropped and wasted figures are the JSON's drops and waste (with
-    --drop-policy reroute also drops.rerouted and drops.still_dropped, and only then);
+    --drop-policy reroute also drops.rerouted and drops.still_dropped, and only then); with
+    --steps, the Summary's note that the detail is step 0's and the run line's count of steps;
   - --report: auto and summary at 256 experts list the 5 hottest and 5 coldest (by routed, the
     JSON's own loads) with one "..." line between and a load histogram whose bins hold all 256
     experts; full lists all 256 in expert order; at 8 experts auto is full; a bad value is refused;
@@ -207,6 +208,15 @@ def main():
             ck.check(False, "reroute: runs", r.describe())
         ck.check("rerouted to a next-best" not in mt.run(exe, 2, small).stdout,
                  "no reroute line without --drop-policy reroute")
+        # --steps: the Summary says whose batch the detail is; the run line counts every step
+        r = mt.run(exe, 2, small + ["--steps", 3, "--iters", 2, "--warmup", 1])
+        ck.check(r.returncode == 0 and "(--steps 3: this block and the detail below are step 0's"
+                 in r.stdout, "--steps 3: the Summary says the detail is step 0's", r.describe())
+        ck.check(" s of it in 9 steps, " in r.stdout,
+                 "--steps 3 --iters 2 --warmup 1: the run line counts 9 layer steps", r.stdout[-3000:])
+        r = mt.run(exe, 2, small + ["--iters", 1, "--warmup", 0])
+        ck.check(" s of it in 1 step, " in r.stdout and "(--steps" not in r.stdout,
+                 "one step: singular, no --steps note", r.stdout[-3000:])
         # one count off: exactly its check fails
         for site, check in (("selfcheck-bytes", "bytes"), ("selfcheck-combine", "combine"),
                             ("selfcheck-finite", "finite")):
