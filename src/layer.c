@@ -938,7 +938,7 @@ int moe_layer_create(moe_layer **out, const moe_config *cfg, MPI_Comm comm, char
         L->h_route = alloc_bytes(L, nd, sizeof(float), &rc);
     if (cfg->group_top_k > 0) {
         L->mask = alloc_bytes(L, En, sizeof(uint8_t), &rc);
-        L->gscore = alloc_bytes(L, (size_t)L->cfg.expert_groups,
+        L->gscore = alloc_bytes(L, (size_t)L->cfg.expert_groups + (size_t)L->cfg.top_k,
                                 sizeof(double), &rc);
     }
     if (cfg->workload != MOE_WL_NONE)

@@ -149,27 +149,39 @@ void moe_topk_grouped(int32_t *expert, float *gate, const float *p, const float 
     const int per_group = E / G, top_in_group = k / M; /* Megatron: topk // group_topk */
     for (int64_t t = 0; t < n; t++) {
         const float *pr = p + t * E;
-        /* group score: the sum in double of the group's top_in_group largest keys, largest first;
-         * mask marks the ones taken and is cleared again */
+        /* group score: the sum in double of the group's top_in_group largest keys, largest first.
+         * One pass a group keeps them sorted in top[]: each key is passed down the list, the larger
+         * of it and each entry staying (no data-dependent branch); only values matter, since equal
+         * keys add the same whichever expert holds them */
         memset(mask, 0, (size_t)E);
+        double *top = gscore + G; /* the scratch past the G scores */
         for (int g = 0; g < G; g++) {
             const int e0 = g * per_group;
-            double sum = 0.0;
-            for (int j = 0; j < top_in_group; j++) {
-                int best = -1;
-                float best_v = 0.0f;
+            if (top_in_group <= 2) { /* DeepSeek-V3's 8 / 4: the two largest kept in registers */
+                double a = -INFINITY, b = -INFINITY;
                 for (int e = e0; e < e0 + per_group; e++) {
-                    if (mask[e])
-                        continue;
-                    float v = bias != NULL ? pr[e] + bias[e] : pr[e];
-                    if (best < 0 || v > best_v)
-                        best = e, best_v = v;
+                    double v = bias != NULL ? (double)(pr[e] + bias[e]) : (double)pr[e];
+                    double lo = v > a ? a : v;
+                    a = v > a ? v : a;
+                    b = lo > b ? lo : b;
                 }
-                mask[best] = 1;
-                sum += best_v;
+                gscore[g] = top_in_group == 1 ? a : a + b;
+                continue;
             }
+            for (int j = 0; j < top_in_group; j++)
+                top[j] = -INFINITY;
+            for (int e = e0; e < e0 + per_group; e++) {
+                double v = bias != NULL ? (double)(pr[e] + bias[e]) : (double)pr[e];
+                for (int j = 0; j < top_in_group; j++) {
+                    double hi = v > top[j] ? v : top[j];
+                    v = v > top[j] ? top[j] : v;
+                    top[j] = hi;
+                }
+            }
+            double sum = 0.0;
+            for (int j = 0; j < top_in_group; j++)
+                sum += top[j];
             gscore[g] = sum;
-            memset(mask + e0, 0, (size_t)per_group);
         }
         /* keep the M best groups, equal scores to the lower group id */
         for (int m = 0; m < M; m++) {

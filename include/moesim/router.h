@@ -85,7 +85,7 @@ void moe_topk_select(int32_t *expert, float *gate, const float *p, const float *
  * score is the sum of its k/M highest keys (float32 values summed in double); each token keeps its
  * M best groups (equal scores: the lower group id) and takes its top-k inside them, exactly as
  * moe_topk_select does over the kept experts (gate = p, normalize, scale). Requires 1 <= M <= G,
- * M <= k and k <= M * E / G. mask is scratch of E bytes, gscore of G doubles. */
+ * M <= k and k <= M * E / G. mask is scratch of E bytes, gscore of G + k / M doubles. */
 void moe_topk_grouped(int32_t *expert, float *gate, const float *p, const float *bias, int64_t n,
                       int E, int k, int G, int M, bool normalize, double scale, uint8_t *mask,
                       double *gscore);
