@@ -13,6 +13,7 @@
   - --predict-only at --ranks 16,64 with --network: rows with the planned counts (the exact drops
     of ablation[0].predicted), the projected columns filled, the measured ones empty;
   - --predict-only at cf 0, 1, 1.25: drops, slots and waste equal the measured grid's points;
+  - a grid with fewer experts than ranks at every point: refused, no directory created;
   - a point that fails (top-k 3 of 2 experts) is reported and listed in failed.txt, the others
     still run, the sweep exits 1; rerunning it with other options after -- is refused (exit 2),
     and so is a sweep.csv with another header;
@@ -214,6 +215,13 @@ def main():
     ck.check(p is not None and p["slots"] == p["assignments"] and p["empty_slots"] == "0"
              and p["wasted_fraction"] == "0", "planned dropless: slots = assignments, no waste",
              str(p))
+
+    lt.say("a grid of which no point can run")
+    out8 = os.path.join(work, "none")
+    r = lt.run([sweep, "--out", out8, "--experts", "2", "--ranks", "4,8"] + FIXED, env=env)
+    ck.check(r.returncode == 2 and "no point of the grid can run" in r.stderr
+             and not os.path.exists(out8), "refused (exit 2) before anything is created",
+             r.describe())
 
     lt.say("a failing point; another header")
     out6 = os.path.join(work, "fail")
