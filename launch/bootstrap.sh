@@ -99,7 +99,7 @@ asan_env=(ASAN_OPTIONS=fast_unwind_on_malloc=0:halt_on_error=1:print_summary=1
           "LSAN_OPTIONS=suppressions=$root/tests/sanitize/lsan.supp:print_suppressions=0"
           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:print_summary=1
           OMPI_MCA_memory=^patcher)
-asan_mpi_tests=(hier-R1 hier-R2 hier-R4 residual small_batch replay reference bad_input policies report)
+asan_mpi_tests=(hier-R1 hier-R2 hier-R4 residual small_batch replay reference bad_input policies)
 asan_c_args="-fsanitize=float-cast-overflow -fno-sanitize-recover=undefined,float-cast-overflow"
 fuzz_c_args="-fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined"
 echo "== sanitizer build in build-asan/ (gcc, ASan + UBSan)"
