@@ -9,11 +9,11 @@ For R = 1 .. 4 and both capacity scopes, on a batch that drops (cf 0.8) and with
     in C11 mode on this target), so any difference is a wrong row or a wrong gate.
   - the routing, every count and the traffic matrix equal those of --mode forward on the same
     batch (the experts do not change what moves);
-  - the expert phase does nothing (its max time is under 5% of the forward run's), config.mode is
+  - the experts are the identity (y above proves it; no timing is compared: under oversubscription
+    a rank descheduled between two clock reads makes any time bound flaky), config.mode is
     "dispatch", and the memory estimate is smaller (no weights, no activation);
   - --predict-only --mode dispatch runs and reports config.mode;
-  - --shared-experts is left out in dispatch mode (no phase time beyond two clock reads, y as
-    above);
+  - --shared-experts is left out in dispatch mode (waste.flops_shared is 0, y as above);
   - a bad --mode value is refused with one line naming the option.
 """
 
@@ -65,10 +65,6 @@ def main():
                          tag + ": dispatch bytes as forward")
                 ck.equal(dis.json["config"]["mode"], "dispatch", tag + ": config.mode")
                 ck.equal(fwd.json["config"]["mode"], "forward", tag + ": config.mode forward")
-                te = dis.json["timing"]["expert"]["max"]
-                tf = fwd.json["timing"]["expert"]["max"]
-                ck.check(te <= 0.05 * tf + 1e-6, tag + ": the expert phase does nothing",
-                         "dispatch %g s, forward %g s" % (te, tf))
                 ck.check(dis.json["memory"]["estimate_bytes"] < fwd.json["memory"]["estimate_bytes"],
                          tag + ": no expert weights or activations in the estimate")
                 if policy == "reroute":
@@ -80,9 +76,7 @@ def main():
     if sh is not None:
         ck.check(np.array_equal(sh.y, expected_y(h, sh.routing)),
                  "shared experts in dispatch mode: y = h + sum gate * h")
-        # an empty loop between two clock reads: well under a millisecond
-        ck.check(sh.json["timing"]["shared"]["max"] < 1e-4, "no shared phase in dispatch mode",
-                 "%g s" % sh.json["timing"]["shared"]["max"])
+        ck.equal(sh.json["waste"]["flops_shared"], 0.0, "no shared experts' work in dispatch mode")
 
     # --predict-only
     r = mt.run(exe, 2, BASE + ["--mode", "dispatch", "--predict-only", "--quiet", "--json", "-"])
