@@ -82,6 +82,11 @@ FOOTNOTE = (
     "    (each phase's slowest rank, summed; the barrier waits excluded) against the peer's",
     "    non_gemm_s (bench/peer.py: the slowest rank's median of its step minus its expert",
     "    phase; its barriers are untimed).",
+    "  floors alone: not a goal; the floors above of the work any layer of this shape does",
+    "    besides its GEMMs: the two raw MPI_Alltoallv (the dispatch's floor less the pack's",
+    "    memcpy where it gathers) plus the unpack's memcpy floor, against the peer's non-GEMM.",
+    "    Above PEER_GOAL, the non-GEMM goal cannot be met on this machine by any layer that",
+    "    moves these fp32 bytes with MPI_Alltoallv (the router and the counts left out).",
     "  peak RSS: (peak_rss - baseline_rss) / (estimate_bytes - the raw-baseline buffer,",
     "    max(rows sent, rows received) x d x 4 bytes, allocated but untouched), worst rank.",
 )
@@ -128,6 +133,19 @@ def phase_s(moesim, path, phase):
 
 def non_gemm_s(moesim, path):
     return sum(phase_s(moesim, path, p) for p in NON_GEMM)
+
+
+def work_floors_s(bench, path):
+    """The floors of the work every implementation of the layer does outside its GEMMs, from
+    moe_bench's run: the two raw MPI_Alltoallv of the step's byte matrices (the dispatch's floor
+    less the pack's memcpy where the dispatch gathers its rows) and the unpack's memcpy floor, as
+    its goal defines it. Seconds, each the slowest rank's median."""
+    def floor(key):
+        return number(bench, path, f"results.{key}.floor_seconds.max")
+    dispatch = floor("dispatch_exchange")
+    if get(bench, path, "shape.dispatch_gathers"):
+        dispatch -= floor("pack")
+    return dispatch + floor("combine_exchange") + floor("unpack")
 
 
 def verdict(ok):
@@ -248,6 +266,11 @@ def shape_table(name, peer_goal, bench_path, moesim_path, peer_path):
     verdicts.append(ratio <= peer_goal)
     print(line.format("non-GEMM vs peer", "ms", f"{mine * 1e3:.3f}", f"{theirs * 1e3:.3f}",
                       f"{ratio:.3f}", f"<={peer_goal:.3f}", verdict(verdicts[-1])))
+    floors = work_floors_s(bench, bench_path)
+    floor_ratio = floors / theirs if theirs > 0 else float("inf")
+    print(line.format("  floors alone vs peer", "ms", f"{floors * 1e3:.3f}", f"{theirs * 1e3:.3f}",
+                      f"{floor_ratio:.3f}", "info", "below the goal" if floor_ratio <= peer_goal
+                      else "above the goal"))
 
     ratio, used, needed, rank = rss_figures(moesim, moesim_path)
     verdicts.append(ratio <= RSS_GOAL)

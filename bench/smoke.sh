@@ -76,4 +76,20 @@ if command -v python3 >/dev/null 2>&1; then
         exit 1
     fi
 fi
+# the floors' sum behind goals.py's "floors alone" line, on a hand-made moe_bench JSON: raw
+# dispatch 3 (its floor 5 less the pack's 2 where the dispatch gathers) + combine 4 + unpack 6
+if command -v python3 >/dev/null 2>&1; then
+    if ! PYTHONPATH="$here" python3 -c '
+import goals
+def doc(gathers):
+    f = {"dispatch_exchange": 5.0, "pack": 2.0, "combine_exchange": 4.0, "unpack": 6.0}
+    return {"shape": {"dispatch_gathers": gathers},
+            "results": {k: {"floor_seconds": {"max": v}} for k, v in f.items()}}
+got = goals.work_floors_s(doc(True), "t"), goals.work_floors_s(doc(False), "t")
+assert got == (13.0, 15.0), got
+'; then
+        echo "FAIL: goals.work_floors_s"
+        exit 1
+    fi
+fi
 echo "PASS"
