@@ -68,7 +68,7 @@ FOOTNOTE = (
     "  dispatch, combine: floor = raw MPI_Alltoallv of the same byte matrix as MPI_BYTE; goal",
     "    1/0.95 (0.95x its speed). step phase = moe_layer_step's phase, after its barrier;",
     "    exchange only = moe_layer_exchange (the step's own exchange) alone, behind a barrier.",
-    "    Where the dispatch gathers its rows from h itself (no pack phase: --regroup alltoallw,",
+    "    Where the dispatch gathers its rows from h itself (no pack phase: alltoallw's dispatch,",
     "    fp32 rows; moe_bench's shape.dispatch_gathers), its floor is the raw exchange plus the",
     "    pack's memcpy.",
     "  pack: floor = one memcpy of n_send x d x 4 bytes; goal 1/0.9 (0.9x memcpy's speed).",

@@ -816,7 +816,8 @@ int main(int argc, char **argv)
     bench b = {.comm = comm, .rank = rank, .R = nranks};
     b.ex.row = MPI_DATATYPE_NULL;
     rc = moe_layer_create(&b.layer, &cfg, comm, msg, MSG_LEN);
-    b.gathers = moe_config_regroup(&cfg, nranks) == MOE_REGROUP_W && cfg.wire == MOE_WIRE_FP32;
+    moe_regroup_kind kind = moe_config_regroup(&cfg, nranks);
+    b.gathers = (kind == MOE_REGROUP_W || kind == MOE_REGROUP_W_SLOTS) && cfg.wire == MOE_WIRE_FP32;
     if (rc != MOE_OK) {
         bench_free(&b);
         return finish(rank, rc, msg, rc == MOE_EMPI ? EXIT_FAILED : EXIT_REFUSED);

@@ -73,7 +73,8 @@ static const char *const mode_names[] = {"forward", "dispatch", "fwd-bwd", "trai
 static const char *const wire_names[] = {"fp32", "bf16", "fp8"}; /* moe_wire order */
 static const char *const dispatch_names[] = {"per-expert", "per-rank"};
 static const char *const raw_names[] = {"first", "on", "off"}; /* moe_raw_baseline order */
-static const char *const regroup_names[] = {"auto", "alltoallw", "slots", "copy"};
+static const char *const regroup_names[] = {"auto", "alltoallw", "slots", "copy",
+                                            "alltoallw-slots"}; /* moe_regroup_kind order */
 static const char *const matrix_names[] = {"auto", "full", "summary"};
 static const char *const report_names[] = {"auto", "full", "summary"}; /* moe_report_kind */
 
@@ -96,7 +97,7 @@ bool moe_config_full_matrix(const moe_config *cfg, int R)
 
 const char *moe_regroup_name(moe_regroup_kind r)
 {
-    return r >= MOE_REGROUP_AUTO && r <= MOE_REGROUP_COPY ? regroup_names[r] : "unknown";
+    return r >= MOE_REGROUP_AUTO && r <= MOE_REGROUP_W_SLOTS ? regroup_names[r] : "unknown";
 }
 
 int64_t *moe_config_token_blocks(const moe_config *cfg, int R)
@@ -145,6 +146,12 @@ moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R)
     int64_t A = cfg->routing == MOE_ROUTING_EXPERT_CHOICE ? cfg->experts : cfg->top_k;
     double bytes = (double)n * (double)A * (double)cfg->hidden * (double)sizeof(float);
     return slots <= 1 || bytes > (double)INT_MAX ? MOE_REGROUP_SLOTS : MOE_REGROUP_W;
+}
+
+bool moe_config_regroup_probes(const moe_config *cfg, int R)
+{
+    return cfg->regroup == MOE_REGROUP_AUTO && !cfg->predict_only &&
+           cfg->wire_combine == MOE_WIRE_FP32 && moe_config_regroup(cfg, R) == MOE_REGROUP_W;
 }
 
 const char *moe_raw_baseline_name(moe_raw_baseline r)
@@ -338,7 +345,8 @@ const char *moe_config_usage(void)
            "                         on (every step), off (never)\n"
            "  --regroup G            how arriving rows reach each expert's block: alltoallw (one\n"
            "                         MPI_Alltoallw scatters them there), slots (one Alltoallv per\n"
-           "                         local expert), copy (staging buffer and two copies), auto\n"
+           "                         local expert), alltoallw-slots (alltoallw's dispatch, slots'\n"
+           "                         combine), copy (staging buffer and two copies), auto\n"
            "                         (default: chosen per shape, docs/model.md)\n"
            "  --traffic-matrix M     full: the JSON holds the R x R traffic matrices; summary:\n"
            "                         per-rank sums and per-class totals only; auto (default):\n"
@@ -1156,7 +1164,7 @@ int moe_config_parse(moe_config *cfg, int argc, char **argv, char *msg, size_t m
             cfg->raw_baseline = (moe_raw_baseline)choice;
             break;
         case OPT_REGROUP:
-            rc = parse_choice(name, optarg, regroup_names, 4, &choice, msg, msglen);
+            rc = parse_choice(name, optarg, regroup_names, 5, &choice, msg, msglen);
             cfg->regroup = (moe_regroup_kind)choice;
             break;
         case OPT_TRAFFIC_MATRIX:
@@ -1437,8 +1445,9 @@ static int resolve_training(moe_config *cfg, char *msg, size_t msglen)
                         : cfg->policy == MOE_POLICY_REROUTE ? "--drop-policy reroute"
                         : cfg->predict_only ? "--predict-only"
                         : cfg->n_cf > 1 ? "a --capacity-factor list"
-                        : cfg->regroup == MOE_REGROUP_W || cfg->regroup == MOE_REGROUP_SLOTS
-                            ? "--regroup alltoallw/slots (the backward stages its rows: copy)"
+                        : cfg->regroup != MOE_REGROUP_AUTO && cfg->regroup != MOE_REGROUP_COPY
+                            ? "--regroup alltoallw/slots/alltoallw-slots (the backward stages its "
+                              "rows: copy)"
                         : cfg->workload != MOE_WL_NONE ? "--workload (its gates come from no router)"
                                                   : NULL;
     if (clash != NULL)
@@ -1735,7 +1744,7 @@ int moe_config_resolve(moe_config *cfg, int nranks, const moe_npy_header *tokens
                         cfg->experts, cfg->redundant_experts, nranks,
                         cfg->redundant_experts + (nranks - (cfg->experts + cfg->redundant_experts) %
                                                               nranks));
-    if ((cfg->regroup == MOE_REGROUP_W || cfg->regroup == MOE_REGROUP_SLOTS) &&
+    if (cfg->regroup != MOE_REGROUP_AUTO && cfg->regroup != MOE_REGROUP_COPY &&
         (cfg->hierarchical || cfg->dispatch == MOE_DISPATCH_PER_RANK))
         return moe_fail(MOE_EUSAGE, msg, msglen,
                         "--regroup %s delivers one flat exchange of per-expert rows into the "

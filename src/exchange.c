@@ -185,9 +185,11 @@ int moe_exchange_rows(moe_exchange *ex, const void *send, void *recv, bool rever
 int moe_exchange_blocks_init(moe_exchange *ex, int kind, int slots_max, char *msg, size_t msglen)
 {
     int R = ex->nranks;
-    ex->blk_kind = kind;
+    /* alltoallw-slots: alltoallw's dispatch, slots' combine */
+    ex->blk_back_slots = ex->blk_both = kind == MOE_REGROUP_W_SLOTS;
+    ex->blk_kind = ex->blk_both ? MOE_REGROUP_W : kind;
     ex->blk_slots = slots_max;
-    if (kind == MOE_REGROUP_W) {
+    if (ex->blk_kind == MOE_REGROUP_W) {
         ex->blk_types = malloc((size_t)R * sizeof *ex->blk_types);
         ex->blk_rows = malloc((size_t)R * sizeof *ex->blk_rows);
         ex->blk_w = calloc((size_t)R * 5, sizeof *ex->blk_w);
@@ -195,7 +197,8 @@ int moe_exchange_blocks_init(moe_exchange *ex, int kind, int slots_max, char *ms
             return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
         for (int r = 0; r < R; r++)
             ex->blk_types[r] = ex->blk_rows[r] = ex->row;
-    } else {
+    }
+    if (ex->blk_kind == MOE_REGROUP_SLOTS || ex->blk_both) {
         ex->blk_s = calloc((size_t)R * 4 * (size_t)(slots_max > 0 ? slots_max : 1),
                            sizeof *ex->blk_s);
         if (ex->blk_s == NULL)
@@ -257,27 +260,16 @@ static int plan_alltoallw(moe_exchange *ex, const int64_t *arrive, int n_ls,
     return rc;
 }
 
-int moe_exchange_blocks_plan(moe_exchange *ex, const int64_t *slot_rows, const int *first_slot,
-                             const int64_t *arrive, int n_ls, const int64_t *block_start,
-                             char *msg, size_t msglen)
+/* slots: exchange j carries every rank's j-th slot; rows in int, as moe_exchange_set_rows
+ * checked their totals. placed (n_ls) starts at zero. */
+static int plan_slots(moe_exchange *ex, const int64_t *slot_rows, const int *first_slot,
+                      const int64_t *arrive, int n_ls, const int64_t *block_start, int64_t *placed,
+                      char *msg, size_t msglen)
 {
     int R = ex->nranks;
-    int64_t *placed = calloc((size_t)(n_ls > 0 ? n_ls : 1), sizeof *placed);
-    if (placed == NULL)
-        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
-    int rc = MOE_OK;
-    if (ex->blk_kind == MOE_REGROUP_W) {
-        rc = plan_alltoallw(ex, arrive, n_ls, block_start, placed, msg, msglen);
-        free(placed);
-        return rc;
-    }
-    /* slots: exchange j carries every rank's j-th slot; rows in int, as moe_exchange_set_rows
-     * checked their totals */
     int64_t *at = calloc((size_t)R, sizeof *at);
-    if (at == NULL) {
-        free(placed);
+    if (at == NULL)
         return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
-    }
     int64_t off = 0;
     for (int r = 0; r < R; r++) { /* where rank r's first slot starts in the send order */
         at[r] = off;
@@ -302,6 +294,25 @@ int moe_exchange_blocks_plan(moe_exchange *ex, const int64_t *slot_rows, const i
         }
     }
     free(at);
+    return MOE_OK;
+}
+
+int moe_exchange_blocks_plan(moe_exchange *ex, const int64_t *slot_rows, const int *first_slot,
+                             const int64_t *arrive, int n_ls, const int64_t *block_start,
+                             char *msg, size_t msglen)
+{
+    size_t n = (size_t)(n_ls > 0 ? n_ls : 1);
+    int64_t *placed = calloc(n, sizeof *placed);
+    if (placed == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+    int rc = MOE_OK;
+    if (ex->blk_kind == MOE_REGROUP_W)
+        rc = plan_alltoallw(ex, arrive, n_ls, block_start, placed, msg, msglen);
+    /* the combine of alltoallw-slots: the same blocks, one Alltoallv per slot */
+    if (rc == MOE_OK && (ex->blk_kind == MOE_REGROUP_SLOTS || ex->blk_both)) {
+        memset(placed, 0, n * sizeof *placed);
+        rc = plan_slots(ex, slot_rows, first_slot, arrive, n_ls, block_start, placed, msg, msglen);
+    }
     free(placed);
     return rc;
 }
@@ -351,7 +362,7 @@ int moe_exchange_blocks(moe_exchange *ex, const void *send, void *recv, bool rev
                         size_t msglen)
 {
     int R = ex->nranks;
-    if (ex->blk_kind == MOE_REGROUP_W) {
+    if (ex->blk_kind == MOE_REGROUP_W && !(reverse && ex->blk_back_slots)) {
         int *cnt = ex->blk_w, *dsp = cnt + R, *one = cnt + 2 * R, *zero = cnt + 3 * R;
         if (!reverse && ex->blk_send != NULL) /* rows gathered from the token states by MPI */
             MOE_MPI_CHECK(MPI_Alltoallw(send, cnt + 4 * R, zero, ex->blk_send, recv, one, zero,

@@ -784,12 +784,18 @@ static int place_experts(moe_layer *L, char *msg, size_t msglen)
     }
     /* rows straight into the experts' blocks, as many exchanges as the busiest rank's slots */
     L->regroup = moe_config_regroup(c, R);
+    L->probe[0] = L->probe[1] = NAN;
+    /* auto: alltoallw's dispatch, and the combine the probe finds faster on this machine */
+    L->probe_pending = moe_config_regroup_probes(c, R);
     if (rc == MOE_OK && L->regroup != MOE_REGROUP_COPY && !c->predict_only) {
         int most = 0;
         for (int r = 0; r < R; r++)
             if (L->map.first_slot[r + 1] - L->map.first_slot[r] > most)
                 most = L->map.first_slot[r + 1] - L->map.first_slot[r];
-        rc = moe_exchange_blocks_init(&L->ex, (int)L->regroup, most, msg, msglen);
+        rc = moe_exchange_blocks_init(&L->ex,
+                                      L->probe_pending ? MOE_REGROUP_W_SLOTS : (int)L->regroup,
+                                      most, msg, msglen);
+        L->ex.blk_back_slots = L->regroup == MOE_REGROUP_W_SLOTS;
     }
     /* this rank's experts: one per local slot, with its logical expert's weights */
     bool weights = !c->predict_only && c->mode != MOE_MODE_DISPATCH;
@@ -1133,6 +1139,47 @@ int moe_layer_set_step(moe_layer *L, int step, char *msg, size_t msglen)
     return moe_layer_set_capacity_factor(L, L->cfg.capacity_factor, msg, msglen);
 }
 
+/* --regroup auto: which combine is faster here, one MPI_Alltoallw sending from the blocks through
+ * hindexed datatypes, or one MPI_Alltoallv per slot sending each block's rows for a rank as one
+ * contiguous run. Which wins depends on the machine's MPI as much as on the shape (docs/model.md):
+ * the datatypes cost a pack where the transport copies contiguous bytes once, the slots a
+ * collective's latency each. So both run on this step's buffers, three times each, alternating,
+ * behind a barrier; the slowest rank's best time of each decides, the same on every rank. Once,
+ * at the first capacity factor (later ones keep the choice); either gives the same y. The
+ * results it writes into the send buffer are overwritten by the step's own combine. Collective. */
+static int probe_combine(moe_layer *L, char *msg, size_t msglen)
+{
+    L->probe_pending = false;
+    const float *out = L->cfg.mode == MOE_MODE_DISPATCH ? L->x : L->yexp;
+    double best[2] = {INFINITY, INFINITY};
+    for (int rep = 0; rep < 3; rep++)
+        for (int way = 0; way < 2; way++) {
+            L->ex.blk_back_slots = way == 1;
+            MOE_MPI_CHECK(MPI_Barrier(L->comm), msg, msglen);
+            double t0 = MPI_Wtime();
+            int rc = moe_exchange_blocks(&L->ex, out, L->sendbuf, true, msg, msglen);
+            if (rc != MOE_OK)
+                return rc;
+            double t = MPI_Wtime() - t0;
+            best[way] = t < best[way] ? t : best[way];
+        }
+    MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, best, 2, MPI_DOUBLE, MPI_MAX, L->comm), msg, msglen);
+    L->probe[0] = best[0];
+    L->probe[1] = best[1];
+    L->ex.blk_back_slots = best[1] < best[0];
+    L->regroup = L->ex.blk_back_slots ? MOE_REGROUP_W_SLOTS : MOE_REGROUP_W;
+    return MOE_OK;
+}
+
+moe_regroup_kind moe_layer_regroup(const moe_layer *L, double probe[2])
+{
+    if (probe != NULL) {
+        probe[0] = L->probe[0];
+        probe[1] = L->probe[1];
+    }
+    return L->regroup;
+}
+
 int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msglen)
 {
     const moe_config *cfg = &L->cfg;
@@ -1229,7 +1276,9 @@ int moe_layer_set_capacity_factor(moe_layer *L, double cf, char *msg, size_t msg
     if (rc != MOE_OK)
         moe_fail(rc, msg, msglen, "out of memory allocating %.2f GiB of exchange buffers",
                  exch / 1073741824.0);
-    return moe_agree(comm, rc, msg, msglen);
+    if ((rc = moe_agree(comm, rc, msg, msglen)) != MOE_OK || !L->probe_pending)
+        return rc;
+    return probe_combine(L, msg, msglen);
 }
 
 void moe_layer_destroy(moe_layer *L)

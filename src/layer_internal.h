@@ -85,7 +85,11 @@ struct moe_layer {
                                * node row, -1 after the last */
     int64_t nx_cap_send, nx_cap_recv, nx_cap_expand, nx_cap_back_send, nx_cap_back_recv,
         nx_cap_gather, nx_cap_tok, nx_cap_fan;
-    moe_regroup_kind regroup; /* what --regroup resolved to here (moe_config_regroup)       */
+    moe_regroup_kind regroup; /* what --regroup resolved to here (moe_config_regroup), and,
+                               * under auto, what the combine's probe chose (probe_combine) */
+    bool probe_pending;       /* auto, fp32 combine: time both combines once the buffers exist */
+    double probe[2];          /* the probe's slowest-rank best: alltoallw, alltoallw-slots (s);
+                               * NaN when none ran                                          */
     bool raw_this_step;    /* time the raw Alltoallv baselines in the next step (--raw-baseline) */
     int64_t exch_bytes;    /* the part sized by the capacity factor */
     moe_mem_estimate mem;  /* what this rank allocates, estimated before allocating it */

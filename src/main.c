@@ -677,10 +677,10 @@ int main(int argc, char **argv)
             plan_failed = true;
         res.hierarchical = cfg.hierarchical;
         res.matrix_full = moe_config_full_matrix(&cfg, planned ? cfg.plan_ranks : nranks);
-        res.regroup = cfg.dispatch == MOE_DISPATCH_PER_RANK
-                          ? "fan-out"
-                          : moe_regroup_name(moe_config_regroup(&cfg, planned ? cfg.plan_ranks
-                                                                              : nranks));
+        /* what ran: under --regroup auto the layer's probe chose the combine */
+        res.regroup = cfg.dispatch == MOE_DISPATCH_PER_RANK ? "fan-out"
+                      : planned ? moe_regroup_name(moe_config_regroup(&cfg, cfg.plan_ranks))
+                                : moe_regroup_name(moe_layer_regroup(layer, res.regroup_probe));
         res.env = env;
         if (!cfg.quiet) {
             moe_report_placement(report_out, &res);

@@ -721,9 +721,16 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
     if (res->regroup != NULL && strcmp(res->regroup, "alltoallw") == 0)
         fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallw, no regroup copy; "
                      "--regroup)\n");
+    else if (res->regroup != NULL && strcmp(res->regroup, "alltoallw-slots") == 0)
+        fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallw) and leave them (an "
+                     "Alltoallv per expert)\n");
     else if (res->regroup != NULL && strcmp(res->regroup, "slots") == 0)
         fprintf(out, "  rows arrive in the experts' blocks (an MPI_Alltoallv per local expert, no "
                      "regroup copy; --regroup)\n");
+    if (res->regroup_probe[0] > 0 && res->regroup_probe[1] > 0)
+        fprintf(out, "  the combine --regroup auto chose: alltoallw %.3f ms, alltoallw-slots %.3f ms "
+                     "(best of 3)\n",
+                res->regroup_probe[0] * 1e3, res->regroup_probe[1] * 1e3);
     each_warning(res, print_warning, out);
 
     ranks_table(out, cfg, res, bold, off);
@@ -1559,11 +1566,15 @@ static json_t *json_document(const moe_config *cfg, const moe_results *res)
         json_object_set_new(traffic_obj, "by_class_per_rank", per_rank);
     }
     double rd = res->phase[MOE_PHASE_DISPATCH_RAW].max, rcb = res->phase[MOE_PHASE_COMBINE_RAW].max;
+    const double *pr = res->regroup_probe;
+    json_t *probe = pr[0] > 0 && pr[1] > 0 ? json_pack("{s:o, s:o}", "alltoallw", num(pr[0]),
+                                                       "alltoallw-slots", num(pr[1]))
+                                           : json_null();
     json_object_set_new(root, "exchange",
-                        json_pack("{s:s, s:s, s:o, s:o}", "a2a",
+                        json_pack("{s:s, s:s, s:o, s:o, s:o}", "a2a",
                                   res->hierarchical ? "hierarchical" : "flat", "regroup",
-                                  res->regroup != NULL ? res->regroup : "copy",
-                                  "dispatch_over_raw",
+                                  res->regroup != NULL ? res->regroup : "copy", "regroup_probe",
+                                  probe, "dispatch_over_raw",
                                   rd > 0 ? num(res->phase[MOE_PHASE_DISPATCH].max / rd) : json_null(),
                                   "combine_over_raw",
                                   rcb > 0 ? num(res->phase[MOE_PHASE_COMBINE].max / rcb) : json_null()));

@@ -64,8 +64,10 @@ typedef enum moe_regroup_kind {
                              * source's rows into the blocks; the combine sends from them */
     MOE_REGROUP_SLOTS = 2,  /* one MPI_Alltoallv per local-expert slot, straight into its
                              * block; the combine the same way back                        */
-    MOE_REGROUP_COPY = 3    /* one MPI_Alltoallv into a staging buffer, copied to the blocks
+    MOE_REGROUP_COPY = 3,   /* one MPI_Alltoallv into a staging buffer, copied to the blocks
                              * and back (the layout of the two-level exchange)             */
+    MOE_REGROUP_W_SLOTS = 4 /* the dispatch of MOE_REGROUP_W, the combine of SLOTS: each
+                             * expert block's rows for one rank leave contiguous           */
 } moe_regroup_kind;
 
 const char *moe_regroup_name(moe_regroup_kind r);
@@ -234,6 +236,10 @@ const char *moe_config_usage(void);
  * per-expert rows (--a2a hierarchical, --dispatch per-rank), the option when given, else the
  * choice of docs/model.md for the shape. Pure. */
 moe_regroup_kind moe_config_regroup(const moe_config *cfg, int R);
+/* Whether --regroup auto, at R ranks, leaves the combine to a probe of alltoallw against
+ * alltoallw-slots on the run's own buffers (moe_config_regroup is alltoallw, the combine's rows
+ * are fp32 and something moves). Pure. */
+bool moe_config_regroup_probes(const moe_config *cfg, int R);
 
 /* The R ranks' token counts when the blocks are uneven (--tokens-per-rank, --workload
  * source-ragged), malloc'd (caller frees); NULL for moe_partition's even blocks, and also when

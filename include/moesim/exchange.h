@@ -41,9 +41,13 @@ typedef struct moe_exchange {
     int *cnt_scounts, *cnt_sdispls, *cnt_rcounts, *cnt_rdispls;
     /* row exchange, in rows: dispatch direction; combine swaps send and receive */
     int *scounts, *sdispls, *rcounts, *rdispls;
-    /* rows straight into the experts' blocks and back out of them (--regroup alltoallw, slots):
-     * blk_kind is MOE_REGROUP_W or MOE_REGROUP_SLOTS once moe_exchange_blocks_init ran, else 0 */
+    /* rows straight into the experts' blocks and back out of them (--regroup alltoallw, slots,
+     * alltoallw-slots): blk_kind is MOE_REGROUP_W or MOE_REGROUP_SLOTS once
+     * moe_exchange_blocks_init ran, else 0. blk_both: alltoallw-slots, both plans kept
+     * (blk_kind MOE_REGROUP_W, blk_s planned too); blk_back_slots: the combine runs slots'
+     * (settable while blk_both: --regroup auto probes both) */
     int blk_kind, blk_slots;
+    bool blk_both, blk_back_slots;
     MPI_Datatype *blk_types; /* (R) alltoallw: each source's rows scattered into the blocks */
     MPI_Datatype *blk_rows;  /* (R) alltoallw: the fp32 row, for the contiguous side */
     int *blk_w;              /* (5R) alltoallw: rows and byte offsets of the contiguous side;

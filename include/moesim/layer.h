@@ -126,6 +126,12 @@ int64_t moe_layer_bytes(const moe_layer *layer);
  * (-1 when unknown). Not collective. */
 void moe_layer_memory(const moe_layer *layer, moe_mem_estimate *estimate, int64_t *budget);
 
+/* How rows reach the experts' blocks and leave them (--regroup): under auto, what the probe of
+ * the two combines chose at the first capacity factor, probe (if not NULL) receiving their
+ * slowest-rank best times in seconds (alltoallw, alltoallw-slots; NaN when no probe ran). The
+ * same on every rank. Not collective. */
+moe_regroup_kind moe_layer_regroup(const moe_layer *layer, double probe[2]);
+
 /* Where the experts live: the physical slots (placement.h), the same on every rank. Not
  * collective. */
 const moe_expert_map *moe_layer_expert_map(const moe_layer *layer);

@@ -232,7 +232,10 @@ typedef struct moe_results {
     moe_class_traffic *by_class_per_rank;             /* (R, MOE_LOC_COUNT), flat, by source rank */
     bool hierarchical;                    /* which exchange ran                               */
     const char *regroup;                  /* how rows reached the experts' blocks (--regroup):
-                                           * alltoallw, slots, copy, or fan-out (per-rank rows) */
+                                           * alltoallw, slots, alltoallw-slots, copy, or fan-out
+                                           * (per-rank rows) */
+    double regroup_probe[2];              /* auto's probe of the combine, slowest rank's best
+                                           * (s): alltoallw, alltoallw-slots; NaN or 0: none */
     bool projected;                       /* --network given                                  */
     char network[128];
     double proj_flat_dispatch, proj_flat_combine, proj_hier_dispatch, proj_hier_combine;

@@ -7,15 +7,18 @@ two copies) on the same batch:
     each source's rows into the blocks) and slots (one MPI_Alltoallv per local-expert slot): the
     blocks hold the same rows in the same order, so the expert GEMMs see the same inputs;
   - routing, drops and traffic are the same;
-  - exchange.regroup says what ran and config.regroup what was asked; auto is alltoallw here (more
-    than one slot a rank, rows well under 2 GiB) and slots with one expert per rank;
+  - alltoallw-slots (alltoallw's dispatch, slots' combine from the same blocks) likewise;
+  - exchange.regroup says what ran and config.regroup what was asked; auto (more than one slot a
+    rank, rows well under 2 GiB) dispatches by alltoallw and probes the two combines:
+    exchange.regroup_probe holds both times and the faster one ran (alltoallw, no probe, when the
+    combine's rows are encoded, fp8 or bf16); auto is slots with one expert per rank; a forced mode has no probe;
   - the per-rank estimate (memory.per_rank[].estimate_bytes) is exactly n_recv x d x 4 bytes
     smaller without the staging buffer, n_recv = the rows the rank receives (traffic.rows column;
     not checked for the cf list, whose buffers serve every cf);
   - the layers cover padding (empty slots stay zero and are computed), EPLB replicas (a rank with
     more slots than another), strided placement, fp8 and bf16 rows on the wire (decoded into the
     blocks, encoded out of them), identity experts, expert choice, and a capacity-factor list;
-  - --regroup alltoallw or slots is refused with --a2a hierarchical and --dispatch per-rank, where
+  - --regroup alltoallw, slots or alltoallw-slots is refused with --a2a hierarchical and --dispatch per-rank, where
     rows do not arrive from one flat exchange of per-expert rows; auto there is copy (or fan-out).
 """
 
@@ -25,6 +28,8 @@ import moetest as mt
 
 N, D, E = 203, 16, 8
 BASE = ["--tokens", N, "--hidden", D, "--experts", E, "--iters", 1, "--warmup", 0, "--seed", 5]
+
+MODES = ("copy", "alltoallw", "slots", "alltoallw-slots", "auto")
 
 LAYERS = [
     ("base", [2, 3], []),
@@ -45,7 +50,7 @@ def estimate(doc, rank):
 
 def one_layer(ck, exe, wd, tag, R, extra):
     runs = {}
-    for mode in ("copy", "alltoallw", "slots", "auto"):
+    for mode in MODES:
         runs[mode] = ck.guard("%s R=%d %s" % (tag, R, mode), mt.run_full, exe, R,
                               BASE + extra + ["--regroup", mode], wd, "%s_%d_%s" % (tag, R, mode),
                               routing=False)
@@ -55,13 +60,23 @@ def one_layer(ck, exe, wd, tag, R, extra):
     t = "%s R=%d" % (tag, R)
     ck.equal(ref.json["exchange"]["regroup"], "copy", t + ": exchange.regroup copy")
     rows = np.array(ref.json["traffic"]["rows"], dtype=np.int64)
-    for mode in ("alltoallw", "slots", "auto"):
+    for mode in MODES[1:]:
         got = runs[mode]
         if got is None:
             continue
         ck.equal(got.json["config"]["regroup"], mode, t + ": config.regroup " + mode)
-        ran = "alltoallw" if mode == "auto" else mode
-        ck.equal(got.json["exchange"]["regroup"], ran, t + ": exchange.regroup under " + mode)
+        ran, probe = got.json["exchange"]["regroup"], got.json["exchange"]["regroup_probe"]
+        if mode == "auto" and got.json["wire"]["combine"] != "fp32":
+            # encoded rows leave contiguous: alltoallw, nothing probed
+            ck.equal((ran, probe), ("alltoallw", None), t + ": auto, encoded combine: no probe")
+        elif mode == "auto":
+            # the probe times both combines; the faster ran
+            ok = isinstance(probe, dict) and sorted(probe) == ["alltoallw", "alltoallw-slots"] \
+                and all(isinstance(v, float) and v > 0 for v in probe.values())
+            if ck.check(ok, t + ": auto: exchange.regroup_probe holds both times", repr(probe)):
+                ck.equal(ran, min(probe, key=probe.get), t + ": auto ran the faster combine")
+        else:
+            ck.equal((ran, probe), (mode, None), t + ": exchange.regroup under " + mode)
         ck.check(np.array_equal(got.y, ref.y), t + ": y bit for bit under --regroup " + mode,
                  "max |dy| %g" % float(np.max(np.abs(got.y - ref.y))))
         ck.equal(got.json["drops"], ref.json["drops"], t + ": drops under " + mode)
@@ -88,7 +103,7 @@ def main():
     # where rows do not arrive from one flat exchange of per-expert rows
     for name, opt in (("hier", ["--a2a", "hierarchical", "--ranks-per-node", 1]),
                       ("per_rank", ["--dispatch", "per-rank"])):
-        for mode in ("alltoallw", "slots"):
+        for mode in ("alltoallw", "slots", "alltoallw-slots"):
             mt.check_refused(ck, exe, "refused_%s_%s" % (name, mode), 2,
                              BASE + opt + ["--regroup", mode],
                              ["--regroup " + mode, "auto or copy"], wd)

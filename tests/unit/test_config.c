@@ -1932,8 +1932,17 @@ START_TEST(test_regroup_option)
     /* defaults: 8192 tokens, d 512, 8 experts, top-2: 4 slots a rank at R = 2, rows out at most
      * 4096 x 2 x 2 KiB = 16 MiB: one Alltoallw */
     ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_W);
+    /* ... whose combine the layer probes: fp32 rows back, something moves */
+    ck_assert(moe_config_regroup_probes(&cfg, 2));
+    cfg.wire_combine = MOE_WIRE_BF16; /* the encoded rows leave contiguous: nothing to probe */
+    ck_assert(!moe_config_regroup_probes(&cfg, 2));
+    cfg.wire_combine = MOE_WIRE_FP32;
+    cfg.predict_only = true;
+    ck_assert(!moe_config_regroup_probes(&cfg, 2));
+    cfg.predict_only = false;
     /* one expert a rank: the one Alltoallv of slots is the plain exchange */
     ck_assert_int_eq(moe_config_regroup(&cfg, 8), MOE_REGROUP_SLOTS);
+    ck_assert(!moe_config_regroup_probes(&cfg, 8));
     /* ... unless replicas give a rank two slots: (8 + 8) / 8 = 2 */
     cfg.redundant_experts = 8;
     ck_assert_int_eq(moe_config_regroup(&cfg, 8), MOE_REGROUP_W);
@@ -1942,12 +1951,14 @@ START_TEST(test_regroup_option)
      * 2 KiB = 4 GiB */
     cfg.tokens = INT64_C(1) << 21;
     ck_assert_int_eq(moe_config_regroup(&cfg, 2), MOE_REGROUP_SLOTS);
-    for (int g = 1; g <= 3; g++) {
-        static const char *const names[] = {"auto", "alltoallw", "slots", "copy"};
+    for (int g = 1; g <= 4; g++) {
+        static const char *const names[] = {"auto", "alltoallw", "slots", "copy",
+                                            "alltoallw-slots"};
         ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--regroup", names[g], NULL), MOE_OK);
         ck_assert_int_eq(cfg.regroup, g);
         ck_assert_str_eq(moe_regroup_name(cfg.regroup), names[g]);
         ck_assert_int_eq(moe_config_regroup(&cfg, 2), g); /* as given */
+        ck_assert(!moe_config_regroup_probes(&cfg, 2));     /* and not probed */
     }
     /* rows that do not arrive from one flat exchange of per-expert rows: staged */
     ck_assert_int_eq(parse(&cfg, msg, sizeof msg, "--a2a", "hierarchical", NULL), MOE_OK);
