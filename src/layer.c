@@ -1167,6 +1167,7 @@ static int probe_combine(moe_layer *L, char *msg, size_t msglen)
     L->probe[0] = best[0];
     L->probe[1] = best[1];
     L->ex.blk_back_slots = best[1] < best[0];
+    L->ex.blk_both = L->ex.blk_back_slots; /* alltoallw chosen: no slots plan in later steps */
     L->regroup = L->ex.blk_back_slots ? MOE_REGROUP_W_SLOTS : MOE_REGROUP_W;
     return MOE_OK;
 }
