@@ -15,6 +15,7 @@
 #include "moesim/driver.h"
 #include "moesim/error.h"
 #include "moesim/exchange.h"
+#include "moesim/expert.h"
 #include "moesim/layer.h"
 #include "moesim/npy.h"
 #include "moesim/report.h"
@@ -690,13 +691,14 @@ static int write_json(const char *path, const report *rep, const moe_config *cfg
         (json_int_t)cfg->seed, "tokens_file",
         cfg->tokens_file ? json_string(cfg->tokens_file) : json_null(), "router_file",
         cfg->router_file ? json_string(cfg->router_file) : json_null());
-    json_t *run = json_pack("{s:i, s:i, s:s, s:i, s:o, s:s, s:i, s:i, s:i, s:s}", "ranks",
+    json_t *run = json_pack("{s:i, s:i, s:s, s:i, s:o, s:s, s:i, s:i, s:i, s:s, s:s}", "ranks",
                             rep->ranks, "nodes", rep->nodes, "host", rep->host, "cores",
                             rep->cores, "load_average",
                             rep->load_before >= 0.0 ? json_real(rep->load_before) : json_null(),
                             "date", rep->date, "iters", rep->iters, "warmup", rep->warmup,
                             "openblas_threads", rep->blas_threads, "openblas_config",
-                            openblas_get_config());
+                            openblas_get_config(), "gelu_kernel",
+                            moe_expert_kernel_name(moe_expert_kernel_level()));
     json_t *shape = json_pack("{s:o, s:o, s:o, s:I, s:o, s:b}", "rows_sent", summary_json(rep->n_send),
                               "rows_received", summary_json(rep->n_recv), "rows_computed",
                               summary_json(rep->rows_x), "row_bytes",

@@ -2,6 +2,7 @@
 
 #include "moesim/error.h"
 #include "moesim/exchange.h"
+#include "moesim/expert.h"
 #include "moesim/fileout.h"
 #include "moesim/npy.h"
 
@@ -193,4 +194,5 @@ void moe_driver_environment(moe_environment *env)
         snprintf(env->mpi_library, sizeof env->mpi_library, "MPI %d.%d", MPI_VERSION,
                  MPI_SUBVERSION);
     first_line(env->openblas, sizeof env->openblas, openblas_get_config());
+    env->gelu_kernel = moe_expert_kernel_name(moe_expert_kernel_level());
 }

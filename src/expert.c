@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -19,8 +20,9 @@ void moe_expert_init(float *w1, float *w2, uint64_t seed, int e, int64_t d, int6
 
 /* A float's bits and back; selecting by integer masks keeps the loops free of float compares,
  * which GCC does not if-convert under -ftrapping-math, so they vectorize. Every helper is forced
- * inline: GCC does not inline a default-target function into the AVX2 clone of moe_gelu_rows on
- * its own, and a call per element keeps the loop scalar (2.7 ns an element here). */
+ * inline: GCC does not inline a default-target function into a function of another target (the
+ * AVX2 and AVX-512 rows below) on its own, and a call per element keeps the loop scalar (2.7 ns an
+ * element here). */
 #define INLINE static inline __attribute__((always_inline))
 INLINE int32_t bits_of(float x)
 {
@@ -42,56 +44,169 @@ INLINE float pick(int32_t m, float a, float b)
     return float_of((bits_of(a) & m) | (bits_of(b) & ~m));
 }
 
+/* The kernel below exists twice, the same arithmetic in both: erf_fma rounds each polynomial step
+ * a * b + c once (an FMA instruction), erf_plain rounds the product and the sum. A function uses
+ * erf_fma only where its target has FMA (otherwise fmaf would be a library call per step: 70 ns an
+ * element instead of 4). Which one runs is decided once per process from the CPU (kernel_level):
+ * the FMA kernels on CPUs with AVX2 and FMA, the plain one before them. moe_erf, moe_gelu and
+ * moe_gelu_rows follow the same decision, so on one machine every path gives the same floats; a
+ * CPU without AVX2 gives floats that differ in the last bits, within the same bound. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF /* clang would fuse a * b + c on its own where the target has FMA */
+#endif
+#define MADD_PLAIN(a, b, c) ((a) * (b) + (c))
+#define MADD_FMA(a, b, c) __builtin_fmaf(a, b, c)
+
 /* e^-y for 0 <= y <= 87: -y = -k ln 2 + r with |r| <= ln 2 / 2, e^r by its Taylor polynomial to
- * r^7 (truncation below 3e-9 relative), 2^-k from the exponent bits. */
-INLINE float exp_neg(float y)
+ * r^7 (truncation below 3e-9 relative), 2^-k from the exponent bits.
+ * erf: |x| < 0.5: the Maclaurin series of erf to x^15 (truncation below 1e-10); otherwise
+ * Abramowitz & Stegun 7.1.26: erf(a) = 1 - t P(t) e^{-a^2}, t = 1 / (1 + p a), |error| <= 1.5e-7;
+ * a^2 above 87 (erf is 1 in float there) as 87, infinities included. */
+#define ERF_KERNEL(NAME, MADD)                                                                     \
+    INLINE float NAME##_exp_neg(float y)                                                           \
+    {                                                                                              \
+        const float log2e = 1.44269504f, ln2_hi = 0.693145752f, ln2_lo = 1.42860677e-6f;           \
+        float k = (float)(int)(y * log2e + 0.5f); /* round to nearest: y >= 0 */                   \
+        float r = MADD(k, ln2_lo, MADD(k, ln2_hi, -y));                                            \
+        float p = 1.0f / 5040.0f;                                                                  \
+        p = MADD(p, r, 1.0f / 720.0f);                                                             \
+        p = MADD(p, r, 1.0f / 120.0f);                                                             \
+        p = MADD(p, r, 1.0f / 24.0f);                                                              \
+        p = MADD(p, r, 1.0f / 6.0f);                                                               \
+        p = MADD(p, r, 0.5f);                                                                      \
+        p = MADD(p, r, 1.0f);                                                                      \
+        p = MADD(p, r, 1.0f);                                                                      \
+        return p * float_of((127 - (int32_t)k) << 23);                                             \
+    }                                                                                              \
+    INLINE float NAME(float x)                                                                     \
+    {                                                                                              \
+        float a = fabsf(x), z2 = x * x;                                                            \
+        int32_t ia = bits_of(a);                                                                   \
+        float s = -1.0f / 75600.0f;                                                                \
+        s = MADD(s, z2, 1.0f / 9360.0f);                                                           \
+        s = MADD(s, z2, -1.0f / 1320.0f);                                                          \
+        s = MADD(s, z2, 1.0f / 216.0f);                                                            \
+        s = MADD(s, z2, -1.0f / 42.0f);                                                            \
+        s = MADD(s, z2, 1.0f / 10.0f);                                                             \
+        s = MADD(s, z2, -1.0f / 3.0f);                                                             \
+        s = MADD(s, z2, 1.0f);                                                                     \
+        float small = 1.12837917f * x * s; /* 2 / sqrt(pi) */                                      \
+        float t = 1.0f / MADD(0.3275911f, a, 1.0f);                                                \
+        float q = 1.061405429f;                                                                    \
+        q = MADD(q, t, -1.453152027f);                                                             \
+        q = MADD(q, t, 1.421413741f);                                                              \
+        q = MADD(q, t, -0.284496736f);                                                             \
+        q = MADD(q, t, 0.254829592f);                                                              \
+        float y = pick(-(int32_t)((bits_of(z2) & 0x7fffffff) > bits_of(87.0f)), 87.0f, z2);       \
+        float large = copysignf(MADD(-q * t, NAME##_exp_neg(y), 1.0f), x);                         \
+        float r = pick(-(int32_t)(ia < bits_of(0.5f)), small, large);                              \
+        return pick(-(int32_t)(ia > 0x7f800000), x, r); /* NaN stays NaN */                        \
+    }
+
+ERF_KERNEL(erf_plain, MADD_PLAIN)
+#define GELU(ERF, x) (0.5f * (x) * (1.0f + ERF((x) * (float)M_SQRT1_2)))
+
+static void gelu_rows_plain(float *a, int64_t n)
 {
-    const float log2e = 1.44269504f, ln2_hi = 0.693145752f, ln2_lo = 1.42860677e-6f;
-    float k = (float)(int)(y * log2e + 0.5f); /* round to nearest: y >= 0 */
-    float r = (k * ln2_hi - y) + k * ln2_lo;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    return p * float_of((127 - (int32_t)k) << 23);
+    for (int64_t i = 0; i < n; i++)
+        a[i] = GELU(erf_plain, a[i]);
 }
 
-INLINE float erf_fast(float x)
+/* The kernel levels: 0 the plain kernel (SSE2, or not x86-64), 1 the FMA kernel in AVX2 (8 lanes),
+ * 2 the FMA kernel in AVX-512 (16 lanes). On this AVX-512 Xeon the GELU rows take 1.26-1.38 ns an
+ * element at level 2 (2.0-2.1 before the FMA kernel), about 70 ns had fmaf been a call. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define V3 __attribute__((target("avx2,fma")))
+#define V4 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+ERF_KERNEL(erf_fma, MADD_FMA)
+
+static int supported_level(void)
 {
-    float a = fabsf(x), z2 = x * x;
-    int32_t ia = bits_of(a);
-    /* |x| < 0.5: the Maclaurin series of erf to x^15 (truncation below 1e-10) */
-    float s = -1.0f / 75600.0f;
-    s = s * z2 + 1.0f / 9360.0f;
-    s = s * z2 - 1.0f / 1320.0f;
-    s = s * z2 + 1.0f / 216.0f;
-    s = s * z2 - 1.0f / 42.0f;
-    s = s * z2 + 1.0f / 10.0f;
-    s = s * z2 - 1.0f / 3.0f;
-    s = s * z2 + 1.0f;
-    float small = 1.12837917f * x * s; /* 2 / sqrt(pi) */
-    /* otherwise Abramowitz & Stegun 7.1.26: erf(a) = 1 - t P(t) e^{-a^2}, t = 1 / (1 + p a),
-     * |error| <= 1.5e-7; a^2 above 87 (erf is 1 in float there) as 87, infinities included */
-    float t = 1.0f / (1.0f + 0.3275911f * a);
-    float q = 1.061405429f;
-    q = q * t - 1.453152027f;
-    q = q * t + 1.421413741f;
-    q = q * t - 0.284496736f;
-    q = q * t + 0.254829592f;
-    float y = pick(-(int32_t)((bits_of(z2) & 0x7fffffff) > bits_of(87.0f)), 87.0f, z2);
-    float large = copysignf(1.0f - q * t * exp_neg(y), x);
-    float r = pick(-(int32_t)(ia < bits_of(0.5f)), small, large);
-    return pick(-(int32_t)(ia > 0x7f800000), x, r); /* NaN stays NaN */
+    static int level = -1; /* one thread per rank calls this; a race would store the same value */
+    if (level < 0) {
+        __builtin_cpu_init();
+        bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        bool v4 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+        level = !v3 ? 0 : v4 ? 2 : 1;
+    }
+    return level;
+}
+#else
+static int supported_level(void)
+{
+    return 0;
+}
+#endif
+
+static int g_level = -1; /* -1: the CPU's, else moe_expert_set_kernel_level's */
+
+static int kernel_level(void)
+{
+    return g_level < 0 ? supported_level() : g_level;
+}
+
+int moe_expert_kernel_level(void)
+{
+    return kernel_level();
+}
+
+int moe_expert_set_kernel_level(int level)
+{
+    int top = supported_level();
+    g_level = level < 0 ? -1 : level < top ? level : top;
+    return kernel_level();
+}
+
+const char *moe_expert_kernel_name(int level)
+{
+    return level == 2 ? "avx512-fma" : level == 1 ? "avx2-fma" : "plain";
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+V3 static float erf_v3(float x)
+{
+    return erf_fma(x);
+}
+
+V3 static void gelu_rows_v3(float *a, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        a[i] = GELU(erf_fma, a[i]);
+}
+
+V4 static void gelu_rows_v4(float *a, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        a[i] = GELU(erf_fma, a[i]);
 }
 
 float moe_erf(float x)
 {
-    return erf_fast(x);
+    return kernel_level() > 0 ? erf_v3(x) : erf_plain(x);
 }
+
+void moe_gelu_rows(float *a, int64_t n)
+{
+    int level = kernel_level();
+    if (level == 2)
+        gelu_rows_v4(a, n);
+    else if (level == 1)
+        gelu_rows_v3(a, n);
+    else
+        gelu_rows_plain(a, n);
+}
+#else
+float moe_erf(float x)
+{
+    return erf_plain(x);
+}
+
+void moe_gelu_rows(float *a, int64_t n)
+{
+    gelu_rows_plain(a, n);
+}
+#endif
 
 float moe_erf_ref(float x)
 {
@@ -100,28 +215,12 @@ float moe_erf_ref(float x)
 
 float moe_gelu(float x)
 {
-    return 0.5f * x * (1.0f + erf_fast(x * (float)M_SQRT1_2));
+    return GELU(moe_erf, x);
 }
 
 float moe_gelu_ref(float x)
 {
     return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
-}
-
-/* Cloned for x86-64-v4 (AVX-512: 16 lanes) and x86-64-v3 (AVX2: 8) where the CPU has them, SSE2
- * otherwise, chosen at load time by the CPU's features. ("arch=haswell" is chosen by CPU model
- * instead, so an AMD CPU with AVX2 got the SSE2 clone: 2.7 ns an element against 1.26 there; on
- * an AVX-512 Xeon the v4 clone takes 1.85 ns against the v3 clone's 2.25.) No contraction in C11
- * mode, so every clone computes the same floats. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-/* (not under clang: clang 14 emits the clones and their resolver but no symbol of the plain name,
- * so a call from another file, test_expert.c's for one, did not link) */
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-void moe_gelu_rows(float *a, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        a[i] = 0.5f * a[i] * (1.0f + erf_fast(a[i] * (float)M_SQRT1_2));
 }
 
 void moe_expert_forward(float *y, float *act, const float *x, const float *w1, const float *w2,

@@ -1105,11 +1105,11 @@ static json_t *environment_json(const moe_results *res)
     json_t *warnings = json_array();
     each_warning(res, append_warning, warnings);
     double outside = env->wall_seconds > 0.0 ? 1.0 - env->step_seconds / env->wall_seconds : NAN;
-    return json_pack("{s:o, s:o, s:o, s:o, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o}", "hosts", hosts,
+    return json_pack("{s:o, s:o, s:o, s:o, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o}", "hosts", hosts,
                      "cores", env->cores > 0 ? json_integer(env->cores) : json_null(),
                      "load_average_start", num(env->load_start), "load_average_end",
                      num(env->load_end), "openmpi", env->mpi_library, "openblas", env->openblas,
-                     "moesim", MOE_VERSION, "utc",
+                     "gelu_kernel", env->gelu_kernel ? env->gelu_kernel : "plain", "moesim", MOE_VERSION, "utc",
                      env->utc[0] ? json_string(env->utc) : json_null(), "warnings", warnings,
                      "wall_seconds", num(env->wall_seconds), "step_seconds",
                      num(env->step_seconds), "outside_steps_fraction", num(outside));

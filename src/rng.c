@@ -39,7 +39,9 @@ double moe_rng_normal(uint64_t seed, uint64_t stream, uint64_t counter)
 /* The expert weights, most of a run's set-up. Cloned for x86-64-v4 where the CPU has it: AVX-512
  * multiplies 64-bit lanes (vpmullq) and converts them to double, so the loop vectorizes, 8 lanes
  * at a time. Every operation is an integer one or a single IEEE rounding (no contraction in C11
- * mode), so each clone writes the same floats. (Not under clang: see moe_gelu_rows.) */
+ * mode), so each clone writes the same floats. (Not under clang: clang 14 emits the
+ * clones and their resolver but no symbol of the plain name, so a call from another file did not
+ * link; expert.c chooses its kernels by hand instead.) */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v4", "default")))
 #endif

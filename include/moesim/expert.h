@@ -27,6 +27,16 @@ float moe_gelu_ref(float x);
 /* a[i] = moe_gelu(a[i]) for n values: the loop the expert phase runs, vectorized. */
 void moe_gelu_rows(float *a, int64_t n);
 
+/* The kernel moe_erf, moe_gelu and moe_gelu_rows run, chosen once from the CPU: 2 FMA steps in
+ * AVX-512, 1 FMA steps in AVX2 (levels 1 and 2 give the same floats), 0 a multiply and an add per
+ * step, SSE2 (a CPU without AVX2 and FMA, or not x86-64; its floats differ in the last bits, within
+ * the same bound). set_kernel_level is for tests: it runs level min(level, the CPU's) from then on
+ * (a negative level: the CPU's again) and returns the level in force. Not thread-safe. */
+int moe_expert_kernel_level(void);
+int moe_expert_set_kernel_level(int level);
+/* "avx512-fma", "avx2-fma" or "plain" (environment.gelu_kernel) */
+const char *moe_expert_kernel_name(int level);
+
 /* Two cblas_sgemm calls around an elementwise GELU. m may be 0. */
 void moe_expert_forward(float *y, float *act, const float *x, const float *w1, const float *w2,
                         int64_t m, int64_t d, int64_t f);

@@ -128,6 +128,7 @@ typedef struct moe_environment {
     char utc[32];                /* the run's start, ISO 8601 UTC: 2026-12-01T20:15:03Z   */
     char mpi_library[256];       /* first line of MPI_Get_library_version, trimmed        */
     char openblas[256];          /* openblas_get_config()                                 */
+    const char *gelu_kernel;     /* moe_expert_kernel_name of the GELU kernel in force    */
     double wall_seconds;         /* rank 0: MPI_Init returned .. the outputs are written   */
     double step_seconds;         /* rank 0: inside moe_layer_step, warm-up and every cf    */
 } moe_environment;

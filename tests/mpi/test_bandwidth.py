@@ -46,7 +46,7 @@ RTOL = 1e-12
 PHASES = ("router", "count_wait", "count_exchange", "pack", "dispatch_wait", "dispatch", "dispatch_raw",
           "regroup", "expert", "combine_wait", "combine", "combine_raw", "unpack", "shared")
 ENV_KEYS = ("hosts", "cores", "load_average_start", "load_average_end", "openmpi", "openblas",
-            "moesim", "utc", "warnings", "wall_seconds", "step_seconds", "outside_steps_fraction")
+            "gelu_kernel", "moesim", "utc", "warnings", "wall_seconds", "step_seconds", "outside_steps_fraction")
 
 
 def is_num(v):
@@ -157,6 +157,8 @@ def check_environment(ck, doc, tag, version, before, after):
         ck.check(isinstance(env.get(k), str) and env[k] and env[k] == env[k].strip()
                  and "\n" not in env[k], tag + ": %s a trimmed one-line string" % k,
                  repr(env.get(k)))
+    ck.check(env.get("gelu_kernel") in ("avx512-fma", "avx2-fma", "plain"),
+             tag + ": gelu_kernel one of avx512-fma, avx2-fma, plain", repr(env.get("gelu_kernel")))
     if OPEN_MPI:
         ck.check(str(env.get("openmpi")).startswith("Open MPI"), tag + ": openmpi names Open MPI",
                  repr(env.get("openmpi")))

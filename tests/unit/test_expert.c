@@ -13,16 +13,16 @@
 
 #include "testrng.h"
 
-START_TEST(test_erf_bound)
+/* The stated bound at one kernel level, |moe_erf(x) - erf(x)| <= 5e-7 against double erf, over the
+ * whole float range: every stride-th bit pattern of [0, inf) (257th: 8 million values, subnormals
+ * and the switch at 0.5 included) and its negative, then every float of [0.45, 0.55] and [3.9, 4.1]. The
+ * special values: erf(+-0) = +-0, erf(+-inf) = +-1, erf(NaN) is NaN. Measured worst on a full sweep
+ * of every 7th pattern: 3.40e-7 at x = 0.5192 with the FMA kernel, 3.48e-7 at 0.5226 without. */
+static void erf_bound_at(int level, uint64_t stride)
 {
-    /* The stated bound, |moe_erf(x) - erf(x)| <= 5e-7 against double erf, over the whole float
-     * range: every 257th bit pattern of [0, inf) (8 million values, subnormals and the switch at
-     * 0.5 included) and its negative, then every float of [0.45, 0.55] and [3.9, 4.1]. The
-     * special values: erf(+-0) = +-0, erf(+-inf) = +-1, erf(NaN) is NaN. Measured worst on a full
-     * sweep of every 7th pattern: 3.48e-7, at x = 0.5226. */
     double worst = 0.0;
     float at = 0.0f;
-    for (uint64_t b = 0; b < 0x7f800000u; b += 257)
+    for (uint64_t b = 0; b < 0x7f800000u; b += stride)
         for (int sign = 0; sign < 2; sign++) {
             uint32_t u = (uint32_t)b | (sign ? 0x80000000u : 0u);
             float x;
@@ -42,20 +42,54 @@ START_TEST(test_erf_bound)
                 at = x;
             }
         }
-    EXPECT_MSG(worst <= 5e-7, "max |moe_erf - erf| = %.3g at x = %.9g", worst, at);
+    EXPECT_MSG(worst <= 5e-7, "level %d: max |moe_erf - erf| = %.3g at x = %.9g", level, worst, at);
     EXPECT(moe_erf(0.0f) == 0.0f && !signbit(moe_erf(0.0f)) && signbit(moe_erf(-0.0f)));
     EXPECT(moe_erf(INFINITY) == 1.0f && moe_erf(-INFINITY) == -1.0f);
     EXPECT(isnan(moe_erf(NAN)) && isnan(moe_erf(-NAN)));
+}
+
+/* the vectorized rows give moe_gelu's values exactly at the level in force (odd n: the loop's tail
+ * too), and stay within 1e-6 of the _ref twin for values of order one; out receives the rows */
+static void gelu_rows_at(int level, float *out, int n)
+{
+    float w[1001];
+    for (int i = 0; i < n; i++)
+        out[i] = w[i] = (float)(i - 500) / 50.0f + (float)i * 1e-5f;
+    moe_gelu_rows(out, n);
+    for (int i = 0; i < n; i++) {
+        EXPECT_MSG(out[i] == moe_gelu(w[i]), "level %d: rows[%d] = %.9g, moe_gelu %.9g", level, i,
+                   out[i], moe_gelu(w[i]));
+        EXPECT_MSG(fabsf(out[i] - moe_gelu_ref(w[i])) <= 1e-6f, "level %d: x = %g", level, w[i]);
+    }
+}
+
+START_TEST(test_erf_bound)
+{
+    /* every kernel this CPU can run, the plain one always: each within the bound, each path of a
+     * level the same floats; the two FMA levels (AVX2, AVX-512) the same floats as each other */
     EXPECT(moe_erf_ref(0.5f) == erff(0.5f));
-    /* the vectorized rows give moe_gelu's values exactly, and stay within 1e-6 of the _ref twin
-     * for values of order one */
-    float v[1001], w[1001];
-    for (int i = 0; i < 1001; i++)
-        v[i] = w[i] = (float)(i - 500) / 50.0f;
-    moe_gelu_rows(v, 1001);
-    for (int i = 0; i < 1001; i++) {
-        EXPECT_MSG(v[i] == moe_gelu(w[i]), "rows[%d] = %.9g, moe_gelu %.9g", i, v[i], moe_gelu(w[i]));
-        EXPECT_MSG(fabsf(v[i] - moe_gelu_ref(w[i])) <= 1e-6f, "x = %g", w[i]);
+    int top = moe_expert_set_kernel_level(-1);
+    EXPECT(top >= 0 && top <= 2 && moe_expert_kernel_level() == top);
+    EXPECT(strcmp(moe_expert_kernel_name(0), "plain") == 0 &&
+           strcmp(moe_expert_kernel_name(1), "avx2-fma") == 0 &&
+           strcmp(moe_expert_kernel_name(2), "avx512-fma") == 0);
+    static float rows[3][1001];
+    for (int level = 0; level <= top; level++) {
+        EXPECT(moe_expert_set_kernel_level(level) == level);
+        erf_bound_at(level, level == top ? 257 : 1021); /* the CPU's own the finest */
+        gelu_rows_at(level, rows[level], 1001);
+    }
+    if (top == 2)
+        EXPECT(memcmp(rows[1], rows[2], sizeof rows[1]) == 0);
+    /* asking above the CPU runs the CPU's best; a negative level restores it */
+    EXPECT(moe_expert_set_kernel_level(99) == top);
+    EXPECT(moe_expert_set_kernel_level(-1) == top);
+    /* the FMA and plain kernels differ somewhere (else the FMA kernel would not be in use) */
+    if (top >= 1) {
+        int differ = 0;
+        for (int i = 0; i < 1001; i++)
+            differ += rows[0][i] != rows[1][i];
+        EXPECT_MSG(differ > 0, "the FMA kernel gave the plain kernel's floats on all %d values", 1001);
     }
 }
 END_TEST
