@@ -12,7 +12,8 @@
     column count (no half row, a newline at the end); rerunning completes it, each point once;
   - --predict-only at --ranks 16,64 with --network: rows with the planned counts (the exact drops
     of ablation[0].predicted), the projected columns filled, the measured ones empty;
-  - --predict-only at cf 0, 1, 1.25: drops, slots and waste equal the measured grid's points;
+  - --predict-only at cf 0, 1, 1.25: drops, slots, waste and its FLOPs equal the measured grid's
+    points;
   - a grid with fewer experts than ranks at every point: refused, no directory created;
   - a point that fails (top-k 3 of 2 experts) is reported and listed in failed.txt, the others
     still run, the sweep exits 1; rerunning it with other options after -- is refused (exit 2),
@@ -204,7 +205,7 @@ def main():
     planned = {x[0]: dict(zip(t7[0], x)) for x in t7[1:]}
     measured = {x[0]: dict(zip(table[0], x)) for x in rows}
     same = ("assignments", "dropped_assignments", "dropped_fraction", "slots", "empty_slots",
-            "wasted_fraction")
+            "wasted_fraction", "flops_useful", "flops_wasted")
     for cf in ("1", "1.25"):
         p, m = planned.get("E4-R2-cf" + cf), measured.get("E4-R2-cf" + cf)
         ck.check(p is not None and m is not None and m["slots"] != ""
