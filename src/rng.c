@@ -48,7 +48,7 @@ __attribute__((target_clones("arch=x86-64-v4", "default")))
 void moe_rng_fill_uniform(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t first,
                           double bound)
 {
-    /* the key once, then one mix per element: a few ns an element against the normal's 40 */
+    /* the key once, then one mix per element: about 1 ns an element against a normal's 41 */
     uint64_t key = moe_rng_mix(seed ^ moe_rng_mix(stream + MOE_GOLDEN));
     uint64_t c = (first + 1) * MOE_GOLDEN;
     for (size_t i = 0; i < n; i++, c += MOE_GOLDEN) {
@@ -61,6 +61,14 @@ void moe_rng_fill_uniform(float *out, size_t n, uint64_t seed, uint64_t stream, 
 void moe_rng_fill_normal(float *out, size_t n, uint64_t seed, uint64_t stream, uint64_t first,
                          double scale)
 {
-    for (size_t i = 0; i < n; i++)
-        out[i] = (float)(scale * moe_rng_normal(seed, stream, first + i));
+    /* moe_rng_normal's arithmetic exactly, with the stream's key mixed once instead of twice per
+     * element: the uniforms of counters 2c and 2c + 1 are mix(key + (2c + 1) G) and
+     * mix(key + (2c + 2) G) */
+    uint64_t key = moe_rng_mix(seed ^ moe_rng_mix(stream + MOE_GOLDEN));
+    uint64_t c = (2 * first + 1) * MOE_GOLDEN;
+    for (size_t i = 0; i < n; i++, c += 2 * MOE_GOLDEN) {
+        double u1 = ((double)(mix(key + c) >> 11) + 0.5) * 0x1.0p-53;
+        double u2 = ((double)(mix(key + c + MOE_GOLDEN) >> 11) + 0.5) * 0x1.0p-53;
+        out[i] = (float)(scale * (sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2)));
+    }
 }
