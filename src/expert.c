@@ -1,6 +1,7 @@
 #include "moesim/expert.h"
 
 #include "moesim/rng.h"
+#include "moesim/simd.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -47,7 +48,7 @@ INLINE float pick(int32_t m, float a, float b)
 /* The kernel below exists twice, the same arithmetic in both: erf_fma rounds each polynomial step
  * a * b + c once (an FMA instruction), erf_plain rounds the product and the sum. A function uses
  * erf_fma only where its target has FMA (otherwise fmaf would be a library call per step: 70 ns an
- * element instead of 4). Which one runs is decided once per process from the CPU (kernel_level):
+ * element instead of 4). Which one runs is decided once per process from the CPU (simd.h):
  * the FMA kernels on CPUs with AVX2 and FMA, the plain one before them. moe_erf, moe_gelu and
  * moe_gelu_rows follow the same decision, so on one machine every path gives the same floats; a
  * CPU without AVX2 gives floats that differ in the last bits, within the same bound. */
@@ -112,50 +113,23 @@ static void gelu_rows_plain(float *a, int64_t n)
         a[i] = GELU(erf_plain, a[i]);
 }
 
-/* The kernel levels: 0 the plain kernel (SSE2, or not x86-64), 1 the FMA kernel in AVX2 (8 lanes),
- * 2 the FMA kernel in AVX-512 (16 lanes). On this AVX-512 Xeon the GELU rows take 1.0-1.5 ns an
+/* The kernel levels (simd.h): 0 the plain kernel (SSE2, or not x86-64), 1 the FMA kernel in AVX2
+ * (8 lanes), 2 the FMA kernel in AVX-512 (16 lanes). On this AVX-512 Xeon the GELU rows take 1.0-1.5 ns an
  * element at level 2 (2.0-2.1 before the FMA kernel), about 70 ns had fmaf been a call. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#define V3 __attribute__((target("avx2,fma")))
-#define V4 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#if MOE_SIMD_X86
+#define V3 MOE_TARGET_V3
+#define V4 MOE_TARGET_V4
 ERF_KERNEL(erf_fma, MADD_FMA)
-
-static int supported_level(void)
-{
-    static int level = -1; /* one thread per rank calls this; a race would store the same value */
-    if (level < 0) {
-        __builtin_cpu_init();
-        bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        bool v4 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-        level = !v3 ? 0 : v4 ? 2 : 1;
-    }
-    return level;
-}
-#else
-static int supported_level(void)
-{
-    return 0;
-}
 #endif
-
-static int g_level = -1; /* -1: the CPU's, else moe_expert_set_kernel_level's */
-
-static int kernel_level(void)
-{
-    return g_level < 0 ? supported_level() : g_level;
-}
 
 int moe_expert_kernel_level(void)
 {
-    return kernel_level();
+    return moe_simd_level();
 }
 
 int moe_expert_set_kernel_level(int level)
 {
-    int top = supported_level();
-    g_level = level < 0 ? -1 : level < top ? level : top;
-    return kernel_level();
+    return moe_simd_set_level(level);
 }
 
 const char *moe_expert_kernel_name(int level)
@@ -163,7 +137,7 @@ const char *moe_expert_kernel_name(int level)
     return level == 2 ? "avx512-fma" : level == 1 ? "avx2-fma" : "plain";
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if MOE_SIMD_X86
 V3 static float erf_v3(float x)
 {
     return erf_fma(x);
@@ -184,8 +158,8 @@ V4 static void gelu_rows_v4(float *a, int64_t n)
 
 float moe_erf(float x)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (kernel_level() > 0)
+#if MOE_SIMD_X86
+    if (moe_simd_level() > 0)
         return erf_v3(x);
 #endif
     return erf_plain(x);
@@ -193,8 +167,8 @@ float moe_erf(float x)
 
 void moe_gelu_rows(float *a, int64_t n)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    int level = kernel_level();
+#if MOE_SIMD_X86
+    int level = moe_simd_level();
     if (level > 0) {
         (level == 2 ? gelu_rows_v4 : gelu_rows_v3)(a, n);
         return;

@@ -30,8 +30,10 @@ void moe_gelu_rows(float *a, int64_t n);
 /* The kernel moe_erf, moe_gelu and moe_gelu_rows run, chosen once from the CPU: 2 FMA steps in
  * AVX-512, 1 FMA steps in AVX2 (levels 1 and 2 give the same floats), 0 a multiply and an add per
  * step, SSE2 (a CPU without AVX2 and FMA, or not x86-64; its floats differ in the last bits, within
- * the same bound). set_kernel_level is for tests: it runs level min(level, the CPU's) from then on
- * (a negative level: the CPU's again) and returns the level in force. Not thread-safe. */
+ * the same bound). These are moe_simd_level and moe_simd_set_level (simd.h): the level is the
+ * process's, the unpack's kernel follows it too. set_kernel_level is for tests: it runs level
+ * min(level, the CPU's) from then on (a negative level: the CPU's again) and returns the level in
+ * force. Not thread-safe. */
 int moe_expert_kernel_level(void);
 int moe_expert_set_kernel_level(int level);
 /* "avx512-fma", "avx2-fma" or "plain" (environment.gelu_kernel) */

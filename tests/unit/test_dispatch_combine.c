@@ -2,6 +2,7 @@
  * and back, and the gate-weighted residual sum. */
 #include "moesim/combine.h"
 #include "moesim/dispatch.h"
+#include "moesim/simd.h"
 
 #include <check.h>
 #include <math.h>
@@ -317,6 +318,7 @@ END_TEST
 START_TEST(test_combine_one_pass)
 {
     g_state = 91;
+    int top = moe_simd_set_level(-1);
     for (int it = 0; it < 200; it++) {
         int n = 1 + next_int(20), k = 1 + next_int(4), d = 1 + next_int(40);
         int E = k + (int)((uint32_t)next_u64() % 5);
@@ -349,26 +351,33 @@ START_TEST(test_combine_one_pass)
             recv[i] = (float)((uint32_t)next_u64() % 5000) / 1237.0f - 2.0f;
         float *want = malloc(sizeof(float) * n * d), *got = malloc(sizeof(float) * n * d);
         moe_combine_rows(want, h, recv, slot, gate, n, n_send, k, d);
-        moe_combine_rows_one_pass(got, h, recv, slot, gate, expert, n, n_send, k, d, pos);
-        EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0, "iteration %d: one pass differs",
-                   it);
-        for (int t = 0; t < n; t++)
-            if (t % 5 == 3)
-                EXPECT_MSG(memcmp(got + t * d, h + t * d, sizeof(float) * d) == 0,
-                           "iteration %d: token %d dropped everywhere is not h", it, t);
-        float *hh = malloc(sizeof(float) * n * d); /* in place */
-        memcpy(hh, h, sizeof(float) * n * d);
-        moe_combine_rows_one_pass(hh, hh, recv, slot, gate, expert, n, n_send, k, d, pos);
-        EXPECT_MSG(memcmp(hh, want, sizeof(float) * n * d) == 0, "iteration %d: in place", it);
-        /* reversed arrival, as a placement might send them: the same bits */
+        float *hh = malloc(sizeof(float) * n * d);
         int64_t *slot2 = malloc(sizeof(int64_t) * (n * k + 1));
         float *recv2 = malloc(sizeof(float) * (n * k * d + 1));
-        for (int64_t i = 0; i < n_send; i++) {
+        for (int64_t i = 0; i < n_send; i++) { /* reversed arrival, as a placement might send them */
             slot2[i] = slot[n_send - 1 - i];
             memcpy(recv2 + i * d, recv + (n_send - 1 - i) * d, sizeof(float) * d);
         }
-        moe_combine_rows_one_pass(got, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
-        EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0, "iteration %d: reversed", it);
+        /* every kernel level the CPU has (simd.h): the same bits as moe_combine_rows */
+        for (int level = 0; level <= top; level++) {
+            EXPECT(moe_simd_set_level(level) == level);
+            moe_combine_rows_one_pass(got, h, recv, slot, gate, expert, n, n_send, k, d, pos);
+            EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0,
+                       "iteration %d, level %d: one pass differs", it, level);
+            for (int t = 0; t < n; t++)
+                if (t % 5 == 3)
+                    EXPECT_MSG(memcmp(got + t * d, h + t * d, sizeof(float) * d) == 0,
+                               "iteration %d, level %d: token %d dropped everywhere is not h", it,
+                               level, t);
+            memcpy(hh, h, sizeof(float) * n * d); /* in place */
+            moe_combine_rows_one_pass(hh, hh, recv, slot, gate, expert, n, n_send, k, d, pos);
+            EXPECT_MSG(memcmp(hh, want, sizeof(float) * n * d) == 0,
+                       "iteration %d, level %d: in place", it, level);
+            moe_combine_rows_one_pass(got, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
+            EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0,
+                       "iteration %d, level %d: reversed", it, level);
+        }
+        moe_simd_set_level(-1);
         free(expert), free(flag), free(gate), free(h), free(slot), free(per), free(cursor);
         free(pos), free(recv), free(want), free(got), free(hh), free(slot2), free(recv2);
     }
