@@ -31,9 +31,11 @@ void moe_combine_rows(float *out, const float *h, const float *recv, const int64
 #pragma STDC FP_CONTRACT OFF
 #endif
 static inline __attribute__((always_inline)) void
-one_pass(float *out, const float *h, const float *recv, const int64_t *slot, const float *gate,
-         const int32_t *expert, int64_t n, int64_t n_send, int k, int64_t d, int64_t *pos)
+one_pass(float *out, const float *h, const float *recv, const moe_rows_here *here,
+         const int64_t *slot, const float *gate, const int32_t *expert, int64_t n, int64_t n_send,
+         int k, int64_t d, int64_t *pos)
 {
+    int64_t here_lo = here != NULL ? here->lo : 0, here_n = here != NULL ? here->n : 0;
     for (int64_t i = 0; i < n * k; i++)
         pos[i] = -1;
     for (int64_t i = 0; i < n_send; i++)
@@ -54,7 +56,9 @@ one_pass(float *out, const float *h, const float *recv, const int64_t *slot, con
                 break;
             last = expert[best];
             float g = gate[best];
-            const float *restrict r = recv + pos[best] * d;
+            int64_t i = pos[best], q = i - here_lo; /* row i of the received order */
+            const float *restrict r =
+                q >= 0 && q < here_n ? here->base + here->at[q] * d : recv + i * d;
             if (first) /* y_t = h_t + g r, the row written once */
                 for (int64_t j = 0; j < d; j++)
                     o[j] = hr[j] + g * r[j];
@@ -69,9 +73,10 @@ one_pass(float *out, const float *h, const float *recv, const int64_t *slot, con
 }
 
 #define ONE_PASS_ARGS                                                                              \
-    float *out, const float *h, const float *recv, const int64_t *slot, const float *gate,        \
-        const int32_t *expert, int64_t n, int64_t n_send, int k, int64_t d, int64_t *pos
-#define ONE_PASS_CALL out, h, recv, slot, gate, expert, n, n_send, k, d, pos
+    float *out, const float *h, const float *recv, const moe_rows_here *here, const int64_t *slot, \
+        const float *gate, const int32_t *expert, int64_t n, int64_t n_send, int k, int64_t d,    \
+        int64_t *pos
+#define ONE_PASS_CALL out, h, recv, here, slot, gate, expert, n, n_send, k, d, pos
 
 static void one_pass_plain(ONE_PASS_ARGS)
 {
@@ -90,7 +95,7 @@ MOE_TARGET_V4 static void one_pass_v4(ONE_PASS_ARGS)
 }
 #endif
 
-void moe_combine_rows_one_pass(ONE_PASS_ARGS)
+void moe_combine_rows_one_pass_here(ONE_PASS_ARGS)
 {
 #if MOE_SIMD_X86
     int level = moe_simd_level();
@@ -100,4 +105,11 @@ void moe_combine_rows_one_pass(ONE_PASS_ARGS)
     }
 #endif
     one_pass_plain(ONE_PASS_CALL);
+}
+
+void moe_combine_rows_one_pass(float *out, const float *h, const float *recv, const int64_t *slot,
+                               const float *gate, const int32_t *expert, int64_t n,
+                               int64_t n_send, int k, int64_t d, int64_t *pos)
+{
+    moe_combine_rows_one_pass_here(out, h, recv, NULL, slot, gate, expert, n, n_send, k, d, pos);
 }

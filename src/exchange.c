@@ -122,6 +122,8 @@ void moe_exchange_free(moe_exchange *ex)
     free(ex->blk_rows);
     free(ex->blk_w);
     free(ex->blk_s);
+    free(ex->self_src);
+    free(ex->self_dst);
     memset(ex, 0, sizeof *ex);
     ex->row = MPI_DATATYPE_NULL;
 }
@@ -207,7 +209,24 @@ int moe_exchange_blocks_init(moe_exchange *ex, int kind, int slots_max, char *ms
     return MOE_OK;
 }
 
-/* alltoallw: one datatype per source, its rows' runs at their places in the blocks */
+/* room for n rows a rank sends itself */
+static int self_reserve(moe_exchange *ex, int64_t n, char *msg, size_t msglen)
+{
+    if (n <= ex->self_cap)
+        return MOE_OK;
+    int64_t *src = realloc(ex->self_src, (size_t)n * sizeof *src);
+    if (src != NULL)
+        ex->self_src = src;
+    int64_t *dst = src != NULL ? realloc(ex->self_dst, (size_t)n * sizeof *dst) : NULL;
+    if (dst == NULL)
+        return moe_fail(MOE_ENOMEM, msg, msglen, "out of memory for the block exchange");
+    ex->self_dst = dst;
+    ex->self_cap = n;
+    return MOE_OK;
+}
+
+/* alltoallw: one datatype per source, its rows' runs at their places in the blocks; this rank's
+ * own rows as a list of block rows instead (self_dst), sent from the send order's (self_src) */
 static int plan_alltoallw(moe_exchange *ex, const int64_t *arrive, int n_ls,
                           const int64_t *block_start, int64_t *placed, char *msg, size_t msglen)
 {
@@ -220,9 +239,18 @@ static int plan_alltoallw(moe_exchange *ex, const int64_t *arrive, int n_ls,
                             "be addressed by MPI_Alltoallw's int displacements; use --regroup "
                             "slots",
                             INT_MAX);
-        bw[r] = ex->scounts[r];
+        bw[r] = r == ex->rank ? 0 : ex->scounts[r];
         bw[R + r] = (int)bytes;
     }
+    int me = ex->rank;
+    int64_t n_self = 0;
+    for (int j = 0; j < n_ls; j++)
+        n_self += arrive[(int64_t)me * n_ls + j];
+    if (self_reserve(ex, n_self, msg, msglen) != MOE_OK)
+        return MOE_ENOMEM;
+    ex->n_self = n_self;
+    for (int64_t q = 0; q < n_self; q++) /* the send order's rows, until plan_send says otherwise */
+        ex->self_src[q] = (int64_t)ex->sdispls[me] + q;
     int *len = malloc((size_t)(n_ls > 0 ? n_ls : 1) * sizeof *len);
     MPI_Aint *at = malloc((size_t)(n_ls > 0 ? n_ls : 1) * sizeof *at);
     if (len == NULL || at == NULL) {
@@ -236,6 +264,17 @@ static int plan_alltoallw(moe_exchange *ex, const int64_t *arrive, int n_ls,
             MPI_Type_free(&ex->blk_types[s]);
         ex->blk_types[s] = ex->row;
         int runs = 0;
+        if (s == me) { /* in order: the q-th row sent to itself is the q-th it receives */
+            int64_t q = 0;
+            for (int j = 0; j < n_ls; j++) {
+                int64_t rows = arrive[(int64_t)s * n_ls + j];
+                for (int64_t i = 0; i < rows; i++)
+                    ex->self_dst[q++] = block_start[j] + placed[j] + i;
+                placed[j] += rows;
+            }
+            bw[2 * R + s] = bw[3 * R + s] = 0;
+            continue;
+        }
         for (int j = 0; j < n_ls; j++) {
             int64_t rows = arrive[(int64_t)s * n_ls + j];
             if (rows > 0) {
@@ -340,6 +379,13 @@ int moe_exchange_blocks_plan_send(moe_exchange *ex, const int64_t *row_of, const
         if (ex->blk_send[r] != ex->row)
             MPI_Type_free(&ex->blk_send[r]);
         ex->blk_send[r] = ex->row;
+        if (r == ex->rank) { /* copied by moe_exchange_blocks, outside MPI */
+            for (int64_t q = 0; q < send_rows[r] && q < ex->n_self; q++)
+                ex->self_src[q] = row_of[i + q];
+            i += send_rows[r];
+            ex->blk_w[4 * R + r] = 0;
+            continue;
+        }
         for (int64_t j = 0; j < send_rows[r]; j++)
             at[j] = (MPI_Aint)(row_of[i + j] * ex->row_bytes);
         i += send_rows[r];
@@ -376,6 +422,13 @@ int moe_exchange_blocks(moe_exchange *ex, const void *send, void *recv, bool rev
             MOE_MPI_CHECK(MPI_Alltoallw(send, one, zero, ex->blk_types, recv, cnt, dsp,
                                         ex->blk_rows, ex->comm),
                           msg, msglen);
+        if (!reverse) { /* this rank's own rows; the combine leaves them in the blocks */
+            size_t rb = (size_t)ex->row_bytes;
+            const char *from = send;
+            char *to = recv;
+            for (int64_t q = 0; q < ex->n_self; q++)
+                memcpy(to + (size_t)ex->self_dst[q] * rb, from + (size_t)ex->self_src[q] * rb, rb);
+        }
         return MOE_OK;
     }
     for (int j = 0; j < ex->blk_slots; j++) {
@@ -388,4 +441,12 @@ int moe_exchange_blocks(moe_exchange *ex, const void *send, void *recv, bool rev
                           msg, msglen);
     }
     return MOE_OK;
+}
+
+const int64_t *moe_exchange_self_rows(const moe_exchange *ex, int64_t *lo, int64_t *n)
+{
+    bool left = ex->blk_kind == MOE_REGROUP_W && !ex->blk_back_slots && ex->n_self > 0;
+    *lo = left ? ex->sdispls[ex->rank] : 0;
+    *n = left ? ex->n_self : 0;
+    return left ? ex->self_dst : NULL;
 }

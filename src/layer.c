@@ -1467,6 +1467,15 @@ static void add_shared(moe_layer *L, float *y)
 
 /* The experts of this rank on x into their outputs (identity with --mode dispatch, which returns
  * x itself). */
+/* The rows the combine of moe_exchange_blocks left in the experts' blocks (out), for the unpack;
+ * NULL when it delivered every row. Only after that combine (fp32 rows back). */
+static const moe_rows_here *rows_here(moe_layer *L, const float *out, moe_rows_here *here)
+{
+    here->base = out;
+    here->at = moe_exchange_self_rows(&L->ex, &here->lo, &here->n);
+    return here->at != NULL ? here : NULL;
+}
+
 static const float *run_experts(moe_layer *L)
 {
     if (L->cfg.mode == MOE_MODE_DISPATCH)
@@ -1500,12 +1509,14 @@ int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *m
     /* per (token, expert) rows, whatever --dispatch: the reference is the plain exchange */
     if (L->per_rank)
         rc = moe_exchange_set_rows(&L->ex, L->send_rows, L->recv_rows, msg, msglen);
+    const float *blocks_out = NULL; /* the experts' outputs the combine sent from */
     if ((rc = moe_agree(L->comm, rc, msg, msglen)) == MOE_OK && L->ex.blk_kind != 0) {
         /* fp32 rows straight into the blocks and back out of them */
         rc = moe_exchange_blocks(&L->ex, L->ex.blk_send != NULL ? (void *)L->h : L->sendbuf,
                                  L->x, false, msg, msglen);
         if (rc == MOE_OK)
-            rc = moe_exchange_blocks(&L->ex, run_experts(L), L->sendbuf, true, msg, msglen);
+            rc = moe_exchange_blocks(&L->ex, blocks_out = run_experts(L), L->sendbuf, true, msg,
+                                     msglen);
     } else if (rc == MOE_OK) {
         rc = moe_exchange_rows(&L->ex, L->sendbuf, L->recvbuf, false, true, msg, msglen);
     }
@@ -1517,8 +1528,11 @@ int moe_layer_wire_error(moe_layer *L, double *max_rel, double *rms_rel, char *m
         rc = moe_exchange_rows(&L->ex, L->recvbuf, L->sendbuf, true, true, msg, msglen);
     }
     if (rc == MOE_OK) {
-        moe_combine_rows_one_pass(y32, L->h, L->sendbuf, L->slot, L->gate, L->expert, L->n,
-                                  L->n_send, L->A, L->d, L->send_pos);
+        moe_rows_here here;
+        moe_combine_rows_one_pass_here(y32, L->h, L->sendbuf,
+                                       blocks_out != NULL ? rows_here(L, blocks_out, &here) : NULL,
+                                       L->slot, L->gate, L->expert, L->n, L->n_send, L->A, L->d,
+                                       L->send_pos);
         add_shared(L, y32);
     }
     if (rc == MOE_OK && L->per_rank)
@@ -1637,8 +1651,11 @@ int moe_layer_step(moe_layer *L, double *seconds, char *msg, size_t msglen)
     if (enc_back)
         moe_wire_decode_rows(L->sendbuf, L->back_enc, L->n_send, L->d, L->wire_back);
     /* one sweep over y, each token's results in expert id order: the same y at any placement */
-    moe_combine_rows_one_pass(L->y, L->h, L->sendbuf, L->slot, L->gate, L->expert, L->n, L->n_send,
-                              L->A, L->d, L->send_pos);
+    moe_rows_here here; /* under alltoallw the combine left this rank's own rows in the blocks */
+    moe_combine_rows_one_pass_here(L->y, L->h, L->sendbuf,
+                                   direct && !enc_back ? rows_here(L, expert_out, &here) : NULL,
+                                   L->slot, L->gate, L->expert, L->n, L->n_send, L->A, L->d,
+                                   L->send_pos);
     t[9] = MPI_Wtime();
     }
     add_shared(L, L->y);

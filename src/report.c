@@ -720,10 +720,11 @@ void moe_report_text(FILE *out, const moe_config *cfg, const moe_results *res, b
                 res->phase[MOE_PHASE_COMBINE].max / rc);
     if (res->regroup != NULL && strcmp(res->regroup, "alltoallw") == 0)
         fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallw, no regroup copy; "
-                     "--regroup)\n");
+                     "--regroup)\n    a rank's own rows are copied outside MPI, its own results "
+                     "read where the experts wrote them\n");
     else if (res->regroup != NULL && strcmp(res->regroup, "alltoallw-slots") == 0)
-        fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallw) and leave them (an "
-                     "Alltoallv per expert)\n");
+        fprintf(out, "  rows arrive in the experts' blocks (one MPI_Alltoallw; a rank's own rows "
+                     "copied outside MPI)\n    and leave them (an Alltoallv per expert)\n");
     else if (res->regroup != NULL && strcmp(res->regroup, "slots") == 0)
         fprintf(out, "  rows arrive in the experts' blocks (an MPI_Alltoallv per local expert, no "
                      "regroup copy; --regroup)\n");

@@ -28,4 +28,20 @@ void moe_combine_rows_one_pass(float *out, const float *h, const float *recv, co
                                const float *gate, const int32_t *expert, int64_t n,
                                int64_t n_send, int k, int64_t d, int64_t *pos);
 
+/* Rows of the received order that never left this rank: rows [lo, lo + n) are at base + at[q] * d,
+ * q = row - lo, instead of in recv (the combine leaves a rank's own rows in the experts' blocks:
+ * moe_exchange_self_rows). */
+typedef struct moe_rows_here {
+    const float *base;
+    const int64_t *at;
+    int64_t lo, n;
+} moe_rows_here;
+
+/* moe_combine_rows_one_pass, the rows of here (NULL: none) read where they are: the same floats as
+ * with those rows copied into recv. */
+void moe_combine_rows_one_pass_here(float *out, const float *h, const float *recv,
+                                    const moe_rows_here *here, const int64_t *slot,
+                                    const float *gate, const int32_t *expert, int64_t n,
+                                    int64_t n_send, int k, int64_t d, int64_t *pos);
+
 #endif

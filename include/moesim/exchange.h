@@ -56,6 +56,13 @@ typedef struct moe_exchange {
     MPI_Datatype *blk_send;  /* (R) alltoallw with moe_exchange_blocks_plan_send: the rows for
                               * each destination gathered straight from the token states; NULL
                               * when the dispatch sends a packed buffer */
+    /* alltoallw: the rows a rank sends itself never enter MPI (its own datatypes would cost a
+     * pack and an unpack through MPI's convertor). The dispatch copies them, self_src[q] of the
+     * send (a token state's row, or the send order's) to row self_dst[q] of the blocks, q <
+     * n_self; the combine leaves them in the blocks, where the unpack reads them
+     * (moe_exchange_self_rows). self_cap: the arrays' length. */
+    int64_t n_self, self_cap;
+    int64_t *self_src, *self_dst;
 } moe_exchange;
 
 /* Set up for rows of d floats and E experts in contiguous blocks over the ranks of comm. */
@@ -102,8 +109,13 @@ int moe_exchange_blocks_plan_send(moe_exchange *ex, const int64_t *row_of, const
                                   char *msg, size_t msglen);
 /* The fp32 rows of dispatch from send (slot order; the token states themselves after
  * moe_exchange_blocks_plan_send) straight into the blocks (recv); reverse = true sends the blocks
- * (send) back into the slot order (recv). Collective. */
+ * (send) back into the slot order (recv). Under alltoallw the combine does not deliver the rows a
+ * rank sent itself: they stay in the blocks (moe_exchange_self_rows). Collective. */
 int moe_exchange_blocks(moe_exchange *ex, const void *send, void *recv, bool reverse, char *msg,
                         size_t msglen);
+/* After the combine of moe_exchange_blocks: NULL when it delivered every row (slots); else the
+ * rows [*lo, *lo + *n) of the slot order that it left in the blocks, row *lo + q being block row
+ * returned[q]. */
+const int64_t *moe_exchange_self_rows(const moe_exchange *ex, int64_t *lo, int64_t *n);
 
 #endif

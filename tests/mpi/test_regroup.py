@@ -1,7 +1,8 @@
 """--regroup (issue 11): received rows land straight in the experts' blocks, and the combine sends
 straight from the experts' outputs, with no staging buffer and no regroup copy.
 
-For each layer below, at several rank counts, against --regroup copy (the staged exchange and its
+For each layer below, at several rank counts (R = 1 for the plain one: every row is the rank's own,
+copied outside MPI by the dispatch and left in the blocks by the combine), against --regroup copy (the staged exchange and its
 two copies) on the same batch:
   - y is bit for bit the same under alltoallw (one MPI_Alltoallw whose receive datatypes scatter
     each source's rows into the blocks) and slots (one MPI_Alltoallv per local-expert slot): the
@@ -32,7 +33,7 @@ BASE = ["--tokens", N, "--hidden", D, "--experts", E, "--iters", 1, "--warmup", 
 MODES = ("copy", "alltoallw", "slots", "alltoallw-slots", "auto")
 
 LAYERS = [
-    ("base", [2, 3], []),
+    ("base", [1, 2, 3], []),
     ("pad", [2, 4], ["--pad-to-capacity", "--capacity-factor", "1.0"]),
     ("eplb", [4], ["--redundant-experts", 4, "--skew", "1.2"]),
     ("strided", [3], ["--placement", "strided", "--capacity-scope", "local"]),

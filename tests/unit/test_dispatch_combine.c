@@ -376,6 +376,27 @@ START_TEST(test_combine_one_pass)
             moe_combine_rows_one_pass(got, h, recv2, slot2, gate, expert, n, n_send, k, d, pos);
             EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0,
                        "iteration %d, level %d: reversed", it, level);
+            /* rows [lo, lo + m) left elsewhere (the combine's own rows, in the experts' blocks),
+             * in another order, their places in recv overwritten: the same bits */
+            int64_t lo = n_send > 0 ? (int64_t)(next_u64() % (uint64_t)n_send) : 0;
+            int64_t m = n_send - lo > 0 ? (int64_t)(next_u64() % (uint64_t)(n_send - lo + 1)) : 0;
+            float *blocks = malloc(sizeof(float) * (size_t)(m * d + 1));
+            float *holed = malloc(sizeof(float) * (n * k * d + 1));
+            int64_t *at = malloc(sizeof(int64_t) * (size_t)(m + 1));
+            memcpy(holed, recv, sizeof(float) * n_send * d);
+            for (int64_t q = 0; q < m; q++) {
+                at[q] = m - 1 - q;
+                memcpy(blocks + at[q] * d, recv + (lo + q) * d, sizeof(float) * d);
+                for (int64_t j = 0; j < d; j++)
+                    holed[(lo + q) * d + j] = NAN;
+            }
+            moe_rows_here here = {.base = blocks, .at = at, .lo = lo, .n = m};
+            moe_combine_rows_one_pass_here(got, h, holed, &here, slot, gate, expert, n, n_send, k,
+                                           d, pos);
+            EXPECT_MSG(memcmp(got, want, sizeof(float) * n * d) == 0,
+                       "iteration %d, level %d: rows [%lld, %lld) read where they were", it,
+                       level, (long long)lo, (long long)(lo + m));
+            free(blocks), free(holed), free(at);
         }
         moe_simd_set_level(-1);
         free(expert), free(flag), free(gate), free(h), free(slot), free(per), free(cursor);
