@@ -439,12 +439,15 @@ static int one_repetition(bench *b, int parity, double *s, char *msg)
 
     /* unpack: the residual (n rows) and the n_send received rows, each read once. The step's
      * unpack follows its combine, so its floor does too, copying the rows the raw combine has just
-     * delivered: at 64 tokens a rank the same copies run twice as fast with the caches warm
+     * delivered, and those the step's combine leaves in the experts' blocks from the sgemm's
+     * outputs: at 64 tokens a rank the same copies run twice as fast with the caches warm
      * (bench/README.md), a floor no unpack after the experts can reach */
+    int64_t left = b->shape.combine_left, came = b->n_send - left;
     BARRIER(b);
     t = MPI_Wtime();
     memcpy(b->y, b->h, (size_t)b->n * row);
-    memcpy(b->h, b->sendbuf, (size_t)b->n_send * row);
+    memcpy(b->h, b->sendbuf, (size_t)came * row);
+    memcpy(b->h + came * b->d, b->yexp, (size_t)left * row); /* where the combine left them */
     escape(b->y);
     escape(b->h);
     s[S_UNPACK_MEMCPY] = MPI_Wtime() - t;

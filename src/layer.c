@@ -1337,6 +1337,9 @@ void moe_layer_get_shape(const moe_layer *L, moe_layer_shape *out)
                              .send_rows = L->send_rows,
                              .recv_rows = L->recv_rows,
                              .expert_rows = L->x_rows};
+    int64_t lo;
+    if (L->regroup != MOE_REGROUP_COPY && L->wire_back == MOE_WIRE_FP32 && !L->per_rank)
+        moe_exchange_self_rows(&L->ex, &lo, &out->combine_left);
 }
 
 int64_t moe_layer_bytes(const moe_layer *L)

@@ -113,6 +113,8 @@ typedef struct moe_layer_shape {
     int64_t hidden, ffn;
     const int64_t *send_rows, *recv_rows; /* (R) dispatch rows to / from each rank */
     const int64_t *expert_rows;           /* (n_local_experts) rows each expert computes */
+    int64_t combine_left; /* of the n_send rows back, those the combine leaves in the experts'
+                           * blocks for the unpack to read there (a rank's own, alltoallw) */
 } moe_layer_shape;
 void moe_layer_get_shape(const moe_layer *layer, moe_layer_shape *out);
 
