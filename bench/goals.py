@@ -89,7 +89,8 @@ FOOTNOTE = (
     "    besides its GEMMs: the two raw MPI_Alltoallv (the dispatch's floor less the pack's",
     "    memcpy where it gathers) plus the unpack's memcpy floor, against the peer's non-GEMM.",
     "    Above PEER_GOAL, the non-GEMM goal cannot be met on this machine by any layer that",
-    "    moves these fp32 bytes with MPI_Alltoallv (the router and the counts left out).",
+    "    moves all these fp32 bytes with MPI_Alltoallv (the router and the counts left out);",
+    "    moesim's own rows do not enter MPI (docs/model.md, --regroup), so it can read below.",
     "  peak RSS: (peak_rss - baseline_rss) / (estimate_bytes - the raw-baseline buffer,",
     "    max(rows sent, rows received) x d x 4 bytes, allocated but untouched), worst rank.",
 )
