@@ -1,14 +1,131 @@
 #include "moesim/router.h"
 
 #include "moesim/rng.h"
+#include "moesim/simd.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
 
+/* The small-E kernel: each token's E dot products in one pass over its row, while it is in cache,
+ * instead of sgemm, whose packing of h costs more than its arithmetic when N = E is small. Lane l
+ * of 16 sums the products at j = l mod 16 with one FMA each, in increasing j; the lanes are then
+ * summed by halves (8, 4, 2, 1). AVX-512 holds the 16 lanes in one register, AVX2 in two: the same
+ * operations, so the same floats at simd levels 1 and 2, and a token's logits do not depend on
+ * the call (first is not needed). Eight experts and two tokens at a time in AVX-512, four experts
+ * (eight registers) in AVX2: their sums stay in registers, and as many independent FMA chains hide
+ * the FMA's latency (an expert past E in the last group reads expert e0's row again; its sums are
+ * not stored). */
+#if MOE_SIMD_X86
+#include <immintrin.h>
+
+/* Lanes l and l + 8, then l + 4, l + 2, l + 1 (pairs as halves of the register): the one order
+ * both builds sum a 16-lane accumulator in; lo holds lanes 0-7, hi lanes 8-15. */
+MOE_TARGET_V3 static inline __attribute__((always_inline)) float sum_halves(__m256 lo, __m256 hi)
+{
+    __m256 s8 = _mm256_add_ps(lo, hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    return _mm_cvtss_f32(s1);
+}
+
+/* mask of the first r of 8 lanes, for the products past the last whole 16 (0 <= r <= 8) */
+MOE_TARGET_V3 static inline __attribute__((always_inline)) __m256i first_lanes(int64_t r)
+{
+    __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), idx);
+}
+
+/* nt (1 or 2) tokens' logits for experts e0 .. e0 + 7 (those below E): 8 nt FMA chains, each
+ * expert's row loaded once for both tokens */
+MOE_TARGET_V4 static inline __attribute__((always_inline)) void
+v4_group(float *z, const float *hr, const float *w, int64_t d, int E, int e0, int nt)
+{
+    int64_t whole = d - d % 16;
+    __mmask16 tail = (__mmask16)((1u << (d % 16)) - 1u);
+    int ne = E - e0 < 8 ? E - e0 : 8;
+    const float *wq[8];
+    __m512 a[2][8];
+    for (int q = 0; q < 8; q++) {
+        wq[q] = w + (int64_t)(e0 + (q < ne ? q : 0)) * d;
+        a[0][q] = a[1][q] = _mm512_setzero_ps();
+    }
+    for (int64_t j = 0; j < whole; j += 16) {
+        __m512 x0 = _mm512_loadu_ps(hr + j), x1 = nt > 1 ? _mm512_loadu_ps(hr + d + j) : x0;
+        for (int q = 0; q < 8; q++) {
+            __m512 wv = _mm512_loadu_ps(wq[q] + j);
+            a[0][q] = _mm512_fmadd_ps(x0, wv, a[0][q]);
+            if (nt > 1)
+                a[1][q] = _mm512_fmadd_ps(x1, wv, a[1][q]);
+        }
+    }
+    for (int u = 0; u < nt; u++) {
+        __m512 xt = _mm512_maskz_loadu_ps(tail, hr + u * d + whole);
+        for (int q = 0; q < ne; q++) {
+            /* past the end: 0 * 0 added to lanes the tail does not reach */
+            __m512 v = _mm512_fmadd_ps(xt, _mm512_maskz_loadu_ps(tail, wq[q] + whole), a[u][q]);
+            z[u * E + e0 + q] =
+                sum_halves(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+        }
+    }
+}
+
+MOE_TARGET_V4 static void logits_small_v4(float *z, const float *h, const float *w, int64_t n,
+                                          int64_t d, int E)
+{
+    int64_t t = 0;
+    for (; t + 2 <= n; t += 2) /* two tokens at a time: a token's floats do not depend on it */
+        for (int e0 = 0; e0 < E; e0 += 8)
+            v4_group(z + t * E, h + t * d, w, d, E, e0, 2);
+    for (; t < n; t++)
+        for (int e0 = 0; e0 < E; e0 += 8)
+            v4_group(z + t * E, h + t * d, w, d, E, e0, 1);
+}
+
+MOE_TARGET_V3 static void logits_small_v3(float *z, const float *h, const float *w, int64_t n,
+                                          int64_t d, int E)
+{
+    int64_t whole = d - d % 16, r = d % 16;
+    __m256i mlo = first_lanes(r < 8 ? r : 8), mhi = first_lanes(r > 8 ? r - 8 : 0);
+    for (int64_t t = 0; t < n; t++) {
+        const float *hr = h + t * d;
+        __m256 xl = _mm256_maskload_ps(hr + whole, mlo), xh = _mm256_maskload_ps(hr + whole + 8, mhi);
+        for (int e0 = 0; e0 < E; e0 += 4) { /* 4 experts x 2 registers: 8 FMA chains */
+            int ne = E - e0 < 4 ? E - e0 : 4;
+            const float *wq[4];
+            __m256 lo[4], hi[4];
+            for (int q = 0; q < 4; q++) {
+                wq[q] = w + (int64_t)(e0 + (q < ne ? q : 0)) * d;
+                lo[q] = hi[q] = _mm256_setzero_ps();
+            }
+            for (int64_t j = 0; j < whole; j += 16) {
+                __m256 x0 = _mm256_loadu_ps(hr + j), x1 = _mm256_loadu_ps(hr + j + 8);
+                for (int q = 0; q < 4; q++) {
+                    lo[q] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(wq[q] + j), lo[q]);
+                    hi[q] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(wq[q] + j + 8), hi[q]);
+                }
+            }
+            for (int q = 0; q < ne; q++) {
+                __m256 vl = _mm256_fmadd_ps(xl, _mm256_maskload_ps(wq[q] + whole, mlo), lo[q]);
+                __m256 vh = _mm256_fmadd_ps(xh, _mm256_maskload_ps(wq[q] + whole + 8, mhi), hi[q]);
+                z[t * E + e0 + q] = sum_halves(vl, vh);
+            }
+        }
+    }
+}
+#endif
+
 void moe_router_logits(float *z, const float *h, const float *w, int64_t first, int64_t n,
                        int64_t d, int E, float *scratch)
 {
+#if MOE_SIMD_X86
+    int level = moe_simd_level();
+    if (level > 0 && E <= MOE_ROUTER_SMALL_E) {
+        (level == 2 ? logits_small_v4 : logits_small_v3)(z, h, w, n, d, E);
+        return;
+    }
+#endif
     const int64_t B = MOE_ROUTER_BLOCK;
     float *hs = scratch, *zs = scratch + B * d;
     for (int64_t start = first - first % B; start < first + n; start += B) {

@@ -20,14 +20,17 @@ typedef struct moe_route_record {
     int32_t rerouted; /* 1: served by expert after a reroute (--drop-policy reroute) */
 } moe_route_record;
 
-/* z = h W^T with cblas_sgemm, for rows that are global tokens first .. first + n - 1 (n may be
- * 0). Each token's logits are the same floats however the batch is split into calls: OpenBLAS's
+/* z = h W^T for rows that are global tokens first .. first + n - 1 (n may be 0). With at most
+ * MOE_ROUTER_SMALL_E experts at simd level 1 or 2 (simd.h), a kernel of moesim's own (the same
+ * floats at both levels; src/router.c); otherwise cblas_sgemm. Each token's logits are the same
+ * floats however the batch is split into calls: OpenBLAS's
  * sgemm may round a row differently with the row count it is called with (its kernels treat the
  * remainder rows apart; seen with E = 12 on a Haswell-kernel build), so every call covers blocks
  * of MOE_ROUTER_BLOCK rows aligned to the global token index, a token always at the same position
  * of a block of the same size: whole blocks in place, a partial one (at either end) through
  * scratch, zero-padded. scratch: MOE_ROUTER_BLOCK * (d + E) floats. */
 #define MOE_ROUTER_BLOCK 32
+#define MOE_ROUTER_SMALL_E 32
 void moe_router_logits(float *z, const float *h, const float *w, int64_t first, int64_t n,
                        int64_t d, int E, float *scratch);
 /* Plain-loop twin of moe_router_logits, accumulating in double. */

@@ -1,6 +1,7 @@
 /* Unit tests of router: logits, softmax, sigmoid, top-k (plain, and with a selection bias and a
  * route scale), statistics; and the uniform-router aux loss. */
 #include "moesim/router.h"
+#include "moesim/simd.h"
 #include "moesim/stats.h"
 
 #include <check.h>
@@ -67,6 +68,51 @@ START_TEST(test_logits_split_invariant)
                    "pieces of %lld rows: logits differ from the whole batch's", (long long)pieces[q]);
     }
     free(h), free(w), free(z), free(z2), free(scratch);
+}
+END_TEST
+
+START_TEST(test_logits_levels)
+{
+    /* The small-E kernel (E <= MOE_ROUTER_SMALL_E, AVX2 or AVX-512): the same floats at both
+     * levels, for every d (whole 16s and tails), every E up to the limit and 1, 2 or 3 tokens (the
+     * AVX-512 build pairs them); each level within the reference's bound is test_logits_vs_ref's
+     * at the CPU's level, checked here at level 1 too. Level 0 is the sgemm path. */
+    int top = moe_simd_set_level(-1);
+    g_state = 23;
+    for (int it = 0; it < 300; it++) {
+        int n = 1 + next_int(3), d = 1 + next_int(80), E = 1 + next_int(MOE_ROUTER_SMALL_E);
+        float *h = malloc(sizeof(float) * n * d), *w = malloc(sizeof(float) * E * d);
+        float *z[3], *ref = malloc(sizeof(float) * n * E);
+        float *scratch = malloc(sizeof(float) * MOE_ROUTER_BLOCK * (d + E));
+        for (int i = 0; i < n * d; i++)
+            h[i] = (float)next_gauss();
+        for (int i = 0; i < E * d; i++)
+            w[i] = (float)next_gauss();
+        moe_router_logits_ref(ref, h, w, n, d, E);
+        for (int level = 0; level <= 2; level++) {
+            z[level] = malloc(sizeof(float) * n * E);
+            if (level > top)
+                continue;
+            EXPECT(moe_simd_set_level(level) == level);
+            moe_router_logits(z[level], h, w, 7, n, d, E, scratch);
+            for (int t = 0; t < n; t++)
+                for (int e = 0; e < E; e++) {
+                    double mag = 0.0, g = d * 0x1p-24 / (1.0 - d * 0x1p-24);
+                    for (int j = 0; j < d; j++)
+                        mag += fabs((double)h[t * d + j] * (double)w[e * d + j]);
+                    double err = fabs((double)z[level][t * E + e] - (double)ref[t * E + e]);
+                    EXPECT_MSG(err <= g * mag + 0x1p-24 * fabs((double)ref[t * E + e]),
+                               "iteration %d level %d: |z - ref| %g above the bound", it, level,
+                               err);
+                }
+        }
+        if (top == 2)
+            EXPECT_MSG(memcmp(z[1], z[2], sizeof(float) * n * E) == 0,
+                       "iteration %d (n %d, d %d, E %d): AVX2 and AVX-512 logits differ", it, n, d,
+                       E);
+        moe_simd_set_level(-1);
+        free(h), free(w), free(ref), free(scratch), free(z[0]), free(z[1]), free(z[2]);
+    }
 }
 END_TEST
 
@@ -777,6 +823,7 @@ static Suite *router_suite(void)
     TCase *tc = tcase_create("logits");
     tcase_add_test(tc, test_logits_hand);
     tcase_add_test(tc, test_logits_vs_ref);
+    tcase_add_test(tc, test_logits_levels);
     tcase_add_test(tc, test_logits_split_invariant);
     suite_add_tcase(s, tc);
     tc = tcase_create("softmax");
