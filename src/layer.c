@@ -1468,8 +1468,6 @@ static void add_shared(moe_layer *L, float *y)
     }
 }
 
-/* The experts of this rank on x into their outputs (identity with --mode dispatch, which returns
- * x itself). */
 /* The rows the combine of moe_exchange_blocks left in the experts' blocks (out), for the unpack;
  * NULL when it delivered every row. Only after that combine (fp32 rows back). */
 static const moe_rows_here *rows_here(moe_layer *L, const float *out, moe_rows_here *here)
@@ -1479,6 +1477,8 @@ static const moe_rows_here *rows_here(moe_layer *L, const float *out, moe_rows_h
     return here->at != NULL ? here : NULL;
 }
 
+/* The experts of this rank on x into their outputs (identity with --mode dispatch, which returns
+ * x itself). */
 static const float *run_experts(moe_layer *L)
 {
     if (L->cfg.mode == MOE_MODE_DISPATCH)

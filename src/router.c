@@ -90,7 +90,8 @@ MOE_TARGET_V3 static void logits_small_v3(float *z, const float *h, const float 
     __m256i mlo = first_lanes(r < 8 ? r : 8), mhi = first_lanes(r > 8 ? r - 8 : 0);
     for (int64_t t = 0; t < n; t++) {
         const float *hr = h + t * d;
-        __m256 xl = _mm256_maskload_ps(hr + whole, mlo), xh = _mm256_maskload_ps(hr + whole + 8, mhi);
+        __m256 xl = _mm256_maskload_ps(hr + whole, mlo);
+        __m256 xh = _mm256_maskload_ps(hr + whole + 8, mhi);
         for (int e0 = 0; e0 < E; e0 += 4) { /* 4 experts x 2 registers: 8 FMA chains */
             int ne = E - e0 < 4 ? E - e0 : 4;
             const float *wq[4];

@@ -1,9 +1,10 @@
-/* Which vector kernels this process runs, decided once from the CPU (pure: no MPI). The GELU
- * (expert.h) and the unpack (combine.h) each exist in three builds of the same C: level 0 for the
- * x86-64 baseline (SSE2, or any CPU that is not x86-64), level 1 for AVX2 with FMA, level 2 for
- * AVX-512 (F, VL, BW, DQ). A level changes the floats only where a kernel says so (the GELU's erf
- * rounds its polynomial steps once with FMA from level 1 on); the unpack's floats are the same at
- * every level. */
+/* Which vector kernels this process runs, decided once from the CPU (pure: no MPI). Level 0 is
+ * the x86-64 baseline (SSE2, or any CPU that is not x86-64), level 1 AVX2 with FMA, level 2
+ * AVX-512 (F, VL, BW, DQ). The GELU (expert.h) and the unpack (combine.h) exist in a build for
+ * each level, the router's logits for up to MOE_ROUTER_SMALL_E experts (router.h) in one for
+ * levels 1 and 2 (sgemm at level 0). A level changes the floats only where a kernel says so: the
+ * GELU's erf and the logits use FMA from level 1 on (levels 1 and 2 agree); the unpack's floats are
+ * the same at every level. */
 #ifndef MOESIM_SIMD_H
 #define MOESIM_SIMD_H
 
